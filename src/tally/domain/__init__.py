@@ -1,0 +1,1 @@
+"""The domain: money, accounts, transfers, result codes and policies. Pure Python, no I/O."""

@@ -1,0 +1,33 @@
+"""Bounds that keep every amount exact everywhere it travels.
+
+Redis Lua numbers are IEEE doubles: integers are exact only up to 2^53. Every amount and every
+balance is kept far below that, so a sum of a whole batch of maximal amounts is still exact.
+Constants that depend on each other are checked here, at import time.
+"""
+
+from __future__ import annotations
+
+LUA_EXACT_INT_MAX = 2**53
+
+#: Largest single transfer, in minor units (10^13 cents is 100 billion dollars).
+AMOUNT_MINOR_MAX = 10**13
+#: Largest absolute balance and credit limit, in minor units.
+BALANCE_MINOR_MAX = 10**15
+CREDIT_LIMIT_MINOR_MAX = BALANCE_MINOR_MAX
+
+#: Transfers in one store script call, and in one ``debit_many`` request.
+SCRIPT_BATCH_MAX = 2000
+BATCH_MAX = 100_000
+
+#: Ids are short printable tokens: they become parts of Redis keys and journal lines.
+ID_LEN_MAX = 64
+
+#: Journal entries per shard the store accepts before it refuses writes (drainer far behind).
+JOURNAL_ENTRIES_MAX = 200_000
+
+# A batch can move at most SCRIPT_BATCH_MAX * AMOUNT_MINOR_MAX within one script before the
+# bound check; it must stay exact in a double.
+if not BALANCE_MINOR_MAX + SCRIPT_BATCH_MAX * AMOUNT_MINOR_MAX < LUA_EXACT_INT_MAX:
+    raise ImportError("limits: a batch of maximal amounts would not be exact in a Lua double")
+if not AMOUNT_MINOR_MAX <= BALANCE_MINOR_MAX:
+    raise ImportError("limits: a single amount must fit in a balance")

@@ -1,0 +1,58 @@
+"""Transfers: one movement of money between a customer account and a system account."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from tally.domain.accounts import SystemAccount
+from tally.domain.ids import check_id
+from tally.domain.money import check_amount_minor, check_currency
+from tally.domain.results import Result
+
+
+class TransferKind(str, Enum):
+    debit = "debit"  # usage: customer -> usage_revenue
+    credit = "credit"  # money in: card_clearing / adjustments -> customer
+
+    @property
+    def code(self) -> str:
+        return self.value[0]
+
+    @classmethod
+    def from_code(cls, code: str) -> TransferKind:
+        return {"d": cls.debit, "c": cls.credit}[code]
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    id: str
+    kind: TransferKind
+    account_id: str
+    amount_minor: int
+    currency: str
+
+    def __post_init__(self) -> None:
+        check_id(self.id, "transfer id")
+        check_id(self.account_id, "account id")
+        check_amount_minor(self.amount_minor)
+        check_currency(self.currency)
+
+
+@dataclass(frozen=True, slots=True)
+class TransferResult:
+    """What the store answered for one transfer. ``replayed``: the id was seen before and this is
+    the first outcome again (or a conflict code). ``balance_minor`` is the balance right after the
+    first application (or, for a refusal, the balance at that time; -1 style sentinels never)."""
+
+    transfer_id: str
+    result: Result
+    balance_minor: int | None
+    replayed: bool = False
+
+
+def counterparty(kind: TransferKind, currency: str, source: SystemAccount | None = None) -> str:
+    """The system account on the other side of a customer transfer."""
+    if kind is TransferKind.debit:
+        return SystemAccount.usage_revenue.account_id(currency)
+    return (source or SystemAccount.card_clearing).account_id(currency)

@@ -1,0 +1,1 @@
+"""The SQL ledger of record: double-entry transfers, the drainer, reconcile and rebuild."""

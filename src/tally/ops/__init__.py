@@ -1,0 +1,1 @@
+"""Operating Redis: finding the binary, running node processes, config profiles, preflight."""

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tally.errors import ProcessError
+from tally.ops.node import RedisNode, orphan_pids
+
+
+def test_node_starts_answers_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    with RedisNode(name="n", dir=tmp_path) as node:
+        client = node.client()
+        client.set("k", "v")
+        assert client.get("k") == b"v"
+        assert orphan_pids(str(tmp_path)) == [node.pid]
+    assert orphan_pids(str(tmp_path)) == []
+
+
+def test_node_with_a_bad_directive_fails_fast_with_its_log(tmp_path: Path) -> None:
+    node = RedisNode(name="bad", dir=tmp_path, directives={"no-such-directive": "1"})
+    with pytest.raises(ProcessError, match="exited"):
+        node.start(timeout_s=5)
+    assert orphan_pids(str(tmp_path)) == []
+
+
+def test_paused_node_is_resumed_by_stop(tmp_path: Path) -> None:
+    node = RedisNode(name="p", dir=tmp_path)
+    node.start()
+    node.pause()
+    node.stop(timeout_s=1)
+    assert orphan_pids(str(tmp_path)) == []

@@ -13,6 +13,8 @@
     │   │   ├── StoreReadOnly       the node answered READONLY (a replica, or demoted primary)
     │   │   ├── StoreLoading        the node is still loading its dataset
     │   │   ├── StoreLost           the dataset is empty or foreign (epoch missing or wrong)
+    │   │   ├── StoreNotEnoughReplicas  min-replicas-to-write not met: the primary refuses writes
+    │   │   ├── StoreOutcomeUnknown the connection broke after sending: retry with the same ids
     │   │   └── StoreBackpressure   the journal backlog is at its bound (drainer behind)
     │   ├── LedgerError             the SQL ledger of record
     │   │   └── LedgerNotInitialised
@@ -84,6 +86,17 @@ class StoreLost(StoreError):
     hint = (
         "the Redis dataset is empty or belongs to another ledger: nothing was written; "
         "run `tally rebuild` to restore it from the ledger of record"
+    )
+
+
+class StoreNotEnoughReplicas(StoreError):
+    hint = "the primary has too few replicas in sync to accept writes; check replication"
+
+
+class StoreOutcomeUnknown(StoreUnavailable):
+    hint = (
+        "the request may or may not have been applied: retry with the SAME transfer ids, "
+        "a replay returns the first outcome and never moves money twice"
     )
 
 

@@ -25,9 +25,9 @@ ID_LEN_MAX = 64
 #: Journal entries per shard the store accepts before it refuses writes (drainer far behind).
 JOURNAL_ENTRIES_MAX = 200_000
 
-# A batch can move at most SCRIPT_BATCH_MAX * AMOUNT_MINOR_MAX within one script before the
-# bound check; it must stay exact in a double.
-if not BALANCE_MINOR_MAX + SCRIPT_BATCH_MAX * AMOUNT_MINOR_MAX < LUA_EXACT_INT_MAX:
-    raise ImportError("limits: a batch of maximal amounts would not be exact in a Lua double")
+# The scripts check every step against the bounds, so the largest intermediate value is a
+# balance at its bound plus or minus one maximal amount (or a credit limit); it must be exact.
+if not BALANCE_MINOR_MAX + max(AMOUNT_MINOR_MAX, CREDIT_LIMIT_MINOR_MAX) < LUA_EXACT_INT_MAX // 4:
+    raise ImportError("limits: balance + amount would not be exact in a Lua double")
 if not AMOUNT_MINOR_MAX <= BALANCE_MINOR_MAX:
     raise ImportError("limits: a single amount must fit in a balance")

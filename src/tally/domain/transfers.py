@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from tally.domain.accounts import SystemAccount
 from tally.domain.ids import check_id
@@ -39,11 +40,13 @@ class Transfer:
         check_currency(self.currency)
 
 
-@dataclass(frozen=True, slots=True)
-class TransferResult:
-    """What the store answered for one transfer. ``replayed``: the id was seen before and this is
-    the first outcome again (or a conflict code). ``balance_minor`` is the balance right after the
-    first application (or, for a refusal, the balance at that time; -1 style sentinels never)."""
+class TransferResult(NamedTuple):
+    """What the store answered for one transfer (a NamedTuple: batches make many of these).
+
+    ``replayed``: the id was seen before; ``result`` is then the first outcome again, or an
+    ``exists_with_different_*`` conflict. ``balance_minor``: the balance right after the first
+    application (for a refusal, the balance at that time; None when the account did not exist or
+    for a conflict)."""
 
     transfer_id: str
     result: Result

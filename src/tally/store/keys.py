@@ -7,9 +7,15 @@ that is what lets ``debit_many`` process thousands of transfers per script call.
 
     {ns}:{{{ns}.{s}}}:epoch        string   the dataset epoch ("<epoch id>/<shards>")
     {ns}:{{{ns}.{s}}}:tx           hash     transfer id -> "k|account|amount|currency|code|balance"
+                                            (in the shard of the TRANSFER id: ``tx_for``)
     {ns}:{{{ns}.{s}}}:journal      stream   one entry per script call: e=<epoch>, d=<lines>
     {ns}:{{{ns}.{s}}}:a:<account>  hash     cur, st (a/s/c), lim, bal
     {ns}:rebuilding                string   the epoch a rebuild in progress is writing
+
+Transfer ids are unique across the whole deployment, so a transfer's record lives in the shard
+of its id, not of its account: one script reads and writes both (one primary holds every shard
+today). A later Redis Cluster, where the two may sit on different nodes, splits this into
+"reserve the id in its shard" then "apply in the account's shard", both idempotent.
 
 Journal line (one per non-replayed transfer, newline separated, fields split on '|'):
     transfer_id|kind(d/c)|account_id|amount_minor|currency|result_code|balance_after|ts_ms
@@ -46,6 +52,10 @@ class KeyLayout:
 
     def tx(self, shard: int) -> str:
         return f"{self.tag(shard)}:tx"
+
+    def tx_for(self, transfer_id: str) -> str:
+        """The hash that holds this transfer id's record."""
+        return self.tx(self.shard_of(transfer_id))
 
     def journal(self, shard: int) -> str:
         return f"{self.tag(shard)}:journal"

@@ -1,0 +1,90 @@
+"""The transfer rules in plain Python: the reference the Lua script must agree with.
+
+``apply_transfer`` is what ``store/lua/transfer.lua`` does for one transfer; the in-memory fake
+store is built on it, and a hypothesis test checks the real script against it, operation by
+operation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tally.domain.accounts import AccountStatus
+from tally.domain.limits import AMOUNT_MINOR_MAX, BALANCE_MINOR_MAX
+from tally.domain.results import Result
+from tally.domain.transfers import TransferResult
+
+
+@dataclass(slots=True)
+class AccountBook:
+    currency: str
+    credit_limit_minor: int = 0
+    status: AccountStatus = AccountStatus.active
+    balance_minor: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    kind: str
+    account_id: str
+    amount_minor: int
+    currency: str
+    result: Result
+    balance_minor: int | None
+
+
+@dataclass(slots=True)
+class Books:
+    accounts: dict[str, AccountBook] = field(default_factory=dict)
+    records: dict[str, Record] = field(default_factory=dict)
+
+
+def _replay(rec: Record, kind: str, account_id: str, amount: int, currency: str) -> tuple[Result, int | None]:
+    if rec.kind != kind:
+        return Result.exists_with_different_kind, None
+    if rec.account_id != account_id:
+        return Result.exists_with_different_account, None
+    if currency and rec.currency != currency:
+        return Result.exists_with_different_currency, None
+    if rec.amount_minor != amount:
+        return Result.exists_with_different_amount, None
+    return rec.result, rec.balance_minor
+
+
+def _decide(book: AccountBook | None, kind: str, amount: int, currency: str) -> Result:
+    if book is None:
+        return Result.account_not_found
+    if currency and book.currency != currency:
+        return Result.currency_mismatch
+    if not 0 < amount <= AMOUNT_MINOR_MAX:
+        return Result.amount_invalid
+    if kind == "d":
+        if book.status is not AccountStatus.active:
+            return Result.account_not_active
+        if book.balance_minor - amount < -book.credit_limit_minor:
+            return Result.insufficient_funds
+        return Result.ok
+    if book.status is AccountStatus.closed:
+        return Result.account_not_active
+    if book.balance_minor + amount > BALANCE_MINOR_MAX:
+        return Result.balance_limit_exceeded
+    return Result.ok
+
+
+def apply_transfer(
+    books: Books, transfer_id: str, kind: str, account_id: str, amount: int, currency: str
+) -> TransferResult:
+    """Apply one transfer (kind ``d`` or ``c``; currency '' means the account's own)."""
+    rec = books.records.get(transfer_id)
+    if rec is not None:
+        code, bal = _replay(rec, kind, account_id, amount, currency)
+        return TransferResult(transfer_id, code, bal, True)
+    book = books.accounts.get(account_id)
+    code = _decide(book, kind, amount, currency)
+    if code is Result.ok and book is not None:
+        book.balance_minor += -amount if kind == "d" else amount
+    balance = book.balance_minor if book is not None else None
+    if code is not Result.amount_invalid:
+        cur = book.currency if book is not None else currency
+        books.records[transfer_id] = Record(kind, account_id, amount, cur, code, balance)
+    return TransferResult(transfer_id, code, balance, False)

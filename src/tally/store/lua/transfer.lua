@@ -1,0 +1,122 @@
+-- Apply a batch of debits and credits to the accounts of ONE logical shard, atomically.
+-- Check and write happen here, in one step; Python never reads-decides-writes.
+--
+-- KEYS[1] epoch   KEYS[2] journal stream   KEYS[3..2+t] tx hashes (the shards of the transfer
+--   ids: ids are unique deployment-wide)   KEYS[3+t..2+t+m] account hashes
+-- ARGV[1] expected epoch value   ARGV[2] epoch id (journal)   ARGV[3] now_ms   ARGV[4] t
+-- ARGV[5] m   ARGV[6..5+m] account ids, then 6 per transfer: id, kind (d|c), account index
+--   1..m, amount_minor, currency ('' = the account's own currency), tx hash index 1..t
+-- Returns {'L'} store lost, {'F', len} journal full, or {'K', code, balance|nil, replayed, ...}
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'L'} end
+local jlen = redis.call('XLEN', KEYS[2])
+if jlen >= @JOURNAL_MAX@ then return {'F', jlen} end
+
+local t = tonumber(ARGV[4])
+local m = tonumber(ARGV[5])
+local base = 5 + m
+local n = (#ARGV - base) / 6
+local CHUNK = 500
+
+local groups = {}
+for i = 1, n do
+  local x = tonumber(ARGV[base + (i - 1) * 6 + 6])
+  local g = groups[x]
+  if not g then g = {}; groups[x] = g end
+  g[#g + 1] = i
+end
+local prior = {}
+for x, g in pairs(groups) do
+  for s = 1, #g, CHUNK do
+    local ids = {}
+    for j = s, math.min(s + CHUNK - 1, #g) do ids[#ids + 1] = ARGV[base + (g[j] - 1) * 6 + 1] end
+    local got = redis.call('HMGET', KEYS[2 + x], unpack(ids))
+    for j = 1, #got do prior[g[s + j - 1]] = got[j] end
+  end
+end
+
+local acc = {}
+local function load(ai)
+  local a = acc[ai]
+  if a == nil then
+    local f = redis.call('HMGET', KEYS[2 + t + ai], 'cur', 'st', 'lim', 'bal')
+    if f[1] then
+      a = {cur = f[1], st = f[2], lim = tonumber(f[3]), bal = tonumber(f[4]), dirty = false}
+    else
+      a = false
+    end
+    acc[ai] = a
+  end
+  return a
+end
+
+local function replay(rec, kind, aid, amt, cur)
+  local rk, racct, ramt, rcur, rcode, rbal =
+    string.match(rec, '^(%a)|([^|]+)|(%d+)|(%u*)|(%d+)|(-?%d*)$')
+  -- Nothing is written before the loop ends, so failing here leaves the dataset untouched.
+  if not rk then error('tally: unreadable transfer record, refusing to guess: ' .. rec) end
+  if rk ~= kind then return 4, false end
+  if racct ~= aid then return 3, false end
+  if cur ~= '' and rcur ~= cur then return 5, false end
+  if tonumber(ramt) ~= amt then return 2, false end
+  return tonumber(rcode), (rbal ~= '' and tonumber(rbal)) or false
+end
+
+local function apply(a, kind, amt, cur)
+  if not a then return 8 end
+  if cur ~= '' and a.cur ~= cur then return 10 end
+  if amt == nil or amt < 1 or amt > @AMOUNT_MAX@ or amt ~= math.floor(amt) then return 11 end
+  if kind == 'd' then
+    if a.st ~= 'a' then return 9 end
+    if a.bal - amt < -a.lim then return 7 end
+    a.bal = a.bal - amt
+  else
+    if a.st == 'c' then return 9 end
+    if a.bal + amt > @BALANCE_MAX@ then return 12 end
+    a.bal = a.bal + amt
+  end
+  a.dirty = true
+  return 0
+end
+
+local out = {'K'}
+local recs, lines, seen = {}, {}, {}
+for i = 1, n do
+  local o = base + (i - 1) * 6
+  local tid, kind, ai = ARGV[o + 1], ARGV[o + 2], tonumber(ARGV[o + 3])
+  local amt, cur, x = tonumber(ARGV[o + 4]), ARGV[o + 5], tonumber(ARGV[o + 6])
+  local aid = ARGV[5 + ai]
+  local rec = seen[tid] or prior[i]
+  if rec then
+    local code, bal = replay(rec, kind, aid, amt, cur)
+    out[#out + 1] = code; out[#out + 1] = bal; out[#out + 1] = 1
+  else
+    local a = load(ai)
+    local code = apply(a, kind, amt, cur)
+    local bal = a and a.bal or false
+    out[#out + 1] = code; out[#out + 1] = bal; out[#out + 1] = 0
+    if code ~= 11 then
+      local r = kind .. '|' .. aid .. '|' .. string.format('%d', amt) .. '|' ..
+        ((a and a.cur) or cur) .. '|' .. code .. '|' .. (bal and string.format('%d', bal) or '')
+      seen[tid] = r
+      local rx = recs[x]
+      if not rx then rx = {}; recs[x] = rx end
+      rx[#rx + 1] = tid; rx[#rx + 1] = r
+      lines[#lines + 1] = tid .. '|' .. r .. '|' .. ARGV[3]
+    end
+  end
+end
+
+for ai, a in pairs(acc) do
+  if a and a.dirty then
+    redis.call('HSET', KEYS[2 + t + ai], 'bal', string.format('%d', a.bal))
+  end
+end
+for x, rx in pairs(recs) do
+  for s = 1, #rx, 2 * CHUNK do
+    redis.call('HSET', KEYS[2 + x], unpack(rx, s, math.min(s + 2 * CHUNK - 1, #rx)))
+  end
+end
+if #lines > 0 then
+  redis.call('XADD', KEYS[2], '*', 'e', ARGV[2], 'd', table.concat(lines, '\n'))
+end
+return out

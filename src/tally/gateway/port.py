@@ -11,7 +11,8 @@ Every call ends in one of three outcomes:
 
 Reusing a key with other parameters raises ``IdempotencyConflict`` (a bug in the caller).
 Infrastructure trouble surfaces as ``unknown`` from ``charge``/``refund`` and as
-``GatewayUnavailable`` from ``lookup``, never as ``declined``.
+``GatewayUnavailable`` from ``lookup``, never as ``declined``. Invalid arguments (amount, ids,
+currency, metadata) raise tally's ``UsageError`` subclasses before anything is sent.
 
 A provider adapter (the simulator's ``HttpGateway``, the in-memory ``FakeGateway``, later Stripe)
 is one class with these three methods.
@@ -61,7 +62,8 @@ class ChargeOutcome:
     reason: DeclineReason | None = None
     #: Human-readable detail: why the outcome is unknown, or the provider's decline message.
     detail: str = ""
-    #: The gateway answered from its idempotency record (this key was processed before).
+    #: The gateway answered from its record of an earlier request with this key (always true
+    #: for ``lookup``).
     replayed: bool = False
 
     def __post_init__(self) -> None:

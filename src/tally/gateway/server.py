@@ -12,6 +12,8 @@ durable SQLite record store in its data dir (the bank's own truth, independent o
 Answers: 200 processed and succeeded, 402 processed and declined (both carry the record),
 ``Idempotent-Replayed: true`` when answered from the first request's record, 400 malformed,
 409 key reused with other parameters, 413 body too large, 503 outage (nothing processed).
+Health, records and admin stay up during an outage so it can be ended. A gateway that refuses
+connections is ``SimulatorProcess.stop()`` (``start()`` reuses the port); a hung one is ``pause()``.
 
 The stack is uvicorn (h11) + a bare Starlette router, on one event loop: a request's key check
 and its insert run without an ``await`` between them, so concurrent requests with one key cannot

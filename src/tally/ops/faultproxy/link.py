@@ -1,0 +1,287 @@
+"""One proxied link: a loopback listener, its connections, and the faults applied to them.
+
+Runs inside an asyncio loop (the hub's). Each connection is four tasks: a reader and a writer per
+direction joined by a bounded queue, so a slow or held side back-pressures the other through
+``drain()`` and the kernel socket buffers instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+import struct
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tally.errors import UsageError
+from tally.ops.faultproxy.faults import Direction, DirectionFaults, Fault, FaultKind
+
+UP, DOWN = Direction.UPSTREAM, Direction.DOWNSTREAM
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """A link: clients connect to ``listen_host:listen_port`` (0 = any free port), the proxy
+    connects on to ``upstream_host:upstream_port``."""
+
+    name: str
+    upstream_host: str
+    upstream_port: int
+    listen_port: int = 0
+    listen_host: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        if not self.name or len(self.name) > 64 or "/" in self.name:
+            raise UsageError(f"link name must be 1-64 characters without '/': {self.name!r}")
+        if not _is_loopback(self.listen_host):
+            raise UsageError(f"the proxy listens on loopback only, not {self.listen_host!r}")
+        for port in (self.upstream_port, self.listen_port):
+            if not 0 <= port <= 65535:
+                raise UsageError(f"port out of range: {port}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ProxyLimits:
+    connections_max: int = 256  # per link; more are closed at once and counted as rejected
+    chunk_bytes: int = 16_384  # one read
+    queue_chunks_max: int = 16  # per direction per connection: at most 256 KiB in flight
+    connect_timeout_s: float = 5.0  # to the upstream
+    hold_connect_s_max: float = 60.0  # a connection accepted during a drop partition waits so long
+    drain_timeout_s: float = 600.0  # one write may wait this long for the peer to read
+
+
+@dataclass
+class LinkStats:
+    bytes_upstream: int = 0
+    bytes_downstream: int = 0
+    connections_open: int = 0
+    connections_total: int = 0
+    connections_rejected: int = 0
+    connect_failures: int = 0
+    resets_total: int = 0
+
+    def add(self, direction: Direction, count: int) -> None:
+        if direction is UP:
+            self.bytes_upstream += count
+        else:
+            self.bytes_downstream += count
+
+
+def _rst_on_close(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+class _Connection:
+    def __init__(self, link: Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.link = link
+        self.client = (reader, writer)
+        self.server_writer: asyncio.StreamWriter | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def run(self) -> None:
+        try:
+            server_reader, self.server_writer = await self._connect()
+        except (OSError, TimeoutError):
+            self.link.stats.connect_failures += 1
+            self.close()
+            return
+        client_reader, client_writer = self.client
+        up: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(self.link.limits.queue_chunks_max)
+        down: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(self.link.limits.queue_chunks_max)
+        self.tasks = [
+            asyncio.ensure_future(self.link.read_loop(client_reader, up)),
+            asyncio.ensure_future(self.link.write_loop(up, self.server_writer, UP)),
+            asyncio.ensure_future(self.link.read_loop(server_reader, down)),
+            asyncio.ensure_future(self.link.write_loop(down, client_writer, DOWN)),
+        ]
+        try:
+            await asyncio.wait(self.tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            self.close()
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        # Like a SYN during a partition: nothing reaches the server until the link heals.
+        limits, passable = self.link.limits, self.link.passable
+        await asyncio.wait_for(
+            asyncio.gather(passable[UP].wait(), passable[DOWN].wait()), limits.hold_connect_s_max
+        )
+        spec = self.link.spec
+        return await asyncio.wait_for(
+            asyncio.open_connection(spec.upstream_host, spec.upstream_port),
+            limits.connect_timeout_s,
+        )
+
+    def reset(self, direction: Direction) -> None:
+        sides = direction.expand()
+        if DOWN in sides:
+            _rst_on_close(self.client[1])
+        if UP in sides and self.server_writer is not None:
+            _rst_on_close(self.server_writer)
+        self.close()
+
+    def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for writer in (self.client[1], self.server_writer):
+            if writer is not None:
+                writer.transport.abort()  # no flush: the connection is over
+
+
+class Link:
+    """The asyncio side of one link. Every method runs on the hub's loop."""
+
+    def __init__(self, spec: LinkSpec, limits: ProxyLimits) -> None:
+        self.spec, self.limits = spec, limits
+        self.port = spec.listen_port
+        self.faults = {UP: DirectionFaults(), DOWN: DirectionFaults()}
+        self.passable = {UP: asyncio.Event(), DOWN: asyncio.Event()}
+        for event in self.passable.values():
+            event.set()
+        self.refusing = False
+        self.stats = LinkStats()
+        self.connections: set[_Connection] = set()
+        self._bucket_next = {UP: 0.0, DOWN: 0.0}
+        self._server: asyncio.Server | None = None
+
+    # -- listener ------------------------------------------------------------------------------
+    async def open(self) -> None:
+        try:
+            self._server = await asyncio.start_server(
+                self._on_accept, self.spec.listen_host, self.port, reuse_address=True
+            )
+        except OSError as exc:
+            raise UsageError(
+                f"link {self.spec.name}: cannot listen on "
+                f"{self.spec.listen_host}:{self.port}: {exc}"
+            ) from exc
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _close_listener(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def close(self) -> None:
+        await self._close_listener()
+        for conn in list(self.connections):
+            conn.close()
+
+    async def _on_accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing or len(self.connections) >= self.limits.connections_max:
+            self.stats.connections_rejected += 1
+            writer.transport.abort()
+            return
+        conn = _Connection(self, reader, writer)
+        self.connections.add(conn)
+        self.stats.connections_total += 1
+        self.stats.connections_open += 1
+        try:
+            await conn.run()
+        finally:
+            self.connections.discard(conn)
+            self.stats.connections_open -= 1
+
+    # -- faults --------------------------------------------------------------------------------
+    async def set_fault(self, fault: Fault) -> None:
+        if fault.kind is FaultKind.RESET:
+            self.stats.resets_total += 1
+            for conn in list(self.connections):
+                conn.reset(fault.direction)
+            return
+        if fault.kind is FaultKind.PARTITION and fault.params["mode"] == "refuse":
+            self.refusing = True
+            await self._close_listener()
+            for conn in list(self.connections):
+                conn.close()
+            return
+        for direction in fault.direction.expand():
+            fault.apply_to(self.faults[direction])
+            if fault.kind is FaultKind.PARTITION:
+                self.passable[direction].clear()
+
+    async def clear(self, kind: FaultKind | None, direction: Direction) -> None:
+        if kind in (None, FaultKind.PARTITION) and direction is Direction.BOTH and self.refusing:
+            self.refusing = False
+            await self.open()
+        for one in direction.expand():
+            self.faults[one].clear(kind)
+            if not self.faults[one].held:
+                self.passable[one].set()
+            if self.faults[one].rate_bytes_s is None:
+                self._bucket_next[one] = 0.0
+
+    def status(self) -> dict[str, Any]:
+        faults: dict[str, Any] = {d.value: self.faults[d].describe() for d in (UP, DOWN)}
+        if self.refusing:
+            faults["both"] = {"partition": {"mode": "refuse"}}
+        return {
+            "name": self.spec.name,
+            "listen": [self.spec.listen_host, self.port],
+            "upstream": [self.spec.upstream_host, self.spec.upstream_port],
+            "faults": faults,
+            "stats": asdict(self.stats),
+        }
+
+    # -- the data path -------------------------------------------------------------------------
+    async def read_loop(
+        self, src: asyncio.StreamReader, queue: asyncio.Queue[tuple[float, bytes]]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        while True:  # bounded by the connection: ends at EOF, error or cancel
+            data = await src.read(self.limits.chunk_bytes)
+            await queue.put((loop.time(), data))
+            if not data:
+                return
+
+    async def write_loop(
+        self,
+        queue: asyncio.Queue[tuple[float, bytes]],
+        dst: asyncio.StreamWriter,
+        direction: Direction,
+    ) -> None:
+        loop, faults = asyncio.get_running_loop(), self.faults[direction]
+        while True:  # bounded by the connection: ends at EOF, error or cancel
+            arrived, data = await queue.get()
+            await self.passable[direction].wait()  # drop partition: held, never lost
+            delay_s = arrived + faults.delay_s() - loop.time()
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+            if not data:
+                await asyncio.sleep(faults.slow_close_ms / 1000.0)
+                if dst.can_write_eof():
+                    dst.write_eof()
+                return
+            for piece in self._slices(direction, data):
+                await self._throttle(direction, len(piece))
+                dst.write(piece)
+                await asyncio.wait_for(dst.drain(), self.limits.drain_timeout_s)
+                self.stats.add(direction, len(piece))
+
+    def _slices(self, direction: Direction, data: bytes) -> list[bytes]:
+        rate = self.faults[direction].rate_bytes_s
+        size = len(data) if rate is None else max(64, rate // 20)  # ~50 ms of the link each
+        return [data[i : i + size] for i in range(0, len(data), size)]
+
+    async def _throttle(self, direction: Direction, nbytes: int) -> None:
+        rate = self.faults[direction].rate_bytes_s
+        if rate is None:
+            return
+        now = asyncio.get_running_loop().time()
+        done_at = max(now, self._bucket_next[direction]) + nbytes / rate
+        self._bucket_next[direction] = done_at  # the link is shared by all its connections
+        await asyncio.sleep(done_at - now)

@@ -149,6 +149,14 @@ class ProxyHub:
     async def _close_all(self) -> None:
         for link in self._links.values():
             await link.close()
+        # Every connection task must finish on this loop before it closes, or its coroutine is
+        # collected later on a dead loop.
+        current = asyncio.current_task()
+        pending = [task for task in asyncio.all_tasks() if task is not current]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=CALL_TIMEOUT_S / 2)
 
     def _call(self, make: Callable[[], Awaitable[T]]) -> T:
         if self._loop is None:

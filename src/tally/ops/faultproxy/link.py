@@ -192,6 +192,10 @@ class Link:
         self.stats.connections_open += 1
         try:
             await conn.run()
+        except asyncio.CancelledError:
+            # The hub is stopping. This is the top of the handler task, and asyncio's stream
+            # server would log a cancelled handler as an unhandled error.
+            conn.close()
         finally:
             self.connections.discard(conn)
             self.stats.connections_open -= 1

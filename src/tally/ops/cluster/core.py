@@ -1,0 +1,493 @@
+"""A whole topology as real processes on loopback: Redis nodes, Sentinels and fault proxies.
+
+Addressing: a process reaches a node in its own data center directly, and a node in another data
+center only through the proxy route ``<src dc>-to-<node>`` (one fault-proxy link each), which
+belongs to the topology link between the two data centers. ``partition(dc_a, dc_b)`` applies a
+fault to every route of that pair.
+
+Known limit: Sentinel learns replica and peer-Sentinel addresses from ``INFO`` and hello messages,
+where every process announces its real loopback port. So Sentinel→replica and Sentinel↔Sentinel
+traffic, and the replication a Sentinel sets up after a failover, do not pass the proxies. The
+initial replication and every Sentinel→primary monitoring link do. A flat address space per data
+center would need a proxy that tells data centers apart by source address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import redis
+
+from tally.errors import ConfigError, InfrastructureError, ProcessError, TallyError
+from tally.ops.binary import RedisBinary, find_redis_server
+from tally.ops.cluster.hubd import start_hub_daemon, stop_hub_daemon
+from tally.ops.cluster.procs import pid_alive, stop_pid, wait_gone
+from tally.ops.cluster.state import (
+    ClusterState,
+    ProcessState,
+    RouteState,
+    read_state,
+    write_state,
+)
+from tally.ops.faultproxy import LinkSpec as ProxyLinkSpec
+from tally.ops.faultproxy import ProxyControl, ProxyHub
+from tally.ops.node import ConfigValue, RedisNode
+from tally.ops.profiles import (
+    NodeRole,
+    ProfileParams,
+    node_directives,
+    sentinel_directives,
+    uses_sentinel,
+)
+from tally.ops.topology import NodeSpec, Topology
+
+PASSWORD_ENV = "TALLY_REDIS_PASSWORD"
+SYNC_TIMEOUT_S = 30.0
+SENTINEL_READY_TIMEOUT_S = 20.0
+POLL_S = 0.05
+
+
+class Hub(Protocol):
+    """What the cluster needs of a proxy hub: ``ProxyHub`` in process, ``ProxyControl`` daemon."""
+
+    def add_link(self, spec: ProxyLinkSpec) -> tuple[str, int]: ...
+    def set_fault(self, link: str, direction: str, kind: str, **params: Any) -> None: ...
+    def clear(self, link: str, kind: str | None = None, direction: str = "both") -> None: ...
+    def status(self) -> dict[str, dict[str, Any]]: ...
+
+
+class ClusterNode:
+    """A handle on one process of the cluster (a data node or a Sentinel)."""
+
+    def __init__(self, name: str, dc: str, node: RedisNode, role: str, pid: int | None = None):
+        self.name, self.dc, self.node, self.role = name, dc, node, role
+        self._attached_pid = pid  # a process an earlier `cluster up` started
+
+    @property
+    def pid(self) -> int | None:
+        return self.node.pid if self.node.process is not None else self._attached_pid
+
+    @property
+    def port(self) -> int:
+        return self.node.port
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.node.host, self.node.port
+
+    def is_running(self) -> bool:
+        pid = self.pid
+        return pid is not None and pid_alive(pid)
+
+    def client(self, **overrides: Any) -> redis.Redis:
+        return self.node.client(**overrides)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing saved."""
+        if self.node.process is not None:
+            self.node.kill()
+        elif self._attached_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._attached_pid, signal.SIGKILL)
+            wait_gone(self._attached_pid, 10.0)
+            self._attached_pid = None
+
+    def pause(self) -> None:
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        pid = self.pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def stop(self, *, save: bool = False) -> None:
+        if self.node.process is not None:
+            self.node.stop(save=save)
+        elif self._attached_pid is not None:
+            password = None if self.node.sentinel else self.node.password
+            stop_pid(self._attached_pid, port=self.port, password=password, save=save)
+            self._attached_pid = None
+
+    def start(self) -> None:
+        self.node.start()
+
+    def restart(self, *, directives: Mapping[str, ConfigValue] | None = None) -> None:
+        """Plain restart (no checks): SHUTDOWN SAVE as an operator would, mutate, start."""
+        self.stop(save=True)
+        if directives is not None:
+            self.node.directives.update(directives)
+        self.node.start()
+
+    def live_role(self) -> str:
+        """``master``, ``slave``, ``sentinel`` or ``down``."""
+        try:
+            with contextlib.closing(self.client(socket_timeout=1.0)) as c:
+                return str(c.execute_command("ROLE")[0].decode())
+        except (redis.RedisError, OSError):
+            return "down"
+
+
+class Cluster:
+    """Start, steer and stop a topology. ``detach=True`` (``tally cluster up``) leaves the
+    processes running after this Python process exits and records them in the state file."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        *,
+        profile: str | None = None,
+        params: ProfileParams | None = None,
+        password: str | None = None,
+        binary: RedisBinary | None = None,
+        sentinels: bool | None = None,
+        detach: bool = False,
+    ) -> None:
+        self.topology = topology.with_profile(profile) if profile else topology
+        self.params = params or ProfileParams.from_mapping(
+            self.topology.params, source=f"{self.topology.source} [params]"
+        )
+        self.binary = binary or find_redis_server()
+        hardened = self.topology.profile == "hardened"
+        self.password = (
+            (password or os.environ.get(PASSWORD_ENV) or secrets.token_hex(16))
+            if hardened
+            else None
+        )
+        self.with_sentinels = (
+            uses_sentinel(self.topology.profile) if sentinels is None else sentinels
+        )
+        if self.with_sentinels and not self.topology.sentinels:
+            raise ConfigError(
+                f"{self.topology.source}: the {self.topology.profile} profile runs Sentinel",
+                hint="declare one [[sentinel]] per data center",
+            )
+        self.detach = detach
+        self.base_dir = self.topology.base_dir
+        self.nodes: dict[str, ClusterNode] = {}
+        self.sentinels: dict[str, ClusterNode] = {}
+        self.routes: dict[str, RouteState] = {}
+        self.hub: Hub | None = None
+        self.hub_pid: int | None = None
+        self.hub_control_port: int | None = None
+
+    # -- addressing --------------------------------------------------------------------------
+    @staticmethod
+    def route_name(src_dc: str, node: str) -> str:
+        return f"{src_dc}-to-{node}"
+
+    def reach(self, src_dc: str, node_name: str) -> tuple[str, int]:
+        """The address a process in ``src_dc`` uses for ``node_name``."""
+        target = self.nodes[node_name]
+        if target.dc == src_dc:
+            return target.address
+        return self.routes[self.route_name(src_dc, node_name)].listen
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        return [s.address for s in self.sentinels.values()]
+
+    def routes_between(self, dc_a: str, dc_b: str) -> list[str]:
+        pair = self.topology.link(dc_a, dc_b).name
+        return [r.name for r in self.routes.values() if r.pair == pair]
+
+    # -- faults ------------------------------------------------------------------------------
+    def partition(self, dc_a: str, dc_b: str, *, mode: str = "drop") -> None:
+        for name in self.routes_between(dc_a, dc_b):
+            self._hub().set_fault(name, "both", "partition", mode=mode)
+
+    def heal(self, dc_a: str, dc_b: str) -> None:
+        for name in self.routes_between(dc_a, dc_b):
+            self._hub().clear(name, "partition")
+
+    def isolate(self, dc: str, *, mode: str = "drop") -> None:
+        for other in self.topology.dcs:
+            if other != dc:
+                self.partition(dc, other, mode=mode)
+
+    def heal_all(self) -> None:
+        for name in self.routes:
+            self._hub().clear(name, "partition")
+
+    def _hub(self) -> Hub:
+        if self.hub is None:
+            raise InfrastructureError("the cluster's proxy hub is not running")
+        return self.hub
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> Cluster:
+        existing = read_state(self.base_dir)
+        if existing is not None and any(
+            p.pid is not None and pid_alive(p.pid) for p in existing.processes
+        ):
+            raise ConfigError(
+                f"a cluster is already up in {self.base_dir}",
+                hint="run `tally cluster down --topology ...` first",
+            )
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._plan_processes()
+            self._start_hub()
+            self._add_routes()
+            self._start_nodes()
+            if self.with_sentinels:
+                self._start_sentinels()
+            self.save_state()
+        except BaseException:
+            with contextlib.suppress(TallyError):
+                self.stop()
+            raise
+        return self
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _redis_node(self, name: str, **kwargs: Any) -> RedisNode:
+        return RedisNode(
+            name=name,
+            dir=self.base_dir / name,
+            binary=self.binary,
+            die_with_parent=not self.detach,
+            **kwargs,
+        )
+
+    def _plan_processes(self) -> None:
+        for spec in self.topology.nodes:
+            node = self._redis_node(spec.name, password=self.password)
+            self.nodes[spec.name] = ClusterNode(spec.name, spec.dc, node, spec.role)
+        if self.with_sentinels:
+            for s in self.topology.sentinels:
+                node = self._redis_node(s.name, sentinel=True)
+                self.sentinels[s.name] = ClusterNode(s.name, s.dc, node, "sentinel")
+
+    def _start_hub(self) -> None:
+        if self.detach:
+            self.hub_pid, self.hub_control_port = start_hub_daemon(self.base_dir)
+            self.hub = ProxyControl(self.hub_control_port)
+        else:
+            self.hub = ProxyHub().start()
+
+    def _add_routes(self) -> None:
+        hub = self._hub()
+        used_dcs = {n.dc for n in self.nodes.values()} | {s.dc for s in self.sentinels.values()}
+        for src_dc in sorted(used_dcs):
+            for target in self.nodes.values():
+                if target.dc == src_dc:
+                    continue
+                name = self.route_name(src_dc, target.name)
+                listen = hub.add_link(ProxyLinkSpec(name, target.node.host, target.port))
+                link = self.topology.link(src_dc, target.dc)
+                self.routes[name] = RouteState(name, src_dc, target.name, link.name, listen)
+                if link.latency_ms > 0:
+                    hub.set_fault(name, "both", "latency", latency_ms=link.latency_ms)
+                if link.bandwidth_bytes_per_s > 0:
+                    hub.set_fault(
+                        name, "both", "bandwidth", rate_bytes_s=link.bandwidth_bytes_per_s
+                    )
+
+    def slowest_link_bytes_per_s(self) -> int:
+        rates = [lk.bandwidth_bytes_per_s for lk in self.topology.links if lk.bandwidth_bytes_per_s]
+        return min(rates, default=0)
+
+    def directives_for(self, spec: NodeSpec) -> dict[str, ConfigValue]:
+        primary = self.topology.primary
+        if spec.role == "primary":
+            role = NodeRole(None, replicas_expected=len(self.topology.replicas))
+        else:
+            role = NodeRole(self.reach(spec.dc, primary.name))
+        return node_directives(
+            self.topology.profile,
+            self.binary,
+            role,
+            params=self.params,
+            password=self.password,
+            slowest_link_bytes_per_s=self.slowest_link_bytes_per_s(),
+        )
+
+    def _start_nodes(self) -> None:
+        ordered = [self.topology.primary, *self.topology.replicas]
+        for spec in ordered:
+            handle = self.nodes[spec.name]
+            handle.node.directives.update(self.directives_for(spec))
+            handle.start()
+        self.wait_replicas_in_sync()
+
+    def _start_sentinels(self) -> None:
+        primary = self.topology.primary.name
+        for handle in self.sentinels.values():
+            handle.node.directives.update(
+                sentinel_directives(
+                    self.topology.master_name,
+                    self.reach(handle.dc, primary),
+                    params=self.params,
+                    password=self.password,
+                )
+            )
+            handle.start()
+        self.wait_sentinels_ready()
+
+    def wait_replicas_in_sync(self, timeout_s: float = SYNC_TIMEOUT_S) -> None:
+        """Every running replica reports ``master_link_status:up``, within a deadline."""
+        deadline = time.monotonic() + timeout_s
+        pending = [h for h in self.nodes.values() if h.is_running()]
+        while pending and time.monotonic() < deadline:
+            pending = [h for h in pending if not _link_up_or_primary(h)]
+            if pending:
+                time.sleep(POLL_S)
+        if pending:
+            names = ", ".join(h.name for h in pending)
+            raise ProcessError(f"replicas not in sync within {timeout_s}s: {names}")
+
+    def wait_sentinels_ready(self, timeout_s: float = SENTINEL_READY_TIMEOUT_S) -> None:
+        """Every Sentinel sees the primary and all other Sentinels (so a failover can start)."""
+        others = len(self.sentinels) - 1
+        deadline = time.monotonic() + timeout_s
+        pending = list(self.sentinels.values())
+        while pending and time.monotonic() < deadline:
+            pending = [s for s in pending if _sentinel_peers(s, self.topology.master_name) < others]
+            if pending:
+                time.sleep(0.2)
+        if pending:
+            raise ProcessError(
+                f"Sentinels did not find each other within {timeout_s}s: "
+                + ", ".join(s.name for s in pending)
+            )
+
+    def stop(self) -> None:
+        """Stop Sentinels first (no failover while stopping), then replicas, primary, proxies.
+        Every process is tried; the first failure is raised at the end."""
+        errors: list[Exception] = []
+        order = [*self.sentinels.values(), *reversed(list(self.nodes.values()))]
+        for handle in order:
+            try:
+                handle.stop()
+            except (TallyError, OSError) as exc:
+                errors.append(exc)
+        self._stop_hub(errors)
+        if self.detach or read_state(self.base_dir) is not None:
+            self.save_state()
+        if errors:
+            raise errors[0]
+
+    def _stop_hub(self, errors: list[Exception]) -> None:
+        try:
+            if isinstance(self.hub, ProxyHub):
+                self.hub.stop()
+            elif isinstance(self.hub, ProxyControl):
+                self.hub.close()
+            if self.hub_pid is not None:
+                stop_hub_daemon(self.hub_pid)
+        except (TallyError, OSError) as exc:
+            errors.append(exc)
+        self.hub, self.hub_pid = None, None
+
+    # -- state ---------------------------------------------------------------------------------
+    def state(self) -> ClusterState:
+        processes = [
+            ProcessState(
+                h.name,
+                h.dc,
+                h.port,
+                str(h.node.dir),
+                h.pid,
+                "node",
+                h.role,
+                dict(h.node.directives),
+            )
+            for h in self.nodes.values()
+        ] + [
+            ProcessState(
+                h.name,
+                h.dc,
+                h.port,
+                str(h.node.dir),
+                h.pid,
+                "sentinel",
+                directives=dict(h.node.directives),
+            )
+            for h in self.sentinels.values()
+        ]
+        return ClusterState(
+            topology=self.topology.source,
+            profile=self.topology.profile,
+            password=self.password,
+            hub_pid=self.hub_pid,
+            hub_control_port=self.hub_control_port,
+            processes=processes,
+            routes=list(self.routes.values()),
+        )
+
+    def save_state(self) -> Path:
+        return write_state(self.base_dir, self.state())
+
+    @classmethod
+    def attach(cls, topology: Topology, *, binary: RedisBinary | None = None) -> Cluster:
+        """The cluster an earlier ``tally cluster up`` left running (from its state file)."""
+        state = read_state(topology.base_dir)
+        if state is None:
+            raise ConfigError(
+                f"no cluster state in {topology.base_dir}",
+                hint="start one with `tally cluster up --topology ...`",
+            )
+        cluster = cls(
+            topology.with_profile(state.profile),
+            password=state.password,
+            binary=binary,
+            detach=True,
+        )
+        cluster.password = state.password
+        for p in state.processes:
+            node = cluster._redis_node(
+                p.name,
+                port=p.port,
+                directives=dict(p.directives),
+                sentinel=p.kind == "sentinel",
+                password=state.password if p.kind == "node" else None,
+            )
+            handles = cluster.nodes if p.kind == "node" else cluster.sentinels
+            handles[p.name] = ClusterNode(p.name, p.dc, node, p.role or "sentinel", p.pid)
+        cluster.routes = {r.name: r for r in state.routes}
+        cluster.hub_pid, cluster.hub_control_port = state.hub_pid, state.hub_control_port
+        if state.hub_control_port is not None and state.hub_pid and pid_alive(state.hub_pid):
+            cluster.hub = ProxyControl(state.hub_control_port)
+        return cluster
+
+    # -- queries -------------------------------------------------------------------------------
+    def primary(self) -> ClusterNode | None:
+        """The running node that answers ROLE ``master`` (the first, if several do)."""
+        for handle in self.nodes.values():
+            if handle.is_running() and handle.live_role() == "master":
+                return handle
+        return None
+
+
+def _link_up_or_primary(handle: ClusterNode) -> bool:
+    try:
+        with contextlib.closing(handle.client(socket_timeout=1.0)) as c:
+            info = c.info("replication")
+    except (redis.RedisError, OSError):
+        return False
+    return info.get("role") == "master" or info.get("master_link_status") == "up"
+
+
+def _sentinel_peers(handle: ClusterNode, master_name: str) -> int:
+    try:
+        with contextlib.closing(handle.client(socket_timeout=1.0)) as c:
+            raw = c.execute_command("SENTINEL", "MASTER", master_name)
+    except (redis.RedisError, OSError):
+        return -1
+    info = raw if isinstance(raw, dict) else dict(zip(raw[::2], raw[1::2], strict=True))
+    value = info.get(b"num-other-sentinels", info.get("num-other-sentinels", -1))
+    return int(value)

@@ -1,0 +1,87 @@
+"""What ``tally cluster status`` shows: roles, replication offsets and lag, links, Sentinels."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import redis
+
+from tally.errors import TallyError
+from tally.ops.cluster.core import Cluster, ClusterNode
+
+
+def node_status(handle: ClusterNode) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "dc": handle.dc,
+        "port": handle.port,
+        "pid": handle.pid,
+        "running": handle.is_running(),
+    }
+    try:
+        with contextlib.closing(handle.client(socket_timeout=1.0)) as c:
+            info = c.info("replication")
+            out["keys"] = int(c.dbsize())
+    except (redis.RedisError, OSError) as exc:
+        return out | {"role": "down", "error": str(exc)}
+    out["role"] = info.get("role")
+    out["offset"] = int(info.get("master_repl_offset", 0))
+    if info.get("role") == "slave":
+        out["master"] = f"{info.get('master_host')}:{info.get('master_port')}"
+        out["link"] = info.get("master_link_status")
+        out["offset"] = int(info.get("slave_repl_offset", 0))
+    else:
+        out["replicas"] = int(info.get("connected_slaves", 0))
+    return out
+
+
+def sentinel_status(handle: ClusterNode, master_name: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"dc": handle.dc, "port": handle.port, "pid": handle.pid}
+    try:
+        with contextlib.closing(handle.client(socket_timeout=1.0)) as c:
+            addr = c.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", master_name)
+    except (redis.RedisError, OSError) as exc:
+        return out | {"up": False, "error": str(exc)}
+    primary = f"{addr[0].decode()}:{addr[1].decode()}" if addr else None
+    return out | {"up": True, "primary": primary}
+
+
+def link_status(cluster: Cluster) -> dict[str, Any]:
+    if cluster.hub is None:
+        return {}
+    try:
+        raw = cluster.hub.status()
+    except TallyError as exc:
+        return {"error": str(exc)}
+    out: dict[str, Any] = {}
+    for name, route in cluster.routes.items():
+        entry = raw.get(name, {})
+        faults = {d: f for d, f in entry.get("faults", {}).items() if f}
+        out[name] = {
+            "pair": route.pair,
+            "listen": list(route.listen),
+            "faults": faults,
+            "connections_open": entry.get("stats", {}).get("connections_open"),
+        }
+    return out
+
+
+def cluster_status(cluster: Cluster) -> dict[str, Any]:
+    nodes = {name: node_status(h) for name, h in cluster.nodes.items()}
+    primaries = [n for n, s in nodes.items() if s.get("role") == "master"]
+    if len(primaries) == 1:
+        # Lag in bytes of replication stream behind the primary.
+        top = nodes[primaries[0]]["offset"]
+        for status in nodes.values():
+            if status.get("role") == "slave":
+                status["lag_bytes"] = max(0, top - status["offset"])
+    return {
+        "profile": cluster.topology.profile,
+        "primaries": primaries,
+        "nodes": nodes,
+        "sentinels": {
+            n: sentinel_status(h, cluster.topology.master_name)
+            for n, h in cluster.sentinels.items()
+        },
+        "links": link_status(cluster),
+    }

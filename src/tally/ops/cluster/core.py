@@ -47,6 +47,7 @@ from tally.ops.profiles import (
     uses_sentinel,
 )
 from tally.ops.topology import NodeSpec, Topology
+from tally.store.discovery import SentinelTarget
 
 PASSWORD_ENV = "TALLY_REDIS_PASSWORD"
 SYNC_TIMEOUT_S = 30.0
@@ -195,6 +196,12 @@ class Cluster:
 
     def sentinel_addresses(self) -> list[tuple[str, int]]:
         return [s.address for s in self.sentinels.values()]
+
+    def sentinel_target(self) -> SentinelTarget:
+        """What ``tally.store.discovery`` needs to find this cluster's primary."""
+        return SentinelTarget(
+            tuple(self.sentinel_addresses()), self.topology.master_name, password=self.password
+        )
 
     def routes_between(self, dc_a: str, dc_b: str) -> list[str]:
         pair = self.topology.link(dc_a, dc_b).name

@@ -10,32 +10,20 @@ from pathlib import Path
 
 from tally.errors import ProcessError
 from tally.ops.cluster.procs import stop_pid
+from tally.ops.faultproxy import ProxyHub, serve
 
 READY_TIMEOUT_S = 15.0
-_LAUNCH = "from tally.cli.main import main; main()"
+_LAUNCH = "from tally.ops.cluster.hubd import main; main()"
 
 
 def start_hub_daemon(base_dir: Path) -> tuple[int, int]:
-    """Start ``tally proxy serve`` detached, with no links yet; returns (pid, control port)."""
+    """Start a proxy hub daemon (``faultproxy.serve``) detached, with no links yet; returns
+    (pid, control port)."""
     folder = Path(base_dir) / "proxy"
     folder.mkdir(parents=True, exist_ok=True)
-    config = folder / "links.toml"
-    config.write_text("link = []\n")
     ready = folder / "ready.json"
     ready.unlink(missing_ok=True)
-    argv = [
-        sys.executable,
-        "-c",
-        _LAUNCH,
-        "proxy",
-        "serve",
-        "--config",
-        str(config),
-        "--control-port",
-        "0",
-        "--ready-file",
-        str(ready),
-    ]
+    argv = [sys.executable, "-c", _LAUNCH, str(ready)]
     with (folder / "proxy.log").open("ab") as log:
         process = subprocess.Popen(
             argv,
@@ -63,3 +51,8 @@ def start_hub_daemon(base_dir: Path) -> tuple[int, int]:
 
 def stop_hub_daemon(pid: int) -> None:
     stop_pid(pid, timeout_s=10.0)
+
+
+def main() -> None:
+    """The daemon: an empty hub (the cluster adds links through the control port)."""
+    serve(ProxyHub(), 0, Path(sys.argv[1]))

@@ -1,0 +1,111 @@
+"""``tally cluster up|down|status --topology FILE``: a topology as real processes on loopback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tally.cli.output import handles_errors, json_option
+from tally.errors import ConfigError
+from tally.ops.cluster import Cluster, read_state, state_path
+from tally.ops.cluster.status import cluster_status
+from tally.ops.topology import PROFILES, Topology, load_topology
+
+topology_option = click.option(
+    "--topology",
+    "topology_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Topology TOML (see examples/topology-3dc.toml).",
+)
+
+
+def load(topology_path: Path, base_dir: Path | None = None) -> Topology:
+    topology = load_topology(topology_path)
+    return topology.with_base_dir(base_dir) if base_dir is not None else topology
+
+
+base_dir_option = click.option(
+    "--base-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Override the topology's base_dir.",
+)
+
+
+@click.group(name="cluster")
+def cluster() -> None:
+    """Run a topology (nodes, Sentinels, fault proxies) as real processes on loopback."""
+
+
+@cluster.command(name="up")
+@topology_option
+@base_dir_option
+@click.option("--profile", type=click.Choice(PROFILES), default=None, help="Override the file's.")
+@json_option
+@handles_errors
+def up(topology_path: Path, base_dir: Path | None, profile: str | None, as_json: bool) -> None:
+    """Start every node, Sentinel and the proxy daemon; they keep running after this exits."""
+    running = Cluster(load(topology_path, base_dir), profile=profile, detach=True).start()
+    status = cluster_status(running)
+    if running.hub is not None and hasattr(running.hub, "close"):
+        running.hub.close()
+    _print(status, as_json, f"cluster up; state in {running.base_dir}")
+
+
+@cluster.command(name="down")
+@topology_option
+@base_dir_option
+@json_option
+@handles_errors
+def down(topology_path: Path, base_dir: Path | None, as_json: bool) -> None:
+    """Stop everything `up` recorded (SHUTDOWN NOSAVE, SIGTERM, SIGKILL, each with a deadline)."""
+    topology = load(topology_path, base_dir)
+    if read_state(topology.base_dir) is None:
+        raise ConfigError(f"no cluster state in {topology.base_dir}", hint="nothing to stop")
+    Cluster.attach(topology).stop()
+    state_path(topology.base_dir).unlink(missing_ok=True)
+    payload = {"stopped": True, "base_dir": str(topology.base_dir)}
+    click.echo(json.dumps(payload) if as_json else f"cluster down ({topology.base_dir})")
+
+
+@cluster.command(name="status")
+@topology_option
+@base_dir_option
+@json_option
+@handles_errors
+def status(topology_path: Path, base_dir: Path | None, as_json: bool) -> None:
+    """Roles, replication offsets and lag, proxy links and faults, Sentinels' view."""
+    attached = Cluster.attach(load(topology_path, base_dir))
+    _print(cluster_status(attached), as_json, "")
+
+
+def _print(status: dict[str, Any], as_json: bool, header: str) -> None:
+    if as_json:
+        click.echo(json.dumps(status, sort_keys=True))
+        return
+    if header:
+        click.echo(header)
+    click.echo(f"profile {status['profile']}; primary: {', '.join(status['primaries']) or '-'}")
+    for name, node in status["nodes"].items():
+        extra = ""
+        if node.get("role") == "slave":
+            extra = f" link={node.get('link')} lag_bytes={node.get('lag_bytes', '?')}"
+        click.echo(
+            f"  node {name:<8} {node['dc']:<6} :{node['port']:<5} {node.get('role', '?'):<6}"
+            f" offset={node.get('offset', '-')} keys={node.get('keys', '-')}{extra}"
+        )
+    for name, sentinel in status["sentinels"].items():
+        click.echo(f"  sentinel {name:<8} :{sentinel['port']} primary={sentinel.get('primary')}")
+    for name, link in status["links"].items():
+        if isinstance(link, dict):
+            faults = (
+                ",".join(f"{d}:{'+'.join(f)}" for d, f in link.get("faults", {}).items()) or "-"
+            )
+            click.echo(
+                f"  link {name:<12} {link['pair']:<8} open={link.get('connections_open')}"
+                f" faults={faults}"
+            )

@@ -1,0 +1,286 @@
+"""How the engine finds the Redis primary: a plain URL, or Sentinel.
+
+Every client made here has explicit socket timeouts and NO retries (redis-py's defaults retry):
+a failure reaches the caller at once, and the caller decides (``rediscover()`` after READONLY).
+
+    target = parse_target("redis://:pw@127.0.0.1:6380/0")
+    target = parse_target("sentinel://:pw@127.0.0.1:26379,127.0.0.1:26380/tally")
+    locator = PrimaryLocator(target)
+    client = locator.client()          # the current primary, role checked
+    ...                                # a write answers READONLY: the primary was demoted
+    client = locator.rediscover()      # ask Sentinel again (raises StoreReadOnly if no primary)
+
+    listener = SwitchMasterListener(sentinel_spec).start()   # records +switch-master events
+    listener.events  # [SwitchMaster(at_s, sentinel, master_name, old, new)]
+    listener.stop()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from tally.errors import ConfigError, StoreReadOnly, StoreUnavailable
+
+SOCKET_TIMEOUT_S = 2.0
+CONNECT_TIMEOUT_S = 1.0
+SENTINELS_MAX = 16
+EVENTS_MAX = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelTarget:
+    sentinels: tuple[tuple[str, int], ...]
+    master_name: str
+    password: str | None = None  # the data nodes' password
+    sentinel_password: str | None = None  # Sentinels' own (None: they have none)
+    db: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.sentinels) <= SENTINELS_MAX:
+            raise ConfigError(f"give 1..{SENTINELS_MAX} Sentinel addresses")
+
+
+Target = str | SentinelTarget
+
+
+def parse_target(text: str) -> Target:
+    """``redis://...`` stays a URL; ``sentinel://[:pw@]h:p,h:p/master[/db]`` a Sentinel target."""
+    if not text.startswith("sentinel://"):
+        if not text.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"not a Redis URL: {text!r}",
+                hint="use redis://host:port/db or sentinel://host:port,host:port/master",
+            )
+        return text
+    parts = urlsplit(text)
+    auth, _, hosts = parts.netloc.rpartition("@")
+    password = unquote(auth.partition(":")[2]) or None if auth else None
+    path = [p for p in parts.path.split("/") if p]
+    if not path or not hosts:
+        raise ConfigError(f"{text!r} names no master", hint="sentinel://h:p,h:p/MASTER")
+    addresses = []
+    for one in hosts.split(","):
+        host, _, port = one.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"bad Sentinel address {one!r} in {text!r}", hint="use host:port")
+        addresses.append((host, int(port)))
+    db = int(path[1]) if len(path) > 1 and path[1].isdigit() else 0
+    return SentinelTarget(tuple(addresses), path[0], password=password, db=db)
+
+
+def _options(socket_timeout_s: float, connect_timeout_s: float) -> dict[str, object]:
+    return {
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": connect_timeout_s,
+        "retry": Retry(NoBackoff(), 0),
+        "retry_on_timeout": False,
+        "health_check_interval": 0,
+    }
+
+
+class PrimaryLocator:
+    """Finds the current primary and hands out a client for it."""
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        socket_timeout_s: float = SOCKET_TIMEOUT_S,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    ) -> None:
+        self.target = target
+        self._options = _options(socket_timeout_s, connect_timeout_s)
+        self._client: redis.Redis | None = None
+        self.address: tuple[str, int] | None = None
+
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = self._discover()
+        return self._client
+
+    def rediscover(self) -> redis.Redis:
+        """After READONLY or a lost connection: close the old client, find the primary again."""
+        self.close()
+        return self.client()
+
+    def close(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(redis.RedisError):
+                self._client.close()
+        self._client = None
+
+    def _discover(self) -> redis.Redis:
+        if isinstance(self.target, str):
+            client: redis.Redis = redis.Redis.from_url(self.target, **self._options)
+            kwargs = client.connection_pool.connection_kwargs
+            self.address = (str(kwargs.get("host")), int(kwargs.get("port", 6379)))
+            return client
+        self.address = self._ask_sentinels(self.target)
+        client = redis.Redis(
+            host=self.address[0],
+            port=self.address[1],
+            db=self.target.db,
+            password=self.target.password,
+            **self._options,  # type: ignore[arg-type]
+        )
+        _check_is_primary(client, self.address)
+        return client
+
+    def _ask_sentinels(self, target: SentinelTarget) -> tuple[str, int]:
+        errors = []
+        for host, port in target.sentinels:
+            sentinel = redis.Redis(
+                host=host,
+                port=port,
+                password=target.sentinel_password,
+                **self._options,  # type: ignore[arg-type]
+            )
+            try:
+                with contextlib.closing(sentinel):
+                    addr = _execute(
+                        sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", target.master_name
+                    )
+            except (redis.RedisError, OSError) as exc:
+                errors.append(f"{host}:{port}: {exc}")
+                continue
+            if addr:
+                return _text(addr[0]), int(addr[1])
+            errors.append(f"{host}:{port}: does not know {target.master_name!r}")
+        raise StoreUnavailable("no Sentinel named a primary: " + "; ".join(errors))
+
+
+def _execute(client: Any, *args: object) -> Any:
+    """redis-py's ``execute_command`` is untyped; keep the escape hatch in one place."""
+    return client.execute_command(*args)
+
+
+def _pubsub(client: Any) -> Any:
+    return client.pubsub()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _check_is_primary(client: redis.Redis, address: tuple[str, int]) -> None:
+    """Sentinel can be behind (F4: a primary restarted as a replica): trust ROLE, not Sentinel."""
+    try:
+        role = _text(_execute(client, "ROLE")[0])
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"primary {address[0]}:{address[1]} unreachable: {exc}") from exc
+    except redis.RedisError as exc:
+        raise StoreUnavailable(f"primary {address[0]}:{address[1]}: {exc}") from exc
+    if role != "master":
+        client.close()
+        raise StoreReadOnly(f"{address[0]}:{address[1]} is a {role}, not a primary")
+
+
+def wait_for_primary(
+    locator: PrimaryLocator, *, timeout_s: float, not_at: tuple[str, int] | None = None
+) -> redis.Redis:
+    """Rediscover until a primary (other than ``not_at``) answers, within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            client = locator.rediscover()
+            if not_at is None or locator.address != not_at:
+                return client
+        except (StoreUnavailable, StoreReadOnly) as exc:
+            last = exc
+        time.sleep(0.1)
+    raise StoreUnavailable(f"no new primary within {timeout_s}s (last: {last})")
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchMaster:
+    at_s: float  # time.time() when the event arrived
+    sentinel: tuple[str, int]
+    master_name: str
+    old: tuple[str, int]
+    new: tuple[str, int]
+
+
+@dataclass
+class SwitchMasterListener:
+    """Subscribes to ``+switch-master`` on every Sentinel (one thread each) and records events."""
+
+    target: SentinelTarget
+    events: list[SwitchMaster] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> SwitchMasterListener:
+        for address in self.target.sentinels:
+            thread = threading.Thread(
+                target=self._listen,
+                args=(address,),
+                name=f"switch-master-{address[1]}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout_s)
+        self._threads.clear()
+
+    def __enter__(self) -> SwitchMasterListener:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _listen(self, address: tuple[str, int]) -> None:
+        while not self._stop.is_set():  # reconnects (paced) while the Sentinel is away
+            try:
+                self._listen_once(address)
+            except (redis.RedisError, OSError):
+                self._stop.wait(0.5)
+
+    def _listen_once(self, address: tuple[str, int]) -> None:
+        options = _options(SOCKET_TIMEOUT_S, CONNECT_TIMEOUT_S)
+        client = redis.Redis(
+            host=address[0],
+            port=address[1],
+            password=self.target.sentinel_password,
+            **options,  # type: ignore[arg-type]
+        )
+        with contextlib.closing(client), contextlib.closing(_pubsub(client)) as pubsub:
+            pubsub.subscribe("+switch-master")
+            while not self._stop.is_set():
+                message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+                if message is not None and message.get("type") == "message":
+                    self._record(address, _text(message["data"]))
+
+    def _record(self, sentinel: tuple[str, int], data: str) -> None:
+        fields_ = data.split()  # "<name> <old ip> <old port> <new ip> <new port>"
+        if len(fields_) != 5 or fields_[0] != self.target.master_name:
+            return
+        event = SwitchMaster(
+            time.time(),
+            sentinel,
+            fields_[0],
+            (fields_[1], int(fields_[2])),
+            (fields_[3], int(fields_[4])),
+        )
+        with self._lock:
+            if len(self.events) < EVENTS_MAX:
+                self.events.append(event)
+
+    def snapshot(self) -> list[SwitchMaster]:
+        with self._lock:
+            return list(self.events)

@@ -82,7 +82,6 @@ def _options(socket_timeout_s: float, connect_timeout_s: float) -> dict[str, obj
         "socket_timeout": socket_timeout_s,
         "socket_connect_timeout": connect_timeout_s,
         "retry": Retry(NoBackoff(), 0),
-        "retry_on_timeout": False,
         "health_check_interval": 0,
     }
 

@@ -23,6 +23,10 @@ class FakeStore:
         self.books = Books()
         self.lost = True
 
+    def set_epoch(self, epoch_id: str) -> None:
+        self.epoch_id = epoch_id
+        self.lost = False
+
     def _check(self) -> None:
         if self.lost:
             raise StoreLost("fake store was wiped")

@@ -6,9 +6,11 @@ no script ran."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from zlib import crc32
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import hiredis
 import redis
 
 from tally.domain.accounts import Account, AccountState, AccountStatus
@@ -58,6 +60,17 @@ class RedisStore:
         self.wait_timeout_ms = wait_timeout_ms
         self._epoch_value = layout.epoch_value(epoch_id)
         self._sha = {name: scripts.script(name).sha for name in scripts.ALL}
+        # Keys precomputed per shard: the batch path builds thousands per call.
+        shard_range = range(layout.shards)
+        self._epoch_keys = [layout.epoch(s) for s in shard_range]
+        self._journal_keys = [layout.journal(s) for s in shard_range]
+        self._tx_keys = [layout.tx(s) for s in shard_range]
+        self._account_prefix = [layout.account_prefix(s) for s in shard_range]
+
+    def set_epoch(self, epoch_id: str) -> None:
+        """After a rebuild the ledger names a new epoch; only then may this store write again."""
+        self.epoch_id = epoch_id
+        self._epoch_value = self.layout.epoch_value(epoch_id)
 
     # -- scripts -------------------------------------------------------------------------------
     def load_scripts(self) -> None:
@@ -68,17 +81,45 @@ class RedisStore:
             raise translate(exc, sent=False) from exc
 
     def _run(
-        self, calls: Sequence[tuple[str, list[str], list[str | int]]], *, reloaded: bool = False
+        self, calls: Iterable[tuple[str, list[str], list[str | int]]], *, reloaded: bool = False
     ) -> list[object]:
-        """EVALSHA each (script, keys, args) in one pipeline. NOSCRIPT means that call did not
-        run: load the scripts and rerun just those calls, once."""
-        pipe = self.client.pipeline(transaction=False)
-        for name, keys, args in calls:
-            pipe.evalsha(self._sha[name], len(keys), *keys, *args)
+        """EVALSHA each (script, keys, args) on one connection, sending each call as soon as it
+        is built (Redis works on the first while Python builds the next), then reading every
+        reply. NOSCRIPT means that call did not run: load the scripts, rerun those, once."""
+        sent_calls: list[tuple[str, list[str], list[str | int]]] = []
+        pool = self.client.connection_pool
         try:
-            replies = list(pipe.execute(raise_on_error=False))
+            conn = pool.get_connection()
         except redis.RedisError as exc:
-            raise translate(exc, sent=True) from exc
+            raise translate(exc, sent=False) from exc
+        try:
+            for call in calls:
+                name, keys, args = call
+                packed = hiredis.pack_command(("EVALSHA", self._sha[name], len(keys), *keys, *args))
+                conn.send_packed_command([packed], check_health=False)
+                sent_calls.append(call)
+            replies: list[object] = []
+            for _ in sent_calls:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+        except redis.RedisError as exc:
+            conn.disconnect()
+            raise translate(exc, sent=bool(sent_calls)) from exc
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+        return self._after_noscript(sent_calls, replies, reloaded)
+
+    def _after_noscript(
+        self,
+        calls: list[tuple[str, list[str], list[str | int]]],
+        replies: list[object],
+        reloaded: bool,
+    ) -> list[object]:
         missing = [i for i, r in enumerate(replies) if is_noscript(r)]
         if missing:
             if reloaded:
@@ -96,8 +137,14 @@ class RedisStore:
     def apply(self, transfers: Sequence[RawTransfer]) -> Applied:
         """Apply validated transfers; one result per transfer, in order. Raises StoreLost /
         StoreBackpressure (with ``partial`` results of the shards that did apply)."""
-        calls = self._plan(transfers)
-        replies = self._run([("transfer", c.keys, c.args) for c in calls])
+        calls: list[_Call] = []
+
+        def stream() -> Iterator[tuple[str, list[str], list[str | int]]]:
+            for call in self._plan(transfers):
+                calls.append(call)
+                yield ("transfer", call.keys, call.args)
+
+        replies = self._run(stream())
         results: list[TransferResult | None] = [None] * len(transfers)
         failure: StoreError | None = None
         for call, reply in zip(calls, replies, strict=True):
@@ -108,55 +155,60 @@ class RedisStore:
             raise failure
         return Applied([r for r in results if r is not None], acked)
 
-    def _plan(self, transfers: Sequence[RawTransfer]) -> list[_Call]:
+    def _plan(self, transfers: Sequence[RawTransfer]) -> Iterator[_Call]:
         """One script call per account shard (and per SCRIPT_BATCH_MAX). Grouping by shard
         reorders the batch, which is harmless except for an id repeated within the batch, so a
         repeated id starts a new segment: segments run in order, as the caller sent them."""
-        calls: list[_Call] = []
         now_ms = int(time.time() * 1000)
-        shard_of = self.layout.shard_of
+        shards = self.layout.shards
         by_shard: dict[int, list[int]] = {}
         seen: set[str] = set()
         for i, t in enumerate(transfers):
             if t[0] in seen:
-                calls += self._calls(by_shard, transfers, now_ms)
+                yield from self._calls(by_shard, transfers, now_ms)
                 by_shard, seen = {}, set()
             seen.add(t[0])
-            by_shard.setdefault(shard_of(t[2]), []).append(i)
-        return calls + self._calls(by_shard, transfers, now_ms)
+            shard = crc32(t[2].encode()) % shards
+            group = by_shard.get(shard)
+            if group is None:
+                by_shard[shard] = [i]
+            else:
+                group.append(i)
+        yield from self._calls(by_shard, transfers, now_ms)
 
     def _calls(
         self, by_shard: dict[int, list[int]], transfers: Sequence[RawTransfer], now_ms: int
-    ) -> list[_Call]:
-        return [
-            self._call(shard, indexes[start : start + SCRIPT_BATCH_MAX], transfers, now_ms)
-            for shard, indexes in by_shard.items()
-            for start in range(0, len(indexes), SCRIPT_BATCH_MAX)
-        ]
+    ) -> Iterator[_Call]:
+        for shard, indexes in by_shard.items():
+            for start in range(0, len(indexes), SCRIPT_BATCH_MAX):
+                yield self._call(shard, indexes[start : start + SCRIPT_BATCH_MAX], transfers, now_ms)
 
     def _call(
         self, shard: int, chunk: list[int], transfers: Sequence[RawTransfer], now_ms: int
     ) -> _Call:
-        lay = self.layout
+        shards = self.layout.shards
+        tx_keys = self._tx_keys
         account_index: dict[str, int] = {}
-        tx_index: dict[str, int] = {}
+        tx_index: dict[int, int] = {}
         body: list[str | int] = []
         for i in chunk:
             tid, kind, aid, amount, currency = transfers[i]
             ai = account_index.get(aid)
             if ai is None:
                 ai = account_index[aid] = len(account_index) + 1
-            tx_key = lay.tx_for(tid)
-            xi = tx_index.get(tx_key)
+            tx_shard = crc32(tid.encode()) % shards
+            xi = tx_index.get(tx_shard)
             if xi is None:
-                xi = tx_index[tx_key] = len(tx_index) + 1
+                xi = tx_index[tx_shard] = len(tx_index) + 1
             body += (tid, kind, ai, amount, currency, xi)
-        keys = [lay.epoch(shard), lay.journal(shard), *tx_index]
-        keys += [lay.account(shard, aid) for aid in account_index]
+        prefix = self._account_prefix[shard]
+        keys = [self._epoch_keys[shard], self._journal_keys[shard]]
+        keys += [tx_keys[x] for x in tx_index]
+        keys += [prefix + aid for aid in account_index]
         args: list[str | int] = [
             self._epoch_value, self.epoch_id, now_ms, len(tx_index), len(account_index)
         ]
-        args += list(account_index)
+        args += account_index
         args += body
         return _Call(shard, chunk, keys, args)
 

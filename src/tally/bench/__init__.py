@@ -1,0 +1,1 @@
+"""Benchmarks anyone can run (`tally bench ...`): numbers for the README come from here."""

@@ -1,0 +1,25 @@
+"""The balance-store port: what the service layer needs from a store. ``RedisStore`` is the real
+adapter, ``FakeStore`` the in-memory one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from tally.domain.accounts import Account, AccountState
+from tally.domain.results import Result
+from tally.store.redis_store import Applied, RawTransfer
+
+
+class BalanceStore(Protocol):
+    epoch_id: str
+
+    def set_epoch(self, epoch_id: str) -> None: ...
+
+    def load_scripts(self) -> None: ...
+
+    def apply(self, transfers: Sequence[RawTransfer]) -> Applied: ...
+
+    def upsert_account(self, account: Account) -> Result: ...
+
+    def read_accounts(self, account_ids: Iterable[str]) -> dict[str, AccountState | None]: ...

@@ -1,0 +1,147 @@
+"""The engine: the service layer every entry point (library, CLI, HTTP API) goes through.
+
+Debits go to the store first (the hot path) and reach the ledger through the journal. Money in
+goes to the ledger first (a credit intent), then to the store, idempotently by transfer id
+(invariant 4): if the store is down, the credit waits, durable, and ``apply_pending_credits``
+applies it once the store is writable again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tally.billing.validate import raw_transfer, raw_transfers
+from tally.domain.accounts import Account, AccountState, AccountStatus, SystemAccount
+from tally.domain.results import Result
+from tally.domain.transfers import Transfer, TransferKind, TransferResult
+from tally.errors import StoreError, StoreLost
+from tally.ledger.sql_ledger import SqlLedger
+from tally.store.port import BalanceStore
+from tally.store.redis_store import Applied
+
+T = TypeVar("T")
+
+PENDING_CREDITS_BATCH_MAX = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class CreditOutcome:
+    """``result`` is None while the credit is durable in the ledger but not yet applied to the
+    store (the store was unavailable): it will be applied, exactly once, when it is back."""
+
+    transfer_id: str
+    result: Result | None
+    balance_minor: int | None
+    replayed: bool = False
+
+    @property
+    def pending(self) -> bool:
+        return self.result is None
+
+
+class Engine:
+    def __init__(self, store: BalanceStore, ledger: SqlLedger) -> None:
+        self.store = store
+        self.ledger = ledger
+
+    # -- epoch ---------------------------------------------------------------------------------
+    def _guarded(self, action: Callable[[], T]) -> T:
+        """Run a store action; on store_lost, check once whether a rebuild has named a new epoch
+        (then this engine was merely behind) and retry once. Safe: every write is idempotent."""
+        try:
+            return action()
+        except StoreLost:
+            epoch = self.ledger.current_epoch()
+            if epoch is None or epoch.epoch_id == self.store.epoch_id:
+                raise
+            self.store.set_epoch(epoch.epoch_id)
+            return action()
+
+    # -- accounts ------------------------------------------------------------------------------
+    def create_account(self, account: Account) -> Result:
+        """Ledger first, then the store. A replay with the same definition returns ``exists``
+        and re-applies the ledger's definition to the store (healing a store that missed it)."""
+        result = self.ledger.create_account(account)
+        if result in (Result.ok, Result.exists):
+            self._mirror(account.id)
+        return result
+
+    def set_status(self, account_id: str, status: AccountStatus) -> Result:
+        result = self.ledger.set_status(account_id, status)
+        if result is Result.ok:
+            self._mirror(account_id)
+        return result
+
+    def set_credit_limit(self, account_id: str, credit_limit_minor: int) -> Result:
+        result = self.ledger.set_credit_limit(account_id, credit_limit_minor)
+        if result is Result.ok:
+            self._mirror(account_id)
+        return result
+
+    def _mirror(self, account_id: str) -> None:
+        stored = self.ledger.get_account(account_id)
+        if stored is not None:
+            self._guarded(lambda: self.store.upsert_account(stored))
+
+    def account(self, account_id: str) -> AccountState | None:
+        return self.accounts([account_id])[account_id]
+
+    def accounts(self, account_ids: Iterable[str]) -> dict[str, AccountState | None]:
+        ids = list(account_ids)
+        return self._guarded(lambda: self.store.read_accounts(ids))
+
+    # -- debits --------------------------------------------------------------------------------
+    def debit(
+        self, transfer_id: str, account_id: str, amount_minor: int, currency: str = ""
+    ) -> TransferResult:
+        raw = raw_transfer("d", transfer_id, account_id, amount_minor, currency)
+        return self._guarded(lambda: self.store.apply([raw])).results[0]
+
+    def debit_many(self, items: Iterable[Sequence[object]]) -> Applied:
+        """Many debits, one result each, in order; thousands per script call."""
+        raws = raw_transfers("d", items)
+        return self._guarded(lambda: self.store.apply(raws))
+
+    # -- credits (money in: ledger first) ------------------------------------------------------
+    def credit(
+        self,
+        transfer_id: str,
+        account_id: str,
+        amount_minor: int,
+        currency: str,
+        source: SystemAccount = SystemAccount.adjustments,
+    ) -> CreditOutcome:
+        raw = raw_transfer("c", transfer_id, account_id, amount_minor, currency)
+        transfer = Transfer(transfer_id, TransferKind.credit, account_id, amount_minor, currency)
+        conflict = self.ledger.record_credit_intent(transfer, source).conflict
+        if conflict is not None:
+            return CreditOutcome(transfer_id, conflict, None, replayed=True)
+        try:
+            result = self._guarded(lambda: self.store.apply([raw])).results[0]
+        except StoreError:
+            return CreditOutcome(transfer_id, None, None)
+        self._settle_if_refused_by_id(result)
+        return CreditOutcome(transfer_id, result.result, result.balance_minor, result.replayed)
+
+    def apply_pending_credits(
+        self, *, older_than_ms: int = 1000, limit: int = PENDING_CREDITS_BATCH_MAX
+    ) -> int:
+        """Re-apply credit intents the journal has not yet settled (the store was down, or lost
+        and rebuilt). Idempotent by transfer id: an applied one replays, a lost one applies."""
+        intents = self.ledger.unsettled_credit_intents(
+            older_than_ms=older_than_ms, limit=min(limit, PENDING_CREDITS_BATCH_MAX)
+        )
+        if not intents:
+            return 0
+        raws = [(i.id, "c", i.account_id, i.amount_minor, i.currency) for i in intents]
+        applied = self._guarded(lambda: self.store.apply(raws))
+        for result in applied.results:
+            self._settle_if_refused_by_id(result)
+        return len(intents)
+
+    def _settle_if_refused_by_id(self, result: TransferResult) -> None:
+        """A conflicting replay is not journaled (nothing changed), so settle it here."""
+        if result.result.is_replay_conflict:
+            self.ledger.settle_credit_intent(result.transfer_id, result.result)

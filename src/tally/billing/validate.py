@@ -1,0 +1,44 @@
+"""Checking caller input before it reaches the store: cheap, so the batch path stays fast."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from tally.domain.ids import is_valid_id
+from tally.domain.limits import AMOUNT_MINOR_MAX, BATCH_MAX
+from tally.domain.money import CURRENCY_EXPONENTS
+from tally.errors import InvalidAmount, InvalidId, UnknownCurrency, UsageError
+from tally.store.redis_store import RawTransfer
+
+#: (transfer id, account id, amount_minor) or (transfer id, account id, amount_minor, currency)
+DebitItem = tuple[str, str, int] | tuple[str, str, int, str]
+
+
+def raw_transfers(kind: str, items: Iterable[Sequence[object]]) -> list[RawTransfer]:
+    out: list[RawTransfer] = []
+    for n, item in enumerate(items):
+        if n >= BATCH_MAX:
+            raise UsageError(f"a batch holds at most {BATCH_MAX} transfers")
+        if len(item) == 3:
+            tid, aid, amount = item
+            currency: object = ""
+        elif len(item) == 4:
+            tid, aid, amount, currency = item
+        else:
+            raise UsageError(f"item {n}: expected (transfer_id, account_id, amount_minor[, currency])")
+        out.append(raw_transfer(kind, tid, aid, amount, currency, where=f"item {n}: "))
+    return out
+
+
+def raw_transfer(
+    kind: str, tid: object, aid: object, amount: object, currency: object, *, where: str = ""
+) -> RawTransfer:
+    if not is_valid_id(tid):
+        raise InvalidId(f"{where}transfer id {str(tid)[:80]!r} is not a valid id")
+    if not is_valid_id(aid):
+        raise InvalidId(f"{where}account id {str(aid)[:80]!r} is not a valid id")
+    if type(amount) is not int or not 0 < amount <= AMOUNT_MINOR_MAX:
+        raise InvalidAmount(f"{where}amount {str(amount)[:40]!r} is not 1..{AMOUNT_MINOR_MAX} minor units")
+    if currency != "" and currency not in CURRENCY_EXPONENTS:
+        raise UnknownCurrency(f"{where}unknown currency {str(currency)[:8]!r}")
+    return (tid, kind, aid, amount, currency)  # type: ignore[return-value]

@@ -1,0 +1,80 @@
+"""The composition root: the one place that builds real adapters and wires them together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from tally.billing.engine import Engine
+from tally.config import Settings
+from tally.errors import ConfigError, LedgerNotInitialised
+from tally.ledger.sql_ledger import SqlLedger
+from tally.store.keys import KeyLayout
+from tally.store.redis_store import RedisStore
+
+
+def redis_client(url: str, settings: Settings) -> redis.Redis:
+    """Explicit timeouts and NO retries: redis-py's defaults retry, and a billing engine must
+    see every failure and decide itself (the scripts are idempotent; the caller retries)."""
+    try:
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=settings.redis_socket_timeout_ms / 1000,
+            socket_connect_timeout=settings.redis_connect_timeout_ms / 1000,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+            max_connections=settings.redis_pool_max,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"bad Redis URL: {exc}", hint="use redis://host:port/db") from exc
+
+
+@dataclass
+class Deployment:
+    settings: Settings
+    ledger: SqlLedger
+    client: redis.Redis
+    layout: KeyLayout
+    engine: Engine
+
+    def close(self) -> None:
+        self.client.close()
+        self.ledger.close()
+
+    def __enter__(self) -> Deployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_deployment(settings: Settings) -> Deployment:
+    ledger = SqlLedger.open(settings.ledger_url)
+    try:
+        epoch = ledger.current_epoch()
+        if epoch is None:
+            raise LedgerNotInitialised(f"the ledger at {_safe(settings.ledger_url)} has no epoch yet")
+        client = redis_client(settings.require_redis_url(), settings)
+        layout = KeyLayout(epoch.namespace, epoch.shards)
+        store = RedisStore(
+            client,
+            layout,
+            epoch.epoch_id,
+            wait_replicas=settings.wait_replicas,
+            wait_timeout_ms=settings.wait_timeout_ms,
+        )
+    except BaseException:
+        ledger.close()
+        raise
+    return Deployment(settings, ledger, client, layout, Engine(store, ledger))
+
+
+def _safe(url: str) -> str:
+    """A URL without its password, for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

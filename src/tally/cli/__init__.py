@@ -1,0 +1,1 @@
+"""The command line: thin; translates arguments to the service layer and results to output."""

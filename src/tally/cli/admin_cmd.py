@@ -1,0 +1,116 @@
+"""tally init | drain | reconcile | rebuild: operating the store and the ledger of record."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+import threading
+from typing import Any
+
+import click
+
+from tally.bootstrap import redis_client
+from tally.cli.context import connection_options, deployment, settings_from
+from tally.cli.output import EXIT_REFUSED, emit, handles_errors, json_option
+from tally.ledger.drainer import Drainer
+from tally.ledger.sql_ledger import SqlLedger
+from tally.store.keys import KeyLayout
+
+DRAIN_ROUNDS_MAX = 10_000
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if hasattr(value, "value") and not isinstance(value, int | str):
+        return value.value
+    return value
+
+
+@click.command()
+@click.option("--shards", default=None, type=click.IntRange(1, 1024), help="Logical shards (fixed for the deployment).")
+@click.option("--namespace", default=None, help="Redis key prefix.")
+@connection_options
+@json_option
+@handles_errors
+def init(shards: int | None, namespace: str | None, as_json: bool, **conn: str | None) -> None:
+    """Create the ledger schema and the first store epoch (on an empty Redis)."""
+    from tally.ledger.rebuild import init_store  # noqa: PLC0415
+
+    settings = settings_from(**conn)
+    layout = KeyLayout(namespace or settings.namespace, shards or settings.shards)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with SqlLedger.open(settings.ledger_url) as ledger:
+        client = redis_client(settings.require_redis_url(), settings)
+        try:
+            epoch = init_store(client, layout, ledger)
+        finally:
+            client.close()
+    emit(as_json, {"epoch": epoch.epoch_id, "namespace": layout.namespace, "shards": layout.shards},
+         f"initialised epoch {epoch.epoch_id} ({layout.shards} shards, namespace {layout.namespace})")
+
+
+@click.command()
+@click.option("--follow", is_flag=True, help="Keep draining until Ctrl-C.")
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 100_000), help="Entries per round.")
+@connection_options
+@json_option
+@handles_errors
+def drain(follow: bool, limit: int, as_json: bool, **conn: str | None) -> None:
+    """Move the journal into the ledger of record (and apply credits still pending)."""
+    with deployment(**conn) as dep:
+        drainer = Drainer(dep.client, dep.layout, dep.ledger, count=min(limit, 1000))
+        if follow:
+            stop = threading.Event()
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            drainer.run(stop, limit=limit)
+        else:
+            for _ in range(DRAIN_ROUNDS_MAX):
+                if drainer.run_once(limit) == 0:
+                    break
+        credits = dep.engine.apply_pending_credits(older_than_ms=0)
+        for _ in range(DRAIN_ROUNDS_MAX):  # the credits just applied are journaled: drain them too
+            if drainer.run_once(limit) == 0:
+                break
+        stats = _plain(drainer.stats)
+        stats["credits_applied"] = credits
+        emit(as_json, stats, " ".join(f"{k}={v}" for k, v in stats.items()))
+
+
+@click.command()
+@connection_options
+@json_option
+@handles_errors
+def reconcile(as_json: bool, **conn: str | None) -> None:
+    """Compare every account's store balance with the ledger (counting undrained entries)."""
+    from tally.ledger.reconcile import reconcile as run_reconcile  # noqa: PLC0415
+
+    with deployment(**conn) as dep:
+        report = run_reconcile(dep.client, dep.layout, dep.ledger)
+        data = _plain(report)
+        lines = [f"accounts checked {data['accounts_checked']}, drifted {data['accounts_drifted']}"]
+        lines += [f"  {d['account']}: store {d['redis_balance_minor']} ledger-expected {d['ledger_balance_minor'] + d['undrained_minor']}" for d in data["drift"]]
+        emit(as_json, data, "\n".join(lines))
+        if data["accounts_drifted"]:
+            sys.exit(EXIT_REFUSED)
+
+
+@click.command()
+@click.option("--force", is_flag=True, help="Delete tally's keys in a non-empty, foreign dataset first.")
+@connection_options
+@json_option
+@handles_errors
+def rebuild(force: bool, as_json: bool, **conn: str | None) -> None:
+    """Restore an empty (or, with --force, foreign) store from the ledger under a new epoch."""
+    from tally.ledger.rebuild import rebuild as run_rebuild  # noqa: PLC0415
+
+    with deployment(**conn) as dep:
+        report = run_rebuild(dep.client, dep.layout, dep.ledger, force=force)
+        data = _plain(report)
+        emit(as_json, data, " ".join(f"{k}={v}" for k, v in data.items()))

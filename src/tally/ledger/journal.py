@@ -8,7 +8,7 @@ from tally.domain.money import check_amount_minor, check_currency
 from tally.domain.results import Result
 from tally.domain.transfers import TransferKind
 from tally.errors import TallyError
-from tally.ledger.models import JournalLine
+from tally.ledger.models import DrainedLine, JournalLine, Position, RejectedLine, StreamId
 
 FIELDS = 8
 LINES_PER_ENTRY_MAX = 100_000
@@ -84,3 +84,26 @@ def format_tx_record(
     """The store's ``tx`` hash value: ``k|account|amount|currency|code|balance``."""
     balance = "" if balance_after_minor is None else str(balance_after_minor)
     return f"{kind.code}|{account_id}|{amount_minor}|{currency}|{int(result)}|{balance}"
+
+
+def parse_entry(
+    shard: int, stream_id: StreamId, fields: dict[str, str]
+) -> tuple[list[DrainedLine], list[RejectedLine]]:
+    epoch_id = fields.get("e", "")
+    drained: list[DrainedLine] = []
+    rejected: list[RejectedLine] = []
+    data = fields.get("d")
+    if not epoch_id or data is None:
+        pos = Position(epoch_id, shard, stream_id, 0)
+        return [], [RejectedLine("malformed", repr(fields)[:2000], pos)]
+    try:
+        lines = split_entry(data)
+    except MalformedLine:
+        return [], [RejectedLine("malformed", data[:2000], Position(epoch_id, shard, stream_id, 0))]
+    for no, line_text in enumerate(lines):
+        pos = Position(epoch_id, shard, stream_id, no)
+        try:
+            drained.append(DrainedLine(parse_line(line_text), pos))
+        except MalformedLine:
+            rejected.append(RejectedLine("malformed", line_text[:2000], pos))
+    return drained, rejected

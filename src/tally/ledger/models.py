@@ -56,6 +56,12 @@ class RecordedIntent:
     result: Result
     intent: CreditIntent | None
 
+    @property
+    def conflict(self) -> Result | None:
+        """The ``exists_with_different_*`` code, or None when the intent is recorded (new or
+        replayed with the same parameters) and the credit may be applied."""
+        return self.result if self.result.is_replay_conflict else None
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class StreamId:
@@ -116,7 +122,8 @@ class RejectedLine:
 class ApplyReport:
     inserted: int = 0
     duplicates: int = 0  # same id, same parameters: a redelivery, a no-op
-    conflicts: int = 0  # same id, other parameters (or rejected lines): recorded, not applied
+    conflicts: int = 0  # same id, other parameters, or malformed: recorded, never applied
+    foreign: int = 0  # lines of another epoch: recorded, never applied
     intents_settled: int = 0
 
 

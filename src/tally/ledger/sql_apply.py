@@ -165,4 +165,4 @@ def apply_journal(
     settled = settle(conn, _settlements(conn, intents))
     if before_commit is not None:
         before_commit()
-    return ApplyReport(inserted, duplicates, len(all_rejected), settled)
+    return ApplyReport(inserted, duplicates, len(rejected) + len(conflicts), len(foreign), settled)

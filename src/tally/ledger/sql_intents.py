@@ -104,17 +104,21 @@ def pending_intents(conn: Connection, ids: Sequence[str]) -> dict[str, CreditInt
 
 
 def settle(conn: Connection, settlements: dict[str, Result]) -> int:
-    ts = now_ms()
-    for intent_id, result in sorted(settlements.items()):
-        conn.execute(
-            sa.update(credit_intents)
-            .where(
-                credit_intents.c.id == intent_id,
-                credit_intents.c.state == IntentState.pending.value,
-            )
-            .values(state=IntentState.settled.value, result=int(result), settled_at_ms=ts)
+    return sum(settle_one(conn, tid, result) for tid, result in sorted(settlements.items()))
+
+
+def settle_one(conn: Connection, intent_id: str, result: Result) -> bool:
+    """Settle a pending intent whose outcome is known without a journal line (a conflicting
+    replay is not journaled). False when it was not pending (unknown or already settled)."""
+    updated = conn.execute(
+        sa.update(credit_intents)
+        .where(
+            credit_intents.c.id == intent_id,
+            credit_intents.c.state == IntentState.pending.value,
         )
-    return len(settlements)
+        .values(state=IntentState.settled.value, result=int(result), settled_at_ms=now_ms())
+    )
+    return updated.rowcount == 1
 
 
 def unsettled_credit_intents(

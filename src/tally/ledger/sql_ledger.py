@@ -169,6 +169,10 @@ class SqlLedger:
         with self.transaction() as conn:
             return sql_intents.get_credit_intent(conn, intent_id)
 
+    def settle_credit_intent(self, intent_id: str, result: Result) -> bool:
+        with self.transaction(write=True) as conn:
+            return sql_intents.settle_one(conn, intent_id, result)
+
     def unsettled_credit_intents(
         self, *, older_than_ms: int | None = None, limit: int = 100
     ) -> list[CreditIntent]:

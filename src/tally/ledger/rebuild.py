@@ -1,0 +1,216 @@
+"""Rebuild the Redis store from the ledger of record (F3), and initialise a new deployment.
+
+Order matters: accounts, transfer records and journal streams (with the ``drainer`` group) are
+loaded while ``ns:rebuilding`` names the epoch being written and no epoch key exists, so no
+store script accepts a write. Only the last step writes every shard's epoch key (one MULTI, which
+fails if another rebuild took the marker over), then SQL marks the epoch current. A rebuild that
+stops anywhere can be run again: it recognises its own marker or its finished epoch keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import redis
+
+from tally.domain.accounts import Account
+from tally.domain.invariant import invariant
+from tally.domain.limits import BALANCE_MINOR_MAX
+from tally.errors import StoreReadOnly, UsageError
+from tally.ledger.drainer import GROUP
+from tally.ledger.journal import format_tx_record
+from tally.ledger.models import Epoch, EpochKind, EpochStatus
+from tally.ledger.redis_errors import text, translated
+from tally.ledger.redis_scan import scan_keys
+from tally.ledger.sql_epochs import AlreadyInitialised
+from tally.ledger.sql_ledger import SqlLedger
+from tally.store.keys import KeyLayout
+
+CHUNK_MAX = 5000
+PAGE_SLACK = 100  # extra pages allowed for rows created while a load runs
+
+
+class RebuildRefused(UsageError):
+    hint = (
+        "the Redis dataset is not empty: it holds the current healthy epoch or keys that are "
+        "not from an interrupted rebuild; check you are pointing at the right Redis, then "
+        "re-run with --force to delete this namespace's keys (other keys are left alone)"
+    )
+
+
+class DatasetState(StrEnum):
+    empty = "empty"
+    interrupted = "interrupted"  # our marker: a rebuild stopped while loading
+    loaded = "loaded"  # every epoch key is the building epoch's: only SQL is left to finish
+    healthy = "healthy"  # every epoch key is the ledger's current epoch
+    occupied = "occupied"  # anything else: foreign, partial, other layout, other keys
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildReport:
+    epoch_id: str
+    kind: str
+    shards: int
+    dataset_before: str
+    accounts_loaded: int
+    transfers_loaded: int
+    keys_deleted: int
+    unsettled_intents: int  # to be applied again by the engine (``apply_pending_credits``)
+
+
+def _check_primary(client: redis.Redis) -> None:
+    with translated("role"):
+        role = client.info("replication").get("role")
+    if role != "master":
+        raise StoreReadOnly(f"the node is a {role}, not a writable primary: refusing to load it")
+
+
+def inspect_dataset(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger) -> DatasetState:
+    with translated("inspect"):
+        size = int(client.dbsize())
+        marker = text(client.get(layout.rebuilding))
+        pipe = client.pipeline(transaction=False)
+        for shard in range(layout.shards):
+            pipe.get(layout.epoch(shard))
+        values = {text(v) for v in pipe.execute()}
+    if size == 0:
+        return DatasetState.empty
+    ns_keys = sum(len(batch) for batch in scan_keys(client, layout.pattern))
+    if ns_keys < size:
+        return DatasetState.occupied  # keys of someone else share this database
+    current, building = ledger.current_epoch(), ledger.building_epoch()
+    if building is not None and marker == building.epoch_id:
+        return DatasetState.interrupted
+    if marker is None and building and values == {layout.epoch_value(building.epoch_id)}:
+        return DatasetState.loaded
+    if marker is None and current and values == {layout.epoch_value(current.epoch_id)}:
+        return DatasetState.healthy
+    return DatasetState.occupied
+
+
+def delete_namespace(client: redis.Redis, layout: KeyLayout) -> int:
+    deleted = 0
+    for batch in scan_keys(client, layout.pattern):
+        with translated("unlink"):
+            deleted += int(client.unlink(*batch))
+    return deleted
+
+
+def _load_accounts(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, chunk: int) -> int:
+    loaded, after = 0, None
+    for _ in range(ledger.count_accounts() // chunk + PAGE_SLACK):
+        page: Sequence[Account] = ledger.list_accounts(after=after, limit=min(chunk, 1000))
+        if not page:
+            return loaded
+        balances = ledger.balances([a.id for a in page])
+        with translated("load accounts"):
+            pipe = client.pipeline(transaction=False)
+            for a in page:
+                bal = balances[a.id]
+                invariant(abs(bal) <= BALANCE_MINOR_MAX, f"{a.id} balance {bal} out of bounds")
+                fields = {"cur": a.currency, "st": a.status.code,
+                          "lim": a.credit_limit_minor, "bal": bal}  # fmt: skip
+                pipe.hset(layout.account_key(a.id), mapping=fields)  # type: ignore[arg-type]
+            pipe.execute()
+        loaded += len(page)
+        after = page[-1].id
+    raise UsageError("accounts kept being created faster than the rebuild could load them")
+
+
+def _load_transfers(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, chunk: int) -> int:
+    """Every transfer id ever used, with its first outcome: replays after the rebuild return it."""
+    loaded, after = 0, None
+    for _ in range(ledger.count_transfers() // chunk + PAGE_SLACK):
+        page = ledger.transfers_after(after, chunk)
+        if not page:
+            return loaded
+        with translated("load transfers"):
+            pipe = client.pipeline(transaction=False)
+            for t in page:
+                record = format_tx_record(t.kind, t.account_id, t.amount_minor, t.currency,
+                                          t.result, t.balance_after_minor)  # fmt: skip
+                pipe.hset(layout.tx(layout.shard_of(t.account_id)), t.id, record)
+            pipe.execute()
+        loaded += len(page)
+        after = page[-1].id
+    raise UsageError("transfers kept being added while the rebuild ran (is a drainer running?)")
+
+
+def _create_streams(client: redis.Redis, layout: KeyLayout) -> None:
+    for key in layout.journals():
+        with translated("create journal"):
+            try:
+                client.xgroup_create(key, GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+
+def _write_epoch_keys(client: redis.Redis, layout: KeyLayout, epoch: Epoch) -> None:
+    """All epoch keys in one MULTI, only if our marker is still there (WATCH)."""
+    with translated("write epoch keys"), client.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(layout.rebuilding)  # type: ignore[no-untyped-call]
+            if text(pipe.get(layout.rebuilding)) != epoch.epoch_id:
+                raise RebuildRefused("another rebuild took over this dataset; not finishing")
+            pipe.multi()
+            for shard in range(layout.shards):
+                pipe.set(layout.epoch(shard), layout.epoch_value(epoch.epoch_id))
+            pipe.delete(layout.rebuilding)
+            pipe.execute()
+        except redis.WatchError as exc:
+            raise RebuildRefused("another rebuild changed the marker; not finishing") from exc
+
+
+def _run(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, *, force: bool,
+         chunk: int, kind: EpochKind) -> RebuildReport:  # fmt: skip
+    if not 1 <= chunk <= CHUNK_MAX:
+        raise UsageError(f"chunk must be 1..{CHUNK_MAX}, got {chunk}")
+    _check_primary(client)
+    state = inspect_dataset(client, layout, ledger)
+    if state in (DatasetState.healthy, DatasetState.occupied) and not force:
+        raise RebuildRefused(f"the Redis dataset is {state.value}; nothing was changed")
+    epoch = ledger.begin_rebuild(layout.namespace, layout.shards, kind=kind)
+    deleted, accounts, transfers = 0, 0, 0
+    if state is not DatasetState.loaded:
+        deleted = delete_namespace(client, layout) if state is not DatasetState.empty else 0
+        with translated("marker"):
+            client.set(layout.rebuilding, epoch.epoch_id)
+        accounts = _load_accounts(client, layout, ledger, chunk)
+        transfers = _load_transfers(client, layout, ledger, chunk)
+        _create_streams(client, layout)
+        _write_epoch_keys(client, layout, epoch)
+    finished = ledger.finish_rebuild(epoch.epoch_id)
+    invariant(finished.status is EpochStatus.current, "rebuild finished but epoch not current")
+    return RebuildReport(epoch.epoch_id, kind.value, layout.shards, state.value, accounts,
+                         transfers, deleted, ledger.count_unsettled_credit_intents())  # fmt: skip
+
+
+def rebuild(
+    redis_client: redis.Redis,
+    layout: KeyLayout,
+    ledger: SqlLedger,
+    *,
+    force: bool = False,
+    chunk: int = 500,
+) -> RebuildReport:
+    """Load an empty (or, with ``force``, this namespace's wiped) Redis from the ledger."""
+    return _run(redis_client, layout, ledger, force=force, chunk=chunk, kind=EpochKind.rebuild)
+
+
+def init_store(
+    redis_client: redis.Redis,
+    layout: KeyLayout,
+    ledger: SqlLedger,
+    *,
+    force: bool = False,
+    chunk: int = 500,
+) -> RebuildReport:
+    """A brand-new deployment: the first epoch, streams, groups and epoch keys. Refuses when the
+    ledger already has a current epoch (that is what ``rebuild`` is for)."""
+    current = ledger.current_epoch()
+    if current is not None:
+        raise AlreadyInitialised(f"the ledger's current epoch is {current.epoch_id}")
+    return _run(redis_client, layout, ledger, force=force, chunk=chunk, kind=EpochKind.init)

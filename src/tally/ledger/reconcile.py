@@ -1,0 +1,222 @@
+"""Reconcile: every Redis balance against the ledger, exactly, while writes continue.
+
+For a batch of one shard's accounts, one MULTI reads the epoch key, the balances and the journal's
+last generated id P together. Everything at or before P is either still in the stream (XRANGE
+reads it) or was trimmed, and trimming happens only after the SQL commit. Then ONE SQL snapshot
+sums the ledger as of P (older epochs, plus this epoch's lines at or before P) and finds which
+XRANGE'd lines are already stored. Expected Redis balance = ledger as of P + the ok lines not yet
+stored. Any difference is drift, not a race.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from tally.domain.accounts import Account
+from tally.domain.results import Result
+from tally.domain.transfers import TransferKind
+from tally.errors import ConfigError, LedgerNotInitialised, StoreLost, UsageError
+from tally.ledger.models import DrainedLine, Epoch, StreamId
+from tally.ledger.redis_errors import text, translated
+from tally.ledger.redis_scan import (
+    account_key_pattern,
+    journal_lines_upto,
+    parse_account_key,
+    scan_keys,
+)
+from tally.ledger.sql_ledger import SqlLedger
+from tally.store.keys import KeyLayout
+
+BATCH_MAX = 5000
+DRIFT_LISTED_MAX = 10_000
+_FIELDS = ("cur", "st", "lim", "bal")
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    account: str
+    redis_balance_minor: int | None  # None: not in Redis
+    ledger_balance_minor: int | None  # None: not in the ledger
+    undrained_minor: int
+    diff_minor: int  # redis - (ledger + undrained)
+    reason: str  # balance | missing_in_redis | missing_in_ledger | attributes | wrong_shard
+
+
+@dataclass
+class ReconcileReport:
+    epoch_id: str
+    accounts_checked: int = 0
+    accounts_drifted: int = 0
+    drift: list[Drift] = field(default_factory=list)  # at most DRIFT_LISTED_MAX listed
+    undrained_lines: int = 0
+    undrained_minor_by_currency: dict[str, int] = field(default_factory=dict)
+    journal_entries: int = 0
+    unsettled_intents: int = 0
+    conservation: dict[str, int] = field(default_factory=dict)
+    journal_conflicts: int = 0
+
+    @property
+    def conservation_error_minor(self) -> int:
+        return sum(abs(v) for v in self.conservation.values())
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.accounts_drifted == 0
+            and self.conservation_error_minor == 0
+            and self.journal_conflicts == 0
+        )
+
+    def add(self, drift: Drift) -> None:
+        self.accounts_drifted += 1
+        if len(self.drift) < DRIFT_LISTED_MAX:
+            self.drift.append(drift)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ok"] = self.ok
+        out["conservation_error_minor"] = self.conservation_error_minor
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    fields: dict[str, tuple[str | None, ...]]  # account -> (cur, st, lim, bal)
+    upto: StreamId
+
+
+def _snapshot(client: redis.Redis, layout: KeyLayout, shard: int, epoch: Epoch,
+              ids: list[str]) -> _Snapshot:  # fmt: skip
+    with translated(f"shard {shard} snapshot"):
+        pipe = client.pipeline(transaction=True)
+        pipe.get(layout.epoch(shard))
+        for account_id in ids:
+            pipe.hmget(layout.account(shard, account_id), list(_FIELDS))
+        pipe.xinfo_stream(layout.journal(shard))
+        replies = pipe.execute(raise_on_error=False)
+    if text(replies[0]) != layout.epoch_value(epoch.epoch_id):
+        raise StoreLost(f"shard {shard} epoch key is {text(replies[0])!r}, not {epoch.epoch_id}")
+    if isinstance(replies[-1], Exception):
+        raise StoreLost(f"shard {shard} journal is missing: {replies[-1]}")
+    fields = {a: tuple(text(v) for v in r) for a, r in zip(ids, replies[1:-1], strict=True)}
+    return _Snapshot(fields, StreamId.parse(replies[-1]["last-generated-id"]))
+
+
+def _signed(d: DrainedLine) -> int:
+    return d.line.amount_minor if d.line.kind is TransferKind.credit else -d.line.amount_minor
+
+
+def _undrained(
+    client: redis.Redis, layout: KeyLayout, shard: int, epoch: Epoch, snap: _Snapshot
+) -> dict[str, DrainedLine]:
+    """The ok lines of these accounts in the journal up to P, first line per transfer id."""
+    out: dict[str, DrainedLine] = {}
+    for d in journal_lines_upto(client, layout, shard, snap.upto):
+        if d.position.epoch_id != epoch.epoch_id or d.line.result is not Result.ok:
+            continue  # foreign lines are never applied; failed ones move no money
+        if d.line.account_id in snap.fields:
+            out.setdefault(d.line.transfer_id, d)
+    return out
+
+
+def _attributes_differ(account: Account, fields: tuple[str | None, ...]) -> bool:
+    cur, st, lim, _bal = fields
+    return (cur, st, lim) != (
+        account.currency,
+        account.status.code,
+        str(account.credit_limit_minor),
+    )
+
+
+def _check_batch(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, epoch: Epoch,
+                 shard: int, accounts: list[Account], report: ReconcileReport) -> None:  # fmt: skip
+    ids = [a.id for a in accounts]
+    snap = _snapshot(client, layout, shard, epoch, ids)
+    lines = _undrained(client, layout, shard, epoch, snap)
+    view, stored = ledger.ledger_view_as_of(
+        ids, epoch_id=epoch.epoch_id, upto=snap.upto, probe_ids=list(lines)
+    )
+    undrained: dict[str, int] = defaultdict(int)
+    for tid, d in lines.items():
+        if tid not in stored:
+            undrained[d.line.account_id] += _signed(d)
+            report.undrained_lines += 1
+            cur = d.line.currency
+            report.undrained_minor_by_currency[cur] = report.undrained_minor_by_currency.get(
+                cur, 0
+            ) + _signed(d)
+    for account in accounts:
+        report.accounts_checked += 1
+        fields, pending = snap.fields[account.id], undrained[account.id]
+        expected = view[account.id] + pending
+        if fields[3] is None:
+            report.add(Drift(account.id, None, view[account.id], pending, -expected,
+                             "missing_in_redis"))  # fmt: skip
+            continue
+        redis_bal = int(fields[3])
+        if redis_bal != expected:
+            report.add(Drift(account.id, redis_bal, view[account.id], pending,
+                             redis_bal - expected, "balance"))  # fmt: skip
+        elif _attributes_differ(account, fields):
+            report.add(Drift(account.id, redis_bal, view[account.id], pending, 0, "attributes"))
+
+
+def _ledger_pass(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, epoch: Epoch,
+                 batch: int, report: ReconcileReport) -> None:  # fmt: skip
+    buffers: dict[int, list[Account]] = defaultdict(list)
+    after: str | None = None
+    for _ in range(ledger.count_accounts() // batch + 100):  # + accounts created meanwhile
+        page = ledger.list_accounts(after=after, limit=min(batch, 1000))
+        if not page:
+            break
+        for account in page:
+            shard = layout.shard_of(account.id)
+            buffers[shard].append(account)
+            if len(buffers[shard]) >= batch:
+                _check_batch(client, layout, ledger, epoch, shard, buffers.pop(shard), report)
+        after = page[-1].id
+    for shard, accounts in sorted(buffers.items()):
+        _check_batch(client, layout, ledger, epoch, shard, accounts, report)
+
+
+def _redis_pass(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger,
+                report: ReconcileReport) -> None:  # fmt: skip
+    """Accounts Redis holds that the ledger does not (or under the wrong shard)."""
+    for keys in scan_keys(client, account_key_pattern(layout)):
+        parsed = [p for p in (parse_account_key(layout, k) for k in keys) if p is not None]
+        known = ledger.get_accounts([account_id for _shard, account_id in parsed])
+        for shard, account_id in parsed:
+            wrong_shard = shard != layout.shard_of(account_id)
+            if account_id in known and not wrong_shard:
+                continue
+            with translated("account read"):
+                bal = text(client.hget(layout.account(shard, account_id), "bal"))
+            redis_bal = int(bal) if bal and bal.lstrip("-").isdigit() else 0
+            reason = "wrong_shard" if wrong_shard else "missing_in_ledger"
+            ledger_bal = ledger.balance_of(account_id) if account_id in known else None
+            report.add(Drift(account_id, redis_bal, ledger_bal, 0, redis_bal, reason))
+
+
+def reconcile(
+    redis_client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, *, batch: int = 500
+) -> ReconcileReport:
+    if not 1 <= batch <= BATCH_MAX:
+        raise UsageError(f"batch must be 1..{BATCH_MAX}, got {batch}")
+    epoch = ledger.current_epoch()
+    if epoch is None:
+        raise LedgerNotInitialised("the ledger has no current epoch")
+    if (epoch.namespace, epoch.shards) != (layout.namespace, layout.shards):
+        raise ConfigError(f"layout {layout} does not match the ledger's epoch {epoch}")
+    report = ReconcileReport(epoch.epoch_id)
+    _ledger_pass(redis_client, layout, ledger, epoch, batch, report)
+    _redis_pass(redis_client, layout, ledger, report)
+    with translated("journal length"):
+        report.journal_entries = sum(int(redis_client.xlen(k)) for k in layout.journals())
+    report.unsettled_intents = ledger.count_unsettled_credit_intents()
+    report.conservation = ledger.conservation()
+    report.journal_conflicts = ledger.journal_conflicts_count()
+    return report

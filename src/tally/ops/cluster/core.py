@@ -5,11 +5,15 @@ center only through the proxy route ``<src dc>-to-<node>`` (one fault-proxy link
 belongs to the topology link between the two data centers. ``partition(dc_a, dc_b)`` applies a
 fault to every route of that pair.
 
-Known limit: Sentinel learns replica and peer-Sentinel addresses from ``INFO`` and hello messages,
-where every process announces its real loopback port. So Sentinel→replica and Sentinel↔Sentinel
-traffic, and the replication a Sentinel sets up after a failover, do not pass the proxies. The
-initial replication and every Sentinel→primary monitoring link do. A flat address space per data
-center would need a proxy that tells data centers apart by source address.
+Known limit: Sentinels do NOT pass the proxies. Sentinel keys a master by its address
+(``SENTINEL is-master-down-by-addr ip port``, hello messages, ``INFO`` replica lists), so every
+Sentinel must know each node by one and the same address. With per-data-center proxy addresses
+the Sentinels never agree (tried: each reaches ``+sdown``, none ``+odown``, no failover). So
+Sentinels monitor the primary at its real loopback address, and the replication a Sentinel sets
+up after a failover is direct too. The initial replication (the F1 storm path) does pass the
+proxies. Partitioning Sentinel traffic needs a flat address space whose path depends on the
+source: a proxy listener per node that picks its faults by the peer's source address, with each
+data center's processes bound to their own loopback address.
 """
 
 from __future__ import annotations
@@ -337,7 +341,7 @@ class Cluster:
             handle.node.directives.update(
                 sentinel_directives(
                     self.topology.master_name,
-                    self.reach(handle.dc, primary),
+                    self.nodes[primary].address,  # one address for all: see module doc
                     params=self.params,
                     password=self.password,
                 )

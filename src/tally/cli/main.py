@@ -10,16 +10,18 @@ from tally import __version__
 from tally.cli import admin_cmd, local_cmd, transfers_cmd
 
 # Command groups other parts of tally provide; each is optional until its part exists.
-_OPTIONAL = {
-    "tally.cli.gateway_cmd": "gateway",
-    "tally.cli.proxy_cmd": "proxy",
-    "tally.cli.preflight_cmd": "preflight",
-    "tally.cli.cluster_cmd": "cluster",
-    "tally.cli.node_cmd": "node",
-    "tally.cli.bench_cmd": "bench",
-    "tally.cli.demo_cmd": "demo",
-    "tally.cli.serve_cmd": "serve",
-    "tally.cli.lab_cmd": "lab",
+_OPTIONAL: dict[str, tuple[str, ...]] = {
+    "tally.cli.gateway_cmd": ("gateway",),
+    "tally.cli.proxy_cmd": ("proxy",),
+    "tally.cli.preflight_cmd": ("preflight",),
+    "tally.cli.cluster_cmd": ("cluster",),
+    "tally.cli.node_cmd": ("node",),
+    "tally.cli.bench_cmd": ("bench",),
+    "tally.cli.demo_cmd": ("demo",),
+    "tally.cli.serve_cmd": ("serve",),
+    "tally.cli.apikey_cmd": ("apikey",),
+    "tally.cli.recharge_cmd": ("recharge", "freeze", "remediate"),
+    "tally.cli.lab_cmd": ("lab",),
 }
 
 
@@ -46,14 +48,15 @@ for command in (
 ):
     cli.add_command(command)
 
-for module_name, attribute in _OPTIONAL.items():
+for module_name, attributes in _OPTIONAL.items():
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name != module_name:
             raise
         continue
-    cli.add_command(getattr(module, attribute))
+    for attribute in attributes:
+        cli.add_command(getattr(module, attribute))
 
 
 def main() -> None:

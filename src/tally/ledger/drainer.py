@@ -161,8 +161,12 @@ class Drainer:
         self.stats.foreign += report.foreign
         self.stats.intents_settled += report.intents_settled
         if report.foreign or report.conflicts:
-            log.warning("shard %d: %d foreign, %d conflicting journal lines recorded, not applied",
-                        shard, report.foreign, report.conflicts)  # fmt: skip
+            log.warning(
+                "shard %d: %d foreign, %d conflicting journal lines recorded, not applied",
+                shard,
+                report.foreign,
+                report.conflicts,
+            )
         return len(entries)
 
     def _count(self, shard: int, entries: int, applied: int, duplicates: int) -> None:

@@ -110,8 +110,12 @@ def _load_accounts(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, ch
             for a in page:
                 bal = balances[a.id]
                 invariant(abs(bal) <= BALANCE_MINOR_MAX, f"{a.id} balance {bal} out of bounds")
-                fields = {"cur": a.currency, "st": a.status.code,
-                          "lim": a.credit_limit_minor, "bal": bal}  # fmt: skip
+                fields = {
+                    "cur": a.currency,
+                    "st": a.status.code,
+                    "lim": a.credit_limit_minor,
+                    "bal": bal,
+                }
                 pipe.hset(layout.account_key(a.id), mapping=fields)  # type: ignore[arg-type]
             pipe.execute()
         loaded += len(page)
@@ -129,9 +133,15 @@ def _load_transfers(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, c
         with translated("load transfers"):
             pipe = client.pipeline(transaction=False)
             for t in page:
-                record = format_tx_record(t.kind, t.account_id, t.amount_minor, t.currency,
-                                          t.result, t.balance_after_minor)  # fmt: skip
-                pipe.hset(layout.tx(layout.shard_of(t.account_id)), t.id, record)
+                record = format_tx_record(
+                    t.kind,
+                    t.account_id,
+                    t.amount_minor,
+                    t.currency,
+                    t.result,
+                    t.balance_after_minor,
+                )
+                pipe.hset(layout.tx_for(t.id), t.id, record)  # the id's shard: ids are global
             pipe.execute()
         loaded += len(page)
         after = page[-1].id
@@ -164,8 +174,15 @@ def _write_epoch_keys(client: redis.Redis, layout: KeyLayout, epoch: Epoch) -> N
             raise RebuildRefused("another rebuild changed the marker; not finishing") from exc
 
 
-def _run(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, *, force: bool,
-         chunk: int, kind: EpochKind) -> RebuildReport:  # fmt: skip
+def _run(
+    client: redis.Redis,
+    layout: KeyLayout,
+    ledger: SqlLedger,
+    *,
+    force: bool,
+    chunk: int,
+    kind: EpochKind,
+) -> RebuildReport:
     if not 1 <= chunk <= CHUNK_MAX:
         raise UsageError(f"chunk must be 1..{CHUNK_MAX}, got {chunk}")
     _check_primary(client)
@@ -184,8 +201,16 @@ def _run(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, *, force: bo
         _write_epoch_keys(client, layout, epoch)
     finished = ledger.finish_rebuild(epoch.epoch_id)
     invariant(finished.status is EpochStatus.current, "rebuild finished but epoch not current")
-    return RebuildReport(epoch.epoch_id, kind.value, layout.shards, state.value, accounts,
-                         transfers, deleted, ledger.count_unsettled_credit_intents())  # fmt: skip
+    return RebuildReport(
+        epoch.epoch_id,
+        kind.value,
+        layout.shards,
+        state.value,
+        accounts,
+        transfers,
+        deleted,
+        ledger.count_unsettled_credit_intents(),
+    )
 
 
 def rebuild(

@@ -89,8 +89,9 @@ class _Snapshot:
     upto: StreamId
 
 
-def _snapshot(client: redis.Redis, layout: KeyLayout, shard: int, epoch: Epoch,
-              ids: list[str]) -> _Snapshot:  # fmt: skip
+def _snapshot(
+    client: redis.Redis, layout: KeyLayout, shard: int, epoch: Epoch, ids: list[str]
+) -> _Snapshot:
     with translated(f"shard {shard} snapshot"):
         pipe = client.pipeline(transaction=True)
         pipe.get(layout.epoch(shard))
@@ -132,8 +133,15 @@ def _attributes_differ(account: Account, fields: tuple[str | None, ...]) -> bool
     )
 
 
-def _check_batch(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, epoch: Epoch,
-                 shard: int, accounts: list[Account], report: ReconcileReport) -> None:  # fmt: skip
+def _check_batch(
+    client: redis.Redis,
+    layout: KeyLayout,
+    ledger: SqlLedger,
+    epoch: Epoch,
+    shard: int,
+    accounts: list[Account],
+    report: ReconcileReport,
+) -> None:
     ids = [a.id for a in accounts]
     snap = _snapshot(client, layout, shard, epoch, ids)
     lines = _undrained(client, layout, shard, epoch, snap)
@@ -154,19 +162,34 @@ def _check_batch(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, epoc
         fields, pending = snap.fields[account.id], undrained[account.id]
         expected = view[account.id] + pending
         if fields[3] is None:
-            report.add(Drift(account.id, None, view[account.id], pending, -expected,
-                             "missing_in_redis"))  # fmt: skip
+            report.add(
+                Drift(account.id, None, view[account.id], pending, -expected, "missing_in_redis")
+            )
             continue
         redis_bal = int(fields[3])
         if redis_bal != expected:
-            report.add(Drift(account.id, redis_bal, view[account.id], pending,
-                             redis_bal - expected, "balance"))  # fmt: skip
+            report.add(
+                Drift(
+                    account.id,
+                    redis_bal,
+                    view[account.id],
+                    pending,
+                    redis_bal - expected,
+                    "balance",
+                )
+            )
         elif _attributes_differ(account, fields):
             report.add(Drift(account.id, redis_bal, view[account.id], pending, 0, "attributes"))
 
 
-def _ledger_pass(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, epoch: Epoch,
-                 batch: int, report: ReconcileReport) -> None:  # fmt: skip
+def _ledger_pass(
+    client: redis.Redis,
+    layout: KeyLayout,
+    ledger: SqlLedger,
+    epoch: Epoch,
+    batch: int,
+    report: ReconcileReport,
+) -> None:
     buffers: dict[int, list[Account]] = defaultdict(list)
     after: str | None = None
     for _ in range(ledger.count_accounts() // batch + 100):  # + accounts created meanwhile
@@ -183,8 +206,9 @@ def _ledger_pass(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, epoc
         _check_batch(client, layout, ledger, epoch, shard, accounts, report)
 
 
-def _redis_pass(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger,
-                report: ReconcileReport) -> None:  # fmt: skip
+def _redis_pass(
+    client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, report: ReconcileReport
+) -> None:
     """Accounts Redis holds that the ledger does not (or under the wrong shard)."""
     for keys in scan_keys(client, account_key_pattern(layout)):
         parsed = [p for p in (parse_account_key(layout, k) for k in keys) if p is not None]

@@ -48,7 +48,8 @@ def balances(conn: Connection, ids: Collection[str]) -> dict[str, int]:
 
 def conservation(conn: Connection) -> dict[str, int]:
     """Per currency (of the accounts), the sum of every account's balance. Must be 0."""
-    out: dict[str, int] = {}
+    known = conn.execute(sa.select(accounts.c.currency).distinct()).scalars()
+    out: dict[str, int] = dict.fromkeys(known, 0)
     for side, sign in ((T.credit_account_id, 1), (T.debit_account_id, -1)):
         currency = sa.func.coalesce(accounts.c.currency, T.currency).label("cur")
         query = (

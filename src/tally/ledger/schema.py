@@ -131,3 +131,105 @@ journal_conflicts = sa.Table(
         "epoch_id", "shard", "stream_ms", "stream_seq", "line_no", name="uq_journal_conflicts_pos"
     ),
 )
+
+# -- auto-recharge (migration 0002) ---------------------------------------------------------------
+recharge_rules = sa.Table(
+    "recharge_rules",
+    metadata,
+    sa.Column("account_id", sa.String(ID_LEN), primary_key=True),
+    sa.Column("card_id", sa.String(ID_LEN), nullable=False),
+    sa.Column("threshold_minor", sa.BigInteger, nullable=False),
+    sa.Column("target_minor", sa.BigInteger, nullable=True),  # exactly one of target / fixed
+    sa.Column("fixed_minor", sa.BigInteger, nullable=True),
+    sa.Column("daily_cap_minor", sa.BigInteger, nullable=False),
+    sa.Column("declines_max", sa.Integer, nullable=False),
+    sa.Column("consecutive_declines", sa.Integer, nullable=False),
+    sa.Column("autopay", sa.String(STATUS_LEN), nullable=False),  # enabled | disabled
+    sa.Column("disabled_reason", sa.String(ID_LEN), nullable=True),
+    sa.Column("created_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("autopay IN ('enabled', 'disabled')", name="ck_recharge_rules_autopay"),
+    sa.CheckConstraint(
+        "(target_minor IS NULL) <> (fixed_minor IS NULL)", name="ck_recharge_rules_amount"
+    ),
+    sa.CheckConstraint("daily_cap_minor > 0", name="ck_recharge_rules_cap"),
+    sa.CheckConstraint("declines_max >= 1", name="ck_recharge_rules_declines"),
+)
+
+# One row per recharge: the saga's recovery point is ``phase``. The id is the gateway
+# idempotency key AND the credit's transfer id.
+recharges = sa.Table(
+    "recharges",
+    metadata,
+    sa.Column("id", sa.String(ID_LEN), primary_key=True),
+    sa.Column("account_id", sa.String(ID_LEN), nullable=False),
+    # account_id while open, NULL once finished: UNIQUE = one open recharge per account.
+    sa.Column("open_account_id", sa.String(ID_LEN), nullable=True, unique=True),
+    sa.Column("opened_by", sa.String(ID_LEN), nullable=True),  # the debit that opened it
+    sa.Column("balance_at_open_minor", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("phase", sa.String(STATUS_LEN), nullable=False),
+    sa.Column("card_id", sa.String(ID_LEN), nullable=True),
+    sa.Column("amount_minor", sa.BigInteger, nullable=True),
+    sa.Column("charge_id", sa.String(ID_LEN), nullable=True),
+    sa.Column("outcome_reason", sa.String(ID_LEN), nullable=True),
+    sa.Column("wait_reason", sa.String(ID_LEN), nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("last_error", sa.String(300), nullable=True),
+    sa.Column("opened_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("charged_at_ms", sa.BigInteger, nullable=True),
+    sa.Column("finished_at_ms", sa.BigInteger, nullable=True),
+    sa.CheckConstraint(
+        "phase IN ('opened', 'intent', 'charge_unknown', 'charged', 'credited', "
+        "'succeeded', 'declined', 'skipped')",
+        name="ck_recharges_phase",
+    ),
+    sa.CheckConstraint("amount_minor IS NULL OR amount_minor > 0", name="ck_recharges_amount"),
+)
+sa.Index("ix_recharges_phase_updated", recharges.c.phase, recharges.c.updated_at_ms)
+sa.Index("ix_recharges_account_charged", recharges.c.account_id, recharges.c.charged_at_ms)
+sa.Index("ix_recharges_charge", recharges.c.charge_id)
+
+# The global freeze switch: append-only; the newest row is the current state.
+billing_freeze = sa.Table(
+    "billing_freeze",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("frozen", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("actor", sa.String(ID_LEN), nullable=False),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+)
+
+# Why an account was suspended or reinstated (remediation finds wrongful suspensions here).
+account_events = sa.Table(
+    "account_events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("account_id", sa.String(ID_LEN), nullable=False),
+    sa.Column("action", sa.String(STATUS_LEN), nullable=False),  # suspended | reinstated
+    sa.Column("cause", sa.String(ID_LEN), nullable=False),
+    sa.Column("recharge_id", sa.String(ID_LEN), nullable=True),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("action IN ('suspended', 'reinstated')", name="ck_account_events_action"),
+)
+sa.Index("ix_account_events_account", account_events.c.account_id, account_events.c.id)
+
+# Remediation actions, keyed by a deterministic id so a second --apply finds them done.
+remediations = sa.Table(
+    "remediations",
+    metadata,
+    sa.Column("id", sa.String(ID_LEN), primary_key=True),
+    sa.Column("kind", sa.String(STATUS_LEN), nullable=False),  # credit | refund | reinstate
+    sa.Column("account_id", sa.String(ID_LEN), nullable=True),
+    sa.Column("charge_id", sa.String(ID_LEN), nullable=True),
+    sa.Column("amount_minor", sa.BigInteger, nullable=True),
+    sa.Column("currency", sa.String(3), nullable=True),
+    sa.Column("state", sa.String(STATUS_LEN), nullable=False),  # pending | done
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("created_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("kind IN ('credit', 'refund', 'reinstate')", name="ck_remediations_kind"),
+    sa.CheckConstraint("state IN ('pending', 'done')", name="ck_remediations_state"),
+)

@@ -110,7 +110,7 @@ def test_cli_fault_clear_and_status_drive_the_daemon(
     assert LINK in runner.invoke(proxy, ["status", "--control-port", port]).output
     assert runner.invoke(proxy, ["clear", LINK, "--control-port", port]).exit_code == 0
     bad = runner.invoke(proxy, ["fault", "nowhere", "reset", "--control-port", port])
-    assert bad.exit_code == 1 and "nowhere" in bad.output
+    assert bad.exit_code == 2 and "nowhere" in bad.output
 
 
 def test_daemon_stops_cleanly_on_sigterm(daemon: tuple[subprocess.Popen[bytes], int]) -> None:
@@ -123,4 +123,4 @@ def test_daemon_stops_cleanly_on_sigterm(daemon: tuple[subprocess.Popen[bytes], 
 
 def test_cli_without_a_daemon_says_the_control_port_is_unreachable() -> None:
     result = CliRunner().invoke(proxy, ["status", "--control-port", str(free_port())])
-    assert result.exit_code == 1 and "unreachable" in result.output
+    assert result.exit_code == 2 and "unreachable" in result.output

@@ -22,7 +22,9 @@ _control_port = click.option(
 
 
 def _fail(exc: TallyError) -> click.ClickException:
-    return click.ClickException(str(exc))
+    failure = click.ClickException(str(exc))
+    failure.exit_code = 2  # tally's CLI contract: 2 = usage or infrastructure error
+    return failure
 
 
 @click.group(name="proxy")

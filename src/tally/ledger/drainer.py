@@ -143,6 +143,10 @@ class Drainer:
         self._check_epoch(shard, epoch)
         entries = self._read(shard, count)
         if not entries:
+            with translated(f"shard {shard} journal length"):
+                leftover = int(self.client.xlen(self.layout.journal(shard)))
+            if leftover:  # acknowledged but not trimmed (a crash between XACK and XTRIM)
+                self.trim(shard)
             return 0
         drained: list[DrainedLine] = []
         rejected: list[RejectedLine] = []

@@ -138,5 +138,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("remediations", "account_events", "billing_freeze", "recharges", "recharge_rules"):
+    for table in (
+        "remediations",
+        "account_events",
+        "billing_freeze",
+        "recharges",
+        "recharge_rules",
+    ):
         op.drop_table(table)

@@ -25,6 +25,7 @@ from typing import Any
 import redis
 
 from tally.errors import ProcessError
+from tally.ops.cluster.procs import command
 from tally.ops.node import ConfigValue, RedisNode, render_config
 from tally.ops.preflight import Finding, PreflightParams, check_config_file, has_errors
 from tally.ops.profiles import ProfileParams
@@ -80,9 +81,10 @@ def preflight_params(
 def snapshot(node: RedisNode, layout: KeyLayout) -> Snapshot:
     try:
         with contextlib.closing(node.client(socket_timeout=5.0)) as c:
-            role = c.execute_command("ROLE")[0].decode()
-            epochs = c.mget([layout.epoch(s) for s in range(layout.shards)])
-            return Snapshot(role, int(c.dbsize()), [e.decode() if e else None for e in epochs])
+            role = str(command(c, "ROLE")[0].decode())
+            epochs: list[Any] = command(c, "MGET", *(layout.epoch(s) for s in range(layout.shards)))
+            keys = int(command(c, "DBSIZE"))
+            return Snapshot(role, keys, [e.decode() if e else None for e in epochs])
     except (redis.RedisError, OSError):
         return Snapshot("down")
 
@@ -107,7 +109,7 @@ def _save(node: RedisNode) -> None:
     client = node.client(socket_timeout=SAVE_TIMEOUT_S)
     with contextlib.suppress(redis.RedisError, OSError), contextlib.closing(client) as c:
         if c.dbsize() > 0:
-            c.execute_command("SAVE")
+            command(c, "SAVE")
 
 
 def quarantine_directives(
@@ -193,5 +195,5 @@ def _wait_loaded(node: RedisNode, layout: KeyLayout, timeout_s: float = 10.0) ->
 
 def _admit(node: RedisNode) -> None:
     with contextlib.closing(node.client()) as c:
-        c.execute_command("ACL", "SETUSER", "default", "+@all")
+        command(c, "ACL", "SETUSER", "default", "+@all")
     node.write_config()  # the plain config on disk: a later restart is not quarantined

@@ -32,7 +32,7 @@ import redis
 from tally.errors import ConfigError, InfrastructureError, ProcessError, TallyError
 from tally.ops.binary import RedisBinary, find_redis_server
 from tally.ops.cluster.hubd import start_hub_daemon, stop_hub_daemon
-from tally.ops.cluster.procs import pid_alive, stop_pid, wait_gone
+from tally.ops.cluster.procs import command, pid_alive, stop_pid, wait_gone
 from tally.ops.cluster.state import (
     ClusterState,
     ProcessState,
@@ -138,7 +138,7 @@ class ClusterNode:
         """``master``, ``slave``, ``sentinel`` or ``down``."""
         try:
             with contextlib.closing(self.client(socket_timeout=1.0)) as c:
-                return str(c.execute_command("ROLE")[0].decode())
+                return str(command(c, "ROLE")[0].decode())
         except (redis.RedisError, OSError):
             return "down"
 
@@ -496,9 +496,9 @@ def _link_up_or_primary(handle: ClusterNode) -> bool:
 def _sentinel_peers(handle: ClusterNode, master_name: str) -> int:
     try:
         with contextlib.closing(handle.client(socket_timeout=1.0)) as c:
-            raw = c.execute_command("SENTINEL", "MASTER", master_name)
+            raw = command(c, "SENTINEL", "MASTER", master_name)
     except (redis.RedisError, OSError):
         return -1
     info = raw if isinstance(raw, dict) else dict(zip(raw[::2], raw[1::2], strict=True))
-    value = info.get(b"num-other-sentinels", info.get("num-other-sentinels", -1))
+    value = info.get(b"num-other-sentinels", info.get("num-other-sentinels", -1)) or -1
     return int(value)

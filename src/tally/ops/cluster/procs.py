@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -16,6 +17,11 @@ from redis.retry import Retry
 from tally.errors import ProcessError
 
 POLL_S = 0.05
+
+
+def command(client: Any, *args: object) -> Any:
+    """redis-py's ``execute_command`` is untyped; the escape hatch lives here."""
+    return client.execute_command(*args)
 
 
 def pid_alive(pid: int) -> bool:
@@ -68,7 +74,7 @@ def stop_pid(
                 retry=Retry(NoBackoff(), 0),
             )
             with contextlib.closing(client):
-                client.execute_command("SHUTDOWN", "SAVE" if save else "NOSAVE")
+                command(client, "SHUTDOWN", "SAVE" if save else "NOSAVE")
         if wait_gone(pid, timeout_s):
             return
     for sig, wait_s in ((signal.SIGCONT, 0.0), (signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):

@@ -9,6 +9,7 @@ import redis
 
 from tally.errors import TallyError
 from tally.ops.cluster.core import Cluster, ClusterNode
+from tally.ops.cluster.procs import command
 
 
 def node_status(handle: ClusterNode) -> dict[str, Any]:
@@ -39,7 +40,7 @@ def sentinel_status(handle: ClusterNode, master_name: str) -> dict[str, Any]:
     out: dict[str, Any] = {"dc": handle.dc, "port": handle.port, "pid": handle.pid}
     try:
         with contextlib.closing(handle.client(socket_timeout=1.0)) as c:
-            addr = c.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", master_name)
+            addr = command(c, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", master_name)
     except (redis.RedisError, OSError) as exc:
         return out | {"up": False, "error": str(exc)}
     primary = f"{addr[0].decode()}:{addr[1].decode()}" if addr else None

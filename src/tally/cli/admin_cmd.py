@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from tally.bootstrap import redis_client
+from tally.billing.engine import PENDING_CREDITS_BATCH_MAX
+from tally.bootstrap import Deployment, redis_client
 from tally.cli.context import connection_options, deployment, settings_from
 from tally.cli.output import EXIT_REFUSED, emit, handles_errors, json_option
 from tally.ledger.drainer import Drainer
@@ -101,6 +102,16 @@ def reconcile(as_json: bool, **conn: str | None) -> None:
             sys.exit(EXIT_REFUSED)
 
 
+def _reapply_credits(dep: Deployment) -> int:
+    total = 0
+    for _ in range(DRAIN_ROUNDS_MAX):
+        applied = dep.engine.apply_pending_credits(older_than_ms=0)
+        total += applied
+        if applied < PENDING_CREDITS_BATCH_MAX:
+            return total
+    return total
+
+
 @click.command()
 @click.option("--force", is_flag=True, help="Delete tally's keys in a non-empty, foreign dataset first.")
 @connection_options
@@ -113,4 +124,7 @@ def rebuild(force: bool, as_json: bool, **conn: str | None) -> None:
     with deployment(**conn) as dep:
         report = run_rebuild(dep.client, dep.layout, dep.ledger, force=force)
         data = _plain(report)
+        # Money in that the lost dataset held but the journal had not yet settled: apply it
+        # again now (idempotent by transfer id), so no acknowledged credit is lost.
+        data["credits_reapplied"] = _reapply_credits(dep)
         emit(as_json, data, " ".join(f"{k}={v}" for k, v in data.items()))

@@ -22,7 +22,7 @@ CURRENCY_EXPONENTS: dict[str, int] = {
     "TWD": 2, "UAH": 2, "USD": 2, "VND": 0, "ZAR": 2,
 }  # fmt: skip
 
-_DECIMAL_RE = re.compile(r"(\d{1,20})(?:\.(\d{1,6}))?\Z")
+_DECIMAL_RE = re.compile(r"([0-9]{1,20})(?:\.([0-9]{1,6}))?\Z", re.ASCII)
 
 
 def check_currency(code: object) -> str:

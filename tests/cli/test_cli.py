@@ -1,0 +1,95 @@
+"""The CLI contract other tools rely on (issue 2): JSON shapes and exit codes, on real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tally.ops.node import RedisNode
+
+
+def tally(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tally.cli", *args],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )
+
+
+@pytest.fixture
+def env(redis_node: RedisNode, tmp_path: Path) -> dict[str, str]:
+    e = {**os.environ, "TALLY_REDIS_URL": redis_node.url, "TALLY_HOME": str(tmp_path / "home"),
+         "TALLY_LEDGER_URL": f"sqlite:///{tmp_path / 'ledger.sqlite3'}"}
+    assert tally(e, "init", "--json").returncode == 0
+    assert tally(e, "account", "create", "alice", "--currency", "USD").returncode == 0
+    return e
+
+
+def test_debit_prints_the_result_and_balance_and_a_retry_moves_no_money(env: dict[str, str]) -> None:
+    assert tally(env, "credit", "alice", "50.00", "--id", "top-1").returncode == 0
+    first = tally(env, "debit", "alice", "12.34", "--id", "call-1", "--json")
+    again = tally(env, "debit", "alice", "12.34", "--id", "call-1", "--json")
+    assert first.returncode == again.returncode == 0
+    assert json.loads(first.stdout) == {"result": "ok", "balance_minor": 3766, "replayed": False}
+    assert json.loads(again.stdout) == {"result": "ok", "balance_minor": 3766, "replayed": True}
+    bal = json.loads(tally(env, "balance", "alice", "--json").stdout)
+    assert bal == {"account": "alice", "balance_minor": 3766, "currency": "USD", "status": "active", "credit_limit_minor": 0}
+
+
+def test_a_business_refusal_exits_1(env: dict[str, str]) -> None:
+    out = tally(env, "debit", "alice", "1.00", "--id", "call-1", "--json")
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["result"] == "insufficient_funds"
+
+
+def test_bad_amounts_exit_2_with_a_clear_error(env: dict[str, str]) -> None:
+    out = tally(env, "debit", "alice", "1.001", "--id", "x")
+    assert out.returncode == 2
+    assert "refusing to round" in out.stderr
+
+
+def test_reconcile_reports_no_drift_after_a_drain(env: dict[str, str]) -> None:
+    tally(env, "credit", "alice", "5", "--id", "top-1")
+    tally(env, "debit", "alice", "1", "--id", "d-1")
+    assert tally(env, "drain").returncode == 0
+    out = tally(env, "reconcile", "--json")
+    report = json.loads(out.stdout)
+    assert out.returncode == 0
+    assert (report["accounts_checked"], report["accounts_drifted"], report["drift"]) == (1, 0, [])
+
+
+def test_reconcile_finds_an_injected_drift_and_exits_1(env: dict[str, str], redis_node: RedisNode) -> None:
+    tally(env, "credit", "alice", "5", "--id", "top-1")
+    tally(env, "drain")
+    client = redis_node.client()
+    (key,) = [k for k in client.scan_iter(match="tally:*:a:alice")]
+    client.hincrby(key, "bal", 100)
+    out = tally(env, "reconcile", "--json")
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["accounts_drifted"] == 1
+
+
+def test_a_write_against_a_wiped_dataset_names_store_lost_and_exits_2(
+    env: dict[str, str], redis_node: RedisNode
+) -> None:
+    tally(env, "credit", "alice", "5", "--id", "top-1")
+    redis_node.client().flushall()
+    out = tally(env, "debit", "alice", "1", "--id", "d-1", "--json")
+    assert out.returncode == 2
+    assert "store_lost" in out.stderr and json.loads(out.stdout)["error"] == "store_lost"
+    assert redis_node.client().dbsize() == 0
+    rebuilt = tally(env, "rebuild", "--json")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert json.loads(tally(env, "balance", "alice", "--json").stdout)["balance_minor"] == 500
+
+
+def test_no_redis_configured_is_a_usage_error_that_says_what_to_do(tmp_path: Path) -> None:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+    e["TALLY_HOME"] = str(tmp_path)
+    out = tally(e, "init")
+    assert out.returncode == 2
+    assert "tally local up" in out.stderr

@@ -190,6 +190,7 @@ recharges = sa.Table(
 sa.Index("ix_recharges_phase_updated", recharges.c.phase, recharges.c.updated_at_ms)
 sa.Index("ix_recharges_account_charged", recharges.c.account_id, recharges.c.charged_at_ms)
 sa.Index("ix_recharges_charge", recharges.c.charge_id)
+sa.Index("ix_recharges_unfinished", recharges.c.finished_at_ms, recharges.c.updated_at_ms)
 
 # The global freeze switch: append-only; the newest row is the current state.
 billing_freeze = sa.Table(

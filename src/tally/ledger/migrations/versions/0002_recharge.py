@@ -80,6 +80,7 @@ def _recharges() -> None:
     op.create_index("ix_recharges_phase_updated", "recharges", ["phase", "updated_at_ms"])
     op.create_index("ix_recharges_account_charged", "recharges", ["account_id", "charged_at_ms"])
     op.create_index("ix_recharges_charge", "recharges", ["charge_id"])
+    op.create_index("ix_recharges_unfinished", "recharges", ["finished_at_ms", "updated_at_ms"])
 
 
 def _billing_freeze() -> None:

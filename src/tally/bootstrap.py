@@ -12,6 +12,7 @@ from tally.billing.engine import Engine
 from tally.config import Settings
 from tally.errors import ConfigError, LedgerNotInitialised
 from tally.ledger.sql_ledger import SqlLedger
+from tally.store.discovery import PrimaryLocator, parse_target
 from tally.store.keys import KeyLayout
 from tally.store.redis_store import RedisStore
 
@@ -36,9 +37,14 @@ def redis_client(url: str, settings: Settings) -> redis.Redis:
 class Deployment:
     settings: Settings
     ledger: SqlLedger
-    client: redis.Redis
+    store: RedisStore
     layout: KeyLayout
     engine: Engine
+
+    @property
+    def client(self) -> redis.Redis:
+        """The current primary's client (it changes after a Sentinel failover)."""
+        return self.store.client
 
     def close(self) -> None:
         self.client.close()
@@ -57,7 +63,17 @@ def open_deployment(settings: Settings) -> Deployment:
         epoch = ledger.current_epoch()
         if epoch is None:
             raise LedgerNotInitialised(f"the ledger at {_safe(settings.ledger_url)} has no epoch yet")
-        client = redis_client(settings.require_redis_url(), settings)
+        url = settings.require_redis_url()
+        rediscover = None
+        if url.startswith("sentinel://"):
+            locator = PrimaryLocator(
+                parse_target(url),
+                socket_timeout_s=settings.redis_socket_timeout_ms / 1000,
+                connect_timeout_s=settings.redis_connect_timeout_ms / 1000,
+            )
+            client, rediscover = locator.client(), locator.rediscover
+        else:
+            client = redis_client(url, settings)
         layout = KeyLayout(epoch.namespace, epoch.shards)
         store = RedisStore(
             client,
@@ -65,11 +81,12 @@ def open_deployment(settings: Settings) -> Deployment:
             epoch.epoch_id,
             wait_replicas=settings.wait_replicas,
             wait_timeout_ms=settings.wait_timeout_ms,
+            rediscover=rediscover,
         )
     except BaseException:
         ledger.close()
         raise
-    return Deployment(settings, ledger, client, layout, Engine(store, ledger))
+    return Deployment(settings, ledger, store, layout, Engine(store, ledger))
 
 
 def _safe(url: str) -> str:

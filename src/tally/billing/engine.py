@@ -16,7 +16,7 @@ from tally.billing.validate import raw_transfer, raw_transfers
 from tally.domain.accounts import Account, AccountState, AccountStatus, SystemAccount
 from tally.domain.results import Result
 from tally.domain.transfers import Transfer, TransferKind, TransferResult
-from tally.errors import StoreError, StoreLost
+from tally.errors import StoreError, StoreLost, StoreReadOnly, StoreUnavailable
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.port import BalanceStore
 from tally.store.redis_store import Applied
@@ -48,8 +48,10 @@ class Engine:
 
     # -- epoch ---------------------------------------------------------------------------------
     def _guarded(self, action: Callable[[], T]) -> T:
-        """Run a store action; on store_lost, check once whether a rebuild has named a new epoch
-        (then this engine was merely behind) and retry once. Safe: every write is idempotent."""
+        """Run a store action, and retry it once in two cases where this engine was merely
+        behind: store_lost while the ledger names a newer epoch (a rebuild happened), and
+        READONLY or a broken connection while Sentinel knows a new primary (a failover).
+        Safe: every store write is idempotent by transfer id. Never more than one retry."""
         try:
             return action()
         except StoreLost:
@@ -57,7 +59,10 @@ class Engine:
             if epoch is None or epoch.epoch_id == self.store.epoch_id:
                 raise
             self.store.set_epoch(epoch.epoch_id)
-            return action()
+        except (StoreReadOnly, StoreUnavailable):
+            if not self.store.reconnect():
+                raise
+        return action()
 
     # -- accounts ------------------------------------------------------------------------------
     def create_account(self, account: Account) -> Result:

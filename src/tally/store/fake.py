@@ -7,9 +7,9 @@ from collections.abc import Iterable, Sequence
 
 from tally.domain.accounts import Account, AccountState
 from tally.domain.results import Result
-from tally.domain.rules import AccountBook, Books, apply_transfer
+from tally.domain.rules import AccountBook, Books, apply_transfer, recharge_marker
 from tally.errors import StoreLost
-from tally.store.redis_store import Applied, RawTransfer
+from tally.store.redis_store import MARKER_OPS, Applied, RawTransfer, RechargeMarker
 
 
 class FakeStore:
@@ -27,6 +27,9 @@ class FakeStore:
         self.epoch_id = epoch_id
         self.lost = False
 
+    def reconnect(self) -> bool:
+        return False
+
     def _check(self) -> None:
         if self.lost:
             raise StoreLost("fake store was wiped")
@@ -37,6 +40,12 @@ class FakeStore:
     def apply(self, transfers: Sequence[RawTransfer]) -> Applied:
         self._check()
         return Applied([apply_transfer(self.books, *t) for t in transfers])
+
+    def recharge_marker(self, account_id: str, op: str, value: str) -> RechargeMarker:
+        self._check()
+        if op not in MARKER_OPS:
+            raise ValueError(f"unknown recharge marker op {op!r}")
+        return RechargeMarker(*recharge_marker(self.books, account_id, op, value))
 
     def upsert_account(self, account: Account) -> Result:
         self._check()

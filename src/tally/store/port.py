@@ -8,7 +8,7 @@ from typing import Protocol
 
 from tally.domain.accounts import Account, AccountState
 from tally.domain.results import Result
-from tally.store.redis_store import Applied, RawTransfer
+from tally.store.redis_store import Applied, RawTransfer, RechargeMarker
 
 
 class BalanceStore(Protocol):
@@ -16,10 +16,14 @@ class BalanceStore(Protocol):
 
     def set_epoch(self, epoch_id: str) -> None: ...
 
+    def reconnect(self) -> bool: ...
+
     def load_scripts(self) -> None: ...
 
     def apply(self, transfers: Sequence[RawTransfer]) -> Applied: ...
 
     def upsert_account(self, account: Account) -> Result: ...
+
+    def recharge_marker(self, account_id: str, op: str, value: str) -> RechargeMarker: ...
 
     def read_accounts(self, account_ids: Iterable[str]) -> dict[str, AccountState | None]: ...

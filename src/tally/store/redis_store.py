@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from zlib import crc32
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import hiredis
@@ -35,6 +35,18 @@ class Applied:
     replicas_acked: int | None = None
 
 
+MARKER_OPS = ("rule", "close", "open")
+
+
+@dataclass(frozen=True, slots=True)
+class RechargeMarker:
+    """What a marker op did: ``code`` 0 done, 1 nothing to do, 3 another recharge is open,
+    8 no such account; ``open_id``: the account's open recharge after the op."""
+
+    code: int
+    open_id: str | None
+
+
 @dataclass(slots=True)
 class _Call:
     shard: int
@@ -52,8 +64,10 @@ class RedisStore:
         *,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 50,
+        rediscover: Callable[[], redis.Redis] | None = None,
     ) -> None:
         self.client = client
+        self._rediscover = rediscover
         self.layout = layout
         self.epoch_id = epoch_id
         self.wait_replicas = wait_replicas
@@ -71,6 +85,14 @@ class RedisStore:
         """After a rebuild the ledger names a new epoch; only then may this store write again."""
         self.epoch_id = epoch_id
         self._epoch_value = self.layout.epoch_value(epoch_id)
+
+    def reconnect(self) -> bool:
+        """Find the primary again (Sentinel) after READONLY or a lost connection. False when
+        there is nothing to rediscover (a plain URL): the caller then reports the error."""
+        if self._rediscover is None:
+            return False
+        self.client = self._rediscover()
+        return True
 
     # -- scripts -------------------------------------------------------------------------------
     def load_scripts(self) -> None:
@@ -233,6 +255,11 @@ class RedisStore:
                 transfers[i][0], _RESULTS[reply[pos]], reply[pos + 1], reply[pos + 2] == 1
             )
             pos += 3
+        for extra in range(pos, len(reply), 2):  # (index in the call, recharge id) per opening
+            i = call.indexes[int(reply[extra]) - 1]
+            first = results[i]
+            assert first is not None
+            results[i] = first._replace(recharge_id=reply[extra + 1].decode())
         return None
 
     def _wait(self) -> int:
@@ -240,6 +267,21 @@ class RedisStore:
             return int(self.client.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms))
         except redis.RedisError as exc:
             raise translate(exc, sent=True) from exc
+
+    # -- auto-recharge markers -----------------------------------------------------------------
+    def recharge_marker(self, account_id: str, op: str, value: str) -> RechargeMarker:
+        """``op`` ``rule`` (value: threshold, '' = autopay off), ``close`` or ``open`` (value:
+        recharge id). See ``lua/recharge.lua``."""
+        if op not in MARKER_OPS:
+            raise ValueError(f"unknown recharge marker op {op!r}")
+        shard = self.layout.shard_of(account_id)
+        keys = [self.layout.epoch(shard), self.layout.account(shard, account_id)]
+        (reply,) = self._run([("recharge", keys, [self._epoch_value, op, value])])
+        assert isinstance(reply, list)
+        if reply[0] == b"L":
+            raise StoreLost(f"dataset epoch missing or not {self.epoch_id}")
+        open_id = reply[2].decode() if isinstance(reply[2], bytes) else None
+        return RechargeMarker(int(reply[1]), open_id)
 
     # -- accounts ------------------------------------------------------------------------------
     def upsert_account(self, account: Account) -> Result:

@@ -1,0 +1,75 @@
+"""F4 with Sentinel: the primary dies, Sentinel promotes a replica, and the engine finds it by
+itself (READONLY / broken connection -> rediscover -> one idempotent retry), losing nothing
+that replicas had acknowledged."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tally.bootstrap import open_deployment
+from tally.config import Settings
+from tally.domain.accounts import Account
+from tally.domain.results import Result
+from tally.errors import StoreError, StoreReadOnly
+from tally.ledger.rebuild import init_store
+from tally.ledger.sql_ledger import SqlLedger
+from tally.ops.cluster import Cluster
+from tally.ops.node import RedisNode
+from tally.store.discovery import PrimaryLocator
+from tally.store.keys import KeyLayout
+
+from ..cluster.conftest import three_dc
+
+FAILOVER_DEADLINE_S = 60.0
+
+
+def sentinel_url(cluster: Cluster) -> str:
+    target = cluster.sentinel_target()
+    hosts = ",".join(f"{h}:{p}" for h, p in target.sentinels)
+    auth = f":{quote(target.password, safe='')}@" if target.password else ""
+    return f"sentinel://{auth}{hosts}/{target.master_name}"
+
+
+def test_after_a_primary_crash_the_engine_follows_sentinel_to_the_new_primary(tmp_path: Path) -> None:
+    with Cluster(three_dc(tmp_path / "cluster")) as cluster:
+        url = sentinel_url(cluster)
+        settings = Settings.resolve(redis_url=url, ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}", home=str(tmp_path))
+        with SqlLedger.open(settings.ledger_url) as ledger:
+            locator = PrimaryLocator(cluster.sentinel_target())
+            init_store(locator.client(), KeyLayout(settings.namespace, 4), ledger)
+            locator.close()
+        with open_deployment(settings) as dep:
+            dep.engine.create_account(Account("alice", "USD"))
+            dep.engine.credit("top", "alice", 1000, "USD")
+            first = dep.engine.debit("d1", "alice", 100)
+            assert dep.client.execute_command("WAIT", 2, 5000) == 2  # replicas have it
+            cluster.nodes["r1"].kill()
+            deadline = time.monotonic() + FAILOVER_DEADLINE_S
+            result = None
+            while result is None and time.monotonic() < deadline:
+                try:
+                    result = dep.engine.debit("d2", "alice", 100)
+                except StoreError:
+                    time.sleep(0.5)  # no primary yet: Sentinel is still electing one
+            assert result is not None, "the engine never reached a new primary"
+            assert (result.result, result.balance_minor) == (Result.ok, 800)
+            replay = dep.engine.debit("d1", "alice", 100)
+            assert replay.replayed and replay.balance_minor == first.balance_minor
+            assert cluster.primary() is not None and cluster.primary().name != "r1"  # type: ignore[union-attr]
+
+
+def test_with_a_plain_url_a_read_only_node_is_reported_not_retried(
+    tmp_path: Path, redis_node: RedisNode
+) -> None:
+    settings = Settings.resolve(redis_url=redis_node.url, ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}", home=str(tmp_path))
+    with SqlLedger.open(settings.ledger_url) as ledger:
+        init_store(redis_node.client(), KeyLayout(settings.namespace, 4), ledger)
+    with open_deployment(settings) as dep:
+        dep.engine.create_account(Account("alice", "USD"))
+        redis_node.client().replicaof(redis_node.host, redis_node.port)
+        with pytest.raises(StoreReadOnly):
+            dep.engine.debit("d1", "alice", 1)

@@ -11,16 +11,18 @@ import redis
 
 from tally.store.keys import KeyLayout
 
-# ARGV: tag, expected epoch value, epoch id, then 5 per transfer: id, k, account, amount, currency
+# ARGV: tag, expected epoch value, epoch id, then 6 per transfer: id, k, account, amount, currency,
+# the tx hash key (the shard of the transfer ID, contracts.md)
 APPLY_LUA = r"""
 local tag, want, epoch_id = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('GET', tag .. ':epoch') ~= want then return {'store_lost'} end
 local t = redis.call('TIME')
 local ts = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 local out, lines = {}, {}
-for b = 4, #ARGV, 5 do
+for b = 4, #ARGV, 6 do
   local id, k, acct, amt, cur = ARGV[b], ARGV[b+1], ARGV[b+2], ARGV[b+3], ARGV[b+4]
-  local rec = redis.call('HGET', tag .. ':tx', id)
+  local txkey = ARGV[b+5]
+  local rec = redis.call('HGET', txkey, id)
   if rec then
     table.insert(out, 'replay:' .. rec)
   else
@@ -40,7 +42,7 @@ for b = 4, #ARGV, 5 do
       end
     end
     local r = k .. '|' .. acct .. '|' .. amt .. '|' .. cur .. '|' .. code .. '|' .. bal
-    redis.call('HSET', tag .. ':tx', id, r)
+    redis.call('HSET', txkey, id, r)
     table.insert(lines, id .. '|' .. r .. '|' .. ts)
     table.insert(out, tostring(code))
   end
@@ -85,7 +87,7 @@ class FakeStoreWriter:
                 self.epoch_id,
             ]
             for i in idx:
-                args += list(transfers[i])
+                args += [*transfers[i], self.layout.tx_for(transfers[i][0])]
             out = self.client.eval(APPLY_LUA, 0, *args)
             if out == [b"store_lost"]:
                 raise RuntimeError("store_lost")

@@ -62,7 +62,9 @@ def open_deployment(settings: Settings) -> Deployment:
     try:
         epoch = ledger.current_epoch()
         if epoch is None:
-            raise LedgerNotInitialised(f"the ledger at {_safe(settings.ledger_url)} has no epoch yet")
+            raise LedgerNotInitialised(
+                f"the ledger at {_safe(settings.ledger_url)} has no epoch yet"
+            )
         url = settings.require_redis_url()
         rediscover = None
         if url.startswith("sentinel://"):

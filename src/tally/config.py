@@ -1,11 +1,11 @@
 """Settings: command-line options win over environment variables, which win over defaults.
 
-    TALLY_REDIS_URL     the Redis primary (default: the local deployment `tally local up` or
-                        `tally serve` recorded in $TALLY_HOME/local.json)
-    TALLY_LEDGER_URL    sqlite:///... or postgresql://... (default: $TALLY_HOME/ledger.sqlite3)
-    TALLY_HOME          where local state lives (default: ./.tally)
-    TALLY_NAMESPACE     key prefix in Redis (default: tally)
-    TALLY_SHARDS        logical shards, fixed at `tally init` (default: 16)
+TALLY_REDIS_URL     the Redis primary (default: the local deployment `tally local up` or
+                    `tally serve` recorded in $TALLY_HOME/local.json)
+TALLY_LEDGER_URL    sqlite:///... or postgresql://... (default: $TALLY_HOME/ledger.sqlite3)
+TALLY_HOME          where local state lives (default: ./.tally)
+TALLY_NAMESPACE     key prefix in Redis (default: tally)
+TALLY_SHARDS        logical shards, fixed at `tally init` (default: 16)
 """
 
 from __future__ import annotations
@@ -68,7 +68,9 @@ def local_redis_url(home: Path) -> str | None:
     try:
         url = json.loads(state.read_text())["redis_url"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{state} is unreadable: {exc}", hint=f"delete {state} and run `tally local up`") from exc
+        raise ConfigError(
+            f"{state} is unreadable: {exc}", hint=f"delete {state} and run `tally local up`"
+        ) from exc
     if not isinstance(url, str):
         raise ConfigError(f"{state}: redis_url must be a string")
     return url

@@ -50,7 +50,7 @@ class InvalidAmount(UsageError):
 
 
 class InvalidId(UsageError):
-    hint = "ids are 1-64 characters of letters, digits, '_', '-', '.', ':' and start with a letter or digit"
+    hint = "ids are 1-64 of letters, digits, '_', '-', '.', ':', starting with a letter or digit"
 
 
 class UnknownCurrency(UsageError):

@@ -14,7 +14,9 @@ from tally.store.keys import KeyLayout
 
 @pytest.fixture
 def settings(redis_node: RedisNode, ledger_url: str, tmp_path) -> Settings:  # type: ignore[no-untyped-def]
-    return Settings.resolve(redis_url=redis_node.url, ledger_url=ledger_url, home=str(tmp_path / "home"))
+    return Settings.resolve(
+        redis_url=redis_node.url, ledger_url=ledger_url, home=str(tmp_path / "home")
+    )
 
 
 @pytest.fixture

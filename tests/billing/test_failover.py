@@ -34,10 +34,14 @@ def sentinel_url(cluster: Cluster) -> str:
     return f"sentinel://{auth}{hosts}/{target.master_name}"
 
 
-def test_after_a_primary_crash_the_engine_follows_sentinel_to_the_new_primary(tmp_path: Path) -> None:
+def test_after_a_primary_crash_the_engine_follows_sentinel_to_the_new_primary(
+    tmp_path: Path,
+) -> None:
     with Cluster(three_dc(tmp_path / "cluster")) as cluster:
         url = sentinel_url(cluster)
-        settings = Settings.resolve(redis_url=url, ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}", home=str(tmp_path))
+        settings = Settings.resolve(
+            redis_url=url, ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}", home=str(tmp_path)
+        )
         with SqlLedger.open(settings.ledger_url) as ledger:
             locator = PrimaryLocator(cluster.sentinel_target())
             init_store(locator.client(), KeyLayout(settings.namespace, 4), ledger)
@@ -65,7 +69,11 @@ def test_after_a_primary_crash_the_engine_follows_sentinel_to_the_new_primary(tm
 def test_with_a_plain_url_a_read_only_node_is_reported_not_retried(
     tmp_path: Path, redis_node: RedisNode
 ) -> None:
-    settings = Settings.resolve(redis_url=redis_node.url, ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}", home=str(tmp_path))
+    settings = Settings.resolve(
+        redis_url=redis_node.url,
+        ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}",
+        home=str(tmp_path),
+    )
     with SqlLedger.open(settings.ledger_url) as ledger:
         init_store(redis_node.client(), KeyLayout(settings.namespace, 4), ledger)
     with open_deployment(settings) as dep:

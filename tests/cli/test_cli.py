@@ -16,20 +16,30 @@ from tally.ops.node import RedisNode
 def tally(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tally.cli", *args],
-        capture_output=True, text=True, env=env, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
     )
 
 
 @pytest.fixture
 def env(redis_node: RedisNode, tmp_path: Path) -> dict[str, str]:
-    e = {**os.environ, "TALLY_REDIS_URL": redis_node.url, "TALLY_HOME": str(tmp_path / "home"),
-         "TALLY_LEDGER_URL": f"sqlite:///{tmp_path / 'ledger.sqlite3'}"}
+    e = {
+        **os.environ,
+        "TALLY_REDIS_URL": redis_node.url,
+        "TALLY_HOME": str(tmp_path / "home"),
+        "TALLY_LEDGER_URL": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+    }
     assert tally(e, "init", "--json").returncode == 0
     assert tally(e, "account", "create", "alice", "--currency", "USD").returncode == 0
     return e
 
 
-def test_debit_prints_the_result_and_balance_and_a_retry_moves_no_money(env: dict[str, str]) -> None:
+def test_debit_prints_the_result_and_balance_and_a_retry_moves_no_money(
+    env: dict[str, str],
+) -> None:
     assert tally(env, "credit", "alice", "50.00", "--id", "top-1").returncode == 0
     first = tally(env, "debit", "alice", "12.34", "--id", "call-1", "--json")
     again = tally(env, "debit", "alice", "12.34", "--id", "call-1", "--json")
@@ -37,7 +47,13 @@ def test_debit_prints_the_result_and_balance_and_a_retry_moves_no_money(env: dic
     assert json.loads(first.stdout) == {"result": "ok", "balance_minor": 3766, "replayed": False}
     assert json.loads(again.stdout) == {"result": "ok", "balance_minor": 3766, "replayed": True}
     bal = json.loads(tally(env, "balance", "alice", "--json").stdout)
-    assert bal == {"account": "alice", "balance_minor": 3766, "currency": "USD", "status": "active", "credit_limit_minor": 0}
+    assert bal == {
+        "account": "alice",
+        "balance_minor": 3766,
+        "currency": "USD",
+        "status": "active",
+        "credit_limit_minor": 0,
+    }
 
 
 def test_a_business_refusal_exits_1(env: dict[str, str]) -> None:
@@ -62,7 +78,9 @@ def test_reconcile_reports_no_drift_after_a_drain(env: dict[str, str]) -> None:
     assert (report["accounts_checked"], report["accounts_drifted"], report["drift"]) == (1, 0, [])
 
 
-def test_reconcile_finds_an_injected_drift_and_exits_1(env: dict[str, str], redis_node: RedisNode) -> None:
+def test_reconcile_finds_an_injected_drift_and_exits_1(
+    env: dict[str, str], redis_node: RedisNode
+) -> None:
     tally(env, "credit", "alice", "5", "--id", "top-1")
     tally(env, "drain")
     client = redis_node.client()

@@ -13,9 +13,25 @@ def test_plain_ids_are_accepted(good: str) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "A" * 65, "-lead", "a|b", "a\nb", "a b", "{tag}", "@sys", "аlice", "ａ", "a\u200bb", 5, None],
+    [
+        "",
+        "A" * 65,
+        "-lead",
+        "a|b",
+        "a\nb",
+        "a b",
+        "{tag}",
+        "@sys",
+        "аlice",
+        "ａ",
+        "a\u200bb",
+        5,
+        None,
+    ],
 )
-def test_ids_that_could_break_keys_or_journal_lines_or_fool_a_reader_are_refused(bad: object) -> None:
+def test_ids_that_could_break_keys_or_journal_lines_or_fool_a_reader_are_refused(
+    bad: object,
+) -> None:
     assert not is_valid_id(bad)
     with pytest.raises(InvalidId):
         check_id(bad)

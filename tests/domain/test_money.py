@@ -30,7 +30,9 @@ def test_money_sums_are_exact_and_order_free(currency: str, amounts: list[int]) 
     assert total == back == Money(sum(amounts), currency)
 
 
-@pytest.mark.parametrize("text", ["12.345", "-1", "1e3", "1,00", " ", "", "0x10", "１２", "12.", ".5", "NaN"])
+@pytest.mark.parametrize(
+    "text", ["12.345", "-1", "1e3", "1,00", " ", "", "0x10", "１２", "12.", ".5", "NaN"]
+)
 def test_amounts_that_would_need_rounding_or_guessing_are_refused(text: str) -> None:
     with pytest.raises(InvalidAmount):
         parse_amount(text, "USD")

@@ -34,7 +34,10 @@ def test_concurrent_debits_from_several_processes_never_overdraw(
     store.apply([("fund", "c", "shared", FUNDS, "")])
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(redis_node.port, layout.shards, w, out)) for w in range(PROCESSES)]
+    procs = [
+        ctx.Process(target=_worker, args=(redis_node.port, layout.shards, w, out))
+        for w in range(PROCESSES)
+    ]
     for p in procs:
         p.start()
     for p in procs:

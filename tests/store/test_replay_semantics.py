@@ -54,7 +54,9 @@ def test_a_refused_debit_is_refused_again_on_replay_even_after_a_top_up(store: R
     one(store, "top", "c", "alice", 1000)
     replay = one(store, "d1", "d", "alice", 50)
     assert (replay.result, replay.replayed, replay.balance_minor) == (
-        Result.insufficient_funds, True, 0,
+        Result.insufficient_funds,
+        True,
+        0,
     )
 
 

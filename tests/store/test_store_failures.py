@@ -45,7 +45,9 @@ def test_restart_with_appendonly_and_no_aof_comes_back_empty_and_refuses_every_w
         node.stop()
 
 
-def test_a_foreign_dataset_with_another_epoch_refuses_writes(store: RedisStore, layout: KeyLayout) -> None:
+def test_a_foreign_dataset_with_another_epoch_refuses_writes(
+    store: RedisStore, layout: KeyLayout
+) -> None:
     open_account(store, "alice")
     stamp_epoch(store.client, layout, "E-other-ledger")
     with pytest.raises(StoreLost):
@@ -67,10 +69,16 @@ def test_a_primary_restarted_as_a_replica_fails_writes_fast_with_readonly(
         store.apply([("c1", "c", "alice", 1, "")])
 
 
-def test_an_unreachable_store_is_a_typed_error_not_a_retry(layout: KeyLayout, tmp_path: Path) -> None:
+def test_an_unreachable_store_is_a_typed_error_not_a_retry(
+    layout: KeyLayout, tmp_path: Path
+) -> None:
     node = RedisNode(name="gone", dir=tmp_path)
     port = node.port
-    client = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=0.5,
-                         retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
+    client = redis.Redis(
+        port=port,
+        socket_connect_timeout=0.5,
+        socket_timeout=0.5,
+        retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+    )
     with pytest.raises(StoreUnavailable):
         RedisStore(client, layout, EPOCH).apply([("c1", "c", "alice", 1, "")])

@@ -57,8 +57,12 @@ class BenchResult:
     rows: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
-        return {"config": vars(self.config), "machine": self.machine,
-                "redis_version": self.redis_version, "results": self.rows}
+        return {
+            "config": vars(self.config),
+            "machine": self.machine,
+            "redis_version": self.redis_version,
+            "results": self.rows,
+        }
 
 
 def _percentile(samples: list[float], q: float) -> float:
@@ -73,22 +77,33 @@ def _fund(store: RedisStore, ids: list[str]) -> None:
         store.apply([(f"fund-{a}", "c", a, FUNDS_MINOR, "USD") for a in ids[start : start + 5000]])
 
 
-def bench_tally_batch(store: RedisStore, ids: list[str], cfg: BenchConfig, rng: random.Random) -> dict[str, object]:
+def bench_tally_batch(
+    store: RedisStore, ids: list[str], cfg: BenchConfig, rng: random.Random
+) -> dict[str, object]:
     run = uuid.uuid4().hex[:8]
     batches = []
     for b in range(cfg.batch_debits // cfg.batch_size):
-        batches.append([(f"b{run}-{b}-{i}", "d", rng.choice(ids), 1, "") for i in range(cfg.batch_size)])
+        batches.append(
+            [(f"b{run}-{b}-{i}", "d", rng.choice(ids), 1, "") for i in range(cfg.batch_size)]
+        )
     start = time.perf_counter()
     ok = 0
     for batch in batches:
         ok += sum(r.result == 0 for r in store.apply(batch).results)
     elapsed = time.perf_counter() - start
     total = len(batches) * cfg.batch_size
-    return {"debits": total, "ok": ok, "seconds": round(elapsed, 3), "debits_per_s": round(total / elapsed),
-            "durability": "Redis AOF everysec; journal drained to SQL asynchronously"}
+    return {
+        "debits": total,
+        "ok": ok,
+        "seconds": round(elapsed, 3),
+        "debits_per_s": round(total / elapsed),
+        "durability": "Redis AOF everysec; journal drained to SQL asynchronously",
+    }
 
 
-def bench_tally_single(store: RedisStore, ids: list[str], cfg: BenchConfig, rng: random.Random) -> dict[str, object]:
+def bench_tally_single(
+    store: RedisStore, ids: list[str], cfg: BenchConfig, rng: random.Random
+) -> dict[str, object]:
     run = uuid.uuid4().hex[:8]
     latencies_us: list[float] = []
     start = time.perf_counter()
@@ -98,13 +113,18 @@ def bench_tally_single(store: RedisStore, ids: list[str], cfg: BenchConfig, rng:
         store.apply([t])
         latencies_us.append((time.perf_counter() - t0) * 1e6)
     elapsed = time.perf_counter() - start
-    return {"debits": cfg.single_debits, "debits_per_s": round(cfg.single_debits / elapsed),
-            "p50_us": round(statistics.median(latencies_us), 1),
-            "p99_us": round(_percentile(latencies_us, 0.99), 1),
-            "durability": "Redis AOF everysec; one round trip per debit"}
+    return {
+        "debits": cfg.single_debits,
+        "debits_per_s": round(cfg.single_debits / elapsed),
+        "p50_us": round(statistics.median(latencies_us), 1),
+        "p99_us": round(_percentile(latencies_us, 0.99), 1),
+        "durability": "Redis AOF everysec; one round trip per debit",
+    }
 
 
-def bench_raw_redis(node: RedisNode, ids: list[str], cfg: BenchConfig, rng: random.Random) -> dict[str, object]:
+def bench_raw_redis(
+    node: RedisNode, ids: list[str], cfg: BenchConfig, rng: random.Random
+) -> dict[str, object]:
     client = node.client(socket_timeout=60)
     for aid in ids:
         client.hset(f"raw:a:{aid}", "bal", FUNDS_MINOR)
@@ -120,14 +140,17 @@ def bench_raw_redis(node: RedisNode, ids: list[str], cfg: BenchConfig, rng: rand
         pipe.execute()
     elapsed = time.perf_counter() - start
     client.close()
-    return {"debits": cfg.raw_debits, "debits_per_s": round(cfg.raw_debits / elapsed),
-            "durability": "Redis AOF everysec; NO balance check, NO idempotency (a ceiling, not a design)"}
+    return {
+        "debits": cfg.raw_debits,
+        "debits_per_s": round(cfg.raw_debits / elapsed),
+        "durability": "Redis AOF everysec; NO balance check, NO idempotency (a ceiling, not a design)",
+    }
 
 
 def bench_postgres(cfg: BenchConfig, ids: list[str], rng: random.Random) -> dict[str, object]:
     if not cfg.postgres_url:
         return {"skipped": "no --postgres-url"}
-    import psycopg  # noqa: PLC0415
+    import psycopg
 
     suffix = uuid.uuid4().hex[:8]
     acc, jr = f"bench_acc_{suffix}", f"bench_journal_{suffix}"
@@ -138,7 +161,9 @@ def bench_postgres(cfg: BenchConfig, ids: list[str], rng: random.Random) -> dict
     try:
         with conn.cursor() as cur:
             cur.execute(f"CREATE TABLE {acc} (id text PRIMARY KEY, balance_minor bigint NOT NULL)")
-            cur.execute(f"CREATE TABLE {jr} (transfer_id text PRIMARY KEY, account_id text, amount_minor bigint, balance_after bigint)")
+            cur.execute(
+                f"CREATE TABLE {jr} (transfer_id text PRIMARY KEY, account_id text, amount_minor bigint, balance_after bigint)"
+            )
             with cur.copy(f"COPY {acc} (id, balance_minor) FROM STDIN") as copy:
                 for aid in ids:
                     copy.write_row((aid, FUNDS_MINOR))
@@ -149,16 +174,25 @@ def bench_postgres(cfg: BenchConfig, ids: list[str], rng: random.Random) -> dict
             aid = rng.choice(ids)
             t0 = time.perf_counter()
             with conn.cursor() as cur:
-                cur.execute(f"UPDATE {acc} SET balance_minor = balance_minor - 1 WHERE id = %s AND balance_minor >= 1 RETURNING balance_minor", (aid,))
+                cur.execute(
+                    f"UPDATE {acc} SET balance_minor = balance_minor - 1 WHERE id = %s AND balance_minor >= 1 RETURNING balance_minor",
+                    (aid,),
+                )
                 row = cur.fetchone()
-                cur.execute(f"INSERT INTO {jr} VALUES (%s, %s, 1, %s)", (f"p{i}", aid, row[0] if row else None))
+                cur.execute(
+                    f"INSERT INTO {jr} VALUES (%s, %s, 1, %s)",
+                    (f"p{i}", aid, row[0] if row else None),
+                )
             conn.commit()
             latencies_us.append((time.perf_counter() - t0) * 1e6)
         elapsed = time.perf_counter() - start
-        return {"debits": cfg.postgres_debits, "debits_per_s": round(cfg.postgres_debits / elapsed),
-                "p50_us": round(statistics.median(latencies_us), 1),
-                "p99_us": round(_percentile(latencies_us, 0.99), 1),
-                "durability": "fsync per commit (synchronous_commit=on), one transaction per debit, one connection"}
+        return {
+            "debits": cfg.postgres_debits,
+            "debits_per_s": round(cfg.postgres_debits / elapsed),
+            "p50_us": round(statistics.median(latencies_us), 1),
+            "p99_us": round(_percentile(latencies_us, 0.99), 1),
+            "durability": "fsync per commit (synchronous_commit=on), one transaction per debit, one connection",
+        }
     finally:
         with conn.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {acc}")
@@ -168,7 +202,7 @@ def bench_postgres(cfg: BenchConfig, ids: list[str], rng: random.Random) -> dict
 
 
 def run(cfg: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> BenchResult:
-    from tally.bench.machine import describe  # noqa: PLC0415
+    from tally.bench.machine import describe
 
     rng = random.Random(cfg.seed)
     ids = [f"acct-{i}" for i in range(cfg.accounts)]

@@ -25,7 +25,9 @@ def raw_transfers(kind: str, items: Iterable[Sequence[object]]) -> list[RawTrans
         elif len(item) == 4:
             tid, aid, amount, currency = item
         else:
-            raise UsageError(f"item {n}: expected (transfer_id, account_id, amount_minor[, currency])")
+            raise UsageError(
+                f"item {n}: expected (transfer_id, account_id, amount_minor[, currency])"
+            )
         out.append(raw_transfer(kind, tid, aid, amount, currency, where=f"item {n}: "))
     return out
 
@@ -38,7 +40,9 @@ def raw_transfer(
     if not is_valid_id(aid):
         raise InvalidId(f"{where}account id {str(aid)[:80]!r} is not a valid id")
     if type(amount) is not int or not 0 < amount <= AMOUNT_MINOR_MAX:
-        raise InvalidAmount(f"{where}amount {str(amount)[:40]!r} is not 1..{AMOUNT_MINOR_MAX} minor units")
+        raise InvalidAmount(
+            f"{where}amount {str(amount)[:40]!r} is not 1..{AMOUNT_MINOR_MAX} minor units"
+        )
     if currency != "" and currency not in CURRENCY_EXPONENTS:
         raise UnknownCurrency(f"{where}unknown currency {str(currency)[:8]!r}")
     return (tid, kind, aid, amount, currency)  # type: ignore[return-value]

@@ -34,14 +34,19 @@ def _plain(value: Any) -> Any:
 
 
 @click.command()
-@click.option("--shards", default=None, type=click.IntRange(1, 1024), help="Logical shards (fixed for the deployment).")
+@click.option(
+    "--shards",
+    default=None,
+    type=click.IntRange(1, 1024),
+    help="Logical shards (fixed for the deployment).",
+)
 @click.option("--namespace", default=None, help="Redis key prefix.")
 @connection_options
 @json_option
 @handles_errors
 def init(shards: int | None, namespace: str | None, as_json: bool, **conn: str | None) -> None:
     """Create the ledger schema and the first store epoch (on an empty Redis)."""
-    from tally.ledger.rebuild import init_store  # noqa: PLC0415
+    from tally.ledger.rebuild import init_store
 
     settings = settings_from(**conn)
     layout = KeyLayout(namespace or settings.namespace, shards or settings.shards)
@@ -52,13 +57,22 @@ def init(shards: int | None, namespace: str | None, as_json: bool, **conn: str |
             epoch = init_store(client, layout, ledger)
         finally:
             client.close()
-    emit(as_json, {"epoch": epoch.epoch_id, "namespace": layout.namespace, "shards": layout.shards},
-         f"initialised epoch {epoch.epoch_id} ({layout.shards} shards, namespace {layout.namespace})")
+    emit(
+        as_json,
+        {"epoch": epoch.epoch_id, "namespace": layout.namespace, "shards": layout.shards},
+        f"initialised epoch {epoch.epoch_id} ({layout.shards} shards, namespace {layout.namespace})",
+    )
 
 
 @click.command()
 @click.option("--follow", is_flag=True, help="Keep draining until Ctrl-C.")
-@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 100_000), help="Entries per round.")
+@click.option(
+    "--limit",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Entries per round.",
+)
 @connection_options
 @json_option
 @handles_errors
@@ -90,13 +104,16 @@ def drain(follow: bool, limit: int, as_json: bool, **conn: str | None) -> None:
 @handles_errors
 def reconcile(as_json: bool, **conn: str | None) -> None:
     """Compare every account's store balance with the ledger (counting undrained entries)."""
-    from tally.ledger.reconcile import reconcile as run_reconcile  # noqa: PLC0415
+    from tally.ledger.reconcile import reconcile as run_reconcile
 
     with deployment(**conn) as dep:
         report = run_reconcile(dep.client, dep.layout, dep.ledger)
         data = _plain(report)
         lines = [f"accounts checked {data['accounts_checked']}, drifted {data['accounts_drifted']}"]
-        lines += [f"  {d['account']}: store {d['redis_balance_minor']} ledger-expected {d['ledger_balance_minor'] + d['undrained_minor']}" for d in data["drift"]]
+        lines += [
+            f"  {d['account']}: store {d['redis_balance_minor']} ledger-expected {d['ledger_balance_minor'] + d['undrained_minor']}"
+            for d in data["drift"]
+        ]
         emit(as_json, data, "\n".join(lines))
         if data["accounts_drifted"]:
             sys.exit(EXIT_REFUSED)
@@ -113,13 +130,15 @@ def _reapply_credits(dep: Deployment) -> int:
 
 
 @click.command()
-@click.option("--force", is_flag=True, help="Delete tally's keys in a non-empty, foreign dataset first.")
+@click.option(
+    "--force", is_flag=True, help="Delete tally's keys in a non-empty, foreign dataset first."
+)
 @connection_options
 @json_option
 @handles_errors
 def rebuild(force: bool, as_json: bool, **conn: str | None) -> None:
     """Restore an empty (or, with --force, foreign) store from the ledger under a new epoch."""
-    from tally.ledger.rebuild import rebuild as run_rebuild  # noqa: PLC0415
+    from tally.ledger.rebuild import rebuild as run_rebuild
 
     with deployment(**conn) as dep:
         report = run_rebuild(dep.client, dep.layout, dep.ledger, force=force)

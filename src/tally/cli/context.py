@@ -14,7 +14,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def connection_options(func: F) -> F:
-    func = click.option("--home", envvar="TALLY_HOME", help="Local state dir (default ./.tally).")(func)
+    func = click.option("--home", envvar="TALLY_HOME", help="Local state dir (default ./.tally).")(
+        func
+    )
     func = click.option(
         "--ledger-url", envvar="TALLY_LEDGER_URL", help="sqlite:///file or postgresql://..."
     )(func)

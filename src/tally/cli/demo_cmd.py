@@ -13,11 +13,16 @@ from tally.cli.output import handles_errors
 
 
 @click.command()
-@click.option("--keep", type=click.Path(file_okay=False), help="Keep the data in this dir instead of a temp dir.")
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False),
+    help="Keep the data in this dir instead of a temp dir.",
+)
 @handles_errors
 def demo(keep: str | None) -> None:
     """Run a guided tour: accounts, idempotent debits, the 2013 AOF defect, rebuild, reconcile."""
-    from tally.demo import Tour  # noqa: PLC0415 - wires real adapters; only when asked for
+    from tally.demo import Tour
+
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         ok = Tour(Path(keep), click.echo).run()

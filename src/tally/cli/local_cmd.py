@@ -77,7 +77,11 @@ def up(home: str | None, port: int, as_json: bool) -> None:
         return
     base.mkdir(parents=True, exist_ok=True)
     node = start_local(base, port=port)
-    emit(as_json, {"redis_url": node.url, "pid": node.pid}, f"redis-server {node.binary.version_text} at {node.url} (pid {node.pid})")  # type: ignore[union-attr]
+    emit(
+        as_json,
+        {"redis_url": node.url, "pid": node.pid},
+        f"redis-server {node.binary.version_text} at {node.url} (pid {node.pid})",
+    )  # type: ignore[union-attr]
 
 
 @local.command("down")
@@ -111,4 +115,8 @@ def status(home: str | None, as_json: bool) -> None:
     """Is it running, and where."""
     state = _state(_home(home))
     running = bool(state) and _alive(int(state["pid"]))  # type: ignore[index,call-overload]
-    emit(as_json, {"running": running, **(state or {})}, f"running at {state['redis_url']}" if running and state else "not running")
+    emit(
+        as_json,
+        {"running": running, **(state or {})},
+        f"running at {state['redis_url']}" if running and state else "not running",
+    )

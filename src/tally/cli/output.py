@@ -41,7 +41,11 @@ def handles_errors(func: F) -> F:
         except TallyError as exc:
             code = error_code(exc)
             if kwargs.get("as_json"):
-                payload = {"error": code, "message": exc.args[0] if exc.args else "", "hint": exc.hint}
+                payload = {
+                    "error": code,
+                    "message": exc.args[0] if exc.args else "",
+                    "hint": exc.hint,
+                }
                 click.echo(json.dumps(payload, sort_keys=True))
             click.echo(f"error: {code}: {exc}", err=True)
             sys.exit(EXIT_ERROR)

@@ -17,7 +17,9 @@ from tally.errors import UsageError
 def _currency_of(dep: object, account_id: str) -> str:
     account = dep.ledger.get_account(account_id)  # type: ignore[attr-defined]
     if account is None:
-        raise UsageError(f"account {account_id!r} does not exist", hint="create it with `tally account create`")
+        raise UsageError(
+            f"account {account_id!r} does not exist", hint="create it with `tally account create`"
+        )
     return str(account.currency)
 
 
@@ -39,7 +41,11 @@ def debit(account: str, amount: str, transfer_id: str, as_json: bool, **conn: st
         currency = _currency_of(dep, account)
         r = dep.engine.debit(transfer_id, account, parse_amount(amount, currency), currency)
         data = {"result": r.result.name, "balance_minor": r.balance_minor, "replayed": r.replayed}
-        shown = "" if r.balance_minor is None else f", balance {format_amount(r.balance_minor, currency)} {currency}"
+        shown = (
+            ""
+            if r.balance_minor is None
+            else f", balance {format_amount(r.balance_minor, currency)} {currency}"
+        )
         emit(as_json, data, f"{r.result.name}{' (replay)' if r.replayed else ''}{shown}")
         _finish(r.result)
 
@@ -58,7 +64,9 @@ def debit(account: str, amount: str, transfer_id: str, as_json: bool, **conn: st
 @connection_options
 @json_option
 @handles_errors
-def credit(account: str, amount: str, transfer_id: str, source: str, as_json: bool, **conn: str | None) -> None:
+def credit(
+    account: str, amount: str, transfer_id: str, source: str, as_json: bool, **conn: str | None
+) -> None:
     """Credit AMOUNT to ACCOUNT: written to the ledger first, then to the store."""
     with deployment(**conn) as dep:
         currency = _currency_of(dep, account)
@@ -67,7 +75,11 @@ def credit(account: str, amount: str, transfer_id: str, source: str, as_json: bo
         )
         name = "pending" if out.result is None else out.result.name
         data = {"result": name, "balance_minor": out.balance_minor, "replayed": out.replayed}
-        human = name if out.result is not None else "pending: recorded in the ledger, applied when the store is back"
+        human = (
+            name
+            if out.result is not None
+            else "pending: recorded in the ledger, applied when the store is back"
+        )
         emit(as_json, data, human)
         if out.result is not None:
             _finish(out.result)
@@ -93,7 +105,11 @@ def balance(account: str, as_json: bool, **conn: str | None) -> None:
             "status": acc.status.value,
             "credit_limit_minor": acc.credit_limit_minor,
         }
-        emit(as_json, data, f"{acc.id}: {format_amount(state.balance_minor, acc.currency)} {acc.currency} ({acc.status.value})")
+        emit(
+            as_json,
+            data,
+            f"{acc.id}: {format_amount(state.balance_minor, acc.currency)} {acc.currency} ({acc.status.value})",
+        )
 
 
 @click.group()
@@ -104,17 +120,23 @@ def account() -> None:
 @account.command("create")
 @click.argument("account_id")
 @click.option("--currency", required=True, help="ISO 4217 code, e.g. USD.")
-@click.option("--credit-limit", default="0", show_default=True, help="How far below zero (decimal).")
+@click.option(
+    "--credit-limit", default="0", show_default=True, help="How far below zero (decimal)."
+)
 @connection_options
 @json_option
 @handles_errors
-def account_create(account_id: str, currency: str, credit_limit: str, as_json: bool, **conn: str | None) -> None:
+def account_create(
+    account_id: str, currency: str, credit_limit: str, as_json: bool, **conn: str | None
+) -> None:
     """Create a prepaid account (ledger first, then the store)."""
     limit = parse_amount(credit_limit, currency.upper(), allow_zero=True)
     acc = Account(account_id, currency.upper(), limit)
     with deployment(**conn) as dep:
         result = dep.engine.create_account(acc)
-        emit(as_json, {"result": result.name, "account": account_id}, f"{result.name}: {account_id}")
+        emit(
+            as_json, {"result": result.name, "account": account_id}, f"{result.name}: {account_id}"
+        )
         _finish(result)
 
 
@@ -127,7 +149,11 @@ def _status_command(name: str, status: AccountStatus, help_text: str) -> click.C
     def command(account_id: str, as_json: bool, **conn: str | None) -> None:
         with deployment(**conn) as dep:
             result = dep.engine.set_status(account_id, status)
-            emit(as_json, {"result": result.name, "account": account_id, "status": status.value}, result.name)
+            emit(
+                as_json,
+                {"result": result.name, "account": account_id, "status": status.value},
+                result.name,
+            )
             _finish(result)
 
     return command

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from tally.domain.ids import check_id
 from tally.domain.money import check_currency, check_limit_minor
 
 
-class AccountStatus(str, Enum):
+class AccountStatus(StrEnum):
     active = "active"
     suspended = "suspended"
     closed = "closed"
@@ -24,8 +24,8 @@ class AccountStatus(str, Enum):
         return {"a": cls.active, "s": cls.suspended, "c": cls.closed}[code]
 
 
-class SystemAccount(str, Enum):
-    """The other side of customer entries, one per currency in the ledger (``@usage_revenue:USD``)."""
+class SystemAccount(StrEnum):
+    """The other side of customer entries, one per currency (``@usage_revenue:USD``)."""
 
     usage_revenue = "usage_revenue"  # debits for usage land here
     card_clearing = "card_clearing"  # money in from cards (recharges, top-ups) comes from here

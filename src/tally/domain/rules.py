@@ -7,6 +7,7 @@ operation.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from tally.domain.accounts import AccountStatus
@@ -21,6 +22,9 @@ class AccountBook:
     credit_limit_minor: int = 0
     status: AccountStatus = AccountStatus.active
     balance_minor: int = 0
+    #: Auto-recharge mirror: the threshold while autopay is on, and the open recharge's id.
+    threshold_minor: int | None = None
+    open_recharge: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,45 @@ def _decide(book: AccountBook | None, kind: str, amount: int, currency: str) -> 
     return Result.ok
 
 
+def recharge_id_for(debit_transfer_id: str) -> str:
+    """The id of the recharge a debit opens: derived from the debit's (unique) transfer id."""
+    return "rc-" + hashlib.sha1(debit_transfer_id.encode()).hexdigest()[:29]
+
+
+def opens_recharge(book: AccountBook | None, kind: str, code: Result) -> bool:
+    """A debit opens a recharge when it leaves an autopay account below its threshold and none
+    is open (the check and the marker write are one step in the Lua script)."""
+    return (
+        book is not None
+        and book.threshold_minor is not None
+        and book.open_recharge is None
+        and kind == "d"
+        and code in (Result.ok, Result.insufficient_funds)
+        and book.balance_minor < book.threshold_minor
+    )
+
+
+def recharge_marker(books: Books, account_id: str, op: str, value: str) -> tuple[int, str | None]:
+    """``lua/recharge.lua``: (code, open recharge after the op)."""
+    book = books.accounts.get(account_id)
+    if book is None:
+        return 8, None
+    if op == "rule":
+        book.threshold_minor = int(value) if value else None
+        return 0, book.open_recharge
+    if op == "close":
+        if book.open_recharge == value:
+            book.open_recharge = None
+            return 0, None
+        return 1, book.open_recharge
+    if op == "open":
+        if book.open_recharge is not None:
+            return (1 if book.open_recharge == value else 3), book.open_recharge
+        book.open_recharge = value
+        return 0, value
+    raise ValueError(f"unknown recharge marker op {op!r}")
+
+
 def apply_transfer(
     books: Books, transfer_id: str, kind: str, account_id: str, amount: int, currency: str
 ) -> TransferResult:
@@ -84,7 +127,10 @@ def apply_transfer(
     if code is Result.ok and book is not None:
         book.balance_minor += -amount if kind == "d" else amount
     balance = book.balance_minor if book is not None else None
+    opened = None
     if code is not Result.amount_invalid:
         cur = book.currency if book is not None else currency
         books.records[transfer_id] = Record(kind, account_id, amount, cur, code, balance)
-    return TransferResult(transfer_id, code, balance, False)
+        if book is not None and opens_recharge(book, kind, code):
+            opened = book.open_recharge = recharge_id_for(transfer_id)
+    return TransferResult(transfer_id, code, balance, False, opened)

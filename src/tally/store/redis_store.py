@@ -6,9 +6,9 @@ no script ran."""
 from __future__ import annotations
 
 import time
-from zlib import crc32
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from zlib import crc32
 
 import hiredis
 import redis

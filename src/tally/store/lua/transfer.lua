@@ -7,6 +7,13 @@
 -- ARGV[5] m   ARGV[6..5+m] account ids, then 6 per transfer: id, kind (d|c), account index
 --   1..m, amount_minor, currency ('' = the account's own currency), tx hash index 1..t
 -- Returns {'L'} store lost, {'F', len} journal full, or {'K', code, balance|nil, replayed, ...}
+--   followed by a pair (transfer index, recharge id) per recharge this call opened.
+--
+-- Auto-recharge: an account hash with 'rt' (threshold, present while autopay is on) and no 'ro'
+-- (open recharge id) opens one recharge when a debit (ok or insufficient_funds) leaves the
+-- balance below the threshold: 'ro' is set HERE, in the same step as the debit, so no second
+-- recharge can open while this one is open. The id is derived from the debit's transfer id
+-- ('rc-' + 29 hex of its SHA1) and appended as a 9th field to that debit's journal line.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'L'} end
 local jlen = redis.call('XLEN', KEYS[2])
 if jlen >= @JOURNAL_MAX@ then return {'F', jlen} end
@@ -38,9 +45,10 @@ local acc = {}
 local function load(ai)
   local a = acc[ai]
   if a == nil then
-    local f = redis.call('HMGET', KEYS[2 + t + ai], 'cur', 'st', 'lim', 'bal')
+    local f = redis.call('HMGET', KEYS[2 + t + ai], 'cur', 'st', 'lim', 'bal', 'rt', 'ro')
     if f[1] then
-      a = {cur = f[1], st = f[2], lim = tonumber(f[3]), bal = tonumber(f[4]), dirty = false}
+      a = {cur = f[1], st = f[2], lim = tonumber(f[3]), bal = tonumber(f[4]), dirty = false,
+           rt = f[5] and tonumber(f[5]), ro = f[6]}
     else
       a = false
     end
@@ -79,7 +87,7 @@ local function apply(a, kind, amt, cur)
 end
 
 local out = {'K'}
-local recs, lines, seen = {}, {}, {}
+local recs, lines, seen, opened = {}, {}, {}, {}
 for i = 1, n do
   local o = base + (i - 1) * 6
   local tid, kind, ai = ARGV[o + 1], ARGV[o + 2], tonumber(ARGV[o + 3])
@@ -101,7 +109,14 @@ for i = 1, n do
       local rx = recs[x]
       if not rx then rx = {}; recs[x] = rx end
       rx[#rx + 1] = tid; rx[#rx + 1] = r
-      lines[#lines + 1] = tid .. '|' .. r .. '|' .. ARGV[3]
+      local line = tid .. '|' .. r .. '|' .. ARGV[3]
+      if a and a.rt and not a.ro and kind == 'd' and (code == 0 or code == 7) and a.bal < a.rt then
+        a.ro = 'rc-' .. string.sub(redis.sha1hex(tid), 1, 29)
+        a.opened = true
+        opened[#opened + 1] = i; opened[#opened + 1] = a.ro
+        line = line .. '|' .. a.ro
+      end
+      lines[#lines + 1] = line
     end
   end
 end
@@ -110,6 +125,7 @@ for ai, a in pairs(acc) do
   if a and a.dirty then
     redis.call('HSET', KEYS[2 + t + ai], 'bal', string.format('%d', a.bal))
   end
+  if a and a.opened then redis.call('HSET', KEYS[2 + t + ai], 'ro', a.ro) end
 end
 for x, rx in pairs(recs) do
   for s = 1, #rx, 2 * CHUNK do
@@ -119,4 +135,5 @@ end
 if #lines > 0 then
   redis.call('XADD', KEYS[2], '*', 'e', ARGV[2], 'd', table.concat(lines, '\n'))
 end
+for j = 1, #opened do out[#out + 1] = opened[j] end
 return out

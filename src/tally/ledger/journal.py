@@ -25,11 +25,13 @@ def _int(text: str, what: str) -> int:
 
 
 def parse_line(text: str) -> JournalLine:
-    """``transfer_id|k|account_id|amount_minor|currency|result_code|balance_after|ts_ms``."""
+    """``transfer_id|k|account_id|amount_minor|currency|result_code|balance_after|ts_ms``, plus
+    ``|recharge_id`` on a debit that opened an auto-recharge."""
     parts = text.split("|")
-    if len(parts) != FIELDS:
-        raise MalformedLine(f"expected {FIELDS} fields, got {len(parts)}")
-    tid, kind, account, amount, currency, code, balance, ts = parts
+    if len(parts) not in (FIELDS, FIELDS + 1):
+        raise MalformedLine(f"expected {FIELDS} fields (9 with a recharge id), got {len(parts)}")
+    tid, kind, account, amount, currency, code, balance, ts = parts[:FIELDS]
+    recharge_id = parts[FIELDS] if len(parts) > FIELDS else None
     try:
         check_id(tid, "transfer id")
         check_id(account, "account id")
@@ -42,6 +44,7 @@ def parse_line(text: str) -> JournalLine:
             result=Result(_int(code, "result")),
             balance_after_minor=_int(balance, "balance") if balance else None,
             ts_ms=_int(ts, "ts_ms"),
+            recharge_id=None if recharge_id is None else check_id(recharge_id, "recharge id"),
         )
     except (KeyError, ValueError, TallyError) as exc:  # ValueError covers Result(99)
         raise MalformedLine(str(exc)) from exc
@@ -62,6 +65,7 @@ def format_line(line: JournalLine) -> str:
             str(int(line.result)),
             balance,
             str(line.ts_ms),
+            *(() if line.recharge_id is None else (line.recharge_id,)),
         )
     )
 

@@ -90,6 +90,8 @@ class JournalLine:
     result: Result
     balance_after_minor: int | None
     ts_ms: int
+    #: The auto-recharge this debit opened (the line's optional 9th field).
+    recharge_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 from tally.domain.results import Result
 from tally.domain.transfers import TransferKind, counterparty
 from tally.errors import LedgerNotInitialised, StoreLost, UsageError
+from tally.ledger import sql_recharge
 from tally.ledger.journal import format_line
 from tally.ledger.models import ApplyReport, CreditIntent, DrainedLine, RejectedLine
 from tally.ledger.schema import journal_conflicts, transfers
@@ -160,6 +161,7 @@ def apply_journal(
     ]
     intents = pending_intents(conn, [d.line.transfer_id for d in good])
     inserted, duplicates, conflicts = _insert_lines(conn, good, intents)
+    sql_recharge.record_openings(conn, [d.line for d in good if d.line.recharge_id is not None])
     all_rejected = [*rejected, *foreign, *conflicts]
     _record_rejected(conn, all_rejected)
     settled = settle(conn, _settlements(conn, intents))

@@ -33,6 +33,7 @@ from tally.ledger.models import (
     TransfersPage,
 )
 from tally.ledger.schema import transfers
+from tally.ledger.sql_recharge import RechargeLedger
 from tally.ledger.urls import normalise_url
 
 _MISSING_SCHEMA = ("no such table", "does not exist", "undefinedtable")
@@ -82,6 +83,11 @@ class SqlLedger:
     @property
     def engine(self) -> Engine:
         return self._engine
+
+    @property
+    def recharges(self) -> RechargeLedger:
+        """The auto-recharge tables (rules, recharges, freeze, account events, remediations)."""
+        return RechargeLedger(self)
 
     @property
     def dialect(self) -> str:

@@ -219,3 +219,18 @@ def test_init_store_refuses_an_initialised_ledger(
     deployed(rclient, layout, ledger)
     with pytest.raises(AlreadyInitialised):
         init_store(rclient, layout, ledger)
+
+
+def test_rebuild_adds_the_account_fields_other_layers_own(
+    rclient: redis.Redis, layout: KeyLayout, ledger: SqlLedger
+) -> None:
+    deployed(rclient, layout, ledger)
+    rclient.flushall()
+
+    def recharge_fields(ids: object) -> dict[str, dict[str, str | int]]:
+        return {ACCOUNTS[1]: {"rt": 500, "ro": "rc-1"}}
+
+    rebuild(rclient, layout, ledger, account_fields=recharge_fields)
+    key = layout.account_key(ACCOUNTS[1])
+    assert rclient.hmget(key, "rt", "ro", "cur") == [b"500", b"rc-1", b"USD"]
+    assert rclient.hget(layout.account_key(ACCOUNTS[2]), "rt") is None

@@ -9,7 +9,7 @@ stops anywhere can be run again: it recognises its own marker or its finished ep
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -24,8 +24,10 @@ from tally.ledger.journal import format_tx_record
 from tally.ledger.models import Epoch, EpochKind, EpochStatus
 from tally.ledger.redis_errors import text, translated
 from tally.ledger.redis_scan import scan_keys
+from tally.ledger.sql_accounts import LIST_LIMIT_MAX
 from tally.ledger.sql_epochs import AlreadyInitialised
 from tally.ledger.sql_ledger import SqlLedger
+from tally.ledger.sql_recharge import iter_pages
 from tally.store.keys import KeyLayout
 
 CHUNK_MAX = 5000
@@ -98,13 +100,26 @@ def delete_namespace(client: redis.Redis, layout: KeyLayout) -> int:
     return deleted
 
 
-def _load_accounts(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, chunk: int) -> int:
+#: Extra account-hash fields owned by other layers (e.g. billing's auto-recharge threshold
+#: ``rt`` and open recharge ``ro``), derived from SQL for a page of account ids.
+AccountFields = Callable[[Sequence[str]], Mapping[str, Mapping[str, str | int]]]
+
+
+def _load_accounts(
+    client: redis.Redis,
+    layout: KeyLayout,
+    ledger: SqlLedger,
+    chunk: int,
+    extra: AccountFields | None = None,
+) -> int:
     loaded, after = 0, None
-    for _ in range(ledger.count_accounts() // chunk + PAGE_SLACK):
-        page: Sequence[Account] = ledger.list_accounts(after=after, limit=min(chunk, 1000))
+    page_size = min(chunk, LIST_LIMIT_MAX)
+    for _ in range(ledger.count_accounts() // page_size + PAGE_SLACK):
+        page: Sequence[Account] = ledger.list_accounts(after=after, limit=page_size)
         if not page:
             return loaded
         balances = ledger.balances([a.id for a in page])
+        extras = extra([a.id for a in page]) if extra is not None else {}
         with translated("load accounts"):
             pipe = client.pipeline(transaction=False)
             for a in page:
@@ -115,12 +130,33 @@ def _load_accounts(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, ch
                     "st": a.status.code,
                     "lim": a.credit_limit_minor,
                     "bal": bal,
+                    **extras.get(a.id, {}),
                 }
                 pipe.hset(layout.account_key(a.id), mapping=fields)  # type: ignore[arg-type]
             pipe.execute()
         loaded += len(page)
         after = page[-1].id
     raise UsageError("accounts kept being created faster than the rebuild could load them")
+
+
+def _load_recharge_markers(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger) -> int:
+    """Auto-recharge mirrors, from SQL: the threshold of every rule with autopay on (``rt``) and
+    every unfinished recharge (``ro``; the newest per account wins), so a rebuilt store opens no
+    second recharge while one is still being driven to its end."""
+    book = ledger.recharges
+    thresholds = iter_pages(lambda after, n: book.enabled_thresholds(after=after, limit=n),
+                            lambda item: item[0])  # fmt: skip
+    loaded = 0
+    with translated("load recharge markers"):
+        for account_id, threshold in thresholds:
+            client.hset(layout.account_key(account_id), "rt", str(threshold))
+            loaded += 1
+        unfinished = iter_pages(lambda after, n: book.unfinished_markers(after=after, limit=n),
+                                lambda rc: rc.id)  # fmt: skip
+        for rc in sorted(unfinished, key=lambda rc: (rc.opened_at_ms, rc.id)):
+            client.hset(layout.account_key(rc.account_id), "ro", rc.id)
+            loaded += 1
+    return loaded
 
 
 def _load_transfers(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, chunk: int) -> int:
@@ -182,6 +218,7 @@ def _run(
     force: bool,
     chunk: int,
     kind: EpochKind,
+    account_fields: AccountFields | None = None,
 ) -> RebuildReport:
     if not 1 <= chunk <= CHUNK_MAX:
         raise UsageError(f"chunk must be 1..{CHUNK_MAX}, got {chunk}")
@@ -195,7 +232,8 @@ def _run(
         deleted = delete_namespace(client, layout) if state is not DatasetState.empty else 0
         with translated("marker"):
             client.set(layout.rebuilding, epoch.epoch_id)
-        accounts = _load_accounts(client, layout, ledger, chunk)
+        accounts = _load_accounts(client, layout, ledger, chunk, account_fields)
+        _load_recharge_markers(client, layout, ledger)
         transfers = _load_transfers(client, layout, ledger, chunk)
         _create_streams(client, layout)
         _write_epoch_keys(client, layout, epoch)
@@ -220,9 +258,19 @@ def rebuild(
     *,
     force: bool = False,
     chunk: int = 500,
+    account_fields: AccountFields | None = None,
 ) -> RebuildReport:
-    """Load an empty (or, with ``force``, this namespace's wiped) Redis from the ledger."""
-    return _run(redis_client, layout, ledger, force=force, chunk=chunk, kind=EpochKind.rebuild)
+    """Load an empty (or, with ``force``, this namespace's wiped) Redis from the ledger.
+    ``account_fields`` adds other layers' fields to each account hash (see ``AccountFields``)."""
+    return _run(
+        redis_client,
+        layout,
+        ledger,
+        force=force,
+        chunk=chunk,
+        kind=EpochKind.rebuild,
+        account_fields=account_fields,
+    )
 
 
 def init_store(

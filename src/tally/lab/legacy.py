@@ -29,8 +29,8 @@ from tally.domain.accounts import AccountStatus
 from tally.errors import TallyError
 from tally.gateway.port import Gateway, OutcomeStatus
 from tally.ledger.sql_ledger import SqlLedger
-from tally.store.port import BalanceStore
 from tally.store.keys import KeyLayout
+from tally.store.port import BalanceStore
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +99,18 @@ class LegacyBilling:
         credit_id = f"lgc-{uuid.uuid4().hex[:24]}"
         self.stats.charges += 1
         meta = {"account": account_id, "transfer_id": credit_id}
-        outcome = self.gateway.charge(key, plan.card_id, plan.recharge_minor, plan.currency,
-                                      metadata=meta)  # fmt: skip
+        outcome = self.gateway.charge(
+            key, plan.card_id, plan.recharge_minor, plan.currency, metadata=meta
+        )
         if outcome.status is OutcomeStatus.succeeded:
             self.stats.charges_succeeded += 1
             try:
                 self.store.apply([(credit_id, "c", account_id, plan.recharge_minor, "")])
             except TallyError as exc:
                 self.stats.balance_writes_failed += 1
-                self._log(f"{account_id}: charged {outcome.charge_id} but balance write failed: {exc}")
+                self._log(
+                    f"{account_id}: charged {outcome.charge_id} but balance write failed: {exc}"
+                )
         elif outcome.status is OutcomeStatus.declined:
             self._suspend(account_id, outcome.reason.value if outcome.reason else "declined")
         else:

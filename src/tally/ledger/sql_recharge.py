@@ -490,6 +490,15 @@ class RechargeLedger:
                 found.update(conn.execute(query).scalars())
         return found
 
+    def remediation_states(self, ids: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        with self.ledger.transaction() as conn:
+            for part in chunks(sorted(set(ids))):
+                cols = remediations.c
+                query = sa.select(cols.id, cols.state).where(cols.id.in_(part))
+                found.update({r.id: r.state for r in conn.execute(query)})
+        return found
+
     def record_remediation(
         self,
         action_id: str,

@@ -1,0 +1,49 @@
+"""The FastAPI application: routes, error translation, body cap, metrics. ``create_app`` takes
+an ``ApiContext`` that the composition root (``tally.service``) builds; nothing here opens
+connections or starts processes."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tally import __version__
+from tally.api import problems
+from tally.api.auth import KeyCache
+from tally.api.context import ApiContext
+from tally.api.limits import BodyLimitMiddleware
+from tally.api.metrics import ApiMetrics, MetricsMiddleware, ReadinessCollector
+from tally.api.routes import accounts, admin, health, transfers
+from tally.errors import TallyError
+
+DESCRIPTION = """Prepaid balances, debits and credits over HTTP.
+
+Send an API key as `Authorization: Bearer <key>` (or `X-API-Key`); `tally apikey create` makes
+one. Errors are `application/problem+json` with a stable `code`; see each route for statuses.
+Amounts are integers of minor units (cents): `amount_minor`.
+"""
+
+
+def create_app(context: ApiContext) -> FastAPI:
+    app = FastAPI(title="tally", version=__version__, description=DESCRIPTION)
+    app.state.tally = context
+    app.state.key_cache = KeyCache(context.key_cache_s)
+    metrics = ApiMetrics()
+    metrics.add(ReadinessCollector(context.readiness))
+    app.state.metrics = metrics
+    for router in (health.router, accounts.router, transfers.router, admin.router):
+        app.include_router(router)
+    for extension in context.extensions:
+        for router in extension.routers():
+            app.include_router(router)
+        for collector in extension.collectors():
+            metrics.add(collector)
+    app.add_exception_handler(problems.Problem, problems.on_problem)
+    app.add_exception_handler(TallyError, problems.on_tally_error)
+    app.add_exception_handler(RequestValidationError, problems.on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, problems.on_http_exception)
+    app.add_exception_handler(Exception, problems.on_unexpected)
+    app.add_middleware(BodyLimitMiddleware, body_bytes_max=context.body_bytes_max)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

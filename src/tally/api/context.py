@@ -1,0 +1,75 @@
+"""What the HTTP layer needs from the rest of tally, as small interfaces the composition root
+(``tally.service``) fills in. The API holds no business rules: it validates the shape of input,
+calls the engine, and translates results and errors to HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fastapi import APIRouter
+from prometheus_client.registry import Collector
+
+from tally.billing.engine import Engine
+from tally.ledger.sql_api_keys import ApiKeyStore
+from tally.ledger.sql_ledger import SqlLedger
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    detail: str = ""
+    values: dict[str, float | int | str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """``reason`` is the first failing check's code (``store_lost``, ``store_unavailable``,
+    ``store_read_only``, ``drain_lag``, ``replication_lag``, ``ledger_unavailable``,
+    ``shutting_down``), None when ready."""
+
+    ready: bool
+    reason: str | None
+    checks: dict[str, Check]
+
+    def value(self, check: str, name: str) -> float | int | str | None:
+        one = self.checks.get(check)
+        return None if one is None else one.values.get(name)
+
+
+class AdminOps(Protocol):
+    """Operations that coordinate several parts (store, ledger, workers): the service layer's."""
+
+    def reconcile(self) -> dict[str, Any]: ...
+
+    def rebuild(self, *, force: bool) -> dict[str, Any]: ...
+
+    def drain(self) -> dict[str, Any]: ...
+
+
+class Extension(Protocol):
+    """A part of tally that adds routes and metrics to the API when it is installed (the
+    recharge saga: account recharge rule and state, recharges, freeze, remediation)."""
+
+    name: str
+
+    def routers(self) -> Sequence[APIRouter]: ...
+
+    def collectors(self) -> Sequence[Collector]: ...
+
+    def account_fields(self, account_id: str) -> dict[str, Any]: ...
+
+
+@dataclass
+class ApiContext:
+    engine: Engine
+    ledger: SqlLedger
+    keys: ApiKeyStore
+    readiness: Callable[[], Readiness]
+    admin: AdminOps
+    extensions: list[Extension] = field(default_factory=list)
+    #: Requests larger than this get 413 before any of the body is parsed.
+    body_bytes_max: int = 1_048_576
+    #: Seconds a verified API key is cached (a revocation takes at most this long).
+    key_cache_s: float = 5.0

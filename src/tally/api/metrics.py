@@ -1,0 +1,100 @@
+"""Prometheus metrics of the HTTP service, in a registry of its own (one per app).
+
+Counted per request: ``tally_api_operations_total{operation,result}`` (result: the result code or
+problem code) and ``tally_api_request_duration_seconds{operation}``. Read at scrape time from the
+readiness probe: drain lag, journal entries, replication lag, readiness and its reason; plus
+whatever installed extensions collect (recharge intents by state, circuit, freeze)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tally.api.context import Readiness
+
+LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+)  # fmt: skip
+UNMATCHED = "unmatched"
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.operations = Counter(
+            "tally_api_operations",
+            "API operations by result code",
+            ["operation", "result"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tally_api_request_duration_seconds",
+            "API request latency",
+            ["operation"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+
+    def add(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+
+class ReadinessCollector(Collector):
+    def __init__(self, probe: Callable[[], Readiness]) -> None:
+        self.probe = probe
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = self.probe()
+        ready = GaugeMetricFamily("tally_ready", "1 when the service accepts traffic", labels=["reason"])
+        ready.add_metric([state.reason or ""], 1.0 if state.ready else 0.0)
+        yield ready
+        for name, check, value, help_text in (
+            ("tally_drain_lag_seconds", "drain", "lag_s", "age of the oldest undrained journal entry"),
+            ("tally_journal_entries", "drain", "entries", "journal entries not yet trimmed"),
+            ("tally_replication_lag_seconds", "replication", "lag_s", "largest replica lag"),
+            ("tally_replication_lag_bytes", "replication", "lag_bytes", "largest replica offset gap"),
+            ("tally_replicas_connected", "replication", "replicas", "replicas connected"),
+            ("tally_pending_credits", "ledger", "unsettled_credits", "credits not yet settled"),
+        ):
+            raw = state.value(check, value)
+            if isinstance(raw, int | float):
+                yield GaugeMetricFamily(name, help_text, value=float(raw))
+
+    def describe(self) -> list[Any]:
+        return []  # collected lazily: no probe at registration
+
+
+class MetricsMiddleware:
+    """Times every request and counts it by route name and the result the handler recorded."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            operation = getattr(route, "name", None) or UNMATCHED
+            state = scope.get("state") or {}
+            result = state.get("tally_result") or ("ok" if status < 400 else str(status))
+            self.metrics.operations.labels(operation, result).inc()
+            self.metrics.latency.labels(operation).observe(time.perf_counter() - started)

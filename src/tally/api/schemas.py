@@ -1,0 +1,136 @@
+"""Request and response bodies. Strict: no coercion (``"5"`` or ``5.0`` is not an amount, ``true``
+is not a number), no unknown fields, ASCII ids of bounded length. The domain checks again; these
+exist so malformed input is refused with a precise problem before anything runs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+
+from tally.domain.limits import AMOUNT_MINOR_MAX, BALANCE_MINOR_MAX, ID_LEN_MAX
+from tally.domain.money import CURRENCY_EXPONENTS
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$"
+BATCH_ITEMS_MAX = 1000
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_LEN_MAX, pattern=ID_PATTERN)]
+AmountMinor = Annotated[StrictInt, Field(gt=0, le=AMOUNT_MINOR_MAX)]
+LimitMinor = Annotated[StrictInt, Field(ge=0, le=BALANCE_MINOR_MAX)]
+Currency = Literal[tuple(sorted(CURRENCY_EXPONENTS))]  # type: ignore[valid-type]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# -- accounts --------------------------------------------------------------------------------
+class AccountCreate(Strict):
+    id: Id
+    currency: Currency
+    credit_limit_minor: LimitMinor = 0
+
+
+class AccountUpdate(Strict):
+    credit_limit_minor: LimitMinor | None = None
+    status: Literal["active", "suspended"] | None = None
+
+
+class AccountOut(BaseModel):
+    id: str
+    currency: str
+    status: str
+    credit_limit_minor: int
+    balance_minor: int
+    balance: str = Field(description="the balance as a decimal in the account's currency")
+    #: Filled by extensions (e.g. the recharge rule and state) once they are installed.
+    extensions: dict[str, Any] = Field(default_factory=dict)
+
+
+class AccountsPage(BaseModel):
+    items: list[AccountOut | dict[str, Any]]
+    next_cursor: str | None
+
+
+# -- transfers -------------------------------------------------------------------------------
+class DebitIn(Strict):
+    transfer_id: Id = Field(description="unique forever; a replay returns the first outcome")
+    account_id: Id
+    amount_minor: AmountMinor
+    currency: Currency | None = Field(None, description="checked against the account's if given")
+
+
+class CreditIn(Strict):
+    transfer_id: Id
+    account_id: Id
+    amount_minor: AmountMinor
+    currency: Currency
+    source: Literal["adjustments", "card_clearing"] = "adjustments"
+
+
+class BatchIn(Strict):
+    debits: Annotated[list[DebitIn], Field(min_length=1, max_length=BATCH_ITEMS_MAX)]
+
+
+class TransferOut(BaseModel):
+    transfer_id: str
+    kind: Literal["debit", "credit"]
+    account_id: str
+    amount_minor: int
+    currency: str | None
+    status: Literal["ok", "refused", "pending"]
+    result: str = Field(description="the result code's name, e.g. ok, insufficient_funds")
+    result_code: int | None
+    balance_minor: int | None = Field(description="the balance right after the first application")
+
+
+class BatchOut(BaseModel):
+    results: list[TransferOut]
+    ok: int
+    refused: int
+
+
+class TransferRecordOut(BaseModel):
+    id: str
+    kind: str
+    account_id: str
+    debit_account_id: str
+    credit_account_id: str
+    amount_minor: int
+    currency: str
+    result: str
+    result_code: int
+    balance_after_minor: int | None
+    ts_ms: int
+    epoch_id: str
+
+
+class TransfersPageOut(BaseModel):
+    items: list[TransferRecordOut]
+    next_cursor: str | None = Field(description="pass as ?after= for the next page; null at the end")
+
+
+# -- admin and health ------------------------------------------------------------------------
+class RebuildIn(Strict):
+    force: StrictBool = False
+
+
+class ProblemOut(BaseModel):
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+    model_config = ConfigDict(extra="allow")
+
+
+class CheckOut(BaseModel):
+    ok: bool
+    detail: str
+    values: dict[str, Any]
+
+
+class ReadinessOut(BaseModel):
+    ready: bool
+    reason: str | None
+    checks: dict[str, CheckOut]

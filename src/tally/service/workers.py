@@ -1,0 +1,93 @@
+"""Background work as threads: ``run()`` over a ``run_once()`` with a batch limit, a pace, and an
+error pace. Infrastructure errors are counted and retried (the store may be down for a while);
+anything else is a bug and stops the worker loudly (``failed`` is set, the log has it)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tally.bootstrap import Deployment
+from tally.errors import InfrastructureError
+from tally.ledger.drainer import Drainer
+
+log = logging.getLogger("tally.service")
+
+DRAIN_ROUNDS_MAX = 10_000
+DRAIN_LIMIT = 1000
+
+
+@dataclass
+class Worker:
+    name: str
+    run_once: Callable[[], int]
+    pace_s: float = 0.0  # after a round that did work
+    idle_s: float = 0.2  # after a round with nothing to do
+    error_pace_s: float = 1.0
+    errors: int = 0
+    rounds: int = 0
+    last_error: str | None = None
+    failed: BaseException | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=f"tally-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                done = self.run_once()
+            except InfrastructureError as exc:
+                self.errors += 1
+                self.last_error = str(exc)
+                log.warning("%s: %s", self.name, exc)
+                self._stop.wait(self.error_pace_s)
+                continue
+            except BaseException as exc:
+                self.failed = exc
+                log.exception("%s stopped on an unexpected error", self.name)
+                return
+            self.rounds += 1
+            self._stop.wait(self.pace_s if done else self.idle_s)
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Ask it to stop after the current round; True when it did within the timeout."""
+        self._stop.set()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+
+class DrainService:
+    """One drainer shared by the background worker and on-demand drains (admin, shutdown)."""
+
+    def __init__(self, dep: Deployment) -> None:
+        self.dep = dep
+        self.lock = threading.Lock()
+        self.drainer = Drainer(dep.store.client, dep.layout, dep.ledger, count=DRAIN_LIMIT)
+
+    def run_once(self) -> int:
+        with self.lock:
+            self.drainer.client = self.dep.store.client  # a Sentinel failover changes it
+            return self.drainer.run_once(DRAIN_LIMIT)
+
+    def drain_all(self) -> int:
+        """Until the journal is empty (bounded): credits pending first, so they are drained too."""
+        total = 0
+        self.dep.engine.apply_pending_credits(older_than_ms=0)
+        for _ in range(DRAIN_ROUNDS_MAX):
+            done = self.run_once()
+            total += done
+            if done == 0:
+                break
+        return total
+
+
+def credit_applier(dep: Deployment, *, older_than_ms: int = 2000) -> Callable[[], int]:
+    """Credits the ledger holds but the store has not applied (it was down or lost)."""
+    return lambda: dep.engine.apply_pending_credits(older_than_ms=older_than_ms)

@@ -1,0 +1,93 @@
+"""tally serve: the embedded deployment and the HTTP API, in one command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from tally.cli.output import handles_errors
+from tally.service.runner import ServeOptions, Service
+
+SERVE_STATE = "serve.json"
+
+
+def _interrupt(_sig: int, _frame: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+@click.command()
+@click.option("--home", envvar="TALLY_HOME", help="State dir (default ./.tally).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--redis-url", envvar="TALLY_REDIS_URL", help="A real Redis primary (default: embedded).")
+@click.option("--redis-sentinel", help="sentinel://h:p,h:p/MASTER: find the primary through Sentinel.")
+@click.option("--ledger-url", envvar="TALLY_LEDGER_URL", help="sqlite:///... or postgresql://...")
+@click.option("--gateway-url", envvar="TALLY_GATEWAY_URL", help="The payment gateway (default: the simulator, dev mode).")
+@click.option("--no-gateway", is_flag=True, help="Start no gateway simulator.")
+@click.option("--rebuild", "rebuild_if_lost", is_flag=True, help="Rebuild an empty store from the ledger before serving.")
+@click.option("--skip-preflight", is_flag=True, help="Do not refuse on preflight errors.")
+@handles_errors
+def serve(
+    home: str | None,
+    host: str,
+    port: int,
+    redis_url: str | None,
+    redis_sentinel: str | None,
+    ledger_url: str | None,
+    gateway_url: str | None,
+    no_gateway: bool,
+    rebuild_if_lost: bool,
+    skip_preflight: bool,
+) -> None:
+    """Run tally: the HTTP API on HOST:PORT over an embedded deployment in $TALLY_HOME (a local
+    redis-server, the SQLite ledger, the drainer, the gateway simulator), or over real
+    infrastructure with --redis-url/--redis-sentinel, --ledger-url and --gateway-url.
+
+    The first start initialises the deployment and prints an admin API key. Ctrl-C or SIGTERM
+    stops accepting, finishes in-flight requests, drains the journal and stops everything."""
+    if redis_url and redis_sentinel:
+        raise click.UsageError("give --redis-url or --redis-sentinel, not both")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    signal.signal(signal.SIGTERM, _interrupt)  # during start-up: unwind and stop what started
+    base = Path(home or os.environ.get("TALLY_HOME") or ".tally")
+    options = ServeOptions(
+        home=base,
+        host=host,
+        port=port,
+        redis_url=redis_sentinel or redis_url,
+        ledger_url=ledger_url,
+        gateway_url=gateway_url,
+        no_gateway=no_gateway,
+        rebuild_if_lost=rebuild_if_lost,
+        preflight=not skip_preflight,
+    )
+
+    def say(text: str) -> None:
+        click.echo(text)
+        sys.stdout.flush()
+
+    service = Service(options, say=say)
+    state_path = base / SERVE_STATE
+    try:
+        service.start()
+    except KeyboardInterrupt:
+        say("interrupted during start-up; stopped")
+        sys.exit(2)
+
+    def listening() -> None:
+        state_path.write_text(json.dumps({"url": service.url, "pid": os.getpid()}))
+
+    try:
+        service.serve(on_listening=listening)
+    finally:
+        say("stopping: in-flight requests done; draining the journal")
+        summary = service.stop()
+        state_path.unlink(missing_ok=True)
+        say(f"stopped ({', '.join(f'{k}={v}' for k, v in summary.items())})")

@@ -1,0 +1,319 @@
+"""``tally serve``: start everything in order, serve, and stop everything in reverse order.
+
+Start: the embedded redis-server (unless a Redis URL or Sentinel is given), the ledger (migrated),
+the store check (a new deployment is initialised only when BOTH the ledger and Redis are empty;
+an empty or foreign store under an existing ledger is refused, naming ``tally rebuild``),
+preflight on the live node, the engine, the gateway simulator (dev, unless a gateway URL is
+given), an admin API key on first start, the workers (drainer, pending-credit applier, and the
+supervisor of the embedded redis-server), and only then the HTTP listener.
+
+Stop (SIGINT/SIGTERM): readiness says ``shutting_down``; uvicorn stops accepting and lets
+in-flight requests finish; the workers stop; pending credits are applied and the journal drained
+into the ledger; the simulator and redis-server stop and are reaped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import redis
+import uvicorn
+
+from tally.api import ApiContext, create_app
+from tally.bootstrap import Deployment, _safe, open_deployment, redis_client
+from tally.config import Settings
+from tally.errors import ConfigError, InfrastructureError, StoreLost, TallyError
+from tally.gateway.process import SimulatorProcess
+from tally.ledger.rebuild import init_store, rebuild
+from tally.ledger.sql_api_keys import ApiKeyStore, Scope
+from tally.ledger.sql_ledger import SqlLedger
+from tally.ops.node import RedisNode
+from tally.ops.preflight import Severity, check_live
+from tally.service import embedded
+from tally.service.health import HealthProbe, ReadinessBounds
+from tally.service.operations import Operations, reapply_credits
+from tally.service.workers import DrainService, Worker, credit_applier
+from tally.store.epoch import read_epochs
+from tally.store.keys import KeyLayout
+
+log = logging.getLogger("tally.service")
+
+GRACEFUL_S = 10
+WORKER_STOP_S = 30.0
+SUPERVISOR_RESTARTS_MAX = 20
+
+
+@dataclass
+class ServeOptions:
+    home: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    redis_url: str | None = None  # redis://... or sentinel://...; None: embedded
+    ledger_url: str | None = None
+    gateway_url: str | None = None  # None: the simulator in dev mode (unless no_gateway)
+    no_gateway: bool = False
+    rebuild_if_lost: bool = False
+    preflight: bool = True
+    readiness: ReadinessBounds = field(default_factory=ReadinessBounds)
+
+
+def _is_empty(client: redis.Redis) -> bool:
+    try:
+        return int(client.dbsize()) == 0
+    except redis.RedisError as exc:
+        raise StoreLost(f"cannot read the store: {exc}") from exc
+
+
+def prepare_store(settings: Settings, *, rebuild_if_lost: bool, say: Callable[[str], None]) -> None:
+    """The epoch check before anything writes: init a brand-new deployment, accept a store that
+    holds the ledger's current epoch, refuse anything else (or rebuild it when asked)."""
+    url = settings.require_redis_url()
+    if url.startswith("sentinel://"):
+        return  # open_deployment discovers the primary; the engine's epoch guard still holds
+    with SqlLedger.open(settings.ledger_url) as ledger, contextlib.closing(
+        redis_client(url, settings)
+    ) as client:
+        epoch = ledger.current_epoch()
+        if epoch is None:
+            if not _is_empty(client) or ledger.count_accounts() > 0:
+                raise ConfigError(
+                    "the ledger has no epoch but the store (or ledger) holds data: refusing to "
+                    "initialise over a foreign store",
+                    hint="point --redis-url/--ledger-url at the right deployment",
+                )
+            report = init_store(client, KeyLayout(settings.namespace, settings.shards), ledger)
+            say(f"initialised a new deployment (epoch {report.epoch_id})")
+            return
+        layout = KeyLayout(epoch.namespace, epoch.shards)
+        values = set(read_epochs(client, layout))
+        if values == {layout.epoch_value(epoch.epoch_id)}:
+            return
+        state = "empty" if values == {None} else "foreign or partial"
+        if not rebuild_if_lost:
+            raise StoreLost(
+                f"the store is {state}: its epoch is not the ledger's current epoch "
+                f"{epoch.epoch_id}; nothing was written",
+                hint="run `tally rebuild` (or `tally serve --rebuild`) to restore it from the ledger",
+            )
+        report = rebuild(client, layout, ledger)
+        say(f"store was {state}: rebuilt from the ledger (epoch {report.epoch_id})")
+
+
+class Service:
+    def __init__(self, options: ServeOptions, say: Callable[[str], None] = print) -> None:
+        self.options, self.say = options, say
+        self.node: RedisNode | None = None
+        self.simulator: SimulatorProcess | None = None
+        self.dep: Deployment | None = None
+        self.workers: list[Worker] = []
+        self.probe: HealthProbe | None = None
+        self.server: uvicorn.Server | None = None
+        self.admin_key: str | None = None
+        self.url = f"http://{options.host}:{options.port}"
+
+    # -- start ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Everything but the listener; on failure, whatever started is stopped again."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        opts = self.options
+        opts.home.mkdir(parents=True, exist_ok=True)
+        redis_url = opts.redis_url
+        if redis_url is None:
+            self.node = embedded.embedded_node(opts.home)
+            self.node.start()
+            embedded.record(opts.home, self.node)
+            redis_url = self.node.url
+            self.say(f"redis-server {self.node.binary.version_text} (embedded) on 127.0.0.1:{self.node.port}")  # type: ignore[union-attr]
+        settings = Settings.resolve(redis_url=redis_url, ledger_url=opts.ledger_url, home=str(opts.home))
+        self.say(f"ledger {_safe(settings.ledger_url)}")
+        prepare_store(settings, rebuild_if_lost=opts.rebuild_if_lost, say=self.say)
+        self.dep = open_deployment(settings)
+        self._preflight()
+        self.dep.store.load_scripts()
+        if self.dep.ledger.count_unsettled_credit_intents():
+            self.say(f"re-applied {reapply_credits(self.dep)} pending credit(s)")
+        self._gateway()
+        self._first_key()
+        self.probe = HealthProbe(self.dep, opts.readiness)
+        drain = DrainService(self.dep)
+        self.operations = Operations(self.dep, drain)
+        self.drain_service = drain
+        self.workers = [
+            Worker("drainer", drain.run_once, pace_s=0.0, idle_s=0.1),
+            Worker("credits", credit_applier(self.dep), pace_s=0.5, idle_s=1.0),
+        ]
+        if self.node is not None:
+            self.workers.append(Worker("supervisor", self._supervise, idle_s=0.5))
+        for worker in self.workers:
+            worker.start()
+
+    def _preflight(self) -> None:
+        if not self.options.preflight or self.options.redis_url is not None and self.options.redis_url.startswith("sentinel://"):
+            return
+        assert self.dep is not None
+        findings = check_live(self.dep.client, role="primary")
+        for f in findings:
+            if f.severity is not Severity.INFO:
+                self.say(f"preflight {f.rule_id} {f.severity.value}: {f.title}")
+        errors = [f for f in findings if f.severity is Severity.ERROR]
+        if errors:
+            raise ConfigError(
+                f"preflight found {len(errors)} error(s) on the Redis primary: "
+                + "; ".join(f"{f.rule_id} {f.title}" for f in errors),
+                hint="fix the Redis configuration (see `tally preflight --live`), or pass --skip-preflight",
+            )
+
+    def _gateway(self) -> None:
+        if self.options.gateway_url or self.options.no_gateway:
+            return
+        self.simulator = SimulatorProcess(self.options.home / "gateway")
+        self.simulator.start()
+        self.say(f"gateway simulator (dev mode) at {self.simulator.url}")
+
+    @property
+    def gateway_url(self) -> str | None:
+        if self.options.gateway_url:
+            return self.options.gateway_url
+        return self.simulator.url if self.simulator is not None else None
+
+    def _first_key(self) -> None:
+        assert self.dep is not None
+        keys = ApiKeyStore(self.dep.ledger)
+        if keys.count_active(Scope.admin) == 0:
+            self.admin_key = keys.create(Scope.admin, "created by the first `tally serve`").key
+            self.say(f"admin API key (shown once, keep it): {self.admin_key}")
+
+    def _supervise(self) -> int:
+        """Restart the embedded redis-server if it died. What it loads is checked by every
+        write (the epoch guard) and by readiness: an empty restart is store_lost, never used."""
+        node = self.node
+        if node is None or node.is_running() or self.probe is None or self.probe.stopping.is_set():
+            return 0
+        if self._restarts >= SUPERVISOR_RESTARTS_MAX:
+            return 0
+        self._restarts += 1
+        log.warning("embedded redis-server exited; restarting it (%d)", self._restarts)
+        node.process = None
+        node.start(write_config=True)
+        assert self.options.home is not None
+        embedded.record(self.options.home, node)
+        return 1
+
+    _restarts = 0
+
+    def context(self) -> ApiContext:
+        assert self.dep is not None and self.probe is not None
+        return ApiContext(
+            engine=self.dep.engine,
+            ledger=self.dep.ledger,
+            keys=ApiKeyStore(self.dep.ledger),
+            readiness=self.probe,
+            admin=self.operations,
+        )
+
+    # -- serve ---------------------------------------------------------------------------------
+    def serve(self, on_listening: Callable[[], None] | None = None) -> None:
+        """Blocks until SIGINT/SIGTERM, then returns with in-flight requests finished."""
+        config = uvicorn.Config(
+            create_app(self.context()),
+            host=self.options.host,
+            port=self.options.port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=GRACEFUL_S,
+            lifespan="off",
+        )
+        self.server = uvicorn.Server(config)
+        # uvicorn re-raises the signal it caught once it has stopped: let that land softly, and
+        # keep it soft while stop() drains (a second Ctrl-C must not cut the drain short).
+        _quiet_signals()
+        watcher = threading.Thread(target=self._announce, args=(on_listening,), daemon=True)
+        watcher.start()
+        try:
+            self.server.run()
+        finally:
+            if self.probe is not None:
+                self.probe.stopping.set()
+
+    def _announce(self, on_listening: Callable[[], None] | None) -> None:
+        server = self.server
+        for _ in range(600):  # bounded: 60 s
+            if server is None or server.should_exit:
+                return
+            if server.started:
+                self.say(f"tally is serving at {self.url} (Ctrl-C stops it)")
+                if on_listening is not None:
+                    on_listening()
+                return
+            threading.Event().wait(0.1)
+
+    # -- stop ----------------------------------------------------------------------------------
+    def stop(self) -> dict[str, Any]:
+        """Reverse order; every step runs even when an earlier one failed."""
+        summary: dict[str, Any] = {}
+        if self.probe is not None:
+            self.probe.stopping.set()
+        for worker in self.workers:
+            if not worker.stop(WORKER_STOP_S):
+                log.error("worker %s did not stop within %ss", worker.name, WORKER_STOP_S)
+        if self.dep is not None:
+            summary.update(self._final_drain())
+            self._stop_store(summary)
+            with contextlib.suppress(Exception):
+                self.dep.close()
+        if self.simulator is not None:
+            self.simulator.stop()
+        if self.node is not None:
+            self.node.stop(save=summary.get("epoch_valid", False))
+            embedded.forget(self.options.home)
+        return summary
+
+    def _final_drain(self) -> dict[str, Any]:
+        if self.drain_service_or_none() is None:
+            return {}
+        try:
+            entries = self.drain_service.drain_all()
+        except (InfrastructureError, TallyError) as exc:
+            self.say(f"final drain incomplete ({exc}); the journal is kept in Redis and drains on next start")
+            return {"drained": 0, "drain_error": str(exc)}
+        return {"drained": entries}
+
+    def drain_service_or_none(self) -> DrainService | None:
+        return getattr(self, "drain_service", None)
+
+    def _stop_store(self, summary: dict[str, Any]) -> None:
+        """Save a snapshot on shutdown only when the dataset holds the current epoch: a SHUTDOWN
+        SAVE of an empty dataset over a good dump.rdb was the 2013 follow-up defect."""
+        assert self.dep is not None
+        try:
+            epoch = self.dep.ledger.current_epoch()
+            values = set(read_epochs(self.dep.client, self.dep.layout))
+            summary["epoch_valid"] = epoch is not None and values == {
+                self.dep.layout.epoch_value(epoch.epoch_id)
+            }
+        except TallyError:
+            summary["epoch_valid"] = False
+
+
+def _quiet_signals() -> dict[int, Any]:
+    def noted(sig: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", sig)
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, noted)
+    return previous

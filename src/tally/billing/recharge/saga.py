@@ -152,6 +152,11 @@ class RechargeSaga:
         return self._record(rc, outcome, frm)
 
     def _lookup(self, rc: Recharge) -> ChargeOutcome | Wait | None:
+        """A read at the gateway: safe while frozen or while the store is sick, but not while
+        the circuit is open (the gateway itself is failing)."""
+        blocked = self.gate.circuit.blocked()
+        if blocked is not None:
+            return Wait(blocked)
         self.metrics.lookups += 1
         try:
             found = self.gateway.lookup(rc.id)

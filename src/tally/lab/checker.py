@@ -279,12 +279,17 @@ def charges_without_credit(a: Artefacts, ev: Evidence, *, anywhere: bool = False
     return out
 
 
-def acknowledged_lost(a: Artefacts, ev: Evidence, fs: Iterable[str]) -> list[Operation]:
+def acknowledged_lost(
+    a: Artefacts, ev: Evidence, fs: Iterable[str], accepted: tuple[str, ...] = ("ok",)
+) -> list[Operation]:
+    """Operations answered ``ok`` with a result in ``accepted`` (a money-in answered ``pending``
+    was promised too: durable, to be applied) whose id moved no money anywhere."""
     wanted = set(fs)
     return [
         op
         for op in a.history
-        if op.f in wanted and op.moved_money and op.value.get("id") not in ev.moved
+        if op.f in wanted and op.type == "ok" and op.result in accepted
+        and op.value.get("id") not in ev.moved
     ]
 
 
@@ -505,7 +510,7 @@ def check(a: Artefacts) -> Verdict:
     dups = duplicate_charges(a, ev)
     no_credit = charges_without_credit(a, ev)
     lost_charges = charges_without_credit(a, ev, anywhere=True)
-    lost_credits = acknowledged_lost(a, ev, MONEY_IN_FS)
+    lost_credits = acknowledged_lost(a, ev, MONEY_IN_FS, ("ok", "pending"))
     lost_debits = acknowledged_lost(a, ev, ("debit",))
     wrongful = wrongful_suspensions(a)
     drifted = drifted_accounts(a)

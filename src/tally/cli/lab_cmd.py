@@ -1,0 +1,118 @@
+"""``tally lab run SCENARIO`` and ``tally lab compare SCENARIO``: the incident lab.
+
+Exit codes (the lab contract in DESIGN.md): 0 every invariant held, 1 an invariant was violated,
+2 a usage or setup error. Progress goes to stderr; the verdict and figures to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tally.lab import report
+from tally.lab.checker import FIGURES
+from tally.lab.runner import BILLINGS, PROFILES, RunOptions, RunResult, run
+from tally.lab.scenarios import SCENARIOS
+
+EXIT_USAGE = 2
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _common(func: Any) -> Any:
+    options = [
+        click.option("--seed", type=int, default=1, show_default=True, help="Seed of every random choice."),
+        click.option("--time-scale", type=float, default=1.0, show_default=True,
+                     help="Multiply every timeline offset and the run's duration."),
+        click.option("--accounts", type=int, default=None, help="Accounts (default 200)."),
+        click.option("--rate", type=float, default=None, help="Client operations per second (default 80)."),
+        click.option("--duration", type=float, default=None,
+                     help="Workload seconds at time scale 1 (default: the scenario's)."),
+        click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _summary(result: RunResult) -> str:
+    body = result.report
+    if "figures" not in body:
+        return f"exit {result.exit_code}: {body.get('error', 'failed')}"
+    lines = [f"{body['scenario']} · profile {body['profile']} · billing {body['billing']} · "
+             f"seed {body['seed']}: exit {result.exit_code} "
+             f"({'every invariant held' if body['ok'] else 'INVARIANT VIOLATED'})"]  # fmt: skip
+    lines += [f"  {name:40s} {body['figures'][name]}" for name in FIGURES]
+    lines += [f"  {'held' if v['held'] else 'VIOLATED':8s} {k}: {v['detail']}"
+              for k, v in body["invariants"].items()]  # fmt: skip
+    lines.append(f"  report: {result.out / 'report.html'}")
+    return "\n".join(lines)
+
+
+@click.group(name="lab")
+def lab() -> None:
+    """The incident lab: real Redis processes, Sentinels, fault proxies, the gateway simulator.
+
+    \b
+    Scenarios: """ + ", ".join(SCENARIOS)
+
+
+@lab.command(name="run")
+@click.argument("scenario")
+@click.option("--profile", type=click.Choice(PROFILES), default="hardened", show_default=True)
+@click.option("--billing", type=click.Choice(BILLINGS), default="tally", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory (default: lab-runs/SCENARIO-PROFILE-BILLING).")  # fmt: skip
+@_common
+def run_cmd(scenario: str, profile: str, billing: str, out: Path | None, seed: int,
+            time_scale: float, accounts: int | None, rate: float | None, duration: float | None,
+            as_json: bool) -> None:  # fmt: skip
+    """Run SCENARIO once and check it: exit 0 all invariants held, 1 one violated, 2 error."""
+    if scenario not in SCENARIOS:
+        click.echo(f"error: unknown scenario {scenario!r}; one of: {', '.join(SCENARIOS)}", err=True)
+        sys.exit(EXIT_USAGE)
+    out = out or Path("lab-runs") / f"{scenario}-{profile}-{billing}"
+    result = run(RunOptions(scenario, profile, billing, seed, out, time_scale, accounts, rate,
+                            duration, _progress))  # fmt: skip
+    click.echo(json.dumps(result.report, indent=2, default=str) if as_json else _summary(result))
+    sys.exit(result.exit_code)
+
+
+@lab.command(name="compare")
+@click.argument("scenario")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for both runs and the side-by-side report.")  # fmt: skip
+@_common
+def compare_cmd(scenario: str, out: Path | None, seed: int, time_scale: float,
+                accounts: int | None, rate: float | None, duration: float | None,
+                as_json: bool) -> None:  # fmt: skip
+    """Run SCENARIO as 2013/legacy and hardened/tally, and write one side-by-side report.
+    Exits 0 when the hardened/tally run held every invariant (the control is expected to fail),
+    2 when either run could not be set up."""
+    if scenario not in SCENARIOS:
+        click.echo(f"error: unknown scenario {scenario!r}; one of: {', '.join(SCENARIOS)}", err=True)
+        sys.exit(EXIT_USAGE)
+    out = out or Path("lab-runs") / f"compare-{scenario}"
+    results = []
+    for profile, billing in (("2013", "legacy"), ("hardened", "tally")):
+        _progress(f"== {scenario}: {profile} profile, {billing} billing ==")
+        results.append(run(RunOptions(scenario, profile, billing, seed, out / f"{profile}-{billing}",
+                                      time_scale, accounts, rate, duration, _progress)))  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [(r.out, r.report) for r in results]
+    path = report.write_compare(out, runs)
+    combined = {"scenario": scenario, "runs": [r.report for r in results], "report": str(path)}
+    (out / "report.json").write_text(json.dumps(combined, indent=2, default=str))
+    if as_json:
+        click.echo(json.dumps(combined, indent=2, default=str))
+    else:
+        click.echo("\n\n".join(_summary(r) for r in results) + f"\n\nside by side: {path}")
+    if any(r.exit_code == EXIT_USAGE for r in results):
+        sys.exit(EXIT_USAGE)
+    sys.exit(results[1].exit_code)

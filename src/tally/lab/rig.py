@@ -1,0 +1,222 @@
+"""The processes of one lab run, started together and always stopped together.
+
+A three-data-center topology (``r1`` primary in dc1, replicas ``r2`` in dc2 and ``r3`` in dc3,
+one Sentinel per data center in the hardened profile) behind the fault proxies, with a WAN
+bandwidth cap and latency on every inter-DC link; a ballast dataset on the primary so a full sync
+has real work to do; the gateway simulator; the SQLite ledger of record in the run directory.
+
+Everything listens on loopback ports the kernel picks: nothing touches 6379.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tally.errors import ProcessError, TallyError
+from tally.gateway.faults import Faults
+from tally.gateway.process import SimulatorProcess
+from tally.ops.cluster import Cluster, ClusterNode
+from tally.ops.node import ConfigValue
+from tally.ops.topology import Topology, parse_topology
+
+NAMESPACE = "tally"
+SHARDS = 8
+BALLAST_VALUE_BYTES = 1000
+BALLAST_PIPELINE = 1000
+DATASET_BYTES_MAX = 2_000_000_000
+SYNC_WAIT_S = 60.0
+
+
+@dataclass(frozen=True)
+class RigSpec:
+    profile: str
+    dataset_bytes: int = 16_000_000  # ballast on the primary: what a full sync has to move
+    wan_bytes_per_s: int = 4_000_000  # cap on every inter-DC link (per route and direction)
+    rdb_key_save_delay_us: int = 0  # slows BGSAVE per key (the overloaded primary)
+    min_replicas_to_write: int | None = None  # None: the profile's value
+    buffer_limit_2013: str | None = None  # client-output-buffer-limit for the 2013 profile
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.dataset_bytes <= DATASET_BYTES_MAX:
+            raise ValueError(f"dataset_bytes must be 0..{DATASET_BYTES_MAX}")
+
+
+LAB_PARAMS: dict[str, Any] = {
+    "write_rate_bytes_per_s": 400_000,
+    "partition_s_max": 30,
+    "safety_factor": 2,
+    "dataset_bytes_max": 64_000_000,
+    "diskless_sync_delay_s": 1,
+    "min_replicas_max_lag_s": 10,
+    "sentinel_down_after_ms": 1500,
+    "sentinel_failover_timeout_ms": 6000,
+}
+
+
+def lab_topology(base_dir: Path, spec: RigSpec) -> Topology:
+    dcs = ["dc1", "dc2", "dc3"]
+    latency = {("dc1", "dc2"): 10, ("dc1", "dc3"): 30, ("dc2", "dc3"): 25}
+    data = {
+        "name": "lab",
+        "profile": spec.profile,
+        "base_dir": str(base_dir),
+        "params": {**LAB_PARAMS, **spec.params},
+        "dc": [{"name": d} for d in dcs],
+        "node": [
+            {"name": "r1", "dc": "dc1", "role": "primary"},
+            {"name": "r2", "dc": "dc2", "role": "replica"},
+            {"name": "r3", "dc": "dc3", "role": "replica"},
+        ],
+        "sentinel": [{"dc": d} for d in dcs],
+        "link": [
+            {"between": list(pair), "bandwidth_bytes_per_s": spec.wan_bytes_per_s,
+             "latency_ms": ms}
+            for pair, ms in latency.items()
+        ],
+    }  # fmt: skip
+    return parse_topology(data, source="lab")
+
+
+class Rig:
+    """``with Rig(out_dir, spec) as rig:`` cluster up, ballast loaded, simulator running."""
+
+    def __init__(self, out_dir: Path, spec: RigSpec, *, gateway_faults: Faults | None = None):
+        self.out_dir = Path(out_dir)
+        self.spec = spec
+        self.cluster_dir = self.out_dir / "cluster"
+        self.topology = lab_topology(self.cluster_dir, spec)
+        self.cluster = Cluster(self.topology, profile=spec.profile)
+        self.simulator = SimulatorProcess(
+            data_dir=self.out_dir / "gateway", faults=gateway_faults or Faults()
+        )
+        self.ledger_path = self.out_dir / "ledger.sqlite3"
+        self.original_directives: dict[str, dict[str, ConfigValue]] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> Rig:
+        if self.cluster_dir.exists():
+            shutil.rmtree(self.cluster_dir)
+        try:
+            self.cluster.start()
+            self.original_directives = {n: dict(h.node.directives) for n, h in self.nodes.items()}
+            self._tune()
+            self.load_ballast()
+            self.cluster.wait_replicas_in_sync(SYNC_WAIT_S)
+            self.simulator.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _tune(self) -> None:
+        if self.spec.rdb_key_save_delay_us:
+            self.config_set_all("rdb-key-save-delay", str(self.spec.rdb_key_save_delay_us))
+        if self.spec.buffer_limit_2013 and self.spec.profile == "2013":
+            self.config_set_all("client-output-buffer-limit", self.spec.buffer_limit_2013)
+        if self.spec.min_replicas_to_write is not None:
+            self.config_set_all("min-replicas-to-write", str(self.spec.min_replicas_to_write))
+
+    def config_set_all(self, key: str, value: str) -> None:
+        for name, handle in self.nodes.items():
+            with contextlib.closing(handle.client(socket_timeout=5.0)) as c:
+                c.config_set(key, value)
+            handle.node.directives[key] = value
+            self.original_directives[name][key] = value
+
+    def stop(self) -> None:
+        """Every process, whatever state the run left it in (paused nodes are resumed first)."""
+        errors: list[Exception] = []
+        for handle in [*self.nodes.values(), *self.cluster.sentinels.values()]:
+            with contextlib.suppress(TallyError, OSError):
+                handle.resume()
+        try:
+            self.simulator.stop()
+        except (TallyError, OSError) as exc:
+            errors.append(exc)
+        try:
+            self.cluster.stop()
+        except (TallyError, OSError) as exc:
+            errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> Rig:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- addressing ----------------------------------------------------------------------------
+    @property
+    def nodes(self) -> dict[str, ClusterNode]:
+        return self.cluster.nodes
+
+    @property
+    def password(self) -> str | None:
+        return self.cluster.password
+
+    @property
+    def hardened(self) -> bool:
+        return self.spec.profile == "hardened"
+
+    def redis_url(self) -> str:
+        """What the billing engine (in dc1) is configured with: Sentinel in the hardened
+        profile, the primary's address in 2013 (as the incident's clients had)."""
+        if self.cluster.with_sentinels:
+            auth = f":{self.password}@" if self.password else ""
+            hosts = ",".join(f"{h}:{p}" for h, p in self.cluster.sentinel_addresses())
+            return f"sentinel://{auth}{hosts}/{self.topology.master_name}"
+        host, port = self.nodes["r1"].address
+        return f"redis://{host}:{port}/0"
+
+    def ledger_url(self) -> str:
+        return f"sqlite:///{self.ledger_path}"
+
+    def client(self, node: str, **overrides: Any) -> redis.Redis:
+        return self.nodes[node].client(**overrides)
+
+    def current_primary(self) -> ClusterNode | None:
+        """A running node answering ROLE master (r1 first)."""
+        return self.cluster.primary()
+
+    def remote_dcs(self) -> list[str]:
+        primary_dc = self.topology.primary.dc
+        return sorted({n.dc for n in self.topology.nodes if n.dc != primary_dc})
+
+    # -- data ------------------------------------------------------------------------------------
+    def load_ballast(self) -> int:
+        """Fill the primary with ``dataset_bytes`` of ballast (keys outside tally's namespace)."""
+        count = self.spec.dataset_bytes // BALLAST_VALUE_BYTES
+        value = b"b" * BALLAST_VALUE_BYTES
+        with contextlib.closing(self.client("r1", socket_timeout=30.0)) as c:
+            for start in range(0, count, BALLAST_PIPELINE):
+                with c.pipeline(transaction=False) as pipe:
+                    for i in range(start, min(count, start + BALLAST_PIPELINE)):
+                        pipe.set(f"lab:ballast:{i}", value)
+                    pipe.execute()
+        return count
+
+    def wait_in_sync(self, timeout_s: float = SYNC_WAIT_S) -> bool:
+        """Every running node is a primary or a replica with its link up; False on timeout."""
+        try:
+            self.cluster.wait_replicas_in_sync(timeout_s)
+        except ProcessError:
+            return False
+        return True
+
+    def wait_writable_primary(self, timeout_s: float) -> ClusterNode | None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            primary = self.current_primary()
+            if primary is not None:
+                return primary
+            time.sleep(0.1)
+        return None

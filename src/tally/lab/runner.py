@@ -1,0 +1,297 @@
+"""One lab run, end to end: start the rig, open the accounts, run the workload and the scenario's
+timeline together, settle, stop every process, check, report.
+
+Exit codes (the DESIGN.md lab contract): 0 every invariant held, 1 one was violated, 2 a usage or
+setup error (bad arguments, a process that would not start). The run directory holds
+report.json, report.html, history.jsonl, gateway.jsonl, ledger.sqlite3 and the raw material the
+checker read (monitor.jsonl, events.jsonl, store.json, setup.json).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tally import __version__
+from tally.errors import TallyError, UsageError
+from tally.gateway.faults import Faults
+from tally.lab import checker, report
+from tally.lab.billing import BillingSystem, make_billing
+from tally.lab.history import HistoryWriter
+from tally.lab.monitor import Monitor
+from tally.lab.rig import NAMESPACE, SHARDS, LAB_PARAMS, Rig, RigSpec
+from tally.lab.scenarios import SCENARIOS, Scenario
+from tally.lab.timeline import EventLog, Operator, Timeline
+from tally.lab.workload import Workload, WorkloadSpec, make_accounts
+from tally.store.keys import KeyLayout
+
+PROFILES = ("2013", "hardened")
+BILLINGS = ("legacy", "tally")
+TIME_SCALE_MIN, TIME_SCALE_MAX = 0.1, 10.0
+PROGRESS_EVERY_S = 3.0
+FINAL_SYNC_S = 30.0
+RUN_FILES = ("report.json", "report.html", "history.jsonl", "gateway.jsonl", "ledger.sqlite3",
+             "monitor.jsonl", "events.jsonl", "store.json", "setup.json")  # fmt: skip
+VELOCITY_MAX_CHARGES = 4  # the issuers' rule: more succeeded charges than this per window decline
+VELOCITY_WINDOW_S = 600
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RunOptions:
+    scenario: str
+    profile: str = "hardened"
+    billing: str = "tally"
+    seed: int = 1
+    out: Path = Path("lab-run")
+    time_scale: float = 1.0
+    accounts: int | None = None
+    rate: float | None = None
+    duration: float | None = None
+    progress: Progress = field(default=lambda _: None, repr=False)
+
+    def validate(self) -> Scenario:
+        if self.scenario not in SCENARIOS:
+            raise UsageError(f"unknown scenario {self.scenario!r}",
+                             hint=f"one of: {', '.join(SCENARIOS)}")  # fmt: skip
+        if self.profile not in PROFILES:
+            raise UsageError(f"unknown profile {self.profile!r}", hint="2013 or hardened")
+        if self.billing not in BILLINGS:
+            raise UsageError(f"unknown billing {self.billing!r}", hint="legacy or tally")
+        if not TIME_SCALE_MIN <= self.time_scale <= TIME_SCALE_MAX:
+            raise UsageError(f"--time-scale must be {TIME_SCALE_MIN}..{TIME_SCALE_MAX}")
+        return SCENARIOS[self.scenario]
+
+    def reproduce(self) -> str:
+        parts = [f"tally lab run {self.scenario} --profile {self.profile} --billing {self.billing}",
+                 f"--seed {self.seed} --out {self.out} --time-scale {self.time_scale}"]  # fmt: skip
+        for flag, value in (("--accounts", self.accounts), ("--rate", self.rate),
+                            ("--duration", self.duration)):  # fmt: skip
+            if value is not None:
+                parts.append(f"{flag} {value}")
+        return " ".join(parts)
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    report: dict[str, Any]
+    out: Path
+
+
+def workload_spec(opts: RunOptions) -> WorkloadSpec:
+    spec = WorkloadSpec()
+    if opts.accounts is not None:
+        spec = replace(spec, accounts=opts.accounts)
+    if opts.rate is not None:
+        spec = replace(spec, rate_per_s=opts.rate)
+    return spec
+
+
+def run(opts: RunOptions) -> RunResult:
+    """Never raises for a failed run: usage/setup errors are exit 2 with the reason in the
+    report; a violated invariant is exit 1."""
+    try:
+        scenario = opts.validate()
+        spec = workload_spec(opts)
+    except (UsageError, ValueError) as exc:
+        return _failed(opts, f"usage: {exc}")
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for leftover in ("gateway", "cluster", "home"):
+        shutil.rmtree(out / leftover, ignore_errors=True)
+    try:
+        return _run(opts, scenario, spec, out)
+    except (TallyError, redis.RedisError, OSError) as exc:
+        opts.progress(f"setup error: {exc}")
+        return _failed(opts, f"setup: {type(exc).__name__}: {exc}")
+
+
+def _failed(opts: RunOptions, why: str) -> RunResult:
+    body = {"scenario": opts.scenario, "profile": opts.profile, "billing": opts.billing,
+            "seed": opts.seed, "exit_code": 2, "error": why}  # fmt: skip
+    out = Path(opts.out)
+    with contextlib.suppress(OSError):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(body, indent=2))
+    return RunResult(2, body, out)
+
+
+def _gateway_faults(seed: int, accounts: list[Any]) -> Faults:
+    return Faults(
+        seed=seed,
+        card_decline_rates={a.card: 1.0 for a in accounts if a.declines},
+        velocity_max_charges=VELOCITY_MAX_CHARGES,
+        velocity_window_s=VELOCITY_WINDOW_S,
+    )
+
+
+def _run(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, out: Path) -> RunResult:
+    accounts = make_accounts(spec, opts.seed)
+    rig_spec = RigSpec(profile=opts.profile, **scenario.rig)
+    duration_s = (opts.duration or scenario.duration_s) * opts.time_scale
+    say = opts.progress
+    say(f"starting {opts.profile} topology (3 DCs, {rig_spec.dataset_bytes // 1_000_000} MB "
+        f"ballast, WAN {rig_spec.wan_bytes_per_s // 1000} kB/s) and the gateway simulator")  # fmt: skip
+    started = time.monotonic()
+    with Rig(out, rig_spec, gateway_faults=_gateway_faults(opts.seed, accounts)) as rig:
+        say(f"up in {time.monotonic() - started:.1f}s; opening {len(accounts)} accounts "
+            f"({opts.billing} billing)")  # fmt: skip
+        billing = make_billing(opts.billing, rig)
+        try:
+            billing.open_accounts(accounts)
+            _write_setup(out, opts, scenario, spec, accounts, rig)
+            body = _drive(opts, scenario, spec, accounts, rig, billing, duration_s, out)
+        finally:
+            billing.close()
+        rig.simulator.export_jsonl(out / "gateway.jsonl")
+    verdict = checker.check_dir(out)
+    body.update(verdict.to_dict())
+    body["ok"] = verdict.ok
+    body["exit_code"] = 0 if verdict.ok else 1
+    body["seconds_total"] = round(time.monotonic() - started, 1)
+    (out / "report.json").write_text(json.dumps(body, indent=2, default=str))
+    report.write_html(out, body)
+    return RunResult(body["exit_code"], body, out)
+
+
+def _write_setup(out: Path, opts: RunOptions, scenario: Scenario, spec: WorkloadSpec,
+                 accounts: list[Any], rig: Rig) -> None:  # fmt: skip
+    lag_s = int(rig.cluster.params.min_replicas_max_lag_s)
+    bound = int(spec.rate_per_s * lag_s) if scenario.isolates_primary else 0
+    setup = {
+        "scenario": scenario.name, "profile": opts.profile, "billing": opts.billing,
+        "seed": opts.seed, "currency": "USD", "debits_lost_bound": bound,
+        "accounts": [asdict(a) for a in accounts],
+        "workload": asdict(spec),
+    }  # fmt: skip
+    (out / "setup.json").write_text(json.dumps(setup, indent=1))
+
+
+def _drive(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, accounts: list[Any],
+           rig: Rig, billing: BillingSystem, duration_s: float, out: Path) -> dict[str, Any]:  # fmt: skip
+    layout = KeyLayout(NAMESPACE, SHARDS)
+    epoch_keys = [layout.epoch(s) for s in range(layout.shards)]
+    stop = threading.Event()
+    events = EventLog(out / "events.jsonl")
+    operator = Operator(rig, billing, opts.time_scale, stop)
+    timeline = Timeline(list(scenario.steps), operator, events, opts.time_scale)
+    timeline.on_step = lambda e: opts.progress(
+        f"  t+{e['at_s']:5.1f}s {'FAULT' if e['fault'] else 'OPER '} {e['action']}: {e['detail']}"
+    )
+    monitor = Monitor(out / "monitor.jsonl", list(rig.nodes),
+                      lambda n, t: rig.client(n, socket_timeout=t, socket_connect_timeout=t),
+                      epoch_keys)  # fmt: skip
+    history = HistoryWriter(out / "history.jsonl")
+    workload = Workload(billing, history, spec, accounts, opts.seed)
+    settle: dict[str, Any] = {}
+    monitor.start()
+    try:
+        billing.start_background()
+        opts.progress(f"running {scenario.name} for {duration_s:.0f}s at {spec.rate_per_s:g} op/s")
+        t0 = time.monotonic()
+        workload.start(duration_s)
+        timeline.start(t0)
+        _wait_with_progress(opts, workload, t0, duration_s)
+        workload.halt()
+        stop.set()
+        timeline.join(60.0)
+        operator.join_load()
+        settle = _finish(opts, rig, billing, events)
+        _snapshot_store(rig, out, len(epoch_keys))
+    finally:
+        stop.set()
+        workload.halt()
+        history.close()
+        monitor.stop()
+        events.close()
+    return _body(opts, scenario, spec, rig, billing, workload, events, settle)
+
+
+def _wait_with_progress(opts: RunOptions, workload: Workload, t0: float, duration_s: float) -> None:
+    deadline = t0 + duration_s + 30.0  # workers stop at the duration; a stuck call is bounded
+    while time.monotonic() < deadline:
+        workload.join(PROGRESS_EVERY_S)
+        if not any(t.is_alive() for t in workload._threads):
+            return
+        s = workload.stats
+        opts.progress(f"  t+{time.monotonic() - t0:5.1f}s ops {s.done} "
+                      f"({', '.join(f'{k} {v}' for k, v in sorted(s.by_type.items()))})")  # fmt: skip
+
+
+def _finish(opts: RunOptions, rig: Rig, billing: BillingSystem, events: EventLog) -> dict[str, Any]:
+    """After the workload: heal every fault, let replication and billing settle."""
+    opts.progress("settling: healing links, waiting for replicas, draining, finishing recharges")
+    with contextlib.suppress(TallyError, OSError):
+        rig.cluster.heal_all()
+    for handle in rig.nodes.values():
+        with contextlib.suppress(TallyError, OSError):
+            handle.resume()
+    with contextlib.suppress(TallyError, OSError):
+        rig.simulator.set_faults(timeout_after_commit=0.0)
+    in_sync = rig.wait_in_sync(FINAL_SYNC_S)
+    settle = billing.settle()
+    settle["replicas_in_sync"] = in_sync
+    events.write({"t_ms": int(time.time() * 1000), "action": "settled", "fault": False,
+                  "ok": True, "detail": json.dumps(settle, default=str)})  # fmt: skip
+    return settle
+
+
+def _snapshot_store(rig: Rig, out: Path, epoch_keys: int) -> None:
+    """store.json: the final state of the node holding tally's data (the primary with the most
+    epoch keys; several primaries would be a split brain, recorded too)."""
+    candidates = []
+    for name, handle in rig.nodes.items():
+        with contextlib.suppress(redis.RedisError, OSError):
+            with contextlib.closing(handle.client(socket_timeout=5.0)) as c:
+                if c.info("replication").get("role") == "master":
+                    layout = KeyLayout(NAMESPACE, SHARDS)
+                    present = int(c.exists(*[layout.epoch(s) for s in range(epoch_keys)]))
+                    candidates.append((present, name))
+    if not candidates:
+        (out / "store.json").write_text(json.dumps({"error": "no primary at the end"}))
+        return
+    _, name = max(candidates)
+    with contextlib.closing(rig.client(name, socket_timeout=10.0)) as c:
+        snap = checker.snapshot_store(c, NAMESPACE)
+    snap["node"] = name
+    snap["primaries"] = [n for _, n in candidates]
+    (out / "store.json").write_text(json.dumps(snap))
+
+
+def _body(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, rig: Rig,
+          billing: BillingSystem, workload: Workload, events: EventLog,
+          settle: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    binary = rig.cluster.binary
+    return {
+        "scenario": scenario.name,
+        "summary": scenario.summary,
+        "profile": opts.profile,
+        "billing": opts.billing,
+        "seed": opts.seed,
+        "time_scale": opts.time_scale,
+        "reproduce": opts.reproduce(),
+        "versions": {"tally": __version__, "redis": binary.version_text,
+                     "python": platform.python_version()},  # fmt: skip
+        "ledger": "ledger.sqlite3",
+        "workload": {**asdict(spec), **asdict(workload.stats)},
+        "topology": {"nodes": list(rig.nodes), "sentinels": list(rig.cluster.sentinels),
+                     "dataset_bytes": rig.spec.dataset_bytes,
+                     "wan_bytes_per_s": rig.spec.wan_bytes_per_s, "params": LAB_PARAMS},  # fmt: skip
+        "timeline": events.events,
+        "settle": settle,
+        "background_errors": getattr(billing, "background_errors", lambda: {})(),
+    }

@@ -1,0 +1,141 @@
+"""The named scenarios. Offsets are seconds at ``--time-scale 1``; every scenario runs in both
+profiles with the same faults and the same operator mistakes (the profile changes the deployment,
+never the script). ``duration_s`` is how long the workload runs; faults end before it does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tally.lab.timeline import Step
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    summary: str
+    steps: tuple[Step, ...]
+    duration_s: float = 60.0
+    rig: dict[str, Any] = field(default_factory=dict)  # RigSpec overrides
+    #: the acknowledged debits a correct system may lose here (DESIGN invariant 9): only a
+    #: partition that isolates the primary may lose any
+    isolates_primary: bool = False
+
+
+def _op(at_s: float, name: str, **args: Any) -> Step:
+    return Step(at_s, name, args, fault=False)
+
+
+def _fault(at_s: float, name: str, **args: Any) -> Step:
+    return Step(at_s, name, args, fault=True)
+
+
+INCIDENT_28 = Scenario(
+    "incident-28",
+    "2013-07-18: every replica loses the primary, all reconnect at once (full-sync storm on a "
+    "loaded primary over capped WAN links); the operator restarts the primary with AOF enabled "
+    "and no AOF file (it comes back EMPTY) and with replicaof set (READ-ONLY); later the config "
+    "is fixed, the store restored or rebuilt, and the damage remediated.",
+    (
+        _fault(6, "write_load", bytes_per_s=300_000, seconds=14),
+        _fault(6, "partition_replicas", mode="refuse"),
+        _fault(12, "heal"),
+        _fault(26, "restart", node="r1", mutation="incident", down_s=3),
+        _op(40, "billing", action="freeze"),
+        _op(41, "fix_config", node="r1"),
+        _op(45, "billing", action="rebuild"),
+        _op(46, "billing", action="unfreeze"),
+        _op(50, "billing", action="remediate"),
+    ),
+    duration_s=58,
+    rig={"rdb_key_save_delay_us": 150},
+)
+
+STORM_ONLY = Scenario(
+    "storm-only",
+    "F1 alone: every replica loses the primary for 6 s, then all reconnect at once.",
+    (
+        _fault(6, "write_load", bytes_per_s=300_000, seconds=10),
+        _fault(6, "partition_replicas", mode="refuse"),
+        _fault(12, "heal"),
+    ),
+    duration_s=30,
+    rig={"rdb_key_save_delay_us": 150},
+)
+
+PRIMARY_DC_PARTITION = Scenario(
+    "primary-dc-partition",
+    "The primary's data center is cut off for 15 s (longer than min-replicas-max-lag): with "
+    "min-replicas-to-write the primary stops taking writes it could not replicate.",
+    (_fault(6, "isolate", dc="dc1", mode="drop"), _fault(21, "heal")),
+    duration_s=34,
+    isolates_primary=True,
+)
+
+PRIMARY_DC_PARTITION_NO_MIN = Scenario(
+    "primary-dc-partition-no-min-replicas",
+    "The same partition with min-replicas-to-write 0 in both profiles: the primary keeps "
+    "acknowledging writes nobody else has.",
+    PRIMARY_DC_PARTITION.steps,
+    duration_s=34,
+    rig={"min_replicas_to_write": 0},
+    isolates_primary=True,
+)
+
+PRIMARY_CRASH = Scenario(
+    "primary-crash",
+    "SIGKILL on the primary. Hardened: Sentinel promotes a replica; the old primary later "
+    "rejoins. 2013: no Sentinel, the operator starts it again after 5 s.",
+    (_fault(6, "kill", node="r1"), _op(11, "start", node="r1"), _op(20, "fix_config", node="r1")),
+    duration_s=32,
+)
+
+PRIMARY_PAUSE = Scenario(
+    "primary-pause",
+    "SIGSTOP on the primary for 6 s (a stuck process, a long GC-like stall), then SIGCONT.",
+    (_fault(6, "pause", node="r1"), _fault(12, "resume", node="r1"),
+     _op(20, "fix_config", node="r1")),  # fmt: skip
+    duration_s=30,
+)
+
+OUTPUT_BUFFER_LOOP = Scenario(
+    "output-buffer-loop",
+    "F2: a replica behind a slow link (300 kB/s) must full-sync while the primary writes "
+    "steadily; the 2013 output-buffer limit (Redis's default, scaled to the lab dataset: "
+    "4mb hard, 1mb soft over 10 s) is overflowed mid-sync and the sync starts over.",
+    (
+        _fault(4, "link_bandwidth", dc="dc3", rate_bytes_s=300_000),
+        _fault(5, "write_load", bytes_per_s=250_000, seconds=30),
+        _fault(6, "resync_from_scratch", node="r3"),
+        _op(36, "link_bandwidth", dc="dc3", rate_bytes_s=0),
+    ),
+    duration_s=45,
+    rig={"dataset_bytes": 6_000_000, "buffer_limit_2013": "replica 4mb 1mb 10"},
+)
+
+GATEWAY_TIMEOUT_AFTER_COMMIT = Scenario(
+    "gateway-timeout-after-commit",
+    "For 15 s the gateway commits half of the charges and then drops the response: the "
+    "outcome is unknown to the caller, the card is charged.",
+    (
+        _fault(5, "gateway_faults", timeout_after_commit=0.5, timeout_mode="drop"),
+        _fault(20, "gateway_faults", timeout_after_commit=0.0),
+        _op(28, "billing", action="remediate"),
+    ),
+    duration_s=32,
+)
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        INCIDENT_28,
+        STORM_ONLY,
+        PRIMARY_DC_PARTITION,
+        PRIMARY_DC_PARTITION_NO_MIN,
+        PRIMARY_CRASH,
+        PRIMARY_PAUSE,
+        OUTPUT_BUFFER_LOOP,
+        GATEWAY_TIMEOUT_AFTER_COMMIT,
+    )
+}

@@ -1,0 +1,317 @@
+"""The scenario engine: faults and operator actions at offsets, scaled, recorded, bounded.
+
+A timeline is a list of :class:`Step` (``at_s`` from the start of the workload, an action name,
+its arguments). ``--time-scale`` multiplies every offset (and the waits inside actions). Steps
+run in order on one thread; each is recorded in ``events.jsonl`` with its wall-clock time, how
+long it took, whether it worked and what it did. Every action is bounded by the timeouts of the
+process handles it uses; the whole timeline by the run's deadline.
+
+Actions (``Operator``):
+
+    partition_replicas(mode)     cut every link between the primary's DC and the others
+    isolate(dc, mode)            cut every link of one DC
+    heal()                       clear every partition
+    kill(node) / start(node)     SIGKILL / start again with its current config
+    pause(node) / resume(node)   SIGSTOP / SIGCONT
+    restart(node, mutation, down_s)   SHUTDOWN (default SAVE), wait, start with a config mutation:
+                                 ``incident``: persistence that loads nothing + replicaof itself
+    fix_config(node)             the operator's repair: the node's original config back; its data
+                                 from a replica's snapshot when it has none (2013) or as a
+                                 replica of the primary Sentinel elected (hardened)
+    link_bandwidth(dc, rate)     WAN cap on the links of one DC (0 = the topology's cap)
+    resync_from_scratch(node)    kill a replica, delete its data, start: it must full-sync
+    write_load(bytes_per_s, seconds)  extra writes on the primary (a busy primary)
+    gateway_faults(**knobs)      change the gateway simulator's faults
+    billing(action)              rebuild / remediate / freeze / unfreeze, as the billing allows
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import redis
+
+from tally.lab.billing import BillingSystem
+from tally.lab.history import now_ms
+from tally.lab.rig import Rig
+from tally.ops.node import ConfigValue
+
+STEPS_MAX = 100
+RESTORE_SAVE_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Step:
+    at_s: float
+    action: str
+    args: dict[str, Any] = field(default_factory=dict)
+    fault: bool = True  # False: an operator action (mitigation), not a fault
+
+
+class EventLog:
+    def __init__(self, path: Path) -> None:
+        self._out: TextIO = open(path, "w", encoding="utf-8")  # noqa: SIM115
+        self._lock = threading.Lock()
+        self.events: list[dict[str, Any]] = []
+
+    def write(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            self.events.append(event)
+            if not self._out.closed:
+                self._out.write(json.dumps(event) + "\n")
+                self._out.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._out.close()
+
+
+class Operator:
+    """Carries out timeline actions on a rig and a billing system."""
+
+    def __init__(self, rig: Rig, billing: BillingSystem, time_scale: float, stop: threading.Event):
+        self.rig, self.billing, self.scale, self.stop = rig, billing, time_scale, stop
+        self._load_threads: list[threading.Thread] = []
+
+    def run(self, action: str, args: dict[str, Any]) -> str:
+        method: Callable[..., str] | None = getattr(self, f"do_{action}", None)
+        if method is None:
+            raise ValueError(f"unknown timeline action {action!r}")
+        return method(**args)
+
+    # -- network ---------------------------------------------------------------------------------
+    def do_partition_replicas(self, mode: str = "refuse") -> str:
+        primary_dc = self.rig.topology.primary.dc
+        for dc in self.rig.remote_dcs():
+            self.rig.cluster.partition(primary_dc, dc, mode=mode)
+        return f"{primary_dc} cut from {', '.join(self.rig.remote_dcs())} ({mode})"
+
+    def do_isolate(self, dc: str, mode: str = "refuse") -> str:
+        self.rig.cluster.isolate(dc, mode=mode)
+        return f"{dc} isolated ({mode})"
+
+    def do_heal(self) -> str:
+        self.rig.cluster.heal_all()
+        return "every link healed"
+
+    def do_link_bandwidth(self, dc: str, rate_bytes_s: int) -> str:
+        rate = rate_bytes_s or self.rig.spec.wan_bytes_per_s
+        hub = self.rig.cluster.hub
+        assert hub is not None
+        for route in self.rig.cluster.routes.values():
+            if dc in route.pair.split("-"):
+                hub.set_fault(route.name, "both", "bandwidth", rate_bytes_s=rate)
+        return f"links of {dc} capped at {rate} B/s"
+
+    # -- processes ---------------------------------------------------------------------------------
+    def do_kill(self, node: str) -> str:
+        self.rig.nodes[node].kill()
+        return f"{node} SIGKILLed"
+
+    def do_start(self, node: str) -> str:
+        handle = self.rig.nodes[node]
+        if handle.is_running():
+            return f"{node} already running"
+        handle.start()
+        return f"{node} started"
+
+    def do_pause(self, node: str) -> str:
+        self.rig.nodes[node].pause()
+        return f"{node} SIGSTOPped"
+
+    def do_resume(self, node: str) -> str:
+        self.rig.nodes[node].resume()
+        return f"{node} SIGCONTed"
+
+    def incident_mutation(self, node: str) -> dict[str, ConfigValue]:
+        """The 2013 operator's restart: persistence that loads nothing, and ``replicaof``."""
+        handle = self.rig.nodes[node]
+        mutation: dict[str, ConfigValue] = {"appendonly": "yes"}
+        if handle.node.directives.get("appendonly") == "yes":  # hardened: AOF already on
+            if self.rig.cluster.binary.at_least(7, 0):
+                mutation["appenddirname"] = "appendonlydir-incident28"
+            else:
+                mutation["appendfilename"] = "appendonly-incident28.aof"
+        host, port = handle.address
+        mutation["replicaof"] = f"{host} {port}"
+        return mutation
+
+    def do_restart(self, node: str, mutation: str = "none", down_s: float = 0.0,
+                   save: bool = True) -> str:  # fmt: skip
+        handle = self.rig.nodes[node]
+        directives = self.incident_mutation(node) if mutation == "incident" else {}
+        handle.resume()
+        handle.stop(save=save)
+        self.stop.wait(down_s * self.scale)
+        handle.node.directives.update(directives)
+        handle.start()
+        changed = ", ".join(f"{k} {v}" for k, v in directives.items()) or "no change"
+        return f"{node} restarted ({changed}); came back as {handle.live_role()}"
+
+    def do_fix_config(self, node: str) -> str:
+        handle = self.rig.nodes[node]
+        original = dict(self.rig.original_directives[node])
+        other = self._other_primary(node)
+        if other is not None:  # Sentinel elected another primary: rejoin it as a replica
+            host, port = self.rig.nodes[other].address
+            original["replicaof"] = f"{host} {port}"
+            self._restart_with(handle, original, save=False)
+            return f"{node}: config fixed, rejoined {other} as a replica"
+        restored = ""
+        if self._aof_dir_lost(handle) or original.get("appendonly") != "yes":
+            restored = self._restore_from_replica(node)
+        else:
+            self._restart_with(handle, original, save=False)
+        return f"{node}: config fixed{restored}; role {handle.live_role()}"
+
+    def _restart_with(self, handle: Any, directives: dict[str, ConfigValue], *, save: bool) -> None:
+        handle.resume()
+        handle.stop(save=save)
+        handle.node.directives = dict(directives)
+        handle.start()
+
+    def _other_primary(self, node: str) -> str | None:
+        for name, handle in self.rig.nodes.items():
+            if name != node and handle.is_running() and handle.live_role() == "master":
+                return name
+        return None
+
+    def _aof_dir_lost(self, handle: Any) -> bool:
+        return False  # the original AOF (hardened) is still on disk: restarting loads it
+
+    def _restore_from_replica(self, node: str) -> str:
+        """The 2013 repair: the freshest replica's snapshot becomes the primary's dump.rdb."""
+        handle = self.rig.nodes[node]
+        source = self._freshest_replica(node)
+        if source is None:
+            self._restart_with(handle, dict(self.rig.original_directives[node]), save=False)
+            return " (no replica to restore from: restarted with what it had)"
+        src = self.rig.nodes[source]
+        with contextlib.closing(src.client(socket_timeout=RESTORE_SAVE_TIMEOUT_S)) as c:
+            c.execute_command("SAVE")
+        handle.resume()
+        handle.stop(save=False)
+        shutil.copyfile(src.node.dir / "dump.rdb", handle.node.dir / "dump.rdb")
+        handle.node.directives = dict(self.rig.original_directives[node])
+        handle.start()
+        return f", data restored from {source}'s snapshot"
+
+    def _freshest_replica(self, node: str) -> str | None:
+        best: tuple[int, str] | None = None
+        for name, handle in self.rig.nodes.items():
+            if name == node or not handle.is_running():
+                continue
+            try:
+                with contextlib.closing(handle.client(socket_timeout=2.0)) as c:
+                    info = c.info("replication")
+                    keys = int(c.dbsize())
+            except (redis.RedisError, OSError):
+                continue
+            offset = int(info.get("slave_repl_offset", info.get("master_repl_offset", 0)))
+            if keys > 0 and (best is None or offset > best[0]):
+                best = (offset, name)
+        return best[1] if best else None
+
+    def do_resync_from_scratch(self, node: str) -> str:
+        handle = self.rig.nodes[node]
+        handle.kill()
+        for leftover in ("dump.rdb", "appendonlydir", "appendonly.aof"):
+            path = handle.node.dir / leftover
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        handle.start()
+        return f"{node} restarted with no data: it must full-sync"
+
+    def do_write_load(self, bytes_per_s: int, seconds: float, value_bytes: int = 2000) -> str:
+        """Extra writes on the primary (ballast keys, outside tally's namespace)."""
+        thread = threading.Thread(
+            target=self._load, args=(bytes_per_s, seconds * self.scale, value_bytes),
+            name="lab-write-load", daemon=True,
+        )  # fmt: skip
+        thread.start()
+        self._load_threads.append(thread)
+        return f"writing {bytes_per_s} B/s for {seconds * self.scale:.1f}s"
+
+    def _load(self, bytes_per_s: int, seconds: float, value_bytes: int) -> None:
+        per_s = max(1, bytes_per_s // value_bytes)
+        value = b"w" * value_bytes
+        end = time.monotonic() + seconds
+        primary = self.rig.topology.primary.name
+        with contextlib.closing(self.rig.client(primary, socket_timeout=1.0)) as c:
+            i = 0
+            while time.monotonic() < end and not self.stop.is_set():
+                with contextlib.suppress(redis.RedisError, OSError):
+                    with c.pipeline(transaction=False) as pipe:
+                        for _ in range(max(1, per_s // 10)):
+                            i += 1
+                            pipe.set(f"lab:load:{i % 20_000}", value)
+                        pipe.execute()
+                self.stop.wait(0.1)
+
+    def join_load(self) -> None:
+        for thread in self._load_threads:
+            thread.join(10)
+
+    # -- gateway and billing -------------------------------------------------------------------------
+    def do_gateway_faults(self, **knobs: Any) -> str:
+        faults = self.rig.simulator.set_faults(**knobs)
+        return f"gateway faults: {json.dumps({k: getattr(faults, k) for k in knobs})}"
+
+    def do_billing(self, action: str) -> str:
+        return self.billing.operator(action)
+
+
+class Timeline:
+    def __init__(self, steps: list[Step], operator: Operator, events: EventLog, time_scale: float):
+        if len(steps) > STEPS_MAX:
+            raise ValueError(f"a timeline has at most {STEPS_MAX} steps")
+        self.steps = sorted(steps, key=lambda s: s.at_s)
+        self.operator, self.events, self.scale = operator, events, time_scale
+        self.thread: threading.Thread | None = None
+        self.on_step: Callable[[dict[str, Any]], None] | None = None
+
+    def start(self, start_monotonic: float) -> Timeline:
+        self.thread = threading.Thread(target=self._run, args=(start_monotonic,),
+                                       name="lab-timeline", daemon=True)  # fmt: skip
+        self.thread.start()
+        return self
+
+    def join(self, timeout_s: float) -> bool:
+        if self.thread is not None:
+            self.thread.join(timeout_s)
+            return not self.thread.is_alive()
+        return True
+
+    def _run(self, start: float) -> None:
+        for step in self.steps:
+            due = start + step.at_s * self.scale
+            if self.operator.stop.wait(max(0.0, due - time.monotonic())):
+                return
+            self.events.write(self.execute(step, start))
+
+    def execute(self, step: Step, start: float) -> dict[str, Any]:
+        began = time.monotonic()
+        event: dict[str, Any] = {
+            "t_ms": now_ms(), "at_s": round(began - start, 3), "action": step.action,
+            "args": step.args, "fault": step.fault,
+        }  # fmt: skip
+        try:
+            event["detail"] = self.operator.run(step.action, step.args)
+            event["ok"] = True
+        except Exception as exc:  # noqa: BLE001 - a failed action is recorded, the run goes on
+            event["ok"] = False
+            event["detail"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        event["took_ms"] = int((time.monotonic() - began) * 1000)
+        if self.on_step is not None:
+            self.on_step(event)
+        return event

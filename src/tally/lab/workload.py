@@ -1,0 +1,180 @@
+"""The workload: paced client operations over many accounts, each recorded in the history.
+
+Its own clock: operation ``k`` is due at ``start + k / rate_per_s``; a pool of workers takes due
+operations in order, so a slow answer delays one worker, not the schedule. An operation more than
+``LATE_S_MAX`` late is skipped and counted (the run is overloaded, not silently slower). Every
+random choice comes from ``Random(seed, k)``: the same seed gives the same operations.
+
+Accounts: usage is skewed (Zipf: a few accounts are hot), every account has an auto-recharge
+rule (threshold, target), a share of cards decline every charge (the gateway is told so; they
+are the only accounts a correct system may suspend). A small share of operations are card
+top-ups. An operation with an unknown outcome is retried once with the SAME id.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tally.lab.billing import AccountSpec, BillingSystem, Completion
+from tally.lab.history import HistoryWriter
+
+LATE_S_MAX = 1.0
+ACCOUNTS_MAX = 100_000
+RATE_PER_S_MAX = 5_000
+WORKERS_MAX = 64
+RETRY_PAUSE_S = 0.1
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    accounts: int = 200
+    rate_per_s: float = 80.0
+    workers: int = 8
+    topup_share: float = 0.02
+    decline_share: float = 0.05
+    zipf_s: float = 1.1
+    debit_minor_max: int = 120
+    initial_minor: int = 1500
+    threshold_minor: int = 500
+    target_minor: int = 2000
+    topup_minor: int = 1000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.accounts <= ACCOUNTS_MAX:
+            raise ValueError(f"accounts must be 1..{ACCOUNTS_MAX}")
+        if not 0 < self.rate_per_s <= RATE_PER_S_MAX:
+            raise ValueError(f"rate must be in (0, {RATE_PER_S_MAX}] operations per second")
+        if not 1 <= self.workers <= WORKERS_MAX:
+            raise ValueError(f"workers must be 1..{WORKERS_MAX}")
+
+
+def make_accounts(spec: WorkloadSpec, seed: int) -> list[AccountSpec]:
+    rng = random.Random(f"{seed}:accounts")
+    out = []
+    for i in range(spec.accounts):
+        declines = rng.random() < spec.decline_share
+        out.append(AccountSpec(f"a{i:05d}", f"card-a{i:05d}", spec.initial_minor,
+                               spec.threshold_minor, spec.target_minor, declines))  # fmt: skip
+    return out
+
+
+def _zipf_cumulative(n: int, s: float, seed: int) -> tuple[list[float], list[int]]:
+    order = list(range(n))
+    random.Random(f"{seed}:skew").shuffle(order)  # hot accounts are not simply the first ones
+    total, cumulative = 0.0, []
+    for rank in range(n):
+        total += 1.0 / (rank + 1) ** s
+        cumulative.append(total)
+    return cumulative, order
+
+
+@dataclass
+class WorkloadStats:
+    scheduled: int = 0
+    done: int = 0
+    skipped_late: int = 0
+    retries: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+
+class Workload:
+    def __init__(
+        self,
+        billing: BillingSystem,
+        history: HistoryWriter,
+        spec: WorkloadSpec,
+        accounts: list[AccountSpec],
+        seed: int,
+    ) -> None:
+        self.billing, self.history, self.spec, self.seed = billing, history, spec, seed
+        self.accounts = accounts
+        self._cumulative, self._order = _zipf_cumulative(len(accounts), spec.zipf_s, seed)
+        self._lock = threading.Lock()
+        self._next = 0
+        self.stats = WorkloadStats()
+        self.stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._start = 0.0
+        self._end = 0.0
+
+    def start(self, duration_s: float) -> Workload:
+        self._start = time.monotonic()
+        self._end = self._start + duration_s
+        for w in range(self.spec.workers):
+            thread = threading.Thread(target=self._worker, args=(w,), name=f"lab-worker-{w}",
+                                      daemon=True)  # fmt: skip
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def join(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def halt(self, timeout_s: float = 30.0) -> None:
+        self.stop.set()
+        self.join(timeout_s)
+
+    def _take(self) -> int:
+        with self._lock:
+            k = self._next
+            self._next += 1
+            self.stats.scheduled += 1
+            return k
+
+    def _worker(self, process: int) -> None:
+        while not self.stop.is_set():
+            k = self._take()
+            due = self._start + k / self.spec.rate_per_s
+            if due >= self._end:
+                return
+            if self.stop.wait(max(0.0, due - time.monotonic())):
+                return
+            if time.monotonic() - due > LATE_S_MAX:
+                with self._lock:
+                    self.stats.skipped_late += 1
+                continue
+            self._one(process, k)
+
+    def _pick(self, rng: random.Random) -> AccountSpec:
+        x = rng.random() * self._cumulative[-1]
+        rank = min(bisect.bisect_left(self._cumulative, x), len(self._order) - 1)
+        return self.accounts[self._order[rank]]
+
+    def _one(self, process: int, k: int) -> None:
+        rng = random.Random(f"{self.seed}:op:{k}")
+        account = self._pick(rng)
+        if rng.random() < self.spec.topup_share:
+            f, tid, amount = "topup", f"t{k:08d}", self.spec.topup_minor
+        else:
+            f, tid, amount = "debit", f"u{k:08d}", rng.randint(1, self.spec.debit_minor_max)
+        type_ = self._call(process, f, tid, account.id, amount)
+        if type_ == "info" and not self.stop.is_set():
+            self.stop.wait(RETRY_PAUSE_S)
+            with self._lock:
+                self.stats.retries += 1
+            self._call(process, f, tid, account.id, amount)
+
+    def _call(self, process: int, f: str, tid: str, account: str, amount: int) -> str:
+        value: dict[str, Any] = {"id": tid, "account": account, "amount_minor": amount}
+        op = self.history.invoke(f, process, value)
+        try:
+            if f == "debit":
+                type_, outcome = self.billing.debit(tid, account, amount)
+            else:
+                type_, outcome = self.billing.top_up(tid, account, amount)
+        except Exception as exc:  # noqa: BLE001 - the billing adapters classify; this is a bug net
+            completion: Completion = ("info", {"error": type(exc).__name__, "message": str(exc)[:200]})
+            type_, outcome = completion
+        self.history.complete(op, type_, f, process, outcome)
+        with self._lock:
+            self.stats.done += 1
+            key = f"{f}:{type_}"
+            self.stats.by_type[key] = self.stats.by_type.get(key, 0) + 1
+        return type_

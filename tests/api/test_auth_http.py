@@ -33,7 +33,7 @@ ROUTES = [
 def _cli(served: Served, *args: str) -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
     out = subprocess.run(
-        [sys.executable, "-m", "tally.cli", *args, "--home", str(served.home), "--json"],
+        [sys.executable, "-m", "tally.cli.apikey_cmd", *args, "--home", str(served.home), "--json"],
         capture_output=True, text=True, env=env, timeout=60, check=True,
     )  # fmt: skip
     data = json.loads(out.stdout)
@@ -66,9 +66,9 @@ def test_health_answers_without_a_key(shared_served: Served) -> None:
 
 
 def test_a_service_key_from_the_cli_works_but_not_on_admin_routes(shared_served: Served) -> None:
-    created = _cli(shared_served, "apikey", "create", "--scope", "service", "--label", "billing-app")
+    created = _cli(shared_served, "create", "--scope", "service", "--label", "billing-app")
     key = str(created["key"])
-    listed = _cli(shared_served, "apikey", "list")
+    listed = _cli(shared_served, "list")
     assert key not in json.dumps(listed)  # only the id is kept, never the key
     with shared_served.client(key) as api:
         assert api.post("/v1/accounts", json={"id": "acct-svc", "currency": "EUR"}).status_code == 201

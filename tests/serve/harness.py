@@ -45,7 +45,7 @@ class Served:
     def start(self, *, wait: bool = True) -> None:
         self.port = self.port or free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
-        argv = [sys.executable, "-m", "tally.cli", "serve", "--home", str(self.home)]
+        argv = [sys.executable, "-m", "tally.cli.serve_cmd", "--home", str(self.home)]
         argv += ["--port", str(self.port), *self.extra_args]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=log, env=env, stdin=subprocess.DEVNULL)
@@ -67,6 +67,7 @@ class Served:
         else:
             self.kill()
             raise AssertionError(f"tally serve not up within {START_TIMEOUT_S}s:\n{self.output()}")
+        self.admin_key = None
         for line in self.output().splitlines():
             if "admin API key" in line:
                 self.admin_key = line.rsplit(" ", 1)[-1].strip()

@@ -63,3 +63,7 @@ def revoke(key_id: str, home: str | None, ledger_url: str | None, as_json: bool)
     with SqlLedger.open(settings.ledger_url) as ledger:
         done = ApiKeyStore(ledger).revoke(key_id)
     emit(as_json, {"revoked": done, "key_id": key_id}, "revoked" if done else "no such active key")
+
+
+if __name__ == "__main__":
+    apikey()

@@ -91,3 +91,7 @@ def serve(
         summary = service.stop()
         state_path.unlink(missing_ok=True)
         say(f"stopped ({', '.join(f'{k}={v}' for k, v in summary.items())})")
+
+
+if __name__ == "__main__":  # `python -m tally.cli.serve_cmd`: serve alone, without the other commands
+    serve()

@@ -571,10 +571,11 @@ def _invariants(
     jc = a.ledger.journal_conflicts
     late_charges = _ledger_first_violations(a)
     lost_spans = _unhealthy_spans(a.monitor, need_epoch=True)
-    writes_when_lost = [
+    ev = Evidence.of(a)
+    writes_when_lost = [  # acknowledged AND landed: a store without its epoch took the write
         op for op in a.history
         if op.f in WRITE_FS and op.moved_money and op.completed_ms is not None
-        and _inside(op.completed_ms, lost_spans)
+        and _inside(op.completed_ms, lost_spans) and op.value.get("id") in ev.moved
     ]  # fmt: skip
     blind = [c for c in a.gateway if c.get("kind") == "charge"
              and _inside(int(c["created_ms"]), lost_spans)]  # fmt: skip

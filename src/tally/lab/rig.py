@@ -32,6 +32,7 @@ BALLAST_VALUE_BYTES = 1000
 BALLAST_PIPELINE = 1000
 DATASET_BYTES_MAX = 2_000_000_000
 SYNC_WAIT_S = 60.0
+BALLAST_DB = 1  # ballast and extra write load live here, away from tally's database 0
 
 
 @dataclass(frozen=True)
@@ -193,10 +194,11 @@ class Rig:
 
     # -- data ------------------------------------------------------------------------------------
     def load_ballast(self) -> int:
-        """Fill the primary with ``dataset_bytes`` of ballast (keys outside tally's namespace)."""
+        """Fill the primary with ``dataset_bytes`` of ballast, in database ``BALLAST_DB`` so
+        tally's database holds only tally's keys (a full sync moves every database)."""
         count = self.spec.dataset_bytes // BALLAST_VALUE_BYTES
         value = b"b" * BALLAST_VALUE_BYTES
-        with contextlib.closing(self.client("r1", socket_timeout=30.0)) as c:
+        with contextlib.closing(self.client("r1", socket_timeout=30.0, db=BALLAST_DB)) as c:
             for start in range(0, count, BALLAST_PIPELINE):
                 with c.pipeline(transaction=False) as pipe:
                     for i in range(start, min(count, start + BALLAST_PIPELINE)):

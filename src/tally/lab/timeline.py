@@ -41,7 +41,7 @@ import redis
 
 from tally.lab.billing import BillingSystem
 from tally.lab.history import now_ms
-from tally.lab.rig import Rig
+from tally.lab.rig import BALLAST_DB, Rig
 from tally.ops.node import ConfigValue
 
 STEPS_MAX = 100
@@ -247,7 +247,7 @@ class Operator:
         value = b"w" * value_bytes
         end = time.monotonic() + seconds
         primary = self.rig.topology.primary.name
-        with contextlib.closing(self.rig.client(primary, socket_timeout=1.0)) as c:
+        with contextlib.closing(self.rig.client(primary, socket_timeout=1.0, db=BALLAST_DB)) as c:
             i = 0
             while time.monotonic() < end and not self.stop.is_set():
                 with contextlib.suppress(redis.RedisError, OSError):
@@ -277,26 +277,19 @@ class Timeline:
             raise ValueError(f"a timeline has at most {STEPS_MAX} steps")
         self.steps = sorted(steps, key=lambda s: s.at_s)
         self.operator, self.events, self.scale = operator, events, time_scale
-        self.thread: threading.Thread | None = None
         self.on_step: Callable[[dict[str, Any]], None] | None = None
 
-    def start(self, start_monotonic: float) -> Timeline:
-        self.thread = threading.Thread(target=self._run, args=(start_monotonic,),
-                                       name="lab-timeline", daemon=True)  # fmt: skip
-        self.thread.start()
-        return self
-
-    def join(self, timeout_s: float) -> bool:
-        if self.thread is not None:
-            self.thread.join(timeout_s)
-            return not self.thread.is_alive()
-        return True
-
-    def _run(self, start: float) -> None:
+    def run(self, start: float, *, tick: Callable[[], None], tick_s: float) -> None:
+        """Run every step at its time ON THE CALLING THREAD, calling ``tick`` (progress) while
+        waiting. The caller must be the run's main thread: redis-server children are started
+        with PR_SET_PDEATHSIG, which fires when the THREAD that started them exits."""
         for step in self.steps:
             due = start + step.at_s * self.scale
-            if self.operator.stop.wait(max(0.0, due - time.monotonic())):
-                return
+            while time.monotonic() < due:
+                if self.operator.stop.wait(min(tick_s, max(0.0, due - time.monotonic()))):
+                    return
+                if time.monotonic() < due:
+                    tick()
             self.events.write(self.execute(step, start))
 
     def execute(self, step: Step, start: float) -> dict[str, Any]:

@@ -41,7 +41,7 @@ class WorkloadSpec:
     debit_minor_max: int = 120
     initial_minor: int = 1500
     threshold_minor: int = 500
-    target_minor: int = 2000
+    target_minor: int = 3000
     topup_minor: int = 1000
 
     def __post_init__(self) -> None:
@@ -116,6 +116,9 @@ class Workload:
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
 
     def halt(self, timeout_s: float = 30.0) -> None:
         self.stop.set()

@@ -55,12 +55,11 @@ def _summary(result: RunResult) -> str:
     return "\n".join(lines)
 
 
-@click.group(name="lab")
+@click.group(name="lab", help="The incident lab: real Redis processes, Sentinels, fault "
+             "proxies and the gateway simulator, checked by an independent checker.\n\n"
+             "Scenarios: " + ", ".join(SCENARIOS))
 def lab() -> None:
-    """The incident lab: real Redis processes, Sentinels, fault proxies, the gateway simulator.
-
-    \b
-    Scenarios: """ + ", ".join(SCENARIOS)
+    pass
 
 
 @lab.command(name="run")

@@ -225,21 +225,21 @@ class TallyBilling(_Base):
     def debit(self, tid: str, account: str, amount_minor: int) -> Completion:
         try:
             result = self.dep.engine.debit(tid, account, amount_minor)
-        except Exception as exc:  # noqa: BLE001 - every failure is an outcome to record
+        except Exception as exc:
             return _classify(exc)
         value: dict[str, Any] = {"result": result.result.name, "balance_minor": result.balance_minor}
         if result.recharge_id is not None:
             value["recharge_id"] = result.recharge_id
             try:  # the saga's trouble is not the debit's: the completer picks it up
                 self.recharging.service.notice(account, amount_minor, result)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 value["recharge_error"] = type(exc).__name__
         return "ok", value
 
     def top_up(self, tid: str, account: str, amount_minor: int) -> Completion:
         try:
             out = self.recharging.service.top_up(tid, account, amount_minor, CURRENCY)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return _classify(exc)
         if out.pending:  # durable in the ledger, applied when the store is back
             return "ok", {"result": "pending"}
@@ -286,7 +286,8 @@ class TallyBilling(_Base):
         """After the run: every recharge finished, every credit applied, the journal drained."""
         self.rediscover()
         rounds = 0
-        for rounds in range(1, 30):
+        for _ in range(SETTLE_ROUNDS_MAX):
+            rounds += 1
             self.drain_all()
             with contextlib.suppress(InfrastructureError, redis.RedisError):
                 self.dep.engine.apply_pending_credits(older_than_ms=0)
@@ -342,7 +343,7 @@ class LegacyBillingSystem(_Base):
         assert self.legacy is not None
         try:
             self.legacy.usage(tid, account, amount_minor)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return _classify(exc)
         return "ok", {"result": "ok"}
 
@@ -350,7 +351,7 @@ class LegacyBillingSystem(_Base):
         """A plain credit through the store (no intent in the ledger first)."""
         try:
             applied = self.dep.store.apply([(tid, "c", account, amount_minor, "")])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return _classify(exc)
         first = applied.results[0]
         return "ok", {"result": first.result.name, "balance_minor": first.balance_minor}

@@ -40,6 +40,7 @@ of its metadata ids ``credit_id``/``transfer_id``/``recharge_id``):
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from collections import defaultdict
@@ -147,9 +148,7 @@ def snapshot_store(client: Any, namespace: str = "tally") -> dict[str, Any]:
     accounts: dict[str, dict[str, str]] = {}
     tx: dict[str, str] = {}
     epochs = 0
-    seen = 0
-    for raw in client.scan_iter(match=f"{namespace}:*", count=SCAN_COUNT):
-        seen += 1
+    for seen, raw in enumerate(client.scan_iter(match=f"{namespace}:*", count=SCAN_COUNT), 1):
         if seen > STORE_KEYS_MAX:
             raise ValueError(f"more than {STORE_KEYS_MAX} keys: refusing to snapshot")
         key = raw.decode() if isinstance(raw, bytes) else raw
@@ -445,7 +444,7 @@ def _unhealthy_spans(monitor: list[dict[str, Any]], *, need_epoch: bool) -> list
         healthy = any((n.get("epoch", 0) > 0) if need_epoch else True for n in masters)
         states.append((int(sample["t_ms"]), healthy))
     spans = []
-    for (t0, h0), (t1, h1) in zip(states, states[1:], strict=False):
+    for (t0, h0), (t1, h1) in itertools.pairwise(states):
         if not h0 and not h1:
             spans.append((t0, t1))
     return spans
@@ -539,7 +538,7 @@ def check(a: Artefacts) -> Verdict:
         "duplicate_charges_minor": sum(int(c["amount_minor"]) for c in dups),
         "charges_succeeded": len(_succeeded(a.gateway, "charge")),
         "charges_declined": sum(1 for r in a.gateway if r.get("kind") == "charge"
-                                and r.get("status") == "declined"),  # fmt: skip
+                                and r.get("status") == "declined"),
         "refunds_succeeded": len(_succeeded(a.gateway, "refund")),
         "operations": len(a.history),
         "operations_by_type": _count_types(a.history),

@@ -30,7 +30,7 @@ from tally.lab import checker, report
 from tally.lab.billing import BillingSystem, make_billing
 from tally.lab.history import HistoryWriter
 from tally.lab.monitor import Monitor
-from tally.lab.rig import NAMESPACE, SHARDS, LAB_PARAMS, Rig, RigSpec
+from tally.lab.rig import LAB_PARAMS, NAMESPACE, SHARDS, Rig, RigSpec
 from tally.lab.scenarios import SCENARIOS, Scenario
 from tally.lab.timeline import EventLog, Operator, Timeline
 from tally.lab.workload import Workload, WorkloadSpec, make_accounts
@@ -268,12 +268,14 @@ def _snapshot_store(rig: Rig, out: Path, epoch_keys: int) -> None:
     epoch keys; several primaries would be a split brain, recorded too)."""
     candidates = []
     for name, handle in rig.nodes.items():
-        with contextlib.suppress(redis.RedisError, OSError):
-            with contextlib.closing(handle.client(socket_timeout=5.0)) as c:
-                if c.info("replication").get("role") == "master":
-                    layout = KeyLayout(NAMESPACE, SHARDS)
-                    present = int(c.exists(*[layout.epoch(s) for s in range(epoch_keys)]))
-                    candidates.append((present, name))
+        with (
+            contextlib.suppress(redis.RedisError, OSError),
+            contextlib.closing(handle.client(socket_timeout=5.0)) as c,
+        ):
+            if c.info("replication").get("role") == "master":
+                layout = KeyLayout(NAMESPACE, SHARDS)
+                present = int(c.exists(*[layout.epoch(s) for s in range(epoch_keys)]))
+                candidates.append((present, name))
     if not candidates:
         (out / "store.json").write_text(json.dumps({"error": "no primary at the end"}))
         return
@@ -298,12 +300,12 @@ def _body(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, rig: Rig,
         "time_scale": opts.time_scale,
         "reproduce": opts.reproduce(),
         "versions": {"tally": __version__, "redis": binary.version_text,
-                     "python": platform.python_version()},  # fmt: skip
+                     "python": platform.python_version()},
         "ledger": "ledger.sqlite3",
         "workload": {**asdict(spec), **asdict(workload.stats)},
         "topology": {"nodes": list(rig.nodes), "sentinels": list(rig.cluster.sentinels),
                      "dataset_bytes": rig.spec.dataset_bytes,
-                     "wan_bytes_per_s": rig.spec.wan_bytes_per_s, "params": LAB_PARAMS},  # fmt: skip
+                     "wan_bytes_per_s": rig.spec.wan_bytes_per_s, "params": LAB_PARAMS},
         "timeline": events.events,
         "settle": settle,
         "background_errors": getattr(billing, "background_errors", lambda: {})(),

@@ -95,7 +95,7 @@ PRIMARY_PAUSE = Scenario(
     "primary-pause",
     "SIGSTOP on the primary for 6 s (a stuck process, a long GC-like stall), then SIGCONT.",
     (_fault(6, "pause", node="r1"), _fault(12, "resume", node="r1"),
-     _op(20, "fix_config", node="r1")),  # fmt: skip
+     _op(20, "fix_config", node="r1")),
     duration_s=30,
 )
 

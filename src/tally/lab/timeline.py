@@ -250,12 +250,14 @@ class Operator:
         with contextlib.closing(self.rig.client(primary, socket_timeout=1.0, db=BALLAST_DB)) as c:
             i = 0
             while time.monotonic() < end and not self.stop.is_set():
-                with contextlib.suppress(redis.RedisError, OSError):
-                    with c.pipeline(transaction=False) as pipe:
-                        for _ in range(max(1, per_s // 10)):
-                            i += 1
-                            pipe.set(f"lab:load:{i % 20_000}", value)
-                        pipe.execute()
+                with (
+                    contextlib.suppress(redis.RedisError, OSError),
+                    c.pipeline(transaction=False) as pipe,
+                ):
+                    for _ in range(max(1, per_s // 10)):
+                        i += 1
+                        pipe.set(f"lab:load:{i % 20_000}", value)
+                    pipe.execute()
                 self.stop.wait(0.1)
 
     def join_load(self) -> None:
@@ -301,7 +303,7 @@ class Timeline:
         try:
             event["detail"] = self.operator.run(step.action, step.args)
             event["ok"] = True
-        except Exception as exc:  # noqa: BLE001 - a failed action is recorded, the run goes on
+        except Exception as exc:
             event["ok"] = False
             event["detail"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         event["took_ms"] = int((time.monotonic() - began) * 1000)

@@ -172,7 +172,7 @@ class Workload:
                 type_, outcome = self.billing.debit(tid, account, amount)
             else:
                 type_, outcome = self.billing.top_up(tid, account, amount)
-        except Exception as exc:  # noqa: BLE001 - the billing adapters classify; this is a bug net
+        except Exception as exc:
             completion: Completion = ("info", {"error": type(exc).__name__, "message": str(exc)[:200]})
             type_, outcome = completion
         self.history.complete(op, type_, f, process, outcome)

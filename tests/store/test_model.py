@@ -26,10 +26,20 @@ ops = st.lists(
 batching = st.lists(st.integers(min_value=1, max_value=8), min_size=1, max_size=40)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(operations=ops, cuts=batching, statuses=st.lists(st.sampled_from(list(AccountStatus)), min_size=3, max_size=3))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    operations=ops,
+    cuts=batching,
+    statuses=st.lists(st.sampled_from(list(AccountStatus)), min_size=3, max_size=3),
+)
 def test_random_operations_match_the_reference_model(
-    store: RedisStore, layout: KeyLayout, operations: list, cuts: list[int], statuses: list[AccountStatus]
+    store: RedisStore,
+    layout: KeyLayout,
+    operations: list,
+    cuts: list[int],
+    statuses: list[AccountStatus],
 ) -> None:
     store.client.flushall()
     stamp_epoch(store.client, layout)
@@ -52,7 +62,9 @@ def test_random_operations_match_the_reference_model(
 
 
 # -- auto-recharge extension: the debit that crosses the threshold opens one recharge ------------
-thresholds = st.lists(st.one_of(st.none(), st.integers(min_value=-10, max_value=40)), min_size=3, max_size=3)
+thresholds = st.lists(
+    st.one_of(st.none(), st.integers(min_value=-10, max_value=40)), min_size=3, max_size=3
+)
 marker_ops = st.lists(
     st.tuples(
         st.sampled_from(["rule", "close", "open"]),
@@ -63,11 +75,17 @@ marker_ops = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(operations=ops, cuts=batching, limits=thresholds, markers=marker_ops)
 def test_recharge_openings_and_markers_match_the_reference_model(
-    store: RedisStore, layout: KeyLayout, operations: list, cuts: list[int],
-    limits: list[int | None], markers: list[tuple[str, str, str]],
+    store: RedisStore,
+    layout: KeyLayout,
+    operations: list,
+    cuts: list[int],
+    limits: list[int | None],
+    markers: list[tuple[str, str, str]],
 ) -> None:
     store.client.flushall()
     stamp_epoch(store.client, layout)
@@ -120,8 +138,12 @@ def test_a_debit_below_the_threshold_opens_exactly_one_recharge_and_journals_it(
     journal = store.client.xrange(layout.journal(layout.shard_of("acme")))
     lines = [line for _, f in journal for line in f[b"d"].decode().split("\n")]
     opened = [line for line in lines if line.count("|") == 8]
-    assert len(opened) == 1 and opened[0].startswith("u2|d|acme|200|") and opened[0].endswith(
-        "|" + recharge_id_for("u2")
+    assert (
+        len(opened) == 1
+        and opened[0].startswith("u2|d|acme|200|")
+        and opened[0].endswith("|" + recharge_id_for("u2"))
     )
     assert store.recharge_marker("acme", "close", recharge_id_for("u2")).code == 0
-    assert store.apply([("u4", "d", "acme", 10, "")]).results[0].recharge_id == recharge_id_for("u4")
+    assert store.apply([("u4", "d", "acme", 10, "")]).results[0].recharge_id == recharge_id_for(
+        "u4"
+    )

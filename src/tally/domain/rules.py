@@ -43,7 +43,9 @@ class Books:
     records: dict[str, Record] = field(default_factory=dict)
 
 
-def _replay(rec: Record, kind: str, account_id: str, amount: int, currency: str) -> tuple[Result, int | None]:
+def _replay(
+    rec: Record, kind: str, account_id: str, amount: int, currency: str
+) -> tuple[Result, int | None]:
     if rec.kind != kind:
         return Result.exists_with_different_kind, None
     if rec.account_id != account_id:

@@ -63,7 +63,12 @@ class FakeStore:
         out: dict[str, AccountState | None] = {}
         for aid in account_ids:
             book = self.books.accounts.get(aid)
-            out[aid] = None if book is None else AccountState(
-                Account(aid, book.currency, book.credit_limit_minor, book.status), book.balance_minor
+            out[aid] = (
+                None
+                if book is None
+                else AccountState(
+                    Account(aid, book.currency, book.credit_limit_minor, book.status),
+                    book.balance_minor,
+                )
             )
         return out

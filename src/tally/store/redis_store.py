@@ -145,7 +145,9 @@ class RedisStore:
         missing = [i for i, r in enumerate(replies) if is_noscript(r)]
         if missing:
             if reloaded:
-                raise StoreError("scripts vanished right after loading; is something flushing them?")
+                raise StoreError(
+                    "scripts vanished right after loading; is something flushing them?"
+                )
             self.load_scripts()
             rerun = self._run([calls[i] for i in missing], reloaded=True)
             for i, reply in zip(missing, rerun, strict=True):
@@ -203,7 +205,9 @@ class RedisStore:
     ) -> Iterator[_Call]:
         for shard, indexes in by_shard.items():
             for start in range(0, len(indexes), SCRIPT_BATCH_MAX):
-                yield self._call(shard, indexes[start : start + SCRIPT_BATCH_MAX], transfers, now_ms)
+                yield self._call(
+                    shard, indexes[start : start + SCRIPT_BATCH_MAX], transfers, now_ms
+                )
 
     def _call(
         self, shard: int, chunk: list[int], transfers: Sequence[RawTransfer], now_ms: int
@@ -228,7 +232,11 @@ class RedisStore:
         keys += [tx_keys[x] for x in tx_index]
         keys += [prefix + aid for aid in account_index]
         args: list[str | int] = [
-            self._epoch_value, self.epoch_id, now_ms, len(tx_index), len(account_index)
+            self._epoch_value,
+            self.epoch_id,
+            now_ms,
+            len(tx_index),
+            len(account_index),
         ]
         args += account_index
         args += body
@@ -264,7 +272,9 @@ class RedisStore:
 
     def _wait(self) -> int:
         try:
-            return int(self.client.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms))
+            return int(
+                self.client.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            )
         except redis.RedisError as exc:
             raise translate(exc, sent=True) from exc
 

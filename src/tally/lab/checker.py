@@ -324,7 +324,7 @@ def _currency_of(a: Artefacts, account_id: str) -> str:
     if account_id.startswith("@") and ":" in account_id:
         return account_id.rsplit(":", 1)[1]
     hashed = (a.store.get("accounts") or {}).get(account_id) or {}
-    return hashed.get("cur") or a.setup.get("currency", "USD")
+    return str(hashed.get("cur") or a.setup.get("currency", "USD"))
 
 
 def drifted_accounts(a: Artefacts) -> list[tuple[str, int | None, int | None]]:

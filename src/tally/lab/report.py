@@ -107,9 +107,9 @@ def plots(run_dir: Path) -> str:
     s = series(run_dir)
     end, marks = s["end"], s["marks"]
     bins = range(0, int(end) + 1)
-    thr = [(k, [(b, float(s["counts"][k].get(b, 0))) for b in bins], COLOURS[k])
+    thr = [(k, [(float(b), float(s["counts"][k].get(b, 0))) for b in bins], COLOURS[k])
            for k in ("ok", "fail", "info")]  # fmt: skip
-    lat = [("p99 ms (log)", [(b, v) for b, v in s["lat"].items()], COLOURS["lat"])]
+    lat = [("p99 ms (log)", [(float(b), v) for b, v in s["lat"].items()], COLOURS["lat"])]
     rep = [("replica links up", [(t, float(u)) for t, u, _ in s["links"]], COLOURS["up"]),
            ("primaries with epoch", [(t, float(p)) for t, _, p in s["links"]], "#777")]  # fmt: skip
     sync = [("full syncs", [(t, float(f)) for t, f, _ in s["syncs"]], COLOURS["full"]),

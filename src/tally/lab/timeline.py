@@ -42,6 +42,7 @@ import redis
 from tally.lab.billing import BillingSystem
 from tally.lab.history import now_ms
 from tally.lab.rig import BALLAST_DB, Rig
+from tally.ops.cluster.procs import command
 from tally.ops.node import ConfigValue
 
 STEPS_MAX = 100
@@ -196,7 +197,7 @@ class Operator:
             return " (no replica to restore from: restarted with what it had)"
         src = self.rig.nodes[source]
         with contextlib.closing(src.client(socket_timeout=RESTORE_SAVE_TIMEOUT_S)) as c:
-            c.execute_command("SAVE")
+            command(c, "SAVE")
         handle.resume()
         handle.stop(save=False)
         shutil.copyfile(src.node.dir / "dump.rdb", handle.node.dir / "dump.rdb")

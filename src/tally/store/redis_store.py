@@ -117,8 +117,15 @@ class RedisStore:
         try:
             for call in calls:
                 name, keys, args = call
-                packed = hiredis.pack_command(("EVALSHA", self._sha[name], len(keys), *keys, *args))
-                conn.send_packed_command([packed], check_health=False)
+                command: tuple[str | int, ...] = (
+                    "EVALSHA",
+                    self._sha[name],
+                    len(keys),
+                    *keys,
+                    *args,
+                )
+                packed = hiredis.pack_command(command)  # type: ignore[arg-type]  # stub wants 1-tuple
+                conn.send_packed_command([packed], check_health=False)  # type: ignore[no-untyped-call]
                 sent_calls.append(call)
             replies: list[object] = []
             for _ in sent_calls:
@@ -127,10 +134,10 @@ class RedisStore:
                 except redis.ResponseError as exc:
                     replies.append(exc)
         except redis.RedisError as exc:
-            conn.disconnect()
+            conn.disconnect()  # type: ignore[no-untyped-call]
             raise translate(exc, sent=bool(sent_calls)) from exc
         except BaseException:
-            conn.disconnect()
+            conn.disconnect()  # type: ignore[no-untyped-call]
             raise
         finally:
             pool.release(conn)
@@ -142,7 +149,7 @@ class RedisStore:
         replies: list[object],
         reloaded: bool,
     ) -> list[object]:
-        missing = [i for i, r in enumerate(replies) if is_noscript(r)]
+        missing = [i for i, r in enumerate(replies) if isinstance(r, Exception) and is_noscript(r)]
         if missing:
             if reloaded:
                 raise StoreError(
@@ -272,9 +279,10 @@ class RedisStore:
 
     def _wait(self) -> int:
         try:
-            return int(
-                self.client.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            acked = self.client.execute_command(  # type: ignore[no-untyped-call]
+                "WAIT", self.wait_replicas, self.wait_timeout_ms
             )
+            return int(acked)
         except redis.RedisError as exc:
             raise translate(exc, sent=True) from exc
 
@@ -314,7 +322,7 @@ class RedisStore:
         by_shard: dict[int, list[str]] = {}
         for aid in ids:
             by_shard.setdefault(self.layout.shard_of(aid), []).append(aid)
-        calls = []
+        calls: list[tuple[str, list[str], list[str | int]]] = []
         for shard, group in by_shard.items():
             keys = [self.layout.epoch(shard)] + [self.layout.account(shard, a) for a in group]
             calls.append(("read", keys, [self._epoch_value]))

@@ -93,15 +93,36 @@ class Operator:
         primary_dc = self.rig.topology.primary.dc
         for dc in self.rig.remote_dcs():
             self.rig.cluster.partition(primary_dc, dc, mode=mode)
-        return f"{primary_dc} cut from {', '.join(self.rig.remote_dcs())} ({mode})"
+        cut = self._block_replication(True)
+        return f"{primary_dc} cut from {', '.join(self.rig.remote_dcs())} ({mode}); {cut}"
 
     def do_isolate(self, dc: str, mode: str = "refuse") -> str:
         self.rig.cluster.isolate(dc, mode=mode)
-        return f"{dc} isolated ({mode})"
+        cut = self._block_replication(True) if dc == self.rig.topology.primary.dc else ""
+        return f"{dc} isolated ({mode}) {cut}".strip()
 
     def do_heal(self) -> str:
         self.rig.cluster.heal_all()
-        return "every link healed"
+        return f"every link healed; {self._block_replication(False)}"
+
+    def _block_replication(self, block: bool) -> str:
+        """Sentinel rewires replicas to the primary's real address (+fix-slave-config: it
+        cannot see through the proxies, see tally.ops.cluster), so in the hardened profile the
+        replication links bypass the fault proxies. So the primary itself also refuses
+        replication during a partition: its replica connections are closed and SYNC/PSYNC
+        answer NOPERM until the heal; replicas see their primary gone, exactly as through a
+        refused link. Done in both profiles alike."""
+        primary = self.rig.topology.primary.name
+        rules = ("-sync", "-psync") if block else ("+sync", "+psync")
+        handle = self.rig.nodes[primary]
+        try:
+            with contextlib.closing(handle.client(socket_timeout=2.0)) as c:
+                command(c, "ACL", "SETUSER", "default", *rules)
+                if block:
+                    command(c, "CLIENT", "KILL", "TYPE", "replica")
+        except (redis.RedisError, OSError) as exc:
+            return f"replication {'block' if block else 'unblock'} on {primary} failed: {exc}"
+        return f"replication on {primary} {'refused' if block else 'allowed'}"
 
     def do_link_bandwidth(self, dc: str, rate_bytes_s: int) -> str:
         rate = rate_bytes_s or self.rig.spec.wan_bytes_per_s
@@ -167,10 +188,10 @@ class Operator:
             self._restart_with(handle, original, save=False)
             return f"{node}: config fixed, rejoined {other} as a replica"
         restored = ""
-        if self._aof_dir_lost(handle) or original.get("appendonly") != "yes":
-            restored = self._restore_from_replica(node)
-        else:
+        if original.get("appendonly") == "yes":  # hardened: the original AOF is intact on disk
             self._restart_with(handle, original, save=False)
+        else:  # 2013: dump.rdb may hold anything by now; the replicas hold the data
+            restored = self._restore_from_replica(node)
         return f"{node}: config fixed{restored}; role {handle.live_role()}"
 
     def _restart_with(self, handle: Any, directives: dict[str, ConfigValue], *, save: bool) -> None:
@@ -184,9 +205,6 @@ class Operator:
             if name != node and handle.is_running() and handle.live_role() == "master":
                 return name
         return None
-
-    def _aof_dir_lost(self, handle: Any) -> bool:
-        return False  # the original AOF (hardened) is still on disk: restarting loads it
 
     def _restore_from_replica(self, node: str) -> str:
         """The 2013 repair: the freshest replica's snapshot becomes the primary's dump.rdb."""

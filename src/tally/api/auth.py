@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -57,8 +58,8 @@ def _unauthenticated(detail: str) -> Problem:
 
 async def authenticate(
     request: Request,
-    bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
-    header_key: str | None = Depends(_header),
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    header_key: Annotated[str | None, Depends(_header)],
 ) -> ApiKey:
     key = bearer.credentials if bearer is not None else header_key
     if not key:
@@ -78,8 +79,8 @@ async def authenticate(
     return found
 
 
-def require(scope: Scope) -> Callable[..., ApiKey]:
-    async def check(key: ApiKey = Depends(authenticate)) -> ApiKey:
+def require(scope: Scope) -> Callable[..., Awaitable[ApiKey]]:
+    async def check(key: Annotated[ApiKey, Depends(authenticate)]) -> ApiKey:
         if scope is Scope.admin and key.scope is not Scope.admin:
             raise Problem(403, "forbidden", "this operation needs an admin key")
         return key

@@ -55,10 +55,9 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > self.cap:
-                    await self._refuse(scope, send)
-                    return
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.cap):
+                await self._refuse(scope, send)
+                return
         seen = 0
         started = False
 

@@ -4,7 +4,7 @@ exist so malformed input is refused with a precise problem before anything runs.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 
@@ -17,7 +17,10 @@ BATCH_ITEMS_MAX = 1000
 Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_LEN_MAX, pattern=ID_PATTERN)]
 AmountMinor = Annotated[StrictInt, Field(gt=0, le=AMOUNT_MINOR_MAX)]
 LimitMinor = Annotated[StrictInt, Field(ge=0, le=BALANCE_MINOR_MAX)]
-Currency = Literal[tuple(sorted(CURRENCY_EXPONENTS))]  # type: ignore[valid-type]
+if TYPE_CHECKING:
+    Currency = str
+else:
+    Currency = Literal[tuple(sorted(CURRENCY_EXPONENTS))]
 
 
 class Strict(BaseModel):

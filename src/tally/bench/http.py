@@ -154,19 +154,20 @@ def _batch(api: httpx.Client, ids: list[str], cfg: HttpBenchConfig) -> dict[str,
 
 
 def run(cfg: HttpBenchConfig, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    from tally.bench.machine import describe  # noqa: PLC0415
+    from tally.bench.machine import describe
 
     ids = [f"acct-{i}" for i in range(cfg.accounts)]
     with tempfile.TemporaryDirectory(prefix="tally-bench-http-") as tmp:
         progress("starting tally serve (embedded)")
-        with _served(Path(tmp) / "home") as (url, key):
-            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60, trust_env=False) as api:
-                progress(f"funding {cfg.accounts} accounts")
-                _fund(api, ids)
-                progress(f"POST /v1/debits x {cfg.debits}, {cfg.concurrency} in flight")
-                single = asyncio.run(_single(url, key, ids, cfg))
-                progress(f"POST /v1/debits/batch x {cfg.batch_requests} ({cfg.batch_size} each)")
-                batch = _batch(api, ids, cfg)
+        with _served(Path(tmp) / "home") as (url, key), httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60, trust_env=False
+        ) as api:
+            progress(f"funding {cfg.accounts} accounts")
+            _fund(api, ids)
+            progress(f"POST /v1/debits x {cfg.debits}, {cfg.concurrency} in flight")
+            single = asyncio.run(_single(url, key, ids, cfg))
+            progress(f"POST /v1/debits/batch x {cfg.batch_requests} ({cfg.batch_size} each)")
+            batch = _batch(api, ids, cfg)
     return {
         "config": asdict(cfg),
         "machine": describe(),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
 from tally.cli.context import settings_from
@@ -10,9 +13,11 @@ from tally.ledger.sql_api_keys import ApiKeyStore
 from tally.ledger.sql_ledger import SqlLedger
 
 
-def _options(func):  # type: ignore[no-untyped-def]
+def _options(func: F) -> F:
     func = click.option("--home", envvar="TALLY_HOME", help="Local state dir (default ./.tally).")(func)
     return click.option("--ledger-url", envvar="TALLY_LEDGER_URL", help="sqlite:///... or postgresql://...")(func)
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group()

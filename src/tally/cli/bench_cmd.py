@@ -31,7 +31,7 @@ def bench() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def debits(accounts: int, batch_debits: int, single_debits: int, postgres_url: str, no_postgres: bool, as_json: bool) -> None:
     """The library path: tally batch and single debits vs raw Redis vs a PostgreSQL peer."""
-    from tally.bench.debits import BenchConfig, run  # noqa: PLC0415
+    from tally.bench.debits import BenchConfig, run
 
     cfg = BenchConfig(
         accounts=accounts,
@@ -58,7 +58,7 @@ def debits(accounts: int, batch_debits: int, single_debits: int, postgres_url: s
 def http(count: int, concurrency: int, accounts: int, batch_requests: int, seconds_max: float, as_json: bool) -> None:
     """The HTTP path: POST /v1/debits at a stated concurrency, and /v1/debits/batch, against a
     `tally serve` started for the run on loopback."""
-    from tally.bench.http import HttpBenchConfig, run  # noqa: PLC0415
+    from tally.bench.http import HttpBenchConfig, run
 
     cfg = HttpBenchConfig(
         accounts=accounts,

@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 from tally.cli.local_cmd import LOCAL_DIRECTIVES
@@ -48,7 +49,7 @@ def _previous_port(home: Path) -> int:
 
 def embedded_node(home: Path, *, port: int = 0) -> RedisNode:
     """Not started yet. Dies with this process (PR_SET_PDEATHSIG): a crash leaves no orphan."""
-    directives = dict(LOCAL_DIRECTIVES)
+    directives: dict[str, str | int | Sequence[str]] = dict(LOCAL_DIRECTIVES)
     directives["repl-backlog-size"] = "64mb"
     return RedisNode(
         name="local",

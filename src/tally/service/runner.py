@@ -140,9 +140,9 @@ class Service:
             self.say(f"redis-server {self.node.binary.version_text} (embedded) on 127.0.0.1:{self.node.port}")  # type: ignore[union-attr]
         settings = Settings.resolve(redis_url=redis_url, ledger_url=opts.ledger_url, home=str(opts.home))
         self.say(f"ledger {_safe(settings.ledger_url)}")
+        self._preflight(settings)  # before anything is written to the store
         prepare_store(settings, rebuild_if_lost=opts.rebuild_if_lost, say=self.say)
         self.dep = open_deployment(settings)
-        self._preflight()
         self.dep.store.load_scripts()
         if self.dep.ledger.count_unsettled_credit_intents():
             self.say(f"re-applied {reapply_credits(self.dep)} pending credit(s)")
@@ -161,11 +161,12 @@ class Service:
         for worker in self.workers:
             worker.start()
 
-    def _preflight(self) -> None:
-        if not self.options.preflight or self.options.redis_url is not None and self.options.redis_url.startswith("sentinel://"):
+    def _preflight(self, settings: Settings) -> None:
+        url = settings.require_redis_url()
+        if not self.options.preflight or url.startswith("sentinel://"):
             return
-        assert self.dep is not None
-        findings = check_live(self.dep.client, role="primary")
+        with contextlib.closing(redis_client(url, settings)) as client:
+            findings = check_live(client, role="primary")
         for f in findings:
             if f.severity is not Severity.INFO:
                 self.say(f"preflight {f.rule_id} {f.severity.value}: {f.title}")
@@ -313,7 +314,7 @@ def _quiet_signals() -> dict[int, Any]:
     def noted(sig: int, _frame: FrameType | None) -> None:
         log.info("signal %d: stopping", sig)
 
-    previous = {}
+    previous: dict[int, Any] = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, noted)
     return previous

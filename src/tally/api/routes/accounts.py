@@ -48,8 +48,10 @@ def _read(request: Request, account_id: str) -> dict[str, Any]:
     name="account_create",
     status_code=201,
     response_model=AccountOut,
-    responses={200: {"model": AccountOut, "description": "already exists, same definition"}}
-    | problems(409),
+    responses={
+        **problems(409),
+        200: {"model": AccountOut, "description": "already exists, same definition"},
+    },
 )
 def create_account(body: AccountCreate, request: Request) -> JSONResponse:
     """Create an account (prepaid unless ``credit_limit_minor`` > 0). Creating it again with the

@@ -48,6 +48,8 @@ def test_readiness_flips_when_the_primary_hangs_or_dies_and_returns_when_it_is_b
         assert int(served.local_state()["pid"]) != pid
         assert api.post("/v1/debits", json=debit).json() == first.json()  # the replay survived
         assert api.get("/v1/accounts/alice").json()["balance_minor"] == 900
+    assert served.stop() == 0
+    assert "drained=" in served.output() and "final drain incomplete" not in served.output()
 
 
 def test_a_wiped_primary_is_store_lost_until_a_rebuild_restores_it_from_the_ledger(served: Served) -> None:

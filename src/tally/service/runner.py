@@ -268,20 +268,29 @@ class Service:
         summary: dict[str, Any] = {}
         if self.probe is not None:
             self.probe.stopping.set()
-        for worker in self.workers:
-            if not worker.stop(WORKER_STOP_S):
-                log.error("worker %s did not stop within %ss", worker.name, WORKER_STOP_S)
+        # The supervisor stops last: a redis-server it restarted dies with the thread that
+        # started it (PR_SET_PDEATHSIG is per thread), and the final drain still needs it.
+        ordered = sorted(self.workers, key=lambda w: w.name == "supervisor")
+        for worker in ordered[:-1] if self.node is not None else ordered:
+            self._stop_worker(worker)
         if self.dep is not None:
             summary.update(self._final_drain())
             self._stop_store(summary)
             with contextlib.suppress(Exception):
                 self.dep.close()
+        if self.node is not None and ordered:
+            self._stop_worker(ordered[-1])
         if self.simulator is not None:
             self.simulator.stop()
         if self.node is not None:
             self.node.stop(save=summary.get("epoch_valid", False))
             embedded.forget(self.options.home)
         return summary
+
+    @staticmethod
+    def _stop_worker(worker: Worker) -> None:
+        if not worker.stop(WORKER_STOP_S):
+            log.error("worker %s did not stop within %ss", worker.name, WORKER_STOP_S)
 
     def _final_drain(self) -> dict[str, Any]:
         if self.drain_service_or_none() is None:

@@ -110,3 +110,14 @@ def test_the_same_id_twice_in_one_batch_is_applied_once(store: RedisStore) -> No
 def test_account_upsert_never_changes_the_currency(store: RedisStore) -> None:
     open_account(store, "alice", "USD")
     assert store.upsert_account(Account("alice", "EUR")) is Result.currency_mismatch
+
+
+@pytest.mark.parametrize("amount_text", ["1.0", "007", "1e3", "-5", "0"])
+def test_the_script_itself_refuses_non_canonical_amounts_unrecorded(store: RedisStore, amount_text: str) -> None:
+    """Defence in depth below the Python validation: what the script stores must be exact."""
+    open_account(store, "alice")
+    one(store, "top", "c", "alice", 100)
+    r = one(store, "odd", "d", "alice", amount_text)  # type: ignore[arg-type]
+    assert (r.result, r.replayed) == (Result.amount_invalid, False)
+    assert store.client.hget(store.layout.tx_for("odd"), "odd") is None
+    assert store.read_accounts(["alice"])["alice"].balance_minor == 100  # type: ignore[union-attr]

@@ -13,6 +13,8 @@ Columns and their durability:
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import random
 import statistics
 import tempfile
@@ -22,11 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tally.billing.engine import Engine
 from tally.domain.accounts import Account
+from tally.ledger.rebuild import init_store
+from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.node import RedisNode
-from tally.store.epoch import stamp_epoch
 from tally.store.keys import KeyLayout
-from tally.store.redis_store import RawTransfer, RedisStore
+from tally.store.redis_store import RedisStore
 
 BENCH_DIRECTIVES: dict[str, str | int | list[str]] = {
     "appendonly": "yes",
@@ -77,19 +81,24 @@ def _fund(store: RedisStore, ids: list[str]) -> None:
         store.apply([(f"fund-{a}", "c", a, FUNDS_MINOR, "USD") for a in ids[start : start + 5000]])
 
 
+def zipf_picker(ids: list[str], rng: random.Random, s: float = 1.1) -> Callable[[], str]:
+    weights = list(itertools.accumulate(1 / (rank + 1) ** s for rank in range(len(ids))))
+    total = weights[-1]
+    return lambda: ids[bisect.bisect(weights, rng.random() * total)]
+
+
 def bench_tally_batch(
-    store: RedisStore, ids: list[str], cfg: BenchConfig, rng: random.Random
+    engine: Engine, pick: Callable[[], str], cfg: BenchConfig
 ) -> dict[str, object]:
-    run = uuid.uuid4().hex[:8]
-    batches = []
-    for b in range(cfg.batch_debits // cfg.batch_size):
-        batches.append(
-            [(f"b{run}-{b}-{i}", "d", rng.choice(ids), 1, "") for i in range(cfg.batch_size)]
-        )
+    run_id = uuid.uuid4().hex[:8]
+    batches = [
+        [(f"b{run_id}-{b}-{i}", pick(), 1) for i in range(cfg.batch_size)]
+        for b in range(cfg.batch_debits // cfg.batch_size)
+    ]
     start = time.perf_counter()
     ok = 0
     for batch in batches:
-        ok += sum(r.result == 0 for r in store.apply(batch).results)
+        ok += sum(r.result == 0 for r in engine.debit_many(batch).results)
     elapsed = time.perf_counter() - start
     total = len(batches) * cfg.batch_size
     return {
@@ -102,15 +111,15 @@ def bench_tally_batch(
 
 
 def bench_tally_single(
-    store: RedisStore, ids: list[str], cfg: BenchConfig, rng: random.Random
+    engine: Engine, ids: list[str], cfg: BenchConfig, rng: random.Random
 ) -> dict[str, object]:
-    run = uuid.uuid4().hex[:8]
+    run_id = uuid.uuid4().hex[:8]
     latencies_us: list[float] = []
     start = time.perf_counter()
     for i in range(cfg.single_debits):
-        t: RawTransfer = (f"s{run}-{i}", "d", rng.choice(ids), 1, "")
+        tid, aid = f"s{run_id}-{i}", rng.choice(ids)
         t0 = time.perf_counter()
-        store.apply([t])
+        engine.debit(tid, aid, 1)
         latencies_us.append((time.perf_counter() - t0) * 1e6)
     elapsed = time.perf_counter() - start
     return {
@@ -208,19 +217,24 @@ def run(cfg: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> B
     ids = [f"acct-{i}" for i in range(cfg.accounts)]
     with tempfile.TemporaryDirectory(prefix="tally-bench-") as tmp:
         node = RedisNode(name="bench", dir=Path(tmp) / "redis", directives=dict(BENCH_DIRECTIVES))
-        with node:
+        with node, SqlLedger.open(f"sqlite:///{tmp}/ledger.sqlite3") as ledger:
             layout = KeyLayout()
             client = node.client(socket_timeout=60)
-            stamp_epoch(client, layout, "E-bench")
-            store = RedisStore(client, layout, "E-bench")
+            epoch = init_store(client, layout, ledger)
+            store = RedisStore(client, layout, epoch.epoch_id)
             store.load_scripts()
+            engine = Engine(store, ledger)
             progress(f"funding {cfg.accounts} accounts")
             _fund(store, ids)
             result = BenchResult(cfg, describe(), node.binary.version_text)  # type: ignore[union-attr]
-            progress("tally debit_many")
-            result.rows["tally_batch"] = bench_tally_batch(store, ids, cfg, rng)
+            progress("tally debit_many, uniform accounts")
+            result.rows["tally_batch"] = bench_tally_batch(engine, lambda: rng.choice(ids), cfg)
+            progress("tally debit_many, skewed accounts")
+            result.rows["tally_batch_skewed"] = bench_tally_batch(
+                engine, zipf_picker(ids, rng), cfg
+            )
             progress("tally single debit")
-            result.rows["tally_single"] = bench_tally_single(store, ids, cfg, rng)
+            result.rows["tally_single"] = bench_tally_single(engine, ids, cfg, rng)
             progress("raw Redis ceiling")
             result.rows["raw_redis"] = bench_raw_redis(node, ids, cfg, rng)
             client.close()

@@ -69,10 +69,11 @@ local function replay(rec, kind, aid, amt, cur)
   return tonumber(rcode), (rbal ~= '' and tonumber(rbal)) or false
 end
 
-local function apply(a, kind, amt, cur)
+local function apply(a, kind, amt, amt_text, cur)
   if not a then return 8 end
   if cur ~= '' and a.cur ~= cur then return 10 end
-  if amt == nil or amt < 1 or amt > @AMOUNT_MAX@ or amt ~= math.floor(amt) then return 11 end
+  -- canonical integer text only ("1.0", "007", "1e3" refused): it is stored as sent
+  if amt == nil or amt > @AMOUNT_MAX@ or not string.find(amt_text, '^[1-9]%d*$') then return 11 end
   if kind == 'd' then
     if a.st ~= 'a' then return 9 end
     if a.bal - amt < -a.lim then return 7 end
@@ -91,7 +92,8 @@ local recs, lines, seen, opened = {}, {}, {}, {}
 for i = 1, n do
   local o = base + (i - 1) * 6
   local tid, kind, ai = ARGV[o + 1], ARGV[o + 2], tonumber(ARGV[o + 3])
-  local amt, cur, x = tonumber(ARGV[o + 4]), ARGV[o + 5], tonumber(ARGV[o + 6])
+  local amt_text, cur, x = ARGV[o + 4], ARGV[o + 5], tonumber(ARGV[o + 6])
+  local amt = tonumber(amt_text)
   local aid = ARGV[5 + ai]
   local rec = seen[tid] or prior[i]
   if rec then
@@ -99,11 +101,11 @@ for i = 1, n do
     out[#out + 1] = code; out[#out + 1] = bal; out[#out + 1] = 1
   else
     local a = load(ai)
-    local code = apply(a, kind, amt, cur)
+    local code = apply(a, kind, amt, amt_text, cur)
     local bal = a and a.bal or false
     out[#out + 1] = code; out[#out + 1] = bal; out[#out + 1] = 0
     if code ~= 11 then
-      local r = kind .. '|' .. aid .. '|' .. string.format('%d', amt) .. '|' ..
+      local r = kind .. '|' .. aid .. '|' .. amt_text .. '|' ..
         ((a and a.cur) or cur) .. '|' .. code .. '|' .. (bal and string.format('%d', bal) or '')
       seen[tid] = r
       local rx = recs[x]

@@ -30,3 +30,10 @@ def test_paused_node_is_resumed_by_stop(tmp_path: Path) -> None:
     node.pause()
     node.stop(timeout_s=1)
     assert orphan_pids(str(tmp_path)) == []
+
+
+def test_a_node_in_a_relative_dir_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with RedisNode(name="rel", dir=Path(".tally/redis")) as node:
+        assert node.client().ping()
+        assert (tmp_path / ".tally" / "redis" / "redis.log").exists()

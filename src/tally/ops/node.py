@@ -68,7 +68,8 @@ class RedisNode:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.dir = Path(self.dir)
+        # Absolute: redis-server chdirs into `dir` and then resolves `logfile` from there.
+        self.dir = Path(self.dir).absolute()
         self.binary = self.binary or find_redis_server()
         if self.port == 0:
             self.port = free_port(self.host)

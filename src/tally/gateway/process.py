@@ -90,7 +90,9 @@ class SimulatorProcess:
                     stdout=log,
                     stderr=log,
                     preexec_fn=_die_with_parent if self.die_with_parent else None,
-                    start_new_session=not self.die_with_parent,
+                    # Own process group always: a terminal's Ctrl-C must reach tally, which then
+                    # drains and stops its children in order; PDEATHSIG still ties them to tally.
+                    start_new_session=True,
                 )
             except OSError as exc:
                 raise ProcessError(f"cannot start the gateway simulator: {exc}") from exc

@@ -9,7 +9,9 @@ directory, each written by someone other than the billing code it judges:
     ledger.sqlite3  the ledger of record, read with plain SQL
     store.json      the final Redis state, read with SCAN/HGETALL by :func:`snapshot_store`
     monitor.jsonl   what the lab's sampler saw on every node (roles, links, sync counters,
-                    epoch keys, PING latency), see tally.lab.monitor
+                    epoch keys), see tally.lab.monitor
+    ping.jsonl      PING round trips to the primary, from a separate sampler process
+                    (tally.lab.pinger); read together with monitor.jsonl
     events.jsonl    the faults and operator actions, with their wall-clock times
     setup.json      the ground truth the workload was given: accounts, cards, which cards decline
 
@@ -191,7 +193,7 @@ class Artefacts:
             gateway=_jsonl(run_dir / "gateway.jsonl"),
             ledger=read_ledger(run_dir / "ledger.sqlite3"),
             store=json.loads(store_path.read_text()) if store_path.is_file() else {},
-            monitor=_jsonl(run_dir / "monitor.jsonl"),
+            monitor=_jsonl(run_dir / "monitor.jsonl") + _jsonl(run_dir / "ping.jsonl"),
             events=_jsonl(run_dir / "events.jsonl"),
             setup=json.loads(setup_path.read_text()) if setup_path.is_file() else {},
         )

@@ -11,6 +11,11 @@ not stall the others):
   that times out is recorded with its elapsed time (``timeout: true``), so an unresponsive
   primary shows as slow, not as missing.
 
+  Given a ``pinger`` (:class:`tally.lab.pinger.PingerProcess`, what the runner uses), the PINGs
+  run in that separate process instead of a thread here, writing ``ping.jsonl``: a PING timed
+  inside the busy lab process measures the GIL (2-6 ms of noise), not the primary. The monitor
+  then only tells the process which node is the primary, and always stops it.
+
 The sampler reads Redis as an observer; it never writes.
 """
 
@@ -27,6 +32,7 @@ from typing import Any, TextIO
 import redis
 
 from tally.lab.history import now_ms
+from tally.lab.pinger import PingerProcess
 
 NODE_PERIOD_S = 0.25
 PING_PERIOD_S = 0.02
@@ -46,6 +52,7 @@ class Monitor:
         epoch_keys: list[str],
         *,
         primary_hint: str = "r1",
+        pinger: PingerProcess | None = None,
     ) -> None:
         self.path = Path(path)
         self.node_names = list(node_names)
@@ -56,10 +63,14 @@ class Monitor:
         self._out: TextIO = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.pinger = pinger
         self._threads = [
-            threading.Thread(target=self._nodes_loop, name="lab-monitor-nodes", daemon=True),
-            threading.Thread(target=self._ping_loop, name="lab-monitor-ping", daemon=True),
+            threading.Thread(target=self._nodes_loop, name="lab-monitor-nodes", daemon=True)
         ]
+        if pinger is None:
+            self._threads.append(
+                threading.Thread(target=self._ping_loop, name="lab-monitor-ping", daemon=True)
+            )
         self._clients: dict[tuple[str, str], redis.Redis] = {}
         self.samples = 0
 
@@ -84,14 +95,26 @@ class Monitor:
 
     def start(self) -> Monitor:
         self.sample_nodes()
-        for thread in self._threads:
-            thread.start()
+        try:
+            if self.pinger is not None:
+                self.pinger.current = self.primary
+                self.pinger.start()
+            for thread in self._threads:
+                thread.start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        for thread in self._threads:
-            thread.join(10)
+        try:
+            for thread in self._threads:
+                if thread.is_alive():
+                    thread.join(10)
+        finally:
+            if self.pinger is not None:
+                self.pinger.stop()
         self.sample_nodes()
         with self._lock:
             self._out.close()
@@ -115,6 +138,8 @@ class Monitor:
         masters = [(n.get("epoch", 0), name) for name, n in nodes.items() if n["role"] == "master"]
         if masters:
             self.primary = max(masters)[1]
+            if self.pinger is not None:
+                self.pinger.target(self.primary)
         self._write({"t_ms": now_ms(), "kind": "nodes", "nodes": nodes})
         return nodes
 

@@ -33,7 +33,7 @@ def _esc(value: Any) -> str:
 def series(run_dir: Path) -> dict[str, Any]:
     """Per-second series from the run's raw files, relative to the first history entry."""
     history = _jsonl(run_dir / "history.jsonl")
-    monitor = _jsonl(run_dir / "monitor.jsonl")
+    monitor = _jsonl(run_dir / "monitor.jsonl") + _jsonl(run_dir / "ping.jsonl")
     events = _jsonl(run_dir / "events.jsonl")
     starts = [int(h["t_ms"]) for h in history if h["type"] == "invoke"]
     t0 = min(starts) if starts else min((int(m["t_ms"]) for m in monitor), default=0)

@@ -4,7 +4,9 @@ timeline together, settle, stop every process, check, report.
 Exit codes (the DESIGN.md lab contract): 0 every invariant held, 1 one was violated, 2 a usage or
 setup error (bad arguments, a process that would not start). The run directory holds
 report.json, report.html, history.jsonl, gateway.jsonl, ledger.sqlite3 and the raw material the
-checker read (monitor.jsonl, events.jsonl, store.json, setup.json).
+checker read (monitor.jsonl, ping.jsonl, events.jsonl, store.json, setup.json). Primary
+latency is sampled by a separate process (tally.lab.pinger) so the lab's own threads do not
+show in it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tally.lab import checker, report
 from tally.lab.billing import BillingSystem, make_billing
 from tally.lab.history import HistoryWriter
 from tally.lab.monitor import Monitor
+from tally.lab.pinger import PingerProcess
 from tally.lab.rig import LAB_PARAMS, NAMESPACE, SHARDS, Rig, RigSpec
 from tally.lab.scenarios import SCENARIOS, Scenario
 from tally.lab.timeline import EventLog, Operator, Timeline
@@ -41,8 +44,9 @@ BILLINGS = ("legacy", "tally")
 TIME_SCALE_MIN, TIME_SCALE_MAX = 0.1, 10.0
 PROGRESS_EVERY_S = 3.0
 FINAL_SYNC_S = 30.0
+PINGER_SLACK_S = 600.0  # the sampler process outlives the workload by at most this (settling)
 RUN_FILES = ("report.json", "report.html", "lab.log", "history.jsonl", "gateway.jsonl", "ledger.sqlite3",
-             "monitor.jsonl", "events.jsonl", "store.json", "setup.json")  # fmt: skip
+             "monitor.jsonl", "ping.jsonl", "events.jsonl", "store.json", "setup.json")  # fmt: skip
 VELOCITY_MAX_CHARGES = 30  # the issuers' rule: more succeeded charges than this per window decline
 VELOCITY_WINDOW_S = 600
 
@@ -202,9 +206,12 @@ def _drive(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, accounts: l
     timeline.on_step = lambda e: opts.progress(
         f"  t+{e['at_s']:5.1f}s {'FAULT' if e['fault'] else 'OPER '} {e['action']}: {e['detail']}"
     )
+    pinger = PingerProcess(out / "ping.jsonl", {n: h.address for n, h in rig.nodes.items()},
+                           rig.topology.primary.name, password=rig.nodes["r1"].node.password,
+                           seconds_max=duration_s + PINGER_SLACK_S)  # fmt: skip
     monitor = Monitor(out / "monitor.jsonl", list(rig.nodes),
                       lambda n, t: rig.client(n, socket_timeout=t, socket_connect_timeout=t),
-                      epoch_keys)  # fmt: skip
+                      epoch_keys, pinger=pinger)  # fmt: skip
     history = HistoryWriter(out / "history.jsonl")
     workload = Workload(billing, history, spec, accounts, opts.seed)
     settle: dict[str, Any] = {}

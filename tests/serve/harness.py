@@ -103,6 +103,13 @@ class Served:
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.local_state()["redis_url"], socket_timeout=5)
 
+    def gateway_url(self) -> str:
+        """The embedded gateway simulator's URL, as ``tally serve`` announced it."""
+        for line in self.output().splitlines():
+            if "gateway simulator (dev mode) at " in line:
+                return line.rsplit(" ", 1)[-1].strip()
+        raise AssertionError(f"tally serve announced no gateway simulator:\n{self.output()}")
+
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key or self.admin_key}"}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30.0, trust_env=False)

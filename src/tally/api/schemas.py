@@ -113,6 +113,73 @@ class TransfersPageOut(BaseModel):
     next_cursor: str | None = Field(description="pass as ?after= for the next page; null at the end")
 
 
+# -- auto-recharge ---------------------------------------------------------------------------
+BalanceMinor = Annotated[StrictInt, Field(ge=-BALANCE_MINOR_MAX, le=BALANCE_MINOR_MAX)]
+PositiveBalanceMinor = Annotated[StrictInt, Field(gt=0, le=BALANCE_MINOR_MAX)]
+
+
+class RechargeRuleIn(Strict):
+    card_id: Id
+    threshold_minor: BalanceMinor = Field(description="recharge when the balance falls below")
+    target_minor: BalanceMinor | None = Field(None, description="top the balance up to this ...")
+    fixed_minor: AmountMinor | None = Field(None, description="... or charge this each time")
+    daily_cap_minor: PositiveBalanceMinor = Field(description="most charged in 24 hours")
+    declines_max: Annotated[StrictInt, Field(ge=1, le=100)] = 3
+
+
+class RechargeRuleOut(BaseModel):
+    account_id: str
+    card_id: str
+    threshold_minor: int
+    target_minor: int | None
+    fixed_minor: int | None
+    daily_cap_minor: int
+    declines_max: int
+    autopay: bool
+    consecutive_declines: int
+    disabled_reason: str | None
+
+
+class RechargeOut(BaseModel):
+    id: str
+    account_id: str
+    phase: str = Field(description="opened, intent, charge_unknown, charged, credited, ...")
+    finished: bool
+    currency: str
+    amount_minor: int | None
+    card_id: str | None
+    charge_id: str | None
+    attempts: int
+    balance_at_open_minor: int
+    wait_reason: str | None = Field(description="why it waits (frozen, store health, circuit)")
+    outcome_reason: str | None
+    opened_at_ms: int
+    updated_at_ms: int
+    finished_at_ms: int | None
+
+
+class RechargesPage(BaseModel):
+    items: list[RechargeOut]
+    next_cursor: str | None
+
+
+class FreezeIn(Strict):
+    on: StrictBool
+    reason: Annotated[str, StringConstraints(max_length=2000)] = ""
+
+
+class FreezeOut(BaseModel):
+    frozen: bool
+    reason: str
+    actor: str
+    at_ms: int
+
+
+class RemediateIn(Strict):
+    apply: StrictBool = False
+    refund_uncredited: StrictBool = False
+
+
 # -- admin and health ------------------------------------------------------------------------
 class RebuildIn(Strict):
     force: StrictBool = False

@@ -28,10 +28,14 @@ import redis
 import uvicorn
 
 from tally.api import ApiContext, create_app
+from tally.api.routes.recharges import RechargeExtension
+from tally.billing import recharge as rc
 from tally.bootstrap import Deployment, _safe, open_deployment, redis_client
 from tally.config import Settings
 from tally.errors import ConfigError, InfrastructureError, StoreLost, TallyError
+from tally.gateway.client import HttpGateway, SimulatorAdmin
 from tally.gateway.process import SimulatorProcess
+from tally.gateway.records import Record
 from tally.ledger.rebuild import init_store, rebuild
 from tally.ledger.sql_api_keys import ApiKeyStore, Scope
 from tally.ledger.sql_ledger import SqlLedger
@@ -49,6 +53,11 @@ log = logging.getLogger("tally.service")
 GRACEFUL_S = 10
 WORKER_STOP_S = 30.0
 SUPERVISOR_RESTARTS_MAX = 20
+COMPLETER_BATCH = 100
+#: A recharge the completer touched (or a debit opened) this recently is left for the next round:
+#: a waiting recharge is re-checked about twice a second, not in a tight loop.
+COMPLETER_SETTLE_MS = 300
+STOP_ORDER = {"recharges": 0, "supervisor": 2}
 
 
 @dataclass
@@ -117,6 +126,8 @@ class Service:
         self.probe: HealthProbe | None = None
         self.server: uvicorn.Server | None = None
         self.admin_key: str | None = None
+        self.gateway: HttpGateway | None = None
+        self.recharging: rc.Recharging | None = None
         self.url = f"http://{options.host}:{options.port}"
 
     # -- start ---------------------------------------------------------------------------------
@@ -156,6 +167,7 @@ class Service:
             Worker("drainer", drain.run_once, pace_s=0.0, idle_s=0.1),
             Worker("credits", credit_applier(self.dep), pace_s=0.5, idle_s=1.0),
         ]
+        self._recharging()
         if self.node is not None:
             self.workers.append(Worker("supervisor", self._supervise, idle_s=0.5))
         for worker in self.workers:
@@ -184,6 +196,33 @@ class Service:
         self.simulator = SimulatorProcess(self.options.home / "gateway")
         self.simulator.start()
         self.say(f"gateway simulator (dev mode) at {self.simulator.url}")
+
+    def _recharging(self) -> None:
+        """The recharge saga and its completer. The drainer records the recharges that debits
+        open (in the same SQL transaction as the debits); the completer drives every unfinished
+        one through the gate (freeze, store health, gateway circuit) in bounded batches."""
+        assert self.dep is not None
+        url = self.gateway_url
+        if url is None:
+            self.say("no gateway: recharges are recorded but wait (no completer)")
+            return
+        self.gateway = HttpGateway(url)
+        health = rc.RedisHealth(self.dep.store.client, self.dep.layout, self.dep.ledger)
+        self.recharging = rc.build(
+            self.dep.engine, self.gateway, health, older_than_ms=COMPLETER_SETTLE_MS
+        )
+        completer = self.recharging.completer
+        self.workers.append(
+            Worker("recharges", lambda: completer.run_once(COMPLETER_BATCH), pace_s=0.05, idle_s=0.2)
+        )
+
+    def gateway_records(self) -> list[Record]:
+        """The gateway's own records (the simulator exports them), for remediation."""
+        url = self.gateway_url
+        if url is None:
+            raise ConfigError("no gateway: nothing to remediate against")
+        with SimulatorAdmin(url) as admin:
+            return list(admin.iter_records())
 
     @property
     def gateway_url(self) -> str | None:
@@ -224,6 +263,21 @@ class Service:
             keys=ApiKeyStore(self.dep.ledger),
             readiness=self.probe,
             admin=self.operations,
+            extensions=[self.recharge_extension()],
+        )
+
+    def recharge_extension(self) -> RechargeExtension:
+        assert self.dep is not None
+        wiring = self.recharging
+        if wiring is None:
+            return RechargeExtension(rc.RechargeService(self.dep.engine))
+        return RechargeExtension(
+            wiring.service,
+            circuit=wiring.gate.circuit,
+            gate_metrics=wiring.saga.metrics,
+            gateway=self.gateway,
+            records=self.gateway_records,
+            gate_reason=wiring.gate.why_not,
         )
 
     # -- serve ---------------------------------------------------------------------------------
@@ -270,7 +324,8 @@ class Service:
             self.probe.stopping.set()
         # The supervisor stops last: a redis-server it restarted dies with the thread that
         # started it (PR_SET_PDEATHSIG is per thread), and the final drain still needs it.
-        ordered = sorted(self.workers, key=lambda w: w.name == "supervisor")
+        # The completer first: no charge starts once shutdown has begun.
+        ordered = sorted(self.workers, key=lambda w: STOP_ORDER.get(w.name, 1))
         for worker in ordered[:-1] if self.node is not None else ordered:
             self._stop_worker(worker)
         if self.dep is not None:
@@ -280,6 +335,9 @@ class Service:
                 self.dep.close()
         if self.node is not None and ordered:
             self._stop_worker(ordered[-1])
+        if self.gateway is not None:
+            with contextlib.suppress(Exception):
+                self.gateway.close()
         if self.simulator is not None:
             self.simulator.stop()
         if self.node is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
+
 from tally.billing.engine import CreditOutcome, Engine
 from tally.billing.recharge.saga import FUNDING_CAUSE, RechargeSaga
 from tally.domain.accounts import AccountStatus, SystemAccount
@@ -13,7 +15,15 @@ from tally.domain.results import Result
 from tally.domain.transfers import TransferKind, TransferResult
 from tally.errors import UsageError
 from tally.ledger.models import JournalLine
-from tally.ledger.sql_recharge import FreezeState, Recharge, RechargeLedger
+from tally.ledger.schema import recharges
+from tally.ledger.sql_recharge import (
+    PAGE_MAX,
+    FreezeState,
+    Recharge,
+    RechargeLedger,
+    StoredRule,
+    _recharge,
+)
 from tally.ledger.sqlutil import now_ms
 
 
@@ -42,6 +52,50 @@ class RechargeService:
         value = str(stored.rule.threshold_minor) if stored and stored.autopay_enabled else ""
         store = self.engine.store
         self.engine._guarded(lambda: store.recharge_marker(account_id, "rule", value))
+
+    def rule(self, account_id: str) -> StoredRule | None:
+        return self.book.get_rule(account_id)
+
+    def remove_rule(self, account_id: str) -> bool:
+        """Autopay off (the rule row stays: its decline count and history are the record)."""
+        return self.disable_autopay(account_id, "rule removed")
+
+    # -- reading recharges -----------------------------------------------------------------------
+    def get(self, recharge_id: str) -> Recharge | None:
+        return self.book.get(recharge_id)
+
+    def page(self, *, account_id: str | None, after: str | None, limit: int) -> list[Recharge]:
+        """Recharges in id order (ids sort by opening time), optionally of one account."""
+        limit = max(1, min(limit, PAGE_MAX))
+        query = sa.select(recharges)
+        if account_id is not None:
+            query = query.where(recharges.c.account_id == account_id)
+        if after is not None:
+            query = query.where(recharges.c.id > after)
+        query = query.order_by(recharges.c.id).limit(limit)
+        with self.engine.ledger.transaction() as conn:
+            return [_recharge(row) for row in conn.execute(query)]
+
+    def open_recharge(self, account_id: str) -> Recharge | None:
+        """The account's newest unfinished recharge, if any."""
+        cols = recharges.c
+        query = (
+            sa.select(cols.id)
+            .where(cols.account_id == account_id, cols.finished_at_ms.is_(None))
+            .order_by(cols.opened_at_ms.desc(), cols.id.desc())
+            .limit(1)
+        )
+        with self.engine.ledger.transaction() as conn:
+            found = conn.execute(query).scalar()
+        return None if found is None else self.book.get(str(found))
+
+    def count_by_phase(self) -> dict[str, tuple[int, int]]:
+        """phase -> (all, unfinished): one grouped query, for the metrics scrape."""
+        cols = recharges.c
+        unfinished = sa.func.sum(sa.case((cols.finished_at_ms.is_(None), 1), else_=0))
+        query = sa.select(cols.phase, sa.func.count(), unfinished).group_by(cols.phase)
+        with self.engine.ledger.transaction() as conn:
+            return {str(p): (int(n), int(u or 0)) for p, n, u in conn.execute(query)}
 
     # -- openings ------------------------------------------------------------------------------
     def notice(

@@ -27,6 +27,14 @@ ROUTES = [
     ("POST", "/v1/admin/rebuild"),
     ("POST", "/v1/admin/drain"),
     ("GET", "/metrics"),
+    ("PUT", "/v1/accounts/acct-1/recharge-rule"),
+    ("GET", "/v1/accounts/acct-1/recharge-rule"),
+    ("DELETE", "/v1/accounts/acct-1/recharge-rule"),
+    ("GET", "/v1/recharges"),
+    ("GET", "/v1/recharges/rc-1"),
+    ("GET", "/v1/admin/freeze"),
+    ("POST", "/v1/admin/freeze"),
+    ("POST", "/v1/admin/remediate"),
 ]
 
 

@@ -44,7 +44,13 @@ from tally.ops.preflight import Severity, check_live
 from tally.service import embedded
 from tally.service.health import HealthProbe, ReadinessBounds
 from tally.service.operations import Operations, reapply_credits
-from tally.service.workers import DrainService, Worker, credit_applier
+from tally.service.workers import (
+    DRAIN_LIMIT,
+    DRAIN_PACE_S,
+    DrainService,
+    Worker,
+    credit_applier,
+)
 from tally.store.epoch import read_epochs
 from tally.store.keys import KeyLayout
 
@@ -164,7 +170,7 @@ class Service:
         self.operations = Operations(self.dep, drain)
         self.drain_service = drain
         self.workers = [
-            Worker("drainer", drain.run_once, pace_s=0.0, idle_s=0.1),
+            Worker("drainer", drain.run_once, pace_s=DRAIN_PACE_S, idle_s=0.1, busy_at=DRAIN_LIMIT),
             Worker("credits", credit_applier(self.dep), pace_s=0.5, idle_s=1.0),
         ]
         self._recharging()

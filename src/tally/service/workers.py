@@ -17,14 +17,21 @@ log = logging.getLogger("tally.service")
 
 DRAIN_ROUNDS_MAX = 10_000
 DRAIN_LIMIT = 1000
+#: The drainer's pause after a round that moved less than a full batch. Without it, a steady
+#: trickle of debits kept it in a tight loop of ~5 Redis calls per shard per round, competing
+#: with the request threads for the GIL (profiled: 22% of GIL time at 250 debits/s, and the
+#: event loop waiting behind it). Drain lag stays far below the readiness bound (seconds).
+DRAIN_PACE_S = 0.05
 
 
 @dataclass
 class Worker:
     name: str
     run_once: Callable[[], int]
-    pace_s: float = 0.0  # after a round that did work
+    pace_s: float = 0.0  # after a round that did some work
     idle_s: float = 0.2  # after a round with nothing to do
+    #: A round that did at least this much goes again at once (a backlog); None: never.
+    busy_at: int | None = None
     error_pace_s: float = 1.0
     errors: int = 0
     rounds: int = 0
@@ -52,6 +59,8 @@ class Worker:
                 log.exception("%s stopped on an unexpected error", self.name)
                 return
             self.rounds += 1
+            if self.busy_at is not None and done >= self.busy_at:
+                continue
             self._stop.wait(self.pace_s if done else self.idle_s)
 
     def stop(self, timeout_s: float = 30.0) -> bool:

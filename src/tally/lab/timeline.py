@@ -41,7 +41,7 @@ import redis
 
 from tally.lab.billing import BillingSystem
 from tally.lab.history import now_ms
-from tally.lab.rig import BALLAST_DB, Rig
+from tally.lab.rig import BALLAST_DB, Rig, incompressible
 from tally.ops.cluster.procs import command
 from tally.ops.node import ConfigValue
 
@@ -289,7 +289,7 @@ class Operator:
 
     def _load(self, bytes_per_s: int, seconds: float, value_bytes: int) -> None:
         per_s = max(1, bytes_per_s // value_bytes)
-        value = b"w" * value_bytes
+        value = incompressible(value_bytes, seed=value_bytes)  # as on the wire, in the RDB too
         end = time.monotonic() + seconds
         primary = self.rig.topology.primary.name
         with contextlib.closing(self.rig.client(primary, socket_timeout=1.0, db=BALLAST_DB)) as c:

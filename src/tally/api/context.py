@@ -4,7 +4,7 @@ calls the engine, and translates results and errors to HTTP."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from prometheus_client.registry import Collector
 
 from tally.billing.engine import Engine
+from tally.domain.transfers import TransferResult
 from tally.ledger.sql_api_keys import ApiKeyStore
 from tally.ledger.sql_ledger import SqlLedger
 
@@ -71,5 +72,8 @@ class ApiContext:
     extensions: list[Extension] = field(default_factory=list)
     #: Requests larger than this get 413 before any of the body is parsed.
     body_bytes_max: int = 1_048_576
+    #: A single debit without a thread hop (``Engine.debit``'s semantics); None: the engine in a
+    #: worker thread.
+    async_debit: Callable[[str, str, int, str], Awaitable[TransferResult]] | None = None
     #: Seconds a verified API key is cached (a revocation takes at most this long).
     key_cache_s: float = 5.0

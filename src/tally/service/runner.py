@@ -42,6 +42,7 @@ from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.node import RedisNode
 from tally.ops.preflight import Severity, check_live
 from tally.service import embedded
+from tally.service.fast_debit import AsyncDebits
 from tally.service.health import HealthProbe, ReadinessBounds
 from tally.service.operations import Operations, reapply_credits
 from tally.service.workers import (
@@ -270,6 +271,7 @@ class Service:
             readiness=self.probe,
             admin=self.operations,
             extensions=[self.recharge_extension()],
+            async_debit=AsyncDebits(self.dep.engine).debit,
         )
 
     def recharge_extension(self) -> RechargeExtension:

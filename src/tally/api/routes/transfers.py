@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from tally.api.auth import service_key
 from tally.api.problems import PROBLEM, Problem, refusal, result_status
@@ -83,13 +84,18 @@ TRANSFER_RESPONSES = problems(402, 404, 409, 422) | {
 
 
 @router.post("/debits", name="debit", status_code=201, responses=TRANSFER_RESPONSES)
-def debit(body: DebitIn, request: Request, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+async def debit(
+    body: DebitIn, request: Request, idempotency_key: IdempotencyKey = None
+) -> JSONResponse:
     """Debit usage from an account: 201 applied, 402 insufficient funds, 404 no account, 409 the
     id was used with other parameters, 422 other refusals (account not active, currency)."""
     _check_key(idempotency_key, body.transfer_id)
-    r = ctx(request).engine.debit(
-        body.transfer_id, body.account_id, body.amount_minor, body.currency or ""
-    )
+    context = ctx(request)
+    args = (body.transfer_id, body.account_id, body.amount_minor, body.currency or "")
+    if context.async_debit is not None:
+        r = await context.async_debit(*args)
+    else:  # the hot path's fallback: the engine off the event loop
+        r = await run_in_threadpool(context.engine.debit, *args)
     return _respond(request, _out("debit", body, r.result, r.balance_minor), r.result, r.replayed)
 
 

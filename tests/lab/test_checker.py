@@ -225,6 +225,20 @@ def test_a_write_acknowledged_by_an_empty_primary_breaks_the_epoch_guard(tmp_pat
     assert not verdict.invariants["6_empty_store_refuses_writes"]["held"]
 
 
+def test_a_write_sent_before_the_primary_stalled_and_answered_during_the_stall_is_no_breach(
+    tmp_path: Path,
+) -> None:
+    run = clean_run(tmp_path)
+    down = {"role": "down"}
+    for t in (1000, 1250, 1500, 1750):  # a paused primary: every sample times out
+        run.nodes_sample(T0 + t, r1=down)
+    run.transfer("before-pause", "debit", "a1", 5, T0 + 950)  # landed while healthy
+    run.client_op("debit", {"id": "before-pause", "account": "a1", "amount_minor": 5}, "ok",
+                  {"result": "ok"}, T0 + 949, took_ms=651)  # answered at T0+1600  # fmt: skip
+    verdict = check_dir(run.write())
+    assert verdict.invariants["6_empty_store_refuses_writes"]["held"]
+
+
 def test_an_id_answered_differently_on_replay_breaks_id_uniqueness(tmp_path: Path) -> None:
     run = clean_run(tmp_path)
     run.client_op("debit", {"id": "d0", "account": "a1", "amount_minor": 150}, "ok",

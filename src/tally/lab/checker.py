@@ -456,6 +456,25 @@ def _inside(t: int, spans: list[tuple[int, int]]) -> bool:
     return any(lo < t < hi for lo, hi in spans)
 
 
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Adjacent unhealthy spans joined into maximal runs."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(hi, out[-1][1]))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _within(invoked: int, completed: int, runs: list[tuple[int, int]]) -> bool:
+    """The whole call, invocation to answer, inside one unhealthy run: then the write landed
+    while no primary held the epoch. A call that began while the store was healthy may have
+    landed then (a primary paused mid-call answers late, from before the pause): that is no
+    evidence against the epoch guard."""
+    return any(lo < invoked and completed < hi for lo, hi in runs)
+
+
 # -- the verdict --------------------------------------------------------------------------------------
 @dataclass
 class Verdict:
@@ -573,10 +592,11 @@ def _invariants(
     late_charges = _ledger_first_violations(a)
     lost_spans = _unhealthy_spans(a.monitor, need_epoch=True)
     ev = Evidence.of(a)
+    lost_runs = _merged(lost_spans)
     writes_when_lost = [  # acknowledged AND landed: a store without its epoch took the write
         op for op in a.history
         if op.f in WRITE_FS and op.moved_money and op.completed_ms is not None
-        and _inside(op.completed_ms, lost_spans) and op.value.get("id") in ev.moved
+        and _within(op.invoked_ms, op.completed_ms, lost_runs) and op.value.get("id") in ev.moved
     ]  # fmt: skip
     blind = [c for c in a.gateway if c.get("kind") == "charge"
              and _inside(int(c["created_ms"]), lost_spans)]  # fmt: skip

@@ -37,7 +37,7 @@ def test_a_partition_of_the_replicas_heals_by_partial_resync_and_allows_replicat
 ) -> None:
     spec = RigSpec(profile=profile, dataset_bytes=200_000)
     with Rig(tmp_path / "run", spec) as rig:
-        operator = Operator(rig, billing=None, time_scale=1.0, stop=threading.Event())
+        operator = Operator(rig, billing=None, time_scale=1.0, stop=threading.Event())  # type: ignore[arg-type]
         full_before, partial_before = _sync_counters(rig)
         blocked = operator.do_partition_replicas(mode="refuse")
         assert "refused" in blocked

@@ -44,8 +44,9 @@ def test_readiness_flips_when_the_primary_hangs_or_dies_and_returns_when_it_is_b
         finally:
             os.kill(pid, signal.SIGKILL)  # then it dies; the service restarts it from its AOF
             os.kill(pid, signal.SIGCONT)
+        # The new node answers (readiness returns) a moment before serve records its pid.
+        wait_for(lambda: int(served.local_state()["pid"]) != pid, "the supervisor to restart it")
         wait_for(lambda: _reason_becomes(served, None), "readiness to return after the restart")
-        assert int(served.local_state()["pid"]) != pid
         assert api.post("/v1/debits", json=debit).json() == first.json()  # the replay survived
         assert api.get("/v1/accounts/alice").json()["balance_minor"] == 900
     assert served.stop() == 0

@@ -65,9 +65,11 @@ def record(home: Path, node: RedisNode) -> None:
     """Where other tally commands (``tally rebuild --home``) find it while serve runs."""
     state = {"redis_url": node.url, "pid": node.pid, "port": node.port, "owner": "serve"}
     path = home / LOCAL_STATE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(json.dumps(state))
+    os.replace(tmp, path)  # atomic: a reader sees the old state or the new, never an empty file
 
 
 def forget(home: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 from zlib import crc32
 
 import hiredis
@@ -17,7 +18,7 @@ from tally.domain.accounts import Account, AccountState, AccountStatus
 from tally.domain.limits import SCRIPT_BATCH_MAX
 from tally.domain.results import Result
 from tally.domain.transfers import TransferResult
-from tally.errors import StoreBackpressure, StoreError, StoreLost
+from tally.errors import InvariantViolation, StoreBackpressure, StoreError, StoreLost
 from tally.store import scripts
 from tally.store.errors import is_noscript, translate
 from tally.store.keys import KeyLayout
@@ -104,7 +105,7 @@ class RedisStore:
 
     def _run(
         self, calls: Iterable[tuple[str, list[str], list[str | int]]], *, reloaded: bool = False
-    ) -> list[object]:
+    ) -> list[list[Any]]:
         """EVALSHA each (script, keys, args) on one connection, sending each call as soon as it
         is built (Redis works on the first while Python builds the next), then reading every
         reply. NOSCRIPT means that call did not run: load the scripts, rerun those, once."""
@@ -148,7 +149,7 @@ class RedisStore:
         calls: list[tuple[str, list[str], list[str | int]]],
         replies: list[object],
         reloaded: bool,
-    ) -> list[object]:
+    ) -> list[list[Any]]:
         missing = [i for i, r in enumerate(replies) if isinstance(r, Exception) and is_noscript(r)]
         if missing:
             if reloaded:
@@ -157,12 +158,16 @@ class RedisStore:
                 )
             self.load_scripts()
             rerun = self._run([calls[i] for i in missing], reloaded=True)
-            for i, reply in zip(missing, rerun, strict=True):
-                replies[i] = reply
-        for reply in replies:
-            if isinstance(reply, redis.RedisError):
-                raise translate(reply, sent=True) from reply
-        return replies
+            for i, again in zip(missing, rerun, strict=True):
+                replies[i] = again
+        arrays: list[list[Any]] = []
+        for one in replies:
+            if isinstance(one, redis.RedisError):
+                raise translate(one, sent=True) from one
+            if not isinstance(one, list):  # every tally script answers an array
+                raise InvariantViolation(f"unexpected script reply {one!r:.80}")
+            arrays.append(one)
+        return arrays
 
     # -- transfers -----------------------------------------------------------------------------
     def apply(self, transfers: Sequence[RawTransfer]) -> Applied:
@@ -252,11 +257,10 @@ class RedisStore:
     def _collect(
         self,
         call: _Call,
-        reply: object,
+        reply: list[Any],
         transfers: Sequence[RawTransfer],
         results: list[TransferResult | None],
     ) -> StoreError | None:
-        assert isinstance(reply, list)
         status = reply[0]
         if status == b"L":
             for i in call.indexes:
@@ -273,7 +277,8 @@ class RedisStore:
         for extra in range(pos, len(reply), 2):  # (index in the call, recharge id) per opening
             i = call.indexes[int(reply[extra]) - 1]
             first = results[i]
-            assert first is not None
+            if first is None:
+                raise InvariantViolation("a recharge opening names a transfer the reply lacks")
             results[i] = first._replace(recharge_id=reply[extra + 1].decode())
         return None
 
@@ -295,7 +300,6 @@ class RedisStore:
         shard = self.layout.shard_of(account_id)
         keys = [self.layout.epoch(shard), self.layout.account(shard, account_id)]
         (reply,) = self._run([("recharge", keys, [self._epoch_value, op, value])])
-        assert isinstance(reply, list)
         if reply[0] == b"L":
             raise StoreLost(f"dataset epoch missing or not {self.epoch_id}")
         open_id = reply[2].decode() if isinstance(reply[2], bytes) else None
@@ -312,10 +316,9 @@ class RedisStore:
             account.credit_limit_minor,
         ]
         (reply,) = self._run([("account", keys, args)])
-        assert isinstance(reply, list)
         if reply[0] == b"L":
             raise StoreLost(f"dataset epoch missing or not {self.epoch_id}")
-        return _RESULTS[reply[1]]
+        return _RESULTS[int(reply[1])]
 
     def read_accounts(self, account_ids: Iterable[str]) -> dict[str, AccountState | None]:
         ids = list(dict.fromkeys(account_ids))
@@ -328,7 +331,6 @@ class RedisStore:
             calls.append(("read", keys, [self._epoch_value]))
         found: dict[str, AccountState | None] = {}
         for (_, _, _), group, reply in zip(calls, by_shard.values(), self._run(calls), strict=True):
-            assert isinstance(reply, list)
             if reply[0] == b"L":
                 raise StoreLost(f"dataset epoch missing or not {self.epoch_id}")
             for n, aid in enumerate(group):

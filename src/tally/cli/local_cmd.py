@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -50,7 +51,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _state(home: Path) -> dict[str, object] | None:
+def _state(home: Path) -> dict[str, Any] | None:
     path = home / LOCAL_STATE
     if not path.exists():
         return None
@@ -72,7 +73,7 @@ def up(home: str | None, port: int, as_json: bool) -> None:
     """Start it in the background; later commands find it through $TALLY_HOME/local.json."""
     base = _home(home)
     state = _state(base)
-    if state and isinstance(state.get("pid"), int) and _alive(int(state["pid"])):  # type: ignore[arg-type]
+    if state and isinstance(state.get("pid"), int) and _alive(int(state["pid"])):
         emit(as_json, state, f"already running: {state['redis_url']}")
         return
     base.mkdir(parents=True, exist_ok=True)
@@ -80,8 +81,8 @@ def up(home: str | None, port: int, as_json: bool) -> None:
     emit(
         as_json,
         {"redis_url": node.url, "pid": node.pid},
-        f"redis-server {node.binary.version_text} at {node.url} (pid {node.pid})",
-    )  # type: ignore[union-attr]
+        f"redis-server {node.server_binary.version_text} at {node.url} (pid {node.pid})",
+    )
 
 
 @local.command("down")
@@ -95,7 +96,7 @@ def down(home: str | None, as_json: bool) -> None:
     if not state:
         emit(as_json, {"stopped": False}, "not running")
         return
-    pid = int(state["pid"])  # type: ignore[call-overload]
+    pid = int(state["pid"])
     if _alive(pid):
         os.kill(pid, signal.SIGTERM)  # redis saves and exits on SIGTERM
         deadline = time.monotonic() + STOP_WAIT_S
@@ -114,7 +115,7 @@ def down(home: str | None, as_json: bool) -> None:
 def status(home: str | None, as_json: bool) -> None:
     """Is it running, and where."""
     state = _state(_home(home))
-    running = bool(state) and _alive(int(state["pid"]))  # type: ignore[index,call-overload]
+    running = state is not None and _alive(int(state["pid"]))
     emit(
         as_json,
         {"running": running, **(state or {})},

@@ -21,10 +21,12 @@ _control_port = click.option(
 )
 
 
+class _Failure(click.ClickException):
+    exit_code = 2  # tally's CLI contract: 2 = usage or infrastructure error
+
+
 def _fail(exc: TallyError) -> click.ClickException:
-    failure = click.ClickException(str(exc))
-    failure.exit_code = 2  # tally's CLI contract: 2 = usage or infrastructure error
-    return failure
+    return _Failure(str(exc))
 
 
 @click.group(name="proxy")

@@ -74,6 +74,13 @@ class RedisNode:
         if self.port == 0:
             self.port = free_port(self.host)
 
+    @property
+    def server_binary(self) -> RedisBinary:
+        """The binary this node runs (resolved at construction)."""
+        if self.binary is None:
+            raise ProcessError(f"node {self.name} has no redis-server binary")
+        return self.binary
+
     # -- paths -------------------------------------------------------------------------------
     @property
     def config_path(self) -> Path:
@@ -186,7 +193,7 @@ class RedisNode:
                 contextlib.suppress(redis.RedisError, OSError),
                 contextlib.closing(self.client(socket_timeout=timeout_s)) as c,
             ):
-                c.execute_command("SHUTDOWN", "SAVE" if save else "NOSAVE")
+                c.execute_command("SHUTDOWN", "SAVE" if save else "NOSAVE")  # type: ignore[no-untyped-call]
             self._wait_or_escalate(timeout_s)
         self.process = None
 

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from tally.bootstrap import Deployment
 from tally.cli.context import connection_options, deployment
 from tally.cli.output import EXIT_REFUSED, emit, handles_errors, json_option
 from tally.domain.accounts import Account, AccountStatus, SystemAccount
@@ -14,13 +15,14 @@ from tally.domain.results import Result
 from tally.errors import UsageError
 
 
-def _currency_of(dep: object, account_id: str) -> str:
-    account = dep.ledger.get_account(account_id)  # type: ignore[attr-defined]
+def _currency_of(dep: Deployment, account_id: str) -> str:
+    """Amounts on the command line are in the account's currency: the ledger knows it."""
+    account = dep.ledger.get_account(account_id)
     if account is None:
         raise UsageError(
             f"account {account_id!r} does not exist", hint="create it with `tally account create`"
         )
-    return str(account.currency)
+    return account.currency
 
 
 def _finish(result: Result) -> None:

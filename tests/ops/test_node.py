@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tally.errors import ProcessError
-from tally.ops.node import RedisNode, orphan_pids
+from tally.ops.node import RedisNode, free_port, orphan_pids
 
 
 def test_node_starts_answers_and_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -37,3 +37,9 @@ def test_a_node_in_a_relative_dir_starts(tmp_path: Path, monkeypatch: pytest.Mon
     with RedisNode(name="rel", dir=Path(".tally/redis")) as node:
         assert node.client().ping()
         assert (tmp_path / ".tally" / "redis" / "redis.log").exists()
+
+
+def test_chosen_ports_stay_below_the_ephemeral_range_that_outgoing_connections_use() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(20)]
+    assert all(20000 <= p < low for p in ports)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,15 +29,39 @@ from tally.ops.binary import RedisBinary, find_redis_server
 ConfigValue = str | int | Sequence[str]
 
 START_TIMEOUT_S = 20.0
+PORT_LOW = 20000
+PORT_PICKS_MAX = 50
+_random = random.SystemRandom()
 STOP_TIMEOUT_S = 15.0
 _PR_SET_PDEATHSIG = 1
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel just handed out; the caller retries start if it was taken meanwhile."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A port nothing listens on now, chosen BELOW the kernel's ephemeral range: ports from that
+    range are also handed out as source ports of outgoing connections, so one picked there can be
+    taken before the server binds it (seen under a busy test suite). Random over ~12,000 ports,
+    so two picks racing each other are unlikely; still a race in principle, and not retried
+    with another port: other processes (proxy routes, replicas) may already name this one."""
+    low, high = _listen_range()
+    for _ in range(PORT_PICKS_MAX):
+        port = _random.randrange(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # crowded: let the kernel pick
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _listen_range() -> tuple[int, int]:
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    return PORT_LOW, max(PORT_LOW + 1000, ephemeral_low)
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

@@ -43,3 +43,9 @@ def test_chosen_ports_stay_below_the_ephemeral_range_that_outgoing_connections_u
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     ports = [free_port() for _ in range(20)]
     assert all(20000 <= p < low for p in ports)
+
+
+def test_free_port_never_hands_out_the_same_port_twice_before_it_is_bound() -> None:
+    """A cluster picks every node's port first and starts the nodes after."""
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)

@@ -7,6 +7,7 @@ so a crashed test run leaves no orphan; ``tally cluster up`` turns that off on p
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import os
@@ -32,6 +33,8 @@ START_TIMEOUT_S = 20.0
 PORT_LOW = 20000
 PORT_PICKS_MAX = 50
 _random = random.SystemRandom()
+#: Ports this process handed out recently: never the same one twice while it may be unbound.
+_handed_out: collections.deque[int] = collections.deque(maxlen=4096)
 STOP_TIMEOUT_S = 15.0
 _PR_SET_PDEATHSIG = 1
 
@@ -45,12 +48,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     low, high = _listen_range()
     for _ in range(PORT_PICKS_MAX):
         port = _random.randrange(low, high)
+        if port in _handed_out:  # picked before but maybe not bound yet (a cluster picks all
+            continue  # its ports first, then starts the nodes)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
-            return port
+        _handed_out.append(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # crowded: let the kernel pick
         sock.bind((host, 0))
         return int(sock.getsockname()[1])

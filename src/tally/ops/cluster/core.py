@@ -350,11 +350,15 @@ class Cluster:
         self.wait_sentinels_ready()
 
     def wait_replicas_in_sync(self, timeout_s: float = SYNC_TIMEOUT_S) -> None:
-        """Every running replica reports ``master_link_status:up``, within a deadline."""
+        """Every running replica reports ``master_link_status:up``, and the primary counts enough
+        good replicas to accept writes (``min-replicas-to-write``: a replica's first ACK can
+        arrive after its link is up, and until then the primary answers NOREPLICAS)."""
         deadline = time.monotonic() + timeout_s
         pending = [h for h in self.nodes.values() if h.is_running()]
         while pending and time.monotonic() < deadline:
-            pending = [h for h in pending if not _link_up_or_primary(h)]
+            pending = [
+                h for h in pending if not (_link_up_or_primary(h) and _enough_good_replicas(h))
+            ]
             if pending:
                 time.sleep(POLL_S)
         if pending:
@@ -491,6 +495,20 @@ def _link_up_or_primary(handle: ClusterNode) -> bool:
     except (redis.RedisError, OSError):
         return False
     return info.get("role") == "master" or info.get("master_link_status") == "up"
+
+
+def _enough_good_replicas(handle: ClusterNode) -> bool:
+    """True for a replica, and for a primary that counts at least ``min-replicas-to-write`` good
+    replicas (the INFO field exists only while that setting is on)."""
+    try:
+        with contextlib.closing(handle.client(socket_timeout=1.0)) as c:
+            info = c.info("replication")
+            if info.get("role") != "master" or "min_slaves_good_slaves" not in info:
+                return True
+            wanted = int(c.config_get("min-replicas-to-write").get("min-replicas-to-write") or 0)
+    except (redis.RedisError, OSError):
+        return False
+    return int(info["min_slaves_good_slaves"]) >= wanted
 
 
 def _sentinel_peers(handle: ClusterNode, master_name: str) -> int:

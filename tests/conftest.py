@@ -13,7 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from tally.bootstrap import Deployment, open_deployment
+from tally.config import Settings
+from tally.ledger.rebuild import init_store
+from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.node import RedisNode, orphan_pids
+from tally.store.keys import KeyLayout
 from tests.serve.harness import Served, gateway_pids
 
 POSTGRES_ENV = "TALLY_TEST_POSTGRES_URL"
@@ -110,3 +115,21 @@ def served(tmp_path: Path) -> Iterator[Served]:
 def shared_served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """One ``tally serve`` for a module of tests that only use the API (unique ids per test)."""
     yield from _served(tmp_path_factory.mktemp("served"))
+
+
+# -- an initialised deployment on a real node and ledger, for tests/billing and tests/recharge ---
+@pytest.fixture
+def settings(redis_node: RedisNode, ledger_url: str, tmp_path: Path) -> Settings:
+    return Settings.resolve(
+        redis_url=redis_node.url, ledger_url=ledger_url, home=str(tmp_path / "home")
+    )
+
+
+@pytest.fixture
+def dep(settings: Settings, redis_node: RedisNode) -> Iterator[Deployment]:
+    with SqlLedger.open(settings.ledger_url) as ledger:
+        client = redis_node.client()
+        init_store(client, KeyLayout(settings.namespace, 4), ledger)
+        client.close()
+    with open_deployment(settings) as deployment:
+        yield deployment

@@ -11,17 +11,12 @@ import pytest
 
 from tally.billing import recharge
 from tally.billing.recharge import Circuit, Recharging, RedisHealth
-from tally.bootstrap import Deployment, open_deployment
-from tally.config import Settings
+from tally.bootstrap import Deployment
 from tally.domain.accounts import Account
 from tally.domain.recharge import RechargeRule
 from tally.gateway import FakeGateway, Gateway
 from tally.gateway.process import SimulatorProcess
 from tally.ledger.drainer import Drainer
-from tally.ledger.rebuild import init_store
-from tally.ledger.sql_ledger import SqlLedger
-from tally.ops.node import RedisNode
-from tally.store.keys import KeyLayout
 
 ROUNDS_MAX = 200
 CARD = "card_acme"
@@ -43,23 +38,6 @@ class Faults:
         if where == self.point:
             self.point = None
             raise Crash(where)
-
-
-@pytest.fixture
-def settings(redis_node: RedisNode, ledger_url: str, tmp_path: Path) -> Settings:
-    return Settings.resolve(
-        redis_url=redis_node.url, ledger_url=ledger_url, home=str(tmp_path / "home")
-    )
-
-
-@pytest.fixture
-def dep(settings: Settings, redis_node: RedisNode) -> Iterator[Deployment]:
-    with SqlLedger.open(settings.ledger_url) as ledger:
-        client = redis_node.client()
-        init_store(client, KeyLayout(settings.namespace, 4), ledger)
-        client.close()
-    with open_deployment(settings) as deployment:
-        yield deployment
 
 
 @pytest.fixture

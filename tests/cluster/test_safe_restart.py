@@ -13,7 +13,7 @@ from tally.ops.binary import find_redis_server
 from tally.ops.node import RedisNode, orphan_pids
 from tally.ops.preflight import PreflightParams
 from tally.ops.profiles import NodeRole, ProfileParams, node_directives
-from tally.ops.restart import preflight_params, quarantine_directives, safe_restart
+from tally.ops.restart import quarantine_directives, safe_restart
 from tally.store.keys import KeyLayout
 
 LAYOUT = KeyLayout()
@@ -48,7 +48,7 @@ def primary_hardened(tmp_path: Path) -> Iterator[RedisNode]:
 
 
 def _params() -> PreflightParams:
-    return preflight_params(ProfileParams(), slowest_link_bytes_per_s=0, replicas_expected=0)
+    return PreflightParams(ProfileParams(), slowest_link_bytes_per_s=0, replicas_expected=0)
 
 
 def test_enabling_aof_with_a_good_dump_rdb_still_comes_back_empty(

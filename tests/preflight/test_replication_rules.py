@@ -14,10 +14,12 @@ import redis
 from tally.ops.faultproxy import LinkSpec, ProxyHub
 from tally.ops.node import RedisNode
 from tally.ops.preflight import PreflightParams, check_config_file, check_live
+from tally.ops.profiles import ProfileParams
 
-from .conftest import NodeFactory, ids, link_status, wait_for
+from .conftest import NodeFactory, ids, link_status, severity_of, wait_for
 
 LINK = "dc1-dc2"
+MB = 1_000_000
 
 
 @pytest.fixture
@@ -84,12 +86,15 @@ def test_a_small_backlog_turns_a_partition_into_a_full_sync_and_tp004_catches_it
     assert after["sync_full"] == before["sync_full"] + 1  # the danger: a full resync
     assert after["sync_partial_err"] == before["sync_partial_err"] + 1
 
-    params = PreflightParams(write_rate_bytes_s=10_000, partition_s=60)
+    params = PreflightParams(ProfileParams(write_rate_bytes_per_s=10_000, partition_s_max=60))
     primary.directives["repl-backlog-size"] = "16kb"
     primary.write_config()
-    assert "TP004" in ids(check_config_file(primary.config_path, params=params))
+    assert severity_of(check_config_file(primary.config_path, params=params), "TP004") == "error"
     assert "TP004" in ids(check_live(primary.client(), params=params))
-    primary.directives["repl-backlog-size"] = "1mb"  # >= 10 kB/s x 60 s
+    primary.directives["repl-backlog-size"] = "1mb"  # >= 10 kB/s x 60 s, < that x safety 2
+    primary.write_config()
+    assert severity_of(check_config_file(primary.config_path, params=params), "TP004") == "warning"
+    primary.directives["repl-backlog-size"] = "2mb"  # >= 10 kB/s x 60 s x 2
     primary.write_config()
     assert "TP004" not in ids(check_config_file(primary.config_path, params=params))
 
@@ -138,17 +143,40 @@ def test_a_small_replica_output_buffer_loops_full_syncs_over_a_slow_link_and_tp0
 
     primary.directives["client-output-buffer-limit"] = "replica 256kb 128kb 1"
     primary.write_config()
-    params = PreflightParams(write_rate_bytes_s=1_000_000, bandwidth_bytes_s=1_000_000)
-    assert "TP005" in ids(check_config_file(primary.config_path, params=params))
+    # stated: a 1 MB dataset; the ~8 MB RDB beside the config is larger, so it counts
+    sizing = ProfileParams(
+        write_rate_bytes_per_s=1_000_000, slowest_link_bytes_per_s=1_000_000, dataset_bytes_max=MB
+    )
+    found = check_config_file(primary.config_path, params=PreflightParams(sizing))
+    assert severity_of(found, "TP005") == "error"
+    assert "the RDB file" in next(f.detail for f in found if f.rule_id == "TP005")
     primary.directives["client-output-buffer-limit"] = "replica 64mb 32mb 60"
     primary.write_config()
-    assert "TP005" not in ids(check_config_file(primary.config_path, params=params))
+    assert "TP005" not in ids(
+        check_config_file(primary.config_path, params=PreflightParams(sizing))
+    )
 
 
-def test_tp005_without_a_dataset_size_says_it_could_not_check(make_node: NodeFactory) -> None:
-    node = make_node("primary", start=False)
-    found = [f for f in check_config_file(node.config_path) if f.rule_id == "TP005"]
-    assert [f.severity.value for f in found] == ["info"]
+def test_tp005_checks_the_stated_dataset_bytes_max_when_the_node_holds_less(
+    make_node: NodeFactory,
+) -> None:
+    # the limit that looped above; no RDB yet: the dataset a full sync will move is the stated one
+    node = make_node("primary", start=False, client_output_buffer_limit="replica 256kb 128kb 1")
+    link = {"write_rate_bytes_per_s": 1_000_000, "slowest_link_bytes_per_s": 1_000_000}
+    big = PreflightParams(ProfileParams(**link, dataset_bytes_max=8 * MB))
+    small = PreflightParams(ProfileParams(**link, dataset_bytes_max=100_000))
+    assert severity_of(check_config_file(node.config_path, params=big), "TP005") == "error"
+    assert "TP005" not in ids(check_config_file(node.config_path, params=small))
+
+
+def test_tp005_is_quiet_over_an_unlimited_link_as_the_profile_sizes_it(
+    make_node: NodeFactory,
+) -> None:
+    node = make_node("primary", start=False, client_output_buffer_limit="replica 256kb 128kb 1")
+    sizing = ProfileParams(dataset_bytes_max=8 * MB)
+    assert "TP005" in ids(check_config_file(node.config_path, params=PreflightParams(sizing)))
+    unlimited = PreflightParams(sizing, slowest_link_bytes_per_s=0)
+    assert "TP005" not in ids(check_config_file(node.config_path, params=unlimited))
 
 
 # -- TP008 ---------------------------------------------------------------------------------------

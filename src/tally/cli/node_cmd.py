@@ -15,7 +15,8 @@ from tally.cli.output import EXIT_REFUSED, handles_errors, json_option
 from tally.errors import UsageError
 from tally.ops.cluster import Cluster
 from tally.ops.node import ConfigValue
-from tally.ops.restart import preflight_params, safe_restart
+from tally.ops.preflight import PreflightParams
+from tally.ops.restart import safe_restart
 
 
 @click.group(name="node")
@@ -68,11 +69,8 @@ def restart(
         cluster.save_state()
         _say(as_json, {"node": name, "ok": True, "safe": False}, f"{name} restarted (unchecked)")
         return
-    params = preflight_params(
-        cluster.params,
-        slowest_link_bytes_per_s=cluster.slowest_link_bytes_per_s(),
-        replicas_expected=len(cluster.topology.replicas),
-    )
+    # the figures the cluster's configs were generated from (one set: tally.ops.profiles)
+    params = PreflightParams.for_topology(cluster.topology, sizing=cluster.params)
     report = safe_restart(
         handle.node,
         expected_role=expected,

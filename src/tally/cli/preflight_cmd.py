@@ -1,13 +1,22 @@
 """``tally preflight``: check a redis.conf (before start) or a live node against the TP rules.
 
 Exit status: 1 when any error-level rule fires, 0 otherwise, 2 on usage or setup errors.
+
+The sizing flags kept their names; each states one ``ProfileParams`` figure (the help names it):
+--write-rate is write_rate_bytes_per_s, --partition-s partition_s_max, --bandwidth
+slowest_link_bytes_per_s, --dataset-bytes dataset_bytes_max (it was the measured dataset: the
+RDB file or used_memory still counts when larger), --safety-factor (new) safety_factor.
+``--topology FILE`` takes them all from a topology file's [params], links and nodes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 import redis
@@ -23,8 +32,13 @@ from tally.ops.preflight import (
     has_errors,
 )
 from tally.ops.preflight.conf import parse_memory
+from tally.ops.preflight.rules import LINK_ASSUMED_BYTES_PER_S
+from tally.ops.profiles import ProfileParams
+from tally.ops.topology import load_topology
 
 EXIT_ERRORS, EXIT_USAGE = 1, 2
+_SIZING = ProfileParams()
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Size(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
@@ -65,6 +79,16 @@ def _print(findings: list[Finding], as_json: bool) -> None:
     click.echo(f"{len(findings)} finding(s), {errors} error(s)")
 
 
+def _figure(
+    flag: str, field: str, kind: click.ParamType[Any], what: str, *, default: str | None = None
+) -> Callable[[F], F]:
+    """A flag stating one ``ProfileParams`` figure; its value arrives under the field's name."""
+    shown = default or f"the topology's [params], else {getattr(_SIZING, field)}"
+    return click.option(
+        flag, field, type=kind, default=None, help=f"params.{field}: {what} [default: {shown}]."
+    )
+
+
 @click.command(name="preflight")
 @click.option(
     "--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -86,38 +110,45 @@ def _print(findings: list[Finding], as_json: bool) -> None:
     help="What the node is meant to be.",
 )
 @click.option(
-    "--write-rate",
-    type=_Size(),
-    default=PreflightParams.write_rate_bytes_s,
-    show_default=True,
-    help="Replication stream bytes per second (units ok: 2mb).",
+    "--topology",
+    "topology_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Take the sizing figures from this topology file: its [params] (the figures its "
+    "profile was sized from), its slowest link and its replica count. Flags below override.",
 )
-@click.option(
+@_figure("--write-rate", "write_rate_bytes_per_s", _Size(), "replication stream (units ok: 2mb)")
+@_figure(
     "--partition-s",
-    type=click.FloatRange(0, 86_400),
-    default=PreflightParams.partition_s,
-    show_default=True,
-    help="Longest partition that must end in a partial resync.",
+    "partition_s_max",
+    click.FloatRange(0, 86_400, min_open=True),
+    "longest partition that must end in a partial resync",
 )
-@click.option(
+@_figure(
+    "--safety-factor",
+    "safety_factor",
+    click.FloatRange(1, 1000),
+    "the margin the profile sizes with; short of it is a warning",
+)
+@_figure(
     "--bandwidth",
-    type=_Size(),
-    default=PreflightParams.bandwidth_bytes_s,
-    show_default=True,
-    help="Slowest link, bytes per second (units ok: 10mb).",
+    "slowest_link_bytes_per_s",
+    _Size(),
+    "slowest link, bytes per second (units ok: 10mb)",
+    default=f"the topology's [params] or slowest link, else {LINK_ASSUMED_BYTES_PER_S}",
 )
 @click.option(
     "--replicas",
     type=click.IntRange(0, 1000),
-    default=PreflightParams.replicas_expected,
-    show_default=True,
-    help="Replicas the primary is expected to have.",
-)
-@click.option(
-    "--dataset-bytes",
-    type=_Size(),
     default=None,
-    help="Dataset size (default: the RDB file size, or INFO used_memory).",
+    help="Replicas the primary is expected to have "
+    f"[default: the topology's, else {PreflightParams.replicas_expected}].",
+)
+@_figure(
+    "--dataset-bytes",
+    "dataset_bytes_max",
+    _Size(),
+    "largest dataset a full sync moves; the RDB file or INFO used_memory counts when larger",
 )
 @click.option(
     "--redis-version",
@@ -132,31 +163,61 @@ def preflight(
     data_dir: Path | None,
     live_url: str | None,
     role: str,
-    write_rate: int,
-    partition_s: float,
-    bandwidth: int,
-    replicas: int,
-    dataset_bytes: int | None,
+    topology_path: Path | None,
+    write_rate_bytes_per_s: int | None,
+    partition_s_max: float | None,
+    safety_factor: float | None,
+    slowest_link_bytes_per_s: int | None,
+    replicas: int | None,
+    dataset_bytes_max: int | None,
     redis_version: str | None,
     as_json: bool,
 ) -> None:
-    """Check Redis settings against the incident-28 rules (TP001...)."""
+    """Check Redis settings against the incident-28 rules (TP001...).
+
+    TP004 and TP005 use the hardened profile's formulas and figures (tally.ops.profiles):
+    --topology takes them from a topology file, the flags state or override them."""
     if (config_path is None) == (live_url is None):
         raise click.UsageError("give exactly one of --config FILE or --live URL")
     if live_url is not None and data_dir is not None:
         raise click.UsageError("--data-dir goes with --config; a live node reports its own dir")
-    if bandwidth <= 0:
+    if slowest_link_bytes_per_s is not None and slowest_link_bytes_per_s <= 0:
         raise click.BadParameter("must be positive", param_hint="--bandwidth")
-    params = PreflightParams(
-        write_rate, partition_s, bandwidth, replicas, dataset_bytes, _version(redis_version)
-    )
+    stated = {
+        "write_rate_bytes_per_s": write_rate_bytes_per_s,
+        "partition_s_max": partition_s_max,
+        "safety_factor": safety_factor,
+        "slowest_link_bytes_per_s": slowest_link_bytes_per_s,
+        "dataset_bytes_max": dataset_bytes_max,
+    }
     try:
+        params = _params(topology_path, stated, replicas, _version(redis_version))
         findings = _run(config_path, data_dir, live_url, role, params)
     except TallyError as exc:
         click.echo(f"preflight: {exc}", err=True)
         ctx.exit(EXIT_USAGE)
     _print(findings, as_json)
     ctx.exit(EXIT_ERRORS if has_errors(findings) else 0)
+
+
+def _params(
+    topology_path: Path | None,
+    stated: dict[str, Any],
+    replicas: int | None,
+    redis_version: tuple[int, int] | None,
+) -> PreflightParams:
+    """The topology's figures (or the defaults) with what the flags state on top; a figure
+    ProfileParams refuses raises ConfigError (exit 2)."""
+    base = PreflightParams()
+    if topology_path is not None:
+        base = PreflightParams.for_topology(load_topology(topology_path))
+    given = {name: value for name, value in stated.items() if value is not None}
+    return dataclasses.replace(
+        base,
+        sizing=dataclasses.replace(base.sizing, **given),
+        replicas_expected=base.replicas_expected if replicas is None else replicas,
+        redis_version=redis_version,
+    )
 
 
 def _run(

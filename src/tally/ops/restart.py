@@ -28,7 +28,6 @@ from tally.errors import ProcessError
 from tally.ops.cluster.procs import command
 from tally.ops.node import ConfigValue, RedisNode, render_config
 from tally.ops.preflight import Finding, PreflightParams, check_config_file, has_errors
-from tally.ops.profiles import ProfileParams
 from tally.store.keys import KeyLayout
 
 QUARANTINE_RULES = "~* &* +@all -@write -sync -psync"
@@ -62,20 +61,6 @@ class RestartReport:
             "before": vars(self.before) if self.before else None,
             "after": vars(self.after) if self.after else None,
         }
-
-
-def preflight_params(
-    params: ProfileParams, *, slowest_link_bytes_per_s: int, replicas_expected: int
-) -> PreflightParams:
-    """The preflight sizing inputs matching a profile's stated figures."""
-    bandwidth = params.slowest_link_bytes_per_s or slowest_link_bytes_per_s
-    return PreflightParams(
-        write_rate_bytes_s=params.write_rate_bytes_per_s,
-        partition_s=params.partition_s_max,
-        bandwidth_bytes_s=bandwidth or PreflightParams.bandwidth_bytes_s,
-        replicas_expected=replicas_expected,
-        dataset_bytes=params.dataset_bytes_max,
-    )
 
 
 def snapshot(node: RedisNode, layout: KeyLayout) -> Snapshot:

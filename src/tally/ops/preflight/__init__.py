@@ -9,9 +9,13 @@ Public API (stable)::
     check_live(client, *, role="primary", params=PreflightParams()) -> list[Finding]
     has_errors(findings) -> bool
     Finding(rule_id, severity, title, detail, fix)      # severity: Severity.ERROR|WARNING|INFO
-    PreflightParams(write_rate_bytes_s, partition_s, bandwidth_bytes_s, replicas_expected,
-                    dataset_bytes, redis_version)
+    PreflightParams(sizing=ProfileParams(...), slowest_link_bytes_per_s, replicas_expected,
+                    redis_version)                      # sizing: the profile's own figures
+    PreflightParams.for_topology(topology)              # a topology file's [params] and links
     RULES                                               # every Rule, by stable id
+
+TP004 and TP005 use the formulas of ``tally.ops.profiles`` with the figures of its
+``ProfileParams``: one set of sizing inputs for generating a config and for checking one.
 
 Findings come sorted: errors first, then by rule id. ``role`` is what the node is MEANT to be
 ("primary" or "replica"), not what it currently is. A malformed file, an ``include`` line (refused:
@@ -23,8 +27,10 @@ Rules (see ``rules.RULES`` for explanations and fixes):
                    layouts); live: AOF on, no keys, a non-empty dump.rdb beside it
     TP002 error    replicaof/slaveof on a node meant to be primary (live: role is replica)
     TP003 error    replicaof points at the node itself
-    TP004 error    repl-backlog-size < write_rate_bytes_s x partition_s
-    TP005 error    replica output buffer < write_rate x dataset / bandwidth (a full sync overflows)
+    TP004 error    repl-backlog-size < write_rate_bytes_per_s x partition_s_max
+                   (warning: < that x safety_factor, what the hardened profile sets)
+    TP005 error    replica output buffer < write_rate x dataset / slowest link: a full sync
+                   overflows (warning: at write_rate x safety_factor)
     TP006 error    maxmemory-policy evicts (warning while maxmemory is 0)
     TP007 error    primary with neither save points nor AOF
     TP008 error    primary with >= 2 replicas and no diskless sync with a delay

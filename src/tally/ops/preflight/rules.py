@@ -7,11 +7,19 @@ parameters) and returns a detail sentence when it fires, or None.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from tally.ops.preflight.settings import NodeSettings, is_loopback
+from tally.ops.profiles import (
+    ProfileParams,
+    backlog_need_bytes,
+    full_sync_buffer_need_bytes,
+    full_sync_s,
+    slowest_link,
+)
+from tally.ops.topology import Topology
 
 
 class Severity(StrEnum):
@@ -23,22 +31,47 @@ class Severity(StrEnum):
 ROLES = ("primary", "replica")
 
 
+LINK_ASSUMED_BYTES_PER_S = 12_500_000  # no link stated, no topology: 100 Mbit/s between DCs
+
+
 @dataclass(frozen=True)
 class PreflightParams:
-    """Sizing inputs. The formulas (rules TP004, TP005):
+    """What the rules check against. ``sizing`` is the profile's own :class:`ProfileParams` (a
+    topology's ``[params]``), so preflight judges a config by the figures the hardened profile
+    was sized from, with the same formulas (``tally.ops.profiles``):
 
-    * backlog needed = ``write_rate_bytes_s * partition_s``
-    * full-sync transfer time ``transfer_s = dataset_bytes / bandwidth_bytes_s``; the replica's
-      output buffer grows by ``write_rate_bytes_s * transfer_s`` meanwhile (a lower bound: the
-      replica's load time comes on top).
+    * TP004: backlog need ``backlog_need_bytes(write_rate_bytes_per_s, partition_s_max)``;
+    * TP005: a full sync of the dataset takes ``dataset / slowest link`` seconds, during which
+      the replica's output buffer grows by ``full_sync_buffer_need_bytes(...)`` (a lower bound:
+      the replica's load time comes on top). The dataset is ``dataset_bytes_max``, or what the
+      node holds (RDB file, ``used_memory``) when that is more.
+
+    Below the need at the stated rate is an error; below it at rate × ``safety_factor`` (what the
+    profile sizes for) a warning. The link is ``sizing.slowest_link_bytes_per_s`` when stated,
+    else ``slowest_link_bytes_per_s`` (the topology's slowest link; 0 = unlimited).
     """
 
-    write_rate_bytes_s: int = 1024**2  # replication stream produced by the writes
-    partition_s: float = 60.0  # longest partition that must end in a partial resync
-    bandwidth_bytes_s: int = 12_500_000  # slowest inter-DC link (100 Mbit/s)
+    sizing: ProfileParams = field(default_factory=ProfileParams)
+    slowest_link_bytes_per_s: int = LINK_ASSUMED_BYTES_PER_S
     replicas_expected: int = 2
-    dataset_bytes: int | None = None  # default: the RDB file size, or INFO used_memory
     redis_version: tuple[int, int] | None = None  # default: the redis-server tally would run
+
+    @property
+    def link_bytes_per_s(self) -> int:
+        return slowest_link(self.sizing, self.slowest_link_bytes_per_s)
+
+    @classmethod
+    def for_topology(
+        cls, topology: Topology, *, sizing: ProfileParams | None = None
+    ) -> PreflightParams:
+        """The figures a topology's nodes were generated from: its ``[params]`` (or ``sizing``),
+        its slowest link, its replica count."""
+        if sizing is None:
+            sizing = ProfileParams.from_mapping(
+                topology.params, source=f"{topology.source} [params]"
+            )
+        rates = [lk.bandwidth_bytes_per_s for lk in topology.links if lk.bandwidth_bytes_per_s]
+        return cls(sizing, min(rates, default=0), len(topology.replicas))
 
 
 @dataclass(frozen=True)
@@ -126,42 +159,66 @@ def _replicaof_self(ctx: Context) -> str | None:
     return None
 
 
-def _backlog_too_small(ctx: Context) -> str | None:
-    p = ctx.params
-    needed = p.write_rate_bytes_s * p.partition_s
-    if ctx.settings.backlog_bytes >= needed:
+def _short_of(need_bytes: int, margin_bytes: int, have_bytes: int) -> Severity | None:
+    """ERROR below the need at the stated rate, WARNING below it at rate x safety_factor."""
+    if have_bytes < need_bytes:
+        return Severity.ERROR
+    return Severity.WARNING if have_bytes < margin_bytes else None
+
+
+def _backlog_too_small(ctx: Context) -> tuple[Severity, str] | None:
+    p, have = ctx.params.sizing, ctx.settings.backlog_bytes
+    need = backlog_need_bytes(p.write_rate_bytes_per_s, p.partition_s_max)
+    margin = backlog_need_bytes(p.write_rate_bytes_per_s, p.partition_s_max, p.safety_factor)
+    severity = _short_of(need, margin, have)
+    if severity is None:
         return None
-    return (
-        f"repl-backlog-size is {_mb(ctx.settings.backlog_bytes)}; write_rate "
-        f"{_mb(p.write_rate_bytes_s)}/s x partition {p.partition_s:g} s needs {_mb(needed)}."
+    return severity, (
+        f"repl-backlog-size is {_mb(have)}; write_rate_bytes_per_s {_mb(p.write_rate_bytes_per_s)}"
+        f"/s x partition_s_max {p.partition_s_max:g} s needs {_mb(need)}, "
+        f"{_mb(margin)} with safety_factor {p.safety_factor:g}."
     )
 
 
-def _dataset_bytes(ctx: Context) -> int | None:
-    s = ctx.settings
-    if ctx.params.dataset_bytes is not None:
-        return ctx.params.dataset_bytes
+def _dataset_bytes(ctx: Context) -> tuple[int, str]:
+    """The stated ``dataset_bytes_max``, or what the node holds when that is more."""
+    s, stated = ctx.settings, ctx.params.sizing.dataset_bytes_max
     if s.data is not None and s.data.rdb_bytes is not None and ctx.source == "file":
-        return s.data.rdb_bytes
-    return s.used_memory_bytes
+        held, what = s.data.rdb_bytes, f"the RDB file ({s.data.rdb_path})"
+    else:
+        held, what = s.used_memory_bytes or 0, "used_memory"
+    if held > stated:
+        return held, f"{what}, more than dataset_bytes_max {_mb(stated)}"
+    return stated, "dataset_bytes_max"
 
 
-def _output_buffer_too_small(ctx: Context) -> str | tuple[Severity, str] | None:
-    dataset = _dataset_bytes(ctx)
-    if dataset is None:
-        return Severity.INFO, "Dataset size unknown (no RDB file, no --dataset-bytes): not checked."
-    p, (hard, soft, soft_s) = ctx.params, ctx.settings.replica_obl
-    transfer_s = dataset / p.bandwidth_bytes_s
-    grown = p.write_rate_bytes_s * transfer_s
-    hard_hit = hard and hard < grown
-    soft_hit = soft and soft < grown and transfer_s - soft / p.write_rate_bytes_s > soft_s
-    if not (hard_hit or soft_hit):
+def _overflows(ctx: Context, dataset: int, link: int, margin: float) -> bool:
+    """The replica limit cuts a full sync off at write rate x ``margin``."""
+    hard, soft, soft_s = ctx.settings.replica_obl
+    rate = ctx.params.sizing.write_rate_bytes_per_s * margin
+    grown = full_sync_buffer_need_bytes(rate, dataset, link)
+    soft_reached_s = soft / rate
+    hard_hit = bool(hard) and hard < grown
+    soft_hit = bool(soft) and soft < grown and full_sync_s(dataset, link) - soft_reached_s > soft_s
+    return hard_hit or soft_hit
+
+
+def _output_buffer_too_small(ctx: Context) -> tuple[Severity, str] | None:
+    p, link = ctx.params.sizing, ctx.params.link_bytes_per_s
+    dataset, what = _dataset_bytes(ctx)
+    if _overflows(ctx, dataset, link, 1.0):
+        severity = Severity.ERROR
+    elif _overflows(ctx, dataset, link, p.safety_factor):
+        severity = Severity.WARNING
+    else:
         return None
-    return (
-        f"A full sync of {_mb(dataset)} over {_mb(p.bandwidth_bytes_s)}/s takes "
-        f"{transfer_s:.1f} s, "
-        f"during which {_mb(grown)} of writes accumulate; the replica limit is hard {_mb(hard)}, "
-        f"soft {_mb(soft)} for {soft_s} s."
+    hard, soft, soft_s = ctx.settings.replica_obl
+    grown = full_sync_buffer_need_bytes(p.write_rate_bytes_per_s, dataset, link)
+    return severity, (
+        f"A full sync of {_mb(dataset)} ({what}) over {_mb(link)}/s takes "
+        f"{full_sync_s(dataset, link):.1f} s, during which {_mb(grown)} of writes accumulate "
+        f"(x safety_factor {p.safety_factor:g}: {_mb(grown * p.safety_factor)}); the replica "
+        f"limit is hard {_mb(hard)}, soft {_mb(soft)} for {soft_s} s."
     )
 
 
@@ -249,7 +306,8 @@ RULES: tuple[Rule, ...] = (
         "replication backlog too small for the tolerated partition",
         "When replicas reconnect after a partition longer than the backlog covers, each needs "
         "a FULL sync instead of a partial one: the full-sync storm of 2013.",
-        "Set repl-backlog-size >= write_rate_bytes_s x partition_s (with a margin).",
+        "Set repl-backlog-size >= write_rate_bytes_per_s x partition_s_max x safety_factor "
+        "(what the hardened profile sets).",
         _backlog_too_small,
     ),
     Rule(
@@ -258,8 +316,9 @@ RULES: tuple[Rule, ...] = (
         "replica output buffer too small for a full sync over the slowest link",
         "The primary drops a replica whose output buffer passes the limit during the sync; the "
         "replica starts another full sync, which overflows again: an endless full-sync loop.",
-        "Raise client-output-buffer-limit replica (hard and soft) above write_rate x "
-        "dataset / bandwidth, or 0 0 0 to disable, and keep the soft seconds above the transfer.",
+        "Raise client-output-buffer-limit replica (hard and soft) above write_rate_bytes_per_s "
+        "x dataset_bytes_max / slowest_link_bytes_per_s x safety_factor (what the hardened "
+        "profile sets), or 0 0 0 to disable; keep the soft seconds above the transfer.",
         _output_buffer_too_small,
     ),
     Rule(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -11,6 +12,7 @@ from redis.retry import Retry
 from tally.billing.engine import Engine
 from tally.config import Settings
 from tally.errors import ConfigError, LedgerNotInitialised
+from tally.ledger.drainer import Drainer
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.discovery import PrimaryLocator, parse_target
 from tally.store.keys import KeyLayout
@@ -45,6 +47,13 @@ class Deployment:
     def client(self) -> redis.Redis:
         """The current primary's client (it changes after a Sentinel failover)."""
         return self.store.client
+
+    def drainer(self, **options: Any) -> Drainer:
+        """A drainer with this deployment's replica fence (``Settings.drain_replicas``), so
+        nothing only the primary holds is settled; ``options`` go to ``Drainer``."""
+        options.setdefault("replicas", self.settings.drain_replicas_effective)
+        options.setdefault("fence_timeout_ms", self.settings.drain_fence_timeout_ms)
+        return Drainer(self.client, self.layout, self.ledger, **options)
 
     def close(self) -> None:
         self.client.close()

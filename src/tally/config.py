@@ -6,6 +6,9 @@ TALLY_LEDGER_URL    sqlite:///... or postgresql://... (default: $TALLY_HOME/ledg
 TALLY_HOME          where local state lives (default: ./.tally)
 TALLY_NAMESPACE     key prefix in Redis (default: tally)
 TALLY_SHARDS        logical shards, fixed at `tally init` (default: 16)
+TALLY_DRAIN_REPLICAS  replicas that must hold a journal entry before the drainer settles it in
+                    the ledger: a whole number, or `auto` (the default): 1 for a sentinel://
+                    URL (a deployment with replicas to fail over to), else 0 (a single node)
 """
 
 from __future__ import annotations
@@ -15,10 +18,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tally.domain.limits import (
+    DRAIN_FENCE_TIMEOUT_MS_DEFAULT,
+    DRAIN_FENCE_TIMEOUT_MS_MAX,
+    DRAIN_REPLICAS_MAX,
+)
 from tally.errors import ConfigError
 from tally.store.keys import SHARDS_DEFAULT
 
 LOCAL_STATE = "local.json"
+DRAIN_REPLICAS_AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,39 @@ class Settings:
     redis_pool_max: int = 64
     wait_replicas: int = 0
     wait_timeout_ms: int = 50
+    #: Replicas that must have a journal entry before the drainer settles it (invariant 9: a
+    #: failover must not lose what the ledger calls settled). None: automatic, see
+    #: ``drain_replicas_effective``.
+    drain_replicas: int | None = None
+    #: How long one drain round waits for them (WAIT); below the socket timeout.
+    drain_fence_timeout_ms: int = DRAIN_FENCE_TIMEOUT_MS_DEFAULT
+
+    def __post_init__(self) -> None:
+        replicas = self.drain_replicas
+        if replicas is not None and (
+            isinstance(replicas, bool)
+            or not isinstance(replicas, int)
+            or not 0 <= replicas <= DRAIN_REPLICAS_MAX
+        ):
+            raise ConfigError(
+                f"drain_replicas must be 0..{DRAIN_REPLICAS_MAX} or automatic, got {replicas!r}",
+                hint="set TALLY_DRAIN_REPLICAS to a whole number or `auto`",
+            )
+        fence_ms_max = min(DRAIN_FENCE_TIMEOUT_MS_MAX, self.redis_socket_timeout_ms - 1)
+        if not 1 <= self.drain_fence_timeout_ms <= fence_ms_max:
+            raise ConfigError(
+                f"drain_fence_timeout_ms must be 1..{fence_ms_max} (below the Redis socket "
+                f"timeout of {self.redis_socket_timeout_ms} ms), got {self.drain_fence_timeout_ms}"
+            )
+
+    @property
+    def drain_replicas_effective(self) -> int:
+        """``drain_replicas``, or when automatic: 1 for a Sentinel URL (the deployment has
+        replicas, and a failover promotes one of them), 0 otherwise (a plain URL is one node
+        as far as tally knows, like the embedded default; a fence there would never pass)."""
+        if self.drain_replicas is not None:
+            return self.drain_replicas
+        return 1 if (self.redis_url or "").startswith("sentinel://") else 0
 
     @classmethod
     def resolve(
@@ -50,6 +92,9 @@ class Settings:
             or f"sqlite:///{home_path / 'ledger.sqlite3'}",
             namespace=os.environ.get("TALLY_NAMESPACE", "tally"),
             shards=int(shards_text),
+            drain_replicas=parse_drain_replicas(
+                os.environ.get("TALLY_DRAIN_REPLICAS", DRAIN_REPLICAS_AUTO)
+            ),
         )
 
     def require_redis_url(self) -> str:
@@ -59,6 +104,18 @@ class Settings:
                 hint="pass --redis-url or set TALLY_REDIS_URL, or start one with `tally local up`",
             )
         return self.redis_url
+
+
+def parse_drain_replicas(text: str) -> int | None:
+    """``auto`` (or empty) -> None; a whole number -> itself; anything else is a ConfigError."""
+    value = text.strip().lower()
+    if value in ("", DRAIN_REPLICAS_AUTO):
+        return None
+    if not value.isdigit() or not value.isascii():
+        raise ConfigError(
+            f"TALLY_DRAIN_REPLICAS must be a whole number or {DRAIN_REPLICAS_AUTO!r}, got {text!r}"
+        )
+    return int(value)
 
 
 def local_redis_url(home: Path) -> str | None:

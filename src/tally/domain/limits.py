@@ -25,9 +25,17 @@ ID_LEN_MAX = 64
 #: Journal entries per shard the store accepts before it refuses writes (drainer far behind).
 JOURNAL_ENTRIES_MAX = 200_000
 
+#: The drainer's replica fence: replicas it may require, and WAIT's timeout per round (0 would
+#: mean "block forever" to Redis, so the range starts at 1).
+DRAIN_REPLICAS_MAX = 32
+DRAIN_FENCE_TIMEOUT_MS_DEFAULT = 500
+DRAIN_FENCE_TIMEOUT_MS_MAX = 10_000
+
 # The scripts check every step against the bounds, so the largest intermediate value is a
 # balance at its bound plus or minus one maximal amount (or a credit limit); it must be exact.
 if not BALANCE_MINOR_MAX + max(AMOUNT_MINOR_MAX, CREDIT_LIMIT_MINOR_MAX) < LUA_EXACT_INT_MAX // 4:
     raise ImportError("limits: balance + amount would not be exact in a Lua double")
+if not 1 <= DRAIN_FENCE_TIMEOUT_MS_DEFAULT <= DRAIN_FENCE_TIMEOUT_MS_MAX:
+    raise ImportError("limits: the default drain fence timeout is out of its range")
 if not AMOUNT_MINOR_MAX <= BALANCE_MINOR_MAX:
     raise ImportError("limits: a single amount must fit in a balance")

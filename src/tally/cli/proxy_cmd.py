@@ -9,7 +9,14 @@ from typing import Any
 import click
 
 from tally.errors import TallyError
-from tally.ops.faultproxy import DEFAULT_CONTROL_PORT, ProxyControl, ProxyHub, load_config, serve
+from tally.ops.faultproxy import (
+    DEFAULT_CONTROL_PORT,
+    ProxyControl,
+    ProxyHub,
+    load_config,
+    load_fronts,
+    serve,
+)
 
 _control_port = click.option(
     "--control-port",
@@ -52,9 +59,10 @@ def proxy() -> None:
     help="Written (atomically) with pid, control port and links once listening.",
 )
 def serve_cmd(config_path: Path, control_port: int, ready_file: Path | None) -> None:
-    """Run the links of CONFIG until SIGTERM/SIGINT."""
+    """Run the links (and fronts) of CONFIG until SIGTERM/SIGINT."""
     try:
-        serve(ProxyHub(load_config(config_path)), control_port, ready_file)
+        hub = ProxyHub(load_config(config_path), fronts=load_fronts(config_path))
+        serve(hub, control_port, ready_file)
     except TallyError as exc:
         raise _fail(exc) from exc
 
@@ -122,19 +130,26 @@ def clear_cmd(link: str, kind: str | None, direction: str, control_port: int) ->
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON status.")
 @_control_port
 def status_cmd(as_json: bool, control_port: int) -> None:
-    """Links, their faults and byte counts."""
+    """Links (and routes), their faults and byte counts; fronts and their routing."""
     try:
         with ProxyControl(control_port) as control:
-            links = control.status()
+            links, fronts = control.status(), control.fronts()
     except TallyError as exc:
         raise _fail(exc) from exc
     if as_json:
-        click.echo(json.dumps(links, indent=2, sort_keys=True))
+        click.echo(json.dumps({"links": links, "fronts": fronts}, indent=2, sort_keys=True))
         return
+    for name, info in fronts.items():
+        routes = ", ".join(f"{src}->{route}" for src, route in sorted(info["routes"].items()))
+        click.echo(
+            f"front {name}  {info['listen'][0]}:{info['listen'][1]}  "
+            f"routes: {routes or 'none'}; others->{info['default']}"
+        )
     for name, info in links.items():
         stats, faults = info["stats"], {k: v for k, v in info["faults"].items() if v}
+        listen = f"{info['listen'][0]}:{info['listen'][1]}" if info["listen"] else "(via front)"
         click.echo(
-            f"{name}  {info['listen'][0]}:{info['listen'][1]} -> "
+            f"{name}  {listen} -> "
             f"{info['upstream'][0]}:{info['upstream'][1]}  up={stats['bytes_upstream']}B "
             f"down={stats['bytes_downstream']}B open={stats['connections_open']}  "
             f"faults={json.dumps(faults) if faults else 'none'}"

@@ -48,6 +48,15 @@ In process::
     hub.status()          # {name: {listen, upstream, faults, stats}}
     hub.add_link(spec) -> (host, port); hub.remove_link(name); hub.stop()
 
+Fronts (one address per node for everyone, the route picked by the client's source address;
+see :mod:`tally.ops.faultproxy.front`)::
+
+    hub.add_link(LinkSpec("dc2-to-r1", "127.0.1.1", 6380, listen=False))   # a route
+    hub.add_link(LinkSpec("dc1-to-r1", "127.0.1.1", 6380, listen=False))
+    hub.add_front(FrontSpec("r1", default="dc1-to-r1", routes={"127.0.2.1": "dc2-to-r1"},
+                            listen_host="127.0.1.1"))  # -> (host, port)
+    hub.set_fault("dc2-to-r1", "both", "partition", mode="drop")  # only dc2's clients of r1
+
 As a daemon: ``tally proxy serve --config links.toml --control-port 8474 [--ready-file F]``
 (see :func:`load_config` for the file), steered with :class:`ProxyControl` (same methods as the
 hub) or ``tally proxy fault|clear|status``. The HTTP routes are listed in ``control.py``.
@@ -57,19 +66,22 @@ an unreachable daemon ``InfrastructureError``.
 
 from tally.ops.faultproxy.control import DEFAULT_CONTROL_PORT, ProxyControl, serve
 from tally.ops.faultproxy.faults import Direction, FaultKind, make_fault
-from tally.ops.faultproxy.hub import ProxyHub, UnknownLink, load_config
+from tally.ops.faultproxy.front import FrontSpec
+from tally.ops.faultproxy.hub import ProxyHub, UnknownLink, load_config, load_fronts
 from tally.ops.faultproxy.link import LinkSpec, ProxyLimits
 
 __all__ = [
     "DEFAULT_CONTROL_PORT",
     "Direction",
     "FaultKind",
+    "FrontSpec",
     "LinkSpec",
     "ProxyControl",
     "ProxyHub",
     "ProxyLimits",
     "UnknownLink",
     "load_config",
+    "load_fronts",
     "make_fault",
     "serve",
 ]

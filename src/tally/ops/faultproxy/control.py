@@ -7,6 +7,9 @@
     DELETE /links/NAME
     POST   /links/NAME/faults              {"kind", "direction", "params": {...}}
     DELETE /links/NAME/faults?kind=K&direction=D   (both optional: clear everything)
+    GET    /fronts                         {name: status}
+    POST   /fronts                         {"name", "default", "routes", "listen_host", ...}
+    DELETE /fronts/NAME
 
 Errors answer 400 (bad request) or 404 (no such link) with {"error": message}.
 """
@@ -26,8 +29,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from tally.errors import InfrastructureError, TallyError, UsageError
-from tally.ops.faultproxy.hub import ProxyHub, UnknownLink
+from tally.errors import ConfigError, InfrastructureError, TallyError, UsageError
+from tally.ops.faultproxy.front import FrontSpec
+from tally.ops.faultproxy.hub import ProxyHub, UnknownLink, front_spec
 from tally.ops.faultproxy.link import LinkSpec
 
 BODY_BYTES_MAX = 65_536
@@ -92,6 +96,14 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "DELETE":
                 hub.remove_link(parts[1])
                 return ok, {"removed": parts[1]}
+        if parts == ["fronts"] and method == "GET":
+            return ok, hub.fronts()
+        if parts == ["fronts"] and method == "POST":
+            host, port = hub.add_front(_front(self._body()))
+            return ok, {"listen": [host, port]}
+        if len(parts) == 2 and parts[0] == "fronts" and method == "DELETE":
+            hub.remove_front(parts[1])
+            return ok, {"removed": parts[1]}
         if len(parts) == 3 and parts[0] == "links" and parts[2] == "faults":
             return ok, self._faults(method, parts[1], parse_qs(url.query))
         raise UsageError(f"no route {method} {url.path}")
@@ -119,9 +131,18 @@ def _spec(body: dict[str, Any]) -> LinkSpec:
             upstream_host=str(body.get("upstream_host", "127.0.0.1")),
             upstream_port=int(body["upstream_port"]),
             listen_port=int(body.get("listen_port", 0)),
+            listen_host=str(body.get("listen_host", "127.0.0.1")),
+            listen=bool(body.get("listen", True)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"bad link: {exc}") from exc
+
+
+def _front(body: dict[str, Any]) -> FrontSpec:
+    try:
+        return front_spec(body, "request")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 class _ControlServer(ThreadingHTTPServer):
@@ -229,9 +250,28 @@ class ProxyControl:
             "upstream_host": spec.upstream_host,
             "upstream_port": spec.upstream_port,
             "listen_port": spec.listen_port,
+            "listen_host": spec.listen_host,
+            "listen": spec.listen,
         }
-        host, port = self._request("POST", "/links", json=body)["listen"]
+        listen = self._request("POST", "/links", json=body)["listen"]
+        return (str(listen[0]), int(listen[1])) if listen else (spec.listen_host, 0)
+
+    def add_front(self, spec: FrontSpec) -> tuple[str, int]:
+        body = {
+            "name": spec.name,
+            "default": spec.default,
+            "routes": dict(spec.routes),
+            "listen_host": spec.listen_host,
+            "listen_port": spec.listen_port,
+        }
+        host, port = self._request("POST", "/fronts", json=body)["listen"]
         return str(host), int(port)
+
+    def remove_front(self, name: str) -> None:
+        self._request("DELETE", f"/fronts/{name}")
+
+    def fronts(self) -> dict[str, dict[str, Any]]:
+        return dict(self._request("GET", "/fronts"))
 
     def remove_link(self, link: str) -> None:
         self._request("DELETE", f"/links/{link}")

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from tally.errors import ConfigError, UsageError
 from tally.ops.faultproxy.faults import Direction, FaultKind, make_fault
+from tally.ops.faultproxy.front import Front, FrontSpec
 from tally.ops.faultproxy.link import Link, LinkSpec, ProxyLimits
 
 T = TypeVar("T")
@@ -30,10 +31,18 @@ class ProxyHub:
     the thread. All methods are thread-safe and return once the change is in effect.
     """
 
-    def __init__(self, links: Iterable[LinkSpec] = (), *, limits: ProxyLimits | None = None):
+    def __init__(
+        self,
+        links: Iterable[LinkSpec] = (),
+        *,
+        fronts: Iterable[FrontSpec] = (),
+        limits: ProxyLimits | None = None,
+    ):
         self.limits = limits or ProxyLimits()
         self._initial = list(links)
+        self._initial_fronts = list(fronts)
         self._links: dict[str, Link] = {}
+        self._fronts: dict[str, Front] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -49,6 +58,8 @@ class ProxyHub:
         try:
             for spec in self._initial:
                 self.add_link(spec)
+            for front in self._initial_fronts:
+                self.add_front(front)
         except BaseException:
             self.stop()
             raise
@@ -67,6 +78,7 @@ class ProxyHub:
                 loop.close()
             self._loop = self._thread = None
             self._links.clear()
+            self._fronts.clear()
 
     def __enter__(self) -> ProxyHub:
         return self.start()
@@ -83,7 +95,7 @@ class ProxyHub:
         """Start proxying a link; returns the (host, port) clients connect to."""
 
         async def add() -> tuple[str, int]:
-            if spec.name in self._links:
+            if spec.name in self._links or spec.name in self._fronts:
                 raise UsageError(f"link {spec.name} exists already")
             if len(self._links) >= LINKS_MAX:
                 raise UsageError(f"at most {LINKS_MAX} links per hub")
@@ -101,7 +113,41 @@ class ProxyHub:
 
         self._call(remove)
 
+    # -- fronts --------------------------------------------------------------------------------
+    def add_front(self, spec: FrontSpec) -> tuple[str, int]:
+        """Start a shared listener that serves each client by the route of its source address
+        (see :mod:`tally.ops.faultproxy.front`); its routes must exist, made with
+        ``LinkSpec(..., listen=False)``. Returns the (host, port) clients connect to."""
+
+        async def add() -> tuple[str, int]:
+            if spec.name in self._fronts or spec.name in self._links:
+                raise UsageError(f"front {spec.name}: the name is taken")
+            if len(self._fronts) >= LINKS_MAX:
+                raise UsageError(f"at most {LINKS_MAX} fronts per hub")
+            for route in sorted(spec.route_names()):
+                if self._link(route).spec.listen:
+                    raise UsageError(f"front {spec.name}: link {route} has its own listener")
+            front = Front(spec, self._link)
+            await front.open()
+            self._fronts[spec.name] = front
+            return spec.listen_host, front.port
+
+        return self._call(add)
+
+    def remove_front(self, name: str) -> None:
+        async def remove() -> None:
+            await self._front(name).close()
+            del self._fronts[name]
+
+        self._call(remove)
+
+    def fronts(self) -> dict[str, dict[str, Any]]:
+        return self._call_sync(lambda: {n: f.status() for n, f in sorted(self._fronts.items())})
+
     def address(self, name: str) -> tuple[str, int]:
+        if name in self._fronts:
+            front = self._fronts[name]
+            return front.spec.listen_host, front.port
         link = self._link(name)
         return link.spec.listen_host, link.port
 
@@ -146,7 +192,15 @@ class ProxyHub:
         except KeyError:
             raise UnknownLink(f"no link named {name!r}; links: {self.link_names()}") from None
 
+    def _front(self, name: str) -> Front:
+        try:
+            return self._fronts[name]
+        except KeyError:
+            raise UnknownLink(f"no front named {name!r}; fronts: {sorted(self._fronts)}") from None
+
     async def _close_all(self) -> None:
+        for front in self._fronts.values():
+            await front.close()
         for link in self._links.values():
             await link.close()
         # Every connection task must finish on this loop before it closes, or its coroutine is
@@ -182,6 +236,9 @@ def load_config(path: Path) -> list[LinkSpec]:
     name = "dc1-dc2"
     listen_port = 7001            # optional, 0 or absent = any free port
     upstream = "127.0.0.1:6380"
+    listen = true                 # optional; false: a route served by a [[front]]
+
+    Fronts are read by :func:`load_fronts` from the same file.
     """
     try:
         text = Path(path).read_text()
@@ -203,6 +260,44 @@ def _spec_from(entry: dict[str, Any], path: Path) -> LinkSpec:
             upstream_port=int(port),
             listen_port=int(entry.get("listen_port", 0)),
             listen_host=str(entry.get("listen_host", "127.0.0.1")),
+            listen=bool(entry.get("listen", True)),
         )
     except (KeyError, ValueError, UsageError) as exc:
         raise ConfigError(f"{path}: bad link {entry!r}: {exc}") from exc
+
+
+def load_fronts(path: Path) -> list[FrontSpec]:
+    """Fronts from the same file as :func:`load_config`::
+
+    [[front]]
+    name = "r1"
+    listen_port = 7000
+    default = "dc1-to-r1"                         # any other source address
+    routes = { "127.0.2.1" = "dc2-to-r1" }        # source address -> route
+    """
+    try:
+        text = Path(path).read_text()
+        data = json.loads(text) if Path(path).suffix == ".json" else tomllib.loads(text)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read proxy config {path}: {exc}") from exc
+    entries = data.get("front", [])
+    if not isinstance(entries, list) or len(entries) > LINKS_MAX:
+        raise ConfigError(f"{path}: 'front' must be a list of at most {LINKS_MAX} tables")
+    return [front_spec(entry, str(path)) for entry in entries]
+
+
+def front_spec(entry: Any, source: str) -> FrontSpec:
+    """A :class:`FrontSpec` from a JSON/TOML table, or ``ConfigError`` naming what is wrong."""
+    try:
+        routes = entry.get("routes", {})
+        if not isinstance(routes, dict):
+            raise ValueError("routes must be a table of source address = route")
+        return FrontSpec(
+            name=str(entry["name"]),
+            default=str(entry["default"]),
+            routes={str(k): str(v) for k, v in routes.items()},
+            listen_host=str(entry.get("listen_host", "127.0.0.1")),
+            listen_port=int(entry.get("listen_port", 0)),
+        )
+    except (AttributeError, KeyError, TypeError, ValueError, UsageError) as exc:
+        raise ConfigError(f"{source}: bad front {entry!r}: {exc}") from exc

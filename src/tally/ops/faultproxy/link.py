@@ -24,13 +24,16 @@ UP, DOWN = Direction.UPSTREAM, Direction.DOWNSTREAM
 @dataclass(frozen=True)
 class LinkSpec:
     """A link: clients connect to ``listen_host:listen_port`` (0 = any free port), the proxy
-    connects on to ``upstream_host:upstream_port``."""
+    connects on to ``upstream_host:upstream_port``. ``listen=False``: a route with no listener
+    of its own; its clients arrive through a front (:mod:`tally.ops.faultproxy.front`) that
+    picks the route by their source address."""
 
     name: str
     upstream_host: str
     upstream_port: int
     listen_port: int = 0
     listen_host: str = "127.0.0.1"
+    listen: bool = True
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 64 or "/" in self.name:
@@ -159,6 +162,8 @@ class Link:
 
     # -- listener ------------------------------------------------------------------------------
     async def open(self) -> None:
+        if not self.spec.listen:
+            return  # a route: its front accepts for it
         try:
             self._server = await asyncio.start_server(
                 self._on_accept, self.spec.listen_host, self.port, reuse_address=True
@@ -182,8 +187,14 @@ class Link:
             conn.close()
 
     async def _on_accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.accept(reader, writer)
+
+    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one accepted client connection (from this link's listener or a front's)."""
         if self.refusing or len(self.connections) >= self.limits.connections_max:
             self.stats.connections_rejected += 1
+            if self.refusing:
+                _rst_on_close(writer)  # through a shared front: a reset stands for "refused"
             writer.transport.abort()
             return
         conn = _Connection(self, reader, writer)
@@ -235,7 +246,7 @@ class Link:
             faults["both"] = {"partition": {"mode": "refuse"}}
         return {
             "name": self.spec.name,
-            "listen": [self.spec.listen_host, self.port],
+            "listen": [self.spec.listen_host, self.port] if self.spec.listen else None,
             "upstream": [self.spec.upstream_host, self.spec.upstream_port],
             "faults": faults,
             "stats": asdict(self.stats),

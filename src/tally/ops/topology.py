@@ -6,6 +6,8 @@ A topology is TOML (see ``examples/topology-3dc.toml``)::
     profile = "hardened"            # or "2013"
     base_dir = "run/3dc"            # relative to the file; every process gets a folder in it
     master_name = "tally"           # the Sentinel master name
+    clients_dc = "dc1"              # where clients that are in no data center's address range
+                                    # sit (default: the primary's data center)
 
     [params]                        # optional, see tally.ops.profiles.ProfileParams
     write_rate_bytes_per_s = 1_000_000
@@ -27,7 +29,8 @@ A topology is TOML (see ``examples/topology-3dc.toml``)::
     latency_ms = 20
 
 Every pair of data centers needs a link: after a failover the primary can sit in any of them.
-Traffic between processes in different data centers goes through the link's fault proxy.
+Traffic between processes in different data centers goes through the link's fault proxy
+(addressing: :mod:`tally.ops.cluster.core`).
 Validation raises :class:`tally.errors.ConfigError` naming the field and the fix.
 """
 
@@ -92,6 +95,12 @@ class Topology:
     master_name: str = "tally"
     params: Mapping[str, Any] = field(default_factory=dict)
     source: str = "<memory>"
+    clients_dc: str = ""  # "" = the primary's data center
+
+    @property
+    def client_dc(self) -> str:
+        """The data center of clients that have no address of their own (tools, engines)."""
+        return self.clients_dc or self.primary.dc
 
     @property
     def primary(self) -> NodeSpec:
@@ -159,8 +168,24 @@ def parse_topology(
     if not isinstance(params, Mapping):
         raise ConfigError(f"{source}: [params] must be a table", hint="write [params] key = value")
     master_name = _name(source, "master_name", data.get("master_name", "tally"))
+    clients_dc = str(data.get("clients_dc", ""))
+    if clients_dc and clients_dc not in dcs:
+        raise ConfigError(
+            f"{source}: clients_dc = {clients_dc!r} is not a declared data center",
+            hint=f"use one of {', '.join(dcs)}, or leave it out (the primary's data center)",
+        )
     return Topology(
-        name, profile, base_dir, dcs, nodes, sentinels, links, master_name, dict(params), source
+        name,
+        profile,
+        base_dir,
+        dcs,
+        nodes,
+        sentinels,
+        links,
+        master_name,
+        dict(params),
+        source,
+        clients_dc,
     )
 
 
@@ -169,6 +194,7 @@ _TOP_KEYS = {
     "profile",
     "base_dir",
     "master_name",
+    "clients_dc",
     "params",
     "dc",
     "node",

@@ -1,19 +1,24 @@
 """A whole topology as real processes on loopback: Redis nodes, Sentinels and fault proxies.
 
-Addressing: a process reaches a node in its own data center directly, and a node in another data
-center only through the proxy route ``<src dc>-to-<node>`` (one fault-proxy link each), which
-belongs to the topology link between the two data centers. ``partition(dc_a, dc_b)`` applies a
-fault to every route of that pair.
+Addressing (one address per process for everyone, the path depending on where the client is):
 
-Known limit: Sentinels do NOT pass the proxies. Sentinel keys a master by its address
-(``SENTINEL is-master-down-by-addr ip port``, hello messages, ``INFO`` replica lists), so every
-Sentinel must know each node by one and the same address. With per-data-center proxy addresses
-the Sentinels never agree (tried: each reaches ``+sdown``, none ``+odown``, no failover). So
-Sentinels monitor the primary at its real loopback address, and the replication a Sentinel sets
-up after a failover is direct too. The initial replication (the F1 storm path) does pass the
-proxies. Partitioning Sentinel traffic needs a flat address space whose path depends on the
-source: a proxy listener per node that picks its faults by the peer's source address, with each
-data center's processes bound to their own loopback address.
+* Each data center has its own loopback address, ``127.0.k.1`` for the k-th data center of the
+  topology (all of 127.0.0.0/8 is local on Linux). Its processes listen there, and their
+  outgoing connections carry it as source address (``bind`` is the source address for Redis
+  6.2's replication and Sentinel links; 7.0 needs ``bind-source-addr``, set here).
+* Every process (node or Sentinel) has a FRONT: a fault-proxy listener in its data center, the
+  one address everyone uses for it: replicas replicate from the primary's front, Sentinels
+  monitor it, replicas and Sentinels announce their fronts (``replica-announce-ip/port``,
+  ``sentinel announce-ip/port``), so ``INFO``, hello messages and ``SENTINEL`` replies name
+  fronts only, and a failover keeps every link behind the proxies.
+* A front passes each connection to the route ``<source dc>-to-<process>`` chosen by the
+  client's source address (``tally.ops.faultproxy.front``); a route between two data centers
+  carries its topology link's latency and bandwidth cap, and ``partition(dc_a, dc_b)`` applies
+  a fault to every route of that pair, both ways. Routes inside a data center carry no faults.
+* Clients with no data-center address (an engine, a test, redis-py cannot pick a source
+  address) count as sitting in ``topology.client_dc``. Operator tools (``ClusterNode.client``,
+  status, the lab's monitor) use a process's REAL address and bypass the proxies: a partition
+  never hides the cluster from its operator.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import contextlib
 import os
 import secrets
 import signal
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,8 +46,8 @@ from tally.ops.cluster.state import (
     read_state,
     write_state,
 )
+from tally.ops.faultproxy import FrontSpec, ProxyControl, ProxyHub
 from tally.ops.faultproxy import LinkSpec as ProxyLinkSpec
-from tally.ops.faultproxy import ProxyControl, ProxyHub
 from tally.ops.node import ConfigValue, RedisNode
 from tally.ops.profiles import (
     NodeRole,
@@ -50,6 +56,7 @@ from tally.ops.profiles import (
     sentinel_directives,
     uses_sentinel,
 )
+from tally.ops.topology import LinkSpec as TopologyLink
 from tally.ops.topology import NodeSpec, Topology
 from tally.store.discovery import SentinelTarget
 
@@ -63,6 +70,7 @@ class Hub(Protocol):
     """What the cluster needs of a proxy hub: ``ProxyHub`` in process, ``ProxyControl`` daemon."""
 
     def add_link(self, spec: ProxyLinkSpec) -> tuple[str, int]: ...
+    def add_front(self, spec: FrontSpec) -> tuple[str, int]: ...
     def set_fault(self, link: str, direction: str, kind: str, **params: Any) -> None: ...
     def clear(self, link: str, kind: str | None = None, direction: str = "both") -> None: ...
     def status(self) -> dict[str, dict[str, Any]]: ...
@@ -74,6 +82,7 @@ class ClusterNode:
     def __init__(self, name: str, dc: str, node: RedisNode, role: str, pid: int | None = None):
         self.name, self.dc, self.node, self.role = name, dc, node, role
         self._attached_pid = pid  # a process an earlier `cluster up` started
+        self.front: tuple[str, int] | None = None  # the address everyone else uses
 
     @property
     def pid(self) -> int | None:
@@ -85,6 +94,7 @@ class ClusterNode:
 
     @property
     def address(self) -> tuple[str, int]:
+        """The REAL address: the operator's way in, past every proxy."""
         return self.node.host, self.node.port
 
     def is_running(self) -> bool:
@@ -187,19 +197,38 @@ class Cluster:
         self.hub_control_port: int | None = None
 
     # -- addressing --------------------------------------------------------------------------
+    def dc_address(self, dc: str) -> str:
+        """``127.0.k.1`` for the k-th data center of the topology."""
+        return f"127.0.{self.topology.dcs.index(dc) + 1}.1"
+
     @staticmethod
-    def route_name(src_dc: str, node: str) -> str:
-        return f"{src_dc}-to-{node}"
+    def route_name(src_dc: str, target: str) -> str:
+        return f"{src_dc}-to-{target}"
+
+    def _handle(self, name: str) -> ClusterNode:
+        handle = self.nodes.get(name) or self.sentinels.get(name)
+        if handle is None:
+            raise ConfigError(f"no node or Sentinel named {name!r} in this cluster")
+        return handle
+
+    def front(self, name: str) -> tuple[str, int]:
+        """The address every process and client uses for node or Sentinel ``name``."""
+        handle = self._handle(name)
+        if handle.front is None:
+            raise InfrastructureError(f"{name} has no front address (the cluster is not up)")
+        return handle.front
 
     def reach(self, src_dc: str, node_name: str) -> tuple[str, int]:
-        """The address a process in ``src_dc`` uses for ``node_name``."""
-        target = self.nodes[node_name]
-        if target.dc == src_dc:
-            return target.address
-        return self.routes[self.route_name(src_dc, node_name)].listen
+        """The address a process in ``src_dc`` uses for ``node_name``: its front, the same from
+        everywhere (the front picks the route by the client's source address)."""
+        if src_dc not in self.topology.dcs:
+            raise ConfigError(f"no data center named {src_dc!r}")
+        return self.front(node_name)
 
     def sentinel_addresses(self) -> list[tuple[str, int]]:
-        return [s.address for s in self.sentinels.values()]
+        """The Sentinels' fronts (a client in ``topology.client_dc`` reaches the others through
+        their links)."""
+        return [self.front(name) for name in self.sentinels]
 
     def sentinel_target(self) -> SentinelTarget:
         """What ``tally.store.discovery`` needs to find this cluster's primary."""
@@ -245,6 +274,7 @@ class Cluster:
                 hint="run `tally cluster down --topology ...` first",
             )
         self.base_dir.mkdir(parents=True, exist_ok=True)
+        self._check_addresses()
         try:
             self._plan_processes()
             self._start_hub()
@@ -265,6 +295,20 @@ class Cluster:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def _check_addresses(self) -> None:
+        """Every data center's loopback address can be bound (Linux: all of 127.0.0.0/8)."""
+        for dc in self.topology.dcs:
+            host = self.dc_address(dc)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind((host, 0))
+                except OSError as exc:
+                    raise ConfigError(
+                        f"cannot bind {host} for data center {dc}: {exc}",
+                        hint="a cluster gives each data center its own loopback address "
+                        "(127.0.k.1); on macOS add them with `sudo ifconfig lo0 alias 127.0.k.1`",
+                    ) from exc
+
     def _redis_node(self, name: str, **kwargs: Any) -> RedisNode:
         return RedisNode(
             name=name,
@@ -276,11 +320,12 @@ class Cluster:
 
     def _plan_processes(self) -> None:
         for spec in self.topology.nodes:
-            node = self._redis_node(spec.name, password=self.password)
+            host = self.dc_address(spec.dc)
+            node = self._redis_node(spec.name, host=host, password=self.password)
             self.nodes[spec.name] = ClusterNode(spec.name, spec.dc, node, spec.role)
         if self.with_sentinels:
             for s in self.topology.sentinels:
-                node = self._redis_node(s.name, sentinel=True)
+                node = self._redis_node(s.name, host=self.dc_address(s.dc), sentinel=True)
                 self.sentinels[s.name] = ClusterNode(s.name, s.dc, node, "sentinel")
 
     def _start_hub(self) -> None:
@@ -291,41 +336,68 @@ class Cluster:
             self.hub = ProxyHub().start()
 
     def _add_routes(self) -> None:
+        """Per process: one route from every data center, then its front (module doc)."""
         hub = self._hub()
-        used_dcs = {n.dc for n in self.nodes.values()} | {s.dc for s in self.sentinels.values()}
-        for src_dc in sorted(used_dcs):
-            for target in self.nodes.values():
-                if target.dc == src_dc:
-                    continue
+        for target in [*self.nodes.values(), *self.sentinels.values()]:
+            routes: dict[str, str] = {}
+            for src_dc in self.topology.dcs:
                 name = self.route_name(src_dc, target.name)
-                listen = hub.add_link(ProxyLinkSpec(name, target.node.host, target.port))
-                link = self.topology.link(src_dc, target.dc)
-                self.routes[name] = RouteState(name, src_dc, target.name, link.name, listen)
-                if link.latency_ms > 0:
-                    hub.set_fault(name, "both", "latency", latency_ms=link.latency_ms)
-                if link.bandwidth_bytes_per_s > 0:
-                    hub.set_fault(
-                        name, "both", "bandwidth", rate_bytes_s=link.bandwidth_bytes_per_s
-                    )
+                upstream = ProxyLinkSpec(
+                    name, target.node.host, target.port, listen_host=target.node.host, listen=False
+                )
+                hub.add_link(upstream)
+                routes[self.dc_address(src_dc)] = name
+                pair = self.topology.link(src_dc, target.dc).name if src_dc != target.dc else ""
+                self.routes[name] = RouteState(name, src_dc, target.name, pair, ("", 0))
+                if pair:
+                    self._link_faults(name, self.topology.link(src_dc, target.dc))
+            default = routes[self.dc_address(self.topology.client_dc)]
+            target.front = hub.add_front(
+                FrontSpec(target.name, default, routes, listen_host=target.node.host)
+            )
+            for name in routes.values():
+                self.routes[name].listen = target.front
+
+    def _link_faults(self, route: str, link: TopologyLink) -> None:
+        hub = self._hub()
+        if link.latency_ms > 0:
+            hub.set_fault(route, "both", "latency", latency_ms=link.latency_ms)
+        if link.bandwidth_bytes_per_s > 0:
+            hub.set_fault(route, "both", "bandwidth", rate_bytes_s=link.bandwidth_bytes_per_s)
 
     def slowest_link_bytes_per_s(self) -> int:
         rates = [lk.bandwidth_bytes_per_s for lk in self.topology.links if lk.bandwidth_bytes_per_s]
         return min(rates, default=0)
+
+    def _addressing(self, handle: ClusterNode) -> dict[str, ConfigValue]:
+        """Outgoing connections leave from the data center's address; the bind is loopback
+        only, so protected mode (which admits 127.0.0.1 alone) is off."""
+        out: dict[str, ConfigValue] = {"protected-mode": "no"}
+        if self.binary.at_least(7, 0):
+            out["bind-source-addr"] = handle.node.host
+        return out
 
     def directives_for(self, spec: NodeSpec) -> dict[str, ConfigValue]:
         primary = self.topology.primary
         if spec.role == "primary":
             role = NodeRole(None, replicas_expected=len(self.topology.replicas))
         else:
-            role = NodeRole(self.reach(spec.dc, primary.name))
-        return node_directives(
-            self.topology.profile,
-            self.binary,
-            role,
-            params=self.params,
-            password=self.password,
-            slowest_link_bytes_per_s=self.slowest_link_bytes_per_s(),
-        )
+            role = NodeRole(self.front(primary.name))
+        handle = self.nodes[spec.name]
+        front_host, front_port = self.front(spec.name)
+        return {
+            **node_directives(
+                self.topology.profile,
+                self.binary,
+                role,
+                params=self.params,
+                password=self.password,
+                slowest_link_bytes_per_s=self.slowest_link_bytes_per_s(),
+            ),
+            **self._addressing(handle),
+            "replica-announce-ip": front_host,
+            "replica-announce-port": front_port,
+        }
 
     def _start_nodes(self) -> None:
         ordered = [self.topology.primary, *self.topology.replicas]
@@ -335,17 +407,22 @@ class Cluster:
             handle.start()
         self.wait_replicas_in_sync()
 
+    def sentinel_directives_for(self, handle: ClusterNode) -> dict[str, ConfigValue]:
+        directives = sentinel_directives(
+            self.topology.master_name,
+            self.front(self.topology.primary.name),
+            params=self.params,
+            password=self.password,
+        )
+        host, port = self.front(handle.name)
+        monitor = directives.pop("sentinel")
+        assert not isinstance(monitor, str | int)  # sentinel_directives returns its lines
+        lines = [*monitor, f"announce-ip {host}", f"announce-port {port}"]
+        return {**directives, **self._addressing(handle), "sentinel": lines}
+
     def _start_sentinels(self) -> None:
-        primary = self.topology.primary.name
         for handle in self.sentinels.values():
-            handle.node.directives.update(
-                sentinel_directives(
-                    self.topology.master_name,
-                    self.nodes[primary].address,  # one address for all: see module doc
-                    params=self.params,
-                    password=self.password,
-                )
-            )
+            handle.node.directives.update(self.sentinel_directives_for(handle))
             handle.start()
         self.wait_sentinels_ready()
 
@@ -417,22 +494,14 @@ class Cluster:
                 h.port,
                 str(h.node.dir),
                 h.pid,
-                "node",
-                h.role,
+                kind,
+                h.role if kind == "node" else "",
                 dict(h.node.directives),
+                h.node.host,
+                h.front,
             )
-            for h in self.nodes.values()
-        ] + [
-            ProcessState(
-                h.name,
-                h.dc,
-                h.port,
-                str(h.node.dir),
-                h.pid,
-                "sentinel",
-                directives=dict(h.node.directives),
-            )
-            for h in self.sentinels.values()
+            for kind, handles in (("node", self.nodes), ("sentinel", self.sentinels))
+            for h in handles.values()
         ]
         return ClusterState(
             topology=self.topology.source,
@@ -466,6 +535,7 @@ class Cluster:
         for p in state.processes:
             node = cluster._redis_node(
                 p.name,
+                host=p.host,
                 port=p.port,
                 directives=dict(p.directives),
                 sentinel=p.kind == "sentinel",
@@ -473,6 +543,7 @@ class Cluster:
             )
             handles = cluster.nodes if p.kind == "node" else cluster.sentinels
             handles[p.name] = ClusterNode(p.name, p.dc, node, p.role or "sentinel", p.pid)
+            handles[p.name].front = p.front
         cluster.routes = {r.name: r for r in state.routes}
         cluster.hub_pid, cluster.hub_control_port = state.hub_pid, state.hub_control_port
         if state.hub_control_port is not None and state.hub_pid and pid_alive(state.hub_pid):

@@ -13,7 +13,7 @@ from tally.errors import ConfigError
 from tally.ops.node import ConfigValue
 
 STATE_FILE = "cluster-state.json"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: per-data-center addresses and fronts
 
 
 @dataclass
@@ -26,6 +26,8 @@ class ProcessState:
     kind: str  # "node" or "sentinel"
     role: str = ""  # the role at first start, for nodes
     directives: dict[str, ConfigValue] = field(default_factory=dict)
+    host: str = "127.0.0.1"  # the real address (its data center's loopback address)
+    front: tuple[str, int] | None = None  # the address everyone else uses
 
 
 @dataclass
@@ -33,8 +35,8 @@ class RouteState:
     name: str
     src_dc: str
     node: str
-    pair: str
-    listen: tuple[str, int]
+    pair: str  # the topology link ("dc1-dc2"), "" inside one data center
+    listen: tuple[str, int]  # the front this route serves
 
 
 @dataclass
@@ -57,13 +59,17 @@ class ClusterState:
             raw: dict[str, Any] = json.loads(text)
             if raw.get("version") != STATE_VERSION:
                 raise ValueError(f"state version {raw.get('version')} != {STATE_VERSION}")
-            processes = [ProcessState(**p) for p in raw.pop("processes")]
+            processes = [
+                ProcessState(**{**p, "front": tuple(p["front"]) if p.get("front") else None})
+                for p in raw.pop("processes")
+            ]
             routes = [RouteState(**{**r, "listen": tuple(r["listen"])}) for r in raw.pop("routes")]
             return cls(processes=processes, routes=routes, **raw)
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigError(
-                f"{source} is not a tally cluster state file: {exc}",
-                hint="stop leftover processes by hand, then delete the file",
+                f"{source} is not a tally cluster state file of this version: {exc}",
+                hint="stop leftover processes by hand (their pids are in the file), "
+                "then delete the file",
             ) from exc
 
 

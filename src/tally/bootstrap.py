@@ -75,7 +75,7 @@ def open_deployment(settings: Settings) -> Deployment:
                 f"the ledger at {_safe(settings.ledger_url)} has no epoch yet"
             )
         url = settings.require_redis_url()
-        rediscover = None
+        rediscover, primary_moved = None, None
         if url.startswith("sentinel://"):
             locator = PrimaryLocator(
                 parse_target(url),
@@ -83,6 +83,7 @@ def open_deployment(settings: Settings) -> Deployment:
                 connect_timeout_s=settings.redis_connect_timeout_ms / 1000,
             )
             client, rediscover = locator.client(), locator.rediscover
+            primary_moved = locator.primary_moved
         else:
             client = redis_client(url, settings)
         layout = KeyLayout(epoch.namespace, epoch.shards)
@@ -93,6 +94,7 @@ def open_deployment(settings: Settings) -> Deployment:
             wait_replicas=settings.wait_replicas,
             wait_timeout_ms=settings.wait_timeout_ms,
             rediscover=rediscover,
+            primary_moved=primary_moved,
         )
     except BaseException:
         ledger.close()

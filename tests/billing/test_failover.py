@@ -14,13 +14,15 @@ from tally.bootstrap import open_deployment
 from tally.config import Settings
 from tally.domain.accounts import Account
 from tally.domain.results import Result
-from tally.errors import StoreError, StoreReadOnly
+from tally.billing.engine import Engine
+from tally.errors import StoreError, StoreNotEnoughReplicas, StoreReadOnly
 from tally.ledger.rebuild import init_store
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.cluster import Cluster
 from tally.ops.node import RedisNode
 from tally.store.discovery import PrimaryLocator
 from tally.store.keys import KeyLayout
+from tally.store.redis_store import RedisStore
 
 from ..cluster.conftest import three_dc
 
@@ -81,3 +83,57 @@ def test_with_a_plain_url_a_read_only_node_is_reported_not_retried(
         redis_node.client().replicaof(redis_node.host, redis_node.port)
         with pytest.raises(StoreReadOnly):
             dep.engine.debit("d1", "alice", 1)
+
+
+@pytest.mark.parametrize("sentinel_names_another", [False, True])
+def test_noreplicas_from_a_replaced_primary_follows_sentinel_only_when_it_moved(
+    tmp_path: Path, sentinel_names_another: bool
+) -> None:
+    """A primary cut off from its replicas answers NOREPLICAS; by the time the partition heals
+    the others may have failed over, and it keeps refusing until Sentinel demotes it (up to its
+    INFO period). The engine asks Sentinel (``primary_moved``) and follows a new primary; when
+    Sentinel still names the same one (control), the error is reported, not retried."""
+    old = RedisNode(name="old", dir=tmp_path / "old")
+    new = RedisNode(name="new", dir=tmp_path / "new")
+    old.start()
+    new.start()
+    try:
+        layout = KeyLayout("tally", 4)
+        with SqlLedger.open(f"sqlite:///{tmp_path / 'l.sqlite3'}") as ledger:
+            with old.client() as c:
+                init_store(c, layout, ledger)
+            with new.client() as c:
+                c.replicaof(old.host, old.port)
+                deadline = time.monotonic() + 20
+                while c.info("replication").get("master_link_status") != "up":
+                    assert time.monotonic() < deadline, "replica never synced"
+                    time.sleep(0.05)
+            epoch = ledger.current_epoch()
+            assert epoch is not None
+            engine_store = RedisStore(
+                old.client(),
+                layout,
+                epoch.epoch_id,
+                rediscover=new.client,
+                primary_moved=lambda: sentinel_names_another,
+            )
+            engine = Engine(engine_store, ledger)
+            engine.create_account(Account("alice", "USD"))
+            engine.credit("top", "alice", 1000, "USD")
+            with old.client() as c:
+                c.execute_command("WAIT", 1, 5000)
+            with new.client() as c:
+                c.replicaof("no", "one")  # the others failed over to "new"
+            with old.client() as c:
+                c.config_set("min-replicas-to-write", "1")  # "old" is cut off: NOREPLICAS
+            if sentinel_names_another:
+                result = engine.debit("d1", "alice", 100)
+                assert (result.result, result.balance_minor) == (Result.ok, 900)
+                assert engine_store.client.connection_pool.connection_kwargs["port"] == new.port
+            else:
+                with pytest.raises(StoreNotEnoughReplicas):
+                    engine.debit("d1", "alice", 100)
+            engine_store.client.close()
+    finally:
+        new.stop()
+        old.stop()

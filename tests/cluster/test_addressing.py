@@ -13,6 +13,7 @@ import redis
 from tally.ops.cluster import Cluster
 from tally.ops.cluster.procs import command
 from tally.ops.topology import Topology
+from tally.store.discovery import MOVED_CHECK_INTERVAL_S, PrimaryLocator
 
 FAILOVER_TIMEOUT_S = 40.0
 
@@ -83,6 +84,9 @@ def test_isolating_the_primary_dc_fails_over_and_the_old_primary_rejoins_after_t
     topology_factory: Callable[..., Topology],
 ) -> None:
     with Cluster(topology_factory()) as cluster:
+        locator = PrimaryLocator(cluster.sentinel_target())
+        locator.client()
+        assert locator.address == cluster.front("r1") and not locator.primary_moved()
         cluster.isolate("dc1", mode="drop")
         _wait(lambda: any(_role(cluster, n)[0] == "master" for n in ("r2", "r3")), "failover")
         new = next(n for n in ("r2", "r3") if _role(cluster, n)[0] == "master")
@@ -96,3 +100,7 @@ def test_isolating_the_primary_dc_fails_over_and_the_old_primary_rejoins_after_t
             with contextlib.closing(sentinel.client()) as s:
                 addr = command(s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "tally")
             assert (addr[0].decode(), int(addr[1])) == cluster.front(new), sentinel.name
+        time.sleep(MOVED_CHECK_INTERVAL_S)
+        assert locator.primary_moved()  # the engine's cue to follow after NOREPLICAS
+        assert not locator.primary_moved()  # rate-limited: at most one round per interval
+        locator.close()

@@ -16,7 +16,13 @@ from tally.billing.validate import raw_transfer, raw_transfers
 from tally.domain.accounts import Account, AccountState, AccountStatus, SystemAccount
 from tally.domain.results import Result
 from tally.domain.transfers import Transfer, TransferKind, TransferResult
-from tally.errors import StoreError, StoreLost, StoreReadOnly, StoreUnavailable
+from tally.errors import (
+    StoreError,
+    StoreLost,
+    StoreNotEnoughReplicas,
+    StoreReadOnly,
+    StoreUnavailable,
+)
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.port import BalanceStore
 from tally.store.redis_store import Applied
@@ -49,9 +55,11 @@ class Engine:
     # -- epoch ---------------------------------------------------------------------------------
     def _guarded(self, action: Callable[[], T]) -> T:
         """Run a store action, and retry it once in two cases where this engine was merely
-        behind: store_lost while the ledger names a newer epoch (a rebuild happened), and
-        READONLY or a broken connection while Sentinel knows a new primary (a failover).
-        Safe: every store write is idempotent by transfer id. Never more than one retry."""
+        behind: store_lost while the ledger names a newer epoch (a rebuild happened);
+        READONLY or a broken connection while Sentinel knows a new primary (a failover);
+        NOREPLICAS from a primary that Sentinel has already replaced (it was cut off, the others
+        failed over). Safe: every store write is idempotent by transfer id. Never more than one
+        retry."""
         try:
             return action()
         except StoreLost:
@@ -61,6 +69,9 @@ class Engine:
             self.store.set_epoch(epoch.epoch_id)
         except (StoreReadOnly, StoreUnavailable):
             if not self.store.reconnect():
+                raise
+        except StoreNotEnoughReplicas:
+            if not self.store.reconnect_if_moved():
                 raise
         return action()
 

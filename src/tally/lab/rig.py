@@ -1,11 +1,14 @@
 """The processes of one lab run, started together and always stopped together.
 
 A three-data-center topology (``r1`` primary in dc1, replicas ``r2`` in dc2 and ``r3`` in dc3,
-one Sentinel per data center in the hardened profile) behind the fault proxies, with a WAN
-bandwidth cap and latency on every inter-DC link; a ballast dataset on the primary so a full sync
-has real work to do; the gateway simulator; the SQLite ledger of record in the run directory.
+one Sentinel per data center in the hardened profile), each data center on its own loopback
+address and every process behind its front (``tally.ops.cluster``): replication, Sentinel and
+the billing engine (which sits in dc1) cross data centers only through the fault proxies, with
+a WAN bandwidth cap and latency on every inter-DC link; a ballast dataset on the primary so a
+full sync has real work to do; the gateway simulator; the SQLite ledger of record in the run
+directory. The lab's own probes (monitor, pinger, checker) use the real addresses.
 
-Everything listens on loopback ports the kernel picks: nothing touches 6379.
+Everything listens on loopback (127.0.k.1) ports below the ephemeral range: nothing touches 6379.
 """
 
 from __future__ import annotations
@@ -58,8 +61,10 @@ LAB_PARAMS: dict[str, Any] = {
     "dataset_bytes_max": 64_000_000,
     "diskless_sync_delay_s": 1,
     "min_replicas_max_lag_s": 10,
-    "sentinel_down_after_ms": 1500,
-    "sentinel_failover_timeout_ms": 6000,
+    # Longer than the incident's network blip (a few seconds: the replicas reconnect, Sentinel
+    # must not fail over), shorter than a partition that isolates the primary's DC (15 s).
+    "sentinel_down_after_ms": 5000,
+    "sentinel_failover_timeout_ms": 10000,
 }
 
 
@@ -116,8 +121,6 @@ class Rig:
             self.cluster.start()
             self.original_directives = {n: dict(h.node.directives) for n, h in self.nodes.items()}
             self._tune()
-            if self.cluster.with_sentinels:
-                self._replicate_directly()
             self.load_ballast()
             self.cluster.wait_replicas_in_sync(SYNC_WAIT_S)
             self.wait_caught_up(SYNC_WAIT_S)
@@ -134,23 +137,6 @@ class Rig:
             self.config_set_all("client-output-buffer-limit", self.spec.buffer_limit_2013)
         if self.spec.min_replicas_to_write is not None:
             self.config_set_all("min-replicas-to-write", str(self.spec.min_replicas_to_write))
-
-    def _replicate_directly(self) -> None:
-        """Point every replica at the primary's real address, as Sentinel does anyway: it
-        cannot see through the proxies (tally.ops.cluster) and rewires each replica it finds
-        replicating from a proxy address (+fix-slave-config), at a moment of its choosing, up
-        to one INFO period (10 s) after start. Left to Sentinel, that rewiring landed in some
-        runs before the first fault and in others in the middle of it, so the same scenario
-        ran differently from run to run. Done here, before the ballast, it costs nothing and
-        every hardened run starts the same."""
-        host, port = self.nodes[self.topology.primary.name].address
-        for node in self.topology.replicas:
-            handle = self.nodes[node.name]
-            with contextlib.closing(handle.client(socket_timeout=5.0)) as c:
-                c.replicaof(host, port)
-            handle.node.directives["replicaof"] = f"{host} {port}"
-            self.original_directives[node.name]["replicaof"] = f"{host} {port}"
-        self.cluster.wait_replicas_in_sync(SYNC_WAIT_S)
 
     def wait_caught_up(self, timeout_s: float) -> None:
         """Every replica has processed the primary's replication stream up to the offset it
@@ -223,12 +209,13 @@ class Rig:
 
     def redis_url(self) -> str:
         """What the billing engine (in dc1) is configured with: Sentinel in the hardened
-        profile, the primary's address in 2013 (as the incident's clients had)."""
+        profile, the primary's address in 2013 (as the incident's clients had); fronts both,
+        so the engine reaches another data center only through its link."""
         if self.cluster.with_sentinels:
             auth = f":{self.password}@" if self.password else ""
             hosts = ",".join(f"{h}:{p}" for h, p in self.cluster.sentinel_addresses())
             return f"sentinel://{auth}{hosts}/{self.topology.master_name}"
-        host, port = self.nodes["r1"].address
+        host, port = self.cluster.reach(self.topology.client_dc, self.topology.primary.name)
         return f"redis://{host}:{port}/0"
 
     def ledger_url(self) -> str:

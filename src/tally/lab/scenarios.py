@@ -33,14 +33,15 @@ def _fault(at_s: float, name: str, **args: Any) -> Step:
 
 INCIDENT_28 = Scenario(
     "incident-28",
-    "2013-07-18: every replica loses the primary, all reconnect at once (full-sync storm on a "
+    "2013-07-18: a network blip (2.5 s, shorter than Sentinel's down-after) and every replica "
+    "loses the primary, all reconnect at once (full-sync storm on a "
     "loaded primary over capped WAN links); the operator restarts the primary with AOF enabled "
     "and no AOF file (it comes back EMPTY) and with replicaof set (READ-ONLY); later the config "
     "is fixed, the store restored or rebuilt, and the damage remediated.",
     (
         _fault(6, "write_load", bytes_per_s=300_000, seconds=14),
         _fault(6, "partition_replicas", mode="refuse"),
-        _fault(12, "heal"),
+        _fault(8.5, "heal"),
         _fault(26, "restart", node="r1", mutation="incident", down_s=3),
         _op(40, "billing", action="freeze"),
         _op(41, "fix_config", node="r1"),
@@ -54,11 +55,11 @@ INCIDENT_28 = Scenario(
 
 STORM_ONLY = Scenario(
     "storm-only",
-    "F1 alone: every replica loses the primary for 6 s, then all reconnect at once.",
+    "F1 alone: every replica loses the primary for 2.5 s, then all reconnect at once.",
     (
         _fault(6, "write_load", bytes_per_s=300_000, seconds=10),
         _fault(6, "partition_replicas", mode="refuse"),
-        _fault(12, "heal"),
+        _fault(8.5, "heal"),
     ),
     duration_s=30,
     rig={"rdb_key_save_delay_us": 150},
@@ -66,8 +67,10 @@ STORM_ONLY = Scenario(
 
 PRIMARY_DC_PARTITION = Scenario(
     "primary-dc-partition",
-    "The primary's data center is cut off for 15 s (longer than min-replicas-max-lag): with "
-    "min-replicas-to-write the primary stops taking writes it could not replicate.",
+    "The primary's data center is cut off for 15 s (longer than Sentinel's down-after and "
+    "min-replicas-max-lag): hardened, the Sentinels in dc2 and dc3 elect a new primary, the old "
+    "one stops taking writes it cannot replicate and rejoins as a replica after the heal; the "
+    "debits it acknowledged meanwhile are lost, bounded by min-replicas-max-lag.",
     (_fault(6, "isolate", dc="dc1", mode="drop"), _fault(21, "heal")),
     duration_s=34,
     isolates_primary=True,
@@ -75,8 +78,9 @@ PRIMARY_DC_PARTITION = Scenario(
 
 PRIMARY_DC_PARTITION_NO_MIN = Scenario(
     "primary-dc-partition-no-min-replicas",
-    "The same partition with min-replicas-to-write 0 in both profiles: the primary keeps "
-    "acknowledging writes nobody else has.",
+    "The same partition with min-replicas-to-write 0 in both profiles: the isolated primary "
+    "keeps acknowledging writes nobody else has; hardened, they are lost at the heal (more than "
+    "min-replicas-max-lag allows: invariant 9 fails, which shows what that setting is for).",
     PRIMARY_DC_PARTITION.steps,
     duration_s=34,
     rig={"min_replicas_to_write": 0},
@@ -86,17 +90,18 @@ PRIMARY_DC_PARTITION_NO_MIN = Scenario(
 PRIMARY_CRASH = Scenario(
     "primary-crash",
     "SIGKILL on the primary. Hardened: Sentinel promotes a replica; the old primary later "
-    "rejoins. 2013: no Sentinel, the operator starts it again after 5 s.",
-    (_fault(6, "kill", node="r1"), _op(11, "start", node="r1"), _op(20, "fix_config", node="r1")),
-    duration_s=32,
+    "rejoins. 2013: no Sentinel, the operator starts it again after 12 s.",
+    (_fault(6, "kill", node="r1"), _op(18, "start", node="r1"), _op(24, "fix_config", node="r1")),
+    duration_s=36,
 )
 
 PRIMARY_PAUSE = Scenario(
     "primary-pause",
-    "SIGSTOP on the primary for 6 s (a stuck process, a long GC-like stall), then SIGCONT.",
-    (_fault(6, "pause", node="r1"), _fault(12, "resume", node="r1"),
-     _op(20, "fix_config", node="r1")),
-    duration_s=30,
+    "SIGSTOP on the primary for 10 s (a stuck process, a long GC-like stall), then SIGCONT: "
+    "hardened, Sentinel fails over meanwhile.",
+    (_fault(6, "pause", node="r1"), _fault(16, "resume", node="r1"),
+     _op(22, "fix_config", node="r1")),
+    duration_s=34,
 )
 
 OUTPUT_BUFFER_LOOP = Scenario(

@@ -47,7 +47,6 @@ from tally.ops.node import ConfigValue
 
 STEPS_MAX = 100
 RESTORE_SAVE_TIMEOUT_S = 60.0
-HEAL_RECONNECT_S = 5.0  # after a heal: how long SYNC stays refused while replicas PSYNC back
 
 
 @dataclass(frozen=True)
@@ -94,61 +93,15 @@ class Operator:
         primary_dc = self.rig.topology.primary.dc
         for dc in self.rig.remote_dcs():
             self.rig.cluster.partition(primary_dc, dc, mode=mode)
-        cut = self._block_replication(True)
-        return f"{primary_dc} cut from {', '.join(self.rig.remote_dcs())} ({mode}); {cut}"
+        return f"{primary_dc} cut from {', '.join(self.rig.remote_dcs())} ({mode})"
 
     def do_isolate(self, dc: str, mode: str = "refuse") -> str:
         self.rig.cluster.isolate(dc, mode=mode)
-        cut = self._block_replication(True) if dc == self.rig.topology.primary.dc else ""
-        return f"{dc} isolated ({mode}) {cut}".strip()
+        return f"{dc} isolated ({mode})"
 
     def do_heal(self) -> str:
         self.rig.cluster.heal_all()
-        return f"every link healed; {self._block_replication(False)}"
-
-    def _block_replication(self, block: bool) -> str:
-        """Sentinel rewires replicas to the primary's real address (+fix-slave-config: it
-        cannot see through the proxies, see tally.ops.cluster), so in the hardened profile the
-        replication links bypass the fault proxies. So the primary itself also refuses
-        replication during a partition: its replica connections are closed and SYNC/PSYNC
-        answer NOPERM until the heal; replicas see their primary gone, exactly as through a
-        refused link. Done in both profiles alike.
-
-        The heal re-allows PSYNC first and SYNC only once the replicas are back (bounded by
-        ``HEAL_RECONNECT_S``). A replica whose PSYNC is refused retries at once with the
-        pre-2.8 SYNC on the same connection; had both been re-allowed together, a SYNC landing
-        just after the heal was served as a full sync (a storm the scenario did not cause),
-        and one made without PSYNC leaves the replica with no replication id or offset: after
-        a later failover its PSYNC to the new primary was "accepted" at a wrong offset and the
-        stream desynced (seen: "Master using the inline protocol. Desync?", then a replica
-        stuck for the rest of the run, its lag holding every recharge back)."""
-        primary = self.rig.topology.primary.name
-        handle = self.rig.nodes[primary]
-        try:
-            with contextlib.closing(handle.client(socket_timeout=2.0)) as c:
-                if block:
-                    command(c, "ACL", "SETUSER", "default", "-sync", "-psync")
-                    command(c, "CLIENT", "KILL", "TYPE", "replica")
-                    return f"replication on {primary} refused"
-                command(c, "ACL", "SETUSER", "default", "+psync")
-                back = self._wait_replicas_back(c)
-                command(c, "ACL", "SETUSER", "default", "+sync")
-        except (redis.RedisError, OSError) as exc:
-            return f"replication {'block' if block else 'unblock'} on {primary} failed: {exc}"
-        return f"replication on {primary} allowed (PSYNC, then SYNC once {back} were back)"
-
-    def _wait_replicas_back(self, client: redis.Redis) -> str:
-        """Until the primary has as many replica connections as there are running replicas
-        (any state: a PSYNC answered +FULLRESYNC counts), at most ``HEAL_RECONNECT_S``."""
-        primary = self.rig.topology.primary.name
-        expected = sum(1 for n, h in self.rig.nodes.items() if n != primary and h.is_running())
-        deadline = time.monotonic() + HEAL_RECONNECT_S * max(1.0, self.scale)
-        connected = 0
-        while time.monotonic() < deadline:
-            connected = int(client.info("replication").get("connected_slaves", 0))
-            if connected >= expected or self.stop.wait(0.05):
-                break
-        return f"{connected}/{expected} replicas"
+        return "every link healed"
 
     def do_link_bandwidth(self, dc: str, rate_bytes_s: int) -> str:
         rate = rate_bytes_s or self.rig.spec.wan_bytes_per_s
@@ -209,7 +162,7 @@ class Operator:
         original = dict(self.rig.original_directives[node])
         other = self._other_primary(node)
         if other is not None:  # Sentinel elected another primary: rejoin it as a replica
-            host, port = self.rig.nodes[other].address
+            host, port = self.rig.cluster.reach(handle.dc, other)
             original["replicaof"] = f"{host} {port}"
             self._restart_with(handle, original, save=False)
             return f"{node}: config fixed, rejoined {other} as a replica"

@@ -32,6 +32,7 @@ from tally.errors import ConfigError, StoreReadOnly, StoreUnavailable
 
 SOCKET_TIMEOUT_S = 2.0
 CONNECT_TIMEOUT_S = 1.0
+MOVED_CHECK_INTERVAL_S = 0.5  # at most one "has the primary moved?" round per this long
 SENTINELS_MAX = 16
 EVENTS_MAX = 10_000
 
@@ -100,6 +101,8 @@ class PrimaryLocator:
         self._options = _options(socket_timeout_s, connect_timeout_s)
         self._client: redis.Redis | None = None
         self.address: tuple[str, int] | None = None
+        self._moved_checked_at = float("-inf")
+        self._moved_lock = threading.Lock()
 
     def client(self) -> redis.Redis:
         if self._client is None:
@@ -110,6 +113,23 @@ class PrimaryLocator:
         """After READONLY or a lost connection: close the old client, find the primary again."""
         self.close()
         return self.client()
+
+    def primary_moved(self) -> bool:
+        """Whether the Sentinels name another primary than the one in use. Rate-limited (one
+        round per ``MOVED_CHECK_INTERVAL_S``; False in between), False for a plain URL or when
+        no Sentinel answers: a hint to reconnect, never a reason to fail."""
+        if isinstance(self.target, str) or self.address is None:
+            return False
+        with self._moved_lock:
+            now = time.monotonic()
+            if now - self._moved_checked_at < MOVED_CHECK_INTERVAL_S:
+                return False
+            self._moved_checked_at = now
+        try:
+            named = self._ask_sentinels(self.target)
+        except StoreUnavailable:
+            return False
+        return named != self.address
 
     def close(self) -> None:
         if self._client is not None:

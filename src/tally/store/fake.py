@@ -30,6 +30,9 @@ class FakeStore:
     def reconnect(self) -> bool:
         return False
 
+    def reconnect_if_moved(self) -> bool:
+        return False
+
     def _check(self) -> None:
         if self.lost:
             raise StoreLost("fake store was wiped")

@@ -66,9 +66,11 @@ class RedisStore:
         wait_replicas: int = 0,
         wait_timeout_ms: int = 50,
         rediscover: Callable[[], redis.Redis] | None = None,
+        primary_moved: Callable[[], bool] | None = None,
     ) -> None:
         self.client = client
         self._rediscover = rediscover
+        self._primary_moved = primary_moved
         self.layout = layout
         self.epoch_id = epoch_id
         self.wait_replicas = wait_replicas
@@ -94,6 +96,14 @@ class RedisStore:
             return False
         self.client = self._rediscover()
         return True
+
+    def reconnect_if_moved(self) -> bool:
+        """After NOREPLICAS: the primary in use may have been replaced while it was cut off
+        (Sentinel failed over; it keeps refusing writes until Sentinel demotes it, up to its
+        INFO period later). Reconnect only when Sentinel names another primary."""
+        if self._primary_moved is None or not self._primary_moved():
+            return False
+        return self.reconnect()
 
     # -- scripts -------------------------------------------------------------------------------
     def load_scripts(self) -> None:

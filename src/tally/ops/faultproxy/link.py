@@ -115,6 +115,9 @@ class _Connection:
             await asyncio.wait(self.tasks, return_when=asyncio.FIRST_EXCEPTION)
         finally:
             self.close()
+            for task in self.tasks:
+                if task.done() and not task.cancelled():
+                    task.exception()  # a peer going away is how connections end: retrieved
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         # Like a SYN during a partition: nothing reaches the server until the link heals.

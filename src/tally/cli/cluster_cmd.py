@@ -95,17 +95,20 @@ def _print(status: dict[str, Any], as_json: bool, header: str) -> None:
         if node.get("role") == "slave":
             extra = f" link={node.get('link')} lag_bytes={node.get('lag_bytes', '?')}"
         click.echo(
-            f"  node {name:<8} {node['dc']:<6} :{node['port']:<5} {node.get('role', '?'):<6}"
+            f"  node {name:<8} {node['dc']:<6} {node['front'] or '-':<21} (real {node['address']})"
+            f" {node.get('role', '?'):<6}"
             f" offset={node.get('offset', '-')} keys={node.get('keys', '-')}{extra}"
         )
     for name, sentinel in status["sentinels"].items():
-        click.echo(f"  sentinel {name:<8} :{sentinel['port']} primary={sentinel.get('primary')}")
+        click.echo(
+            f"  sentinel {name:<8} {sentinel['front'] or '-':<21} primary={sentinel.get('primary')}"
+        )
     for name, link in status["links"].items():
         if isinstance(link, dict):
             faults = (
                 ",".join(f"{d}:{'+'.join(f)}" for d, f in link.get("faults", {}).items()) or "-"
             )
             click.echo(
-                f"  link {name:<12} {link['pair']:<8} open={link.get('connections_open')}"
+                f"  route {name:<14} {link['pair'] or 'local':<8} open={link.get('connections_open')}"
                 f" faults={faults}"
             )

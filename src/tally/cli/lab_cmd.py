@@ -34,6 +34,10 @@ def _common(func: Any) -> Any:
         click.option("--rate", type=float, default=None, help="Client operations per second (default 80)."),
         click.option("--duration", type=float, default=None,
                      help="Workload seconds at time scale 1 (default: the scenario's)."),
+        click.option("--dataset-mb", type=int, default=None,
+                     help="Ballast on the primary in MB, what a full sync must move (default: "
+                          "the scenario's, 16). F1's latency hit needs a dataset whose fork and "
+                          "RDB take real time: try 500 on a machine with a few GB free."),
         click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout."),
     ]  # fmt: skip
     for option in reversed(options):
@@ -71,14 +75,14 @@ def lab() -> None:
 @_common
 def run_cmd(scenario: str, profile: str, billing: str, out: Path | None, seed: int,
             time_scale: float, accounts: int | None, rate: float | None, duration: float | None,
-            as_json: bool) -> None:  # fmt: skip
+            dataset_mb: int | None, as_json: bool) -> None:  # fmt: skip
     """Run SCENARIO once and check it: exit 0 all invariants held, 1 one violated, 2 error."""
     if scenario not in SCENARIOS:
         click.echo(f"error: unknown scenario {scenario!r}; one of: {', '.join(SCENARIOS)}", err=True)
         sys.exit(EXIT_USAGE)
     out = out or Path("lab-runs") / f"{scenario}-{profile}-{billing}"
     result = run(RunOptions(scenario, profile, billing, seed, out, time_scale, accounts, rate,
-                            duration, _progress))  # fmt: skip
+                            duration, _progress, dataset_mb))  # fmt: skip
     click.echo(json.dumps(result.report, indent=2, default=str) if as_json else _summary(result))
     sys.exit(result.exit_code)
 
@@ -90,7 +94,7 @@ def run_cmd(scenario: str, profile: str, billing: str, out: Path | None, seed: i
 @_common
 def compare_cmd(scenario: str, out: Path | None, seed: int, time_scale: float,
                 accounts: int | None, rate: float | None, duration: float | None,
-                as_json: bool) -> None:  # fmt: skip
+                dataset_mb: int | None, as_json: bool) -> None:  # fmt: skip
     """Run SCENARIO as 2013/legacy and hardened/tally, and write one side-by-side report.
     Exits 0 when the hardened/tally run held every invariant (the control is expected to fail),
     2 when either run could not be set up."""
@@ -102,7 +106,8 @@ def compare_cmd(scenario: str, out: Path | None, seed: int, time_scale: float,
     for profile, billing in (("2013", "legacy"), ("hardened", "tally")):
         _progress(f"== {scenario}: {profile} profile, {billing} billing ==")
         results.append(run(RunOptions(scenario, profile, billing, seed, out / f"{profile}-{billing}",
-                                      time_scale, accounts, rate, duration, _progress)))  # fmt: skip
+                                      time_scale, accounts, rate, duration, _progress,
+                                      dataset_mb)))  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     runs = [(r.out, r.report) for r in results]
     path = report.write_compare(out, runs)

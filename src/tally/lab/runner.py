@@ -42,6 +42,7 @@ from tally.store.keys import KeyLayout
 PROFILES = ("2013", "hardened")
 BILLINGS = ("legacy", "tally")
 TIME_SCALE_MIN, TIME_SCALE_MAX = 0.1, 10.0
+DATASET_MB_MAX = 2000  # the rig's own ceiling (tally.lab.rig.DATASET_BYTES_MAX)
 PROGRESS_EVERY_S = 3.0
 FINAL_SYNC_S = 30.0
 PINGER_SLACK_S = 600.0  # the sampler process outlives the workload by at most this (settling)
@@ -65,6 +66,7 @@ class RunOptions:
     rate: float | None = None
     duration: float | None = None
     progress: Progress = field(default=lambda _: None, repr=False)
+    dataset_mb: int | None = None  # ballast on the primary (default: the scenario's, 16 MB)
 
     def validate(self) -> Scenario:
         if self.scenario not in SCENARIOS:
@@ -76,13 +78,16 @@ class RunOptions:
             raise UsageError(f"unknown billing {self.billing!r}", hint="legacy or tally")
         if not TIME_SCALE_MIN <= self.time_scale <= TIME_SCALE_MAX:
             raise UsageError(f"--time-scale must be {TIME_SCALE_MIN}..{TIME_SCALE_MAX}")
+        if self.dataset_mb is not None and not 0 <= self.dataset_mb <= DATASET_MB_MAX:
+            raise UsageError(f"--dataset-mb must be 0..{DATASET_MB_MAX}",
+                             hint="the ballast is held in memory by every node")  # fmt: skip
         return SCENARIOS[self.scenario]
 
     def reproduce(self) -> str:
         parts = [f"tally lab run {self.scenario} --profile {self.profile} --billing {self.billing}",
                  f"--seed {self.seed} --out {self.out} --time-scale {self.time_scale}"]  # fmt: skip
         for flag, value in (("--accounts", self.accounts), ("--rate", self.rate),
-                            ("--duration", self.duration)):  # fmt: skip
+                            ("--duration", self.duration), ("--dataset-mb", self.dataset_mb)):  # fmt: skip
             if value is not None:
                 parts.append(f"{flag} {value}")
         return " ".join(parts)
@@ -155,7 +160,7 @@ def _gateway_faults(seed: int, accounts: list[Any]) -> Faults:
 
 def _run(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, out: Path) -> RunResult:
     accounts = make_accounts(spec, opts.seed)
-    rig_spec = RigSpec(profile=opts.profile, **scenario.rig)
+    rig_spec = rig_spec_for(opts, scenario)
     duration_s = (opts.duration or scenario.duration_s) * opts.time_scale
     say = opts.progress
     say(f"starting {opts.profile} topology (3 DCs, {rig_spec.dataset_bytes // 1_000_000} MB "
@@ -182,9 +187,27 @@ def _run(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, out: Path) ->
     return RunResult(body["exit_code"], body, out)
 
 
+def rig_spec_for(opts: RunOptions, scenario: Scenario) -> RigSpec:
+    """The scenario's rig, with ``--dataset-mb`` applied. A larger dataset is a larger stated
+    figure for the hardened profile too (the operator sizes the output buffers for the data they
+    have, ``dataset_bytes_max``); the 2013 profile keeps its fixed defaults."""
+    overrides: dict[str, Any] = dict(scenario.rig)
+    if opts.dataset_mb is not None:
+        dataset = opts.dataset_mb * 1_000_000
+        overrides["dataset_bytes"] = dataset
+        params = dict(overrides.get("params", {}))
+        floor = int(params.get("dataset_bytes_max", LAB_PARAMS["dataset_bytes_max"]))
+        params["dataset_bytes_max"] = max(floor, 2 * dataset)
+        overrides["params"] = params
+    return RigSpec(profile=opts.profile, **overrides)
+
+
 def _write_setup(out: Path, opts: RunOptions, scenario: Scenario, spec: WorkloadSpec,
                  accounts: list[Any], rig: Rig) -> None:  # fmt: skip
-    lag_s = int(rig.cluster.params.min_replicas_max_lag_s)
+    # Invariant 9's bound: an isolated primary keeps acknowledging until its replicas' last ACK
+    # is older than min-replicas-max-lag (whole seconds, "lag <= max" still counts as good,
+    # ACKs come once a second): at most max-lag + 2 seconds of the workload's debits.
+    lag_s = int(rig.cluster.params.min_replicas_max_lag_s) + 2
     bound = int(spec.rate_per_s * lag_s) if scenario.isolates_primary else 0
     setup = {
         "scenario": scenario.name, "profile": opts.profile, "billing": opts.billing,

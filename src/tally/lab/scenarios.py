@@ -5,10 +5,16 @@ never the script). ``duration_s`` is how long the workload runs; faults end befo
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from tally.lab.timeline import Step
+
+#: (figure, comparison, value): e.g. ("full_syncs", ">=", 2)
+Expect = tuple[str, str, float]
+_COMPARE = {">=": operator.ge, "<=": operator.le, "==": operator.eq}
 
 
 @dataclass(frozen=True)
@@ -21,6 +27,26 @@ class Scenario:
     #: the acknowledged debits a correct system may lose here (DESIGN invariant 9): only a
     #: partition that isolates the primary may lose any
     isolates_primary: bool = False
+    #: what the control run (2013 profile, legacy billing) must show: the scenario's own damage.
+    #: Its exit code alone proves nothing, since legacy breaks invariant 4 by construction (it
+    #: charges cards with no intent in SQL) whatever the scenario does.
+    control_shows: tuple[Expect, ...] = ()
+    #: the hardened/tally run's exit code: 0, or 1 where the scenario removes a defence on
+    #: purpose (and ``subject_shows`` says what that costs)
+    subject_exit: int = 0
+    subject_shows: tuple[Expect, ...] = ()
+    #: the hardened profile's Sentinels must fail over during this scenario
+    subject_fails_over: bool = False
+
+
+def unmet(figures: Mapping[str, Any], expects: tuple[Expect, ...]) -> list[str]:
+    """The expectations ``figures`` (a report's) do not meet, as readable lines."""
+    return [
+        f"{name} {op} {value} (got {figures.get(name)})"
+        for name, op, value in expects
+        if not isinstance(figures.get(name), int | float)
+        or not _COMPARE[op](figures[name], value)
+    ]
 
 
 def _op(at_s: float, name: str, **args: Any) -> Step:

@@ -12,9 +12,15 @@ from tally.ops.cluster.core import Cluster, ClusterNode
 from tally.ops.cluster.procs import command
 
 
+def _where(handle: ClusterNode) -> dict[str, Any]:
+    """The real address (operators) and the front (everyone else: replicas, Sentinels, clients)."""
+    front = f"{handle.front[0]}:{handle.front[1]}" if handle.front else None
+    return {"dc": handle.dc, "address": f"{handle.node.host}:{handle.port}", "front": front}
+
+
 def node_status(handle: ClusterNode) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "dc": handle.dc,
+        **_where(handle),
         "port": handle.port,
         "pid": handle.pid,
         "running": handle.is_running(),
@@ -37,7 +43,7 @@ def node_status(handle: ClusterNode) -> dict[str, Any]:
 
 
 def sentinel_status(handle: ClusterNode, master_name: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"dc": handle.dc, "port": handle.port, "pid": handle.pid}
+    out: dict[str, Any] = {**_where(handle), "port": handle.port, "pid": handle.pid}
     try:
         with contextlib.closing(handle.client(socket_timeout=1.0)) as c:
             addr = command(c, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", master_name)

@@ -10,11 +10,11 @@ from urllib.parse import quote
 
 import pytest
 
+from tally.billing.engine import Engine
 from tally.bootstrap import open_deployment
 from tally.config import Settings
 from tally.domain.accounts import Account
 from tally.domain.results import Result
-from tally.billing.engine import Engine
 from tally.errors import StoreError, StoreNotEnoughReplicas, StoreReadOnly
 from tally.ledger.rebuild import init_store
 from tally.ledger.sql_ledger import SqlLedger

@@ -77,6 +77,10 @@ INCIDENT_28 = Scenario(
     ),
     duration_s=58,
     rig={"rdb_key_save_delay_us": 150},
+    control_shows=(("full_syncs", ">=", 2), ("cards_charged_more_than_once", ">=", 1),
+                   ("payments_lost", ">=", 1), ("wrongful_suspensions", ">=", 1)),
+    subject_shows=(("partial_syncs", ">=", 2), ("cards_charged_more_than_once", "==", 0),
+                   ("payments_lost", "==", 0), ("accounts_drifted", "==", 0)),
 )
 
 STORM_ONLY = Scenario(
@@ -89,6 +93,8 @@ STORM_ONLY = Scenario(
     ),
     duration_s=30,
     rig={"rdb_key_save_delay_us": 150},
+    control_shows=(("full_syncs", ">=", 2),),
+    subject_shows=(("full_syncs", "==", 0), ("partial_syncs", ">=", 2)),
 )
 
 PRIMARY_DC_PARTITION = Scenario(
@@ -100,6 +106,9 @@ PRIMARY_DC_PARTITION = Scenario(
     (_fault(6, "isolate", dc="dc1", mode="drop"), _fault(21, "heal")),
     duration_s=34,
     isolates_primary=True,
+    control_shows=(("full_syncs", ">=", 2),),
+    subject_shows=(("accounts_drifted", "==", 0),),
+    subject_fails_over=True,
 )
 
 PRIMARY_DC_PARTITION_NO_MIN = Scenario(
@@ -111,6 +120,10 @@ PRIMARY_DC_PARTITION_NO_MIN = Scenario(
     duration_s=34,
     rig={"min_replicas_to_write": 0},
     isolates_primary=True,
+    control_shows=(("full_syncs", ">=", 2),),
+    subject_exit=1,
+    subject_shows=(("debits_acknowledged_lost", ">=", 1), ("accounts_drifted", "==", 0)),
+    subject_fails_over=True,
 )
 
 PRIMARY_CRASH = Scenario(
@@ -119,6 +132,9 @@ PRIMARY_CRASH = Scenario(
     "rejoins. 2013: no Sentinel, the operator starts it again after 12 s.",
     (_fault(6, "kill", node="r1"), _op(18, "start", node="r1"), _op(24, "fix_config", node="r1")),
     duration_s=36,
+    control_shows=(("debits_acknowledged_lost", ">=", 1),),
+    subject_shows=(("debits_acknowledged_lost", "==", 0),),
+    subject_fails_over=True,
 )
 
 PRIMARY_PAUSE = Scenario(
@@ -128,6 +144,9 @@ PRIMARY_PAUSE = Scenario(
     (_fault(6, "pause", node="r1"), _fault(16, "resume", node="r1"),
      _op(22, "fix_config", node="r1")),
     duration_s=34,
+    control_shows=(("debits_acknowledged_lost", ">=", 1),),
+    subject_shows=(("debits_acknowledged_lost", "==", 0),),
+    subject_fails_over=True,
 )
 
 OUTPUT_BUFFER_LOOP = Scenario(
@@ -147,6 +166,9 @@ OUTPUT_BUFFER_LOOP = Scenario(
     # the loopback sockets' kernel buffers take in 1-4 MB more than a WAN path would before
     # the sender blocks: the limit never fired and the scenario showed no loop
     rig={"dataset_bytes": 6_000_000, "buffer_limit_2013": "replica 2mb 512kb 10"},
+    # the resynced replica's full sync is cut by the output-buffer limit and starts over
+    control_shows=(("full_syncs", ">=", 2),),
+    subject_shows=(("full_syncs", "==", 1),),
 )
 
 GATEWAY_TIMEOUT_AFTER_COMMIT = Scenario(
@@ -159,6 +181,8 @@ GATEWAY_TIMEOUT_AFTER_COMMIT = Scenario(
         _op(28, "billing", action="remediate"),
     ),
     duration_s=32,
+    control_shows=(("cards_charged_more_than_once", ">=", 1), ("charges_without_credit", ">=", 1)),
+    subject_shows=(("cards_charged_more_than_once", "==", 0), ("charges_without_credit", "==", 0)),
 )
 
 SCENARIOS: dict[str, Scenario] = {

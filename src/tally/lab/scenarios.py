@@ -37,6 +37,8 @@ class Scenario:
     subject_shows: tuple[Expect, ...] = ()
     #: the hardened profile's Sentinels must fail over during this scenario
     subject_fails_over: bool = False
+    #: why ``control_shows`` is empty, where the 2013 deployment has nothing to show
+    control_note: str = ""
 
 
 def unmet(figures: Mapping[str, Any], expects: tuple[Expect, ...]) -> list[str]:
@@ -106,7 +108,9 @@ PRIMARY_DC_PARTITION = Scenario(
     (_fault(6, "isolate", dc="dc1", mode="drop"), _fault(21, "heal")),
     duration_s=34,
     isolates_primary=True,
-    control_shows=(("full_syncs", ">=", 2),),
+    control_note="2013 has no Sentinel: the cut-off primary keeps serving dc1, held replica "
+    "links resume after the heal (shorter than repl-timeout) and nothing is lost; this scenario "
+    "is about the failover the hardened profile does",
     subject_shows=(("accounts_drifted", "==", 0),),
     subject_fails_over=True,
 )
@@ -120,7 +124,7 @@ PRIMARY_DC_PARTITION_NO_MIN = Scenario(
     duration_s=34,
     rig={"min_replicas_to_write": 0},
     isolates_primary=True,
-    control_shows=(("full_syncs", ">=", 2),),
+    control_note=PRIMARY_DC_PARTITION.control_note,
     subject_exit=1,
     subject_shows=(("debits_acknowledged_lost", ">=", 1), ("accounts_drifted", "==", 0)),
     subject_fails_over=True,

@@ -116,3 +116,26 @@ def test_a_rebuilt_store_keeps_the_open_recharge_and_applies_its_credit_once(
     assert balance(dep) == 2000 - 10
     drain_all(dep)
     assert dep.ledger.balance_of("acme") == 2000 - 10
+
+
+def test_an_intent_whose_shortfall_is_gone_from_the_store_is_not_charged(
+    dep: Deployment, fake_gateway: FakeGateway
+) -> None:
+    """The intent is planned, then (here: a crash right after it; in the lab: a partition with
+    a failover) the store the charge would fund no longer shows the shortfall. Nothing has been
+    sent, so the recharge is skipped, not charged. Without the re-check the card was charged
+    for a balance that was already at 2,300."""
+    crashing = wire(dep, fake_gateway, fault=Faults("after_intent"))
+    open_customer(crashing, dep)
+    opened = dep.engine.debit("u1", "acme", 600)
+    with pytest.raises(Crash):
+        crashing.service.notice("acme", 600, opened)
+    dep.engine.credit("manual-topup", "acme", 1900, "USD")  # the shortfall is gone
+    survivor = wire(dep, fake_gateway)
+    drain_all(dep)
+    complete_all(survivor)
+    assert succeeded_charges(fake_gateway) == []
+    done = survivor.saga.book.get(opened.recharge_id)  # type: ignore[arg-type]
+    assert done is not None and done.phase is RechargePhase.skipped and done.finished
+    assert done.outcome_reason == "balance_recovered"
+    assert balance(dep) == 2300

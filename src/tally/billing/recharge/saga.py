@@ -29,7 +29,7 @@ from tally.billing.engine import Engine
 from tally.billing.recharge.health import Gate, GateMetrics
 from tally.domain.accounts import AccountStatus, SystemAccount
 from tally.domain.invariant import invariant
-from tally.domain.recharge import RechargePhase, after_decline, plan_recharge
+from tally.domain.recharge import RechargePhase, SkipReason, after_decline, plan_recharge
 from tally.errors import InfrastructureError, StoreError
 from tally.gateway.errors import GatewayError
 from tally.gateway.port import ChargeOutcome, Gateway, OutcomeStatus
@@ -133,7 +133,30 @@ class RechargeSaga:
                 return found
             if found is not None:
                 return self._record(rc, found, P.intent)
+        elif self._shortfall_gone(rc):
+            return None
         return self._send(rc, P.intent)
+
+    def _shortfall_gone(self, rc: Recharge) -> bool:
+        """Nothing sent yet: does the store the charge would fund still show the shortfall?
+        The intent was planned against the store as it was; a failover in between can take the
+        debits that caused it away with the old primary (lab, primary-dc-partition: the intent
+        waited at the gate through the partition, then charged a card for a shortfall the new
+        primary never had). Only a recovered balance cancels; gate first, so a sick store is
+        never read as "recovered"."""
+        if self.gate.why_not() is not None:
+            return False  # _send waits on the gate
+        stored = self.book.get_rule(rc.account_id)
+        state = self.engine.account(rc.account_id)
+        if stored is None or state is None:
+            return False
+        spent = self.book.spent_today(rc.account_id, exclude=rc.id)
+        plan = plan_recharge(stored.rule, True, state.balance_minor, spent)
+        if plan.skip is not SkipReason.balance_recovered:
+            return False
+        # Compare-and-set: if another worker moved it meanwhile, that worker drives it on.
+        self.book.advance(rc.id, [P.intent], P.skipped, outcome_reason=plan.skip.value)
+        return True
 
     def _send(self, rc: Recharge, frm: RechargePhase) -> Wait | None:
         blocked = self.gate.why_not()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from pathlib import Path
+
 from tally.billing.recharge import HealthBounds, RedisHealth
 from tally.bootstrap import Deployment
 from tally.gateway import FakeGateway
+from tally.ops.node import RedisNode
 
 from .conftest import complete_all, open_customer, wire
 from .test_incident_classes import make_read_only, make_writable
@@ -44,3 +49,37 @@ def test_an_open_recharge_waits_without_charging_while_the_store_is_read_only(
     assert r.saga.metrics.waits["store_not_primary"] == 3
     complete_all(r)
     assert len(fake_gateway.records()) == 1
+
+
+def test_replica_lag_closes_the_gate_only_when_every_replica_fell_silent(
+    dep: Deployment, tmp_path: Path
+) -> None:
+    """Two real replicas of the deployment's primary. One stopped (a long full sync, a dead
+    link): still healthy, the other is current. Both stopped (the primary is cut off and may be
+    replaced by a failover): ``replica_lag``, so no card is charged against it."""
+    primary = dep.client.connection_pool.connection_kwargs
+    replicas = [RedisNode(name=f"rep{i}", dir=tmp_path / f"rep{i}") for i in (1, 2)]
+    probe = RedisHealth(dep.client, dep.layout, dep.ledger, HealthBounds(replica_lag_s_max=1))
+    try:
+        for node in replicas:
+            node.directives["replicaof"] = f"{primary['host']} {primary['port']}"
+            node.directives["masterauth"] = str(primary.get("password") or "")
+            node.start()
+        _wait(lambda: int(dep.client.info("replication")["connected_slaves"]) == 2)
+        assert probe.check().healthy
+        replicas[0].pause()
+        time.sleep(3.5)  # no ACK for > 2 s from the stopped one
+        assert probe.check().healthy, probe.check().reasons  # the other is current
+        replicas[1].pause()
+        _wait(lambda: any(r.startswith("replica_lag") for r in probe.check().reasons))
+    finally:
+        for node in replicas:
+            node.resume()
+            node.stop()
+
+
+def _wait(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.1)

@@ -91,7 +91,7 @@ class _FollowingHealth:
 
     def check(self) -> HealthReport:
         probe = RedisHealth(self.dep.store.client, self.dep.layout, self.dep.ledger,
-                            HealthBounds(replica_lag_s_max=10))  # fmt: skip
+                            HealthBounds())  # fmt: skip
         return probe.check()
 
 

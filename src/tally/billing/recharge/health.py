@@ -31,7 +31,11 @@ from tally.store.keys import KeyLayout
 
 log = logging.getLogger(__name__)
 
-LAG_S_MAX_DEFAULT = 10
+#: Replicas ACK once a second, so a current replica shows lag 0-1. Recharge only while one does:
+#: a primary whose replicas all fell silent may be cut off and about to be replaced (lab,
+#: primary-dc-partition: with 10 s, cards were charged on the cut-off primary for shortfalls that
+#: the promoted replica never had).
+LAG_S_MAX_DEFAULT = 2
 JOURNAL_BACKLOG_MAX_DEFAULT = 50_000
 
 
@@ -103,8 +107,13 @@ class RedisHealth:
             for k, v in info.items()
             if k.startswith("slave") and isinstance(v, dict)
         ]
-        if lags and max(lags) > self.bounds.replica_lag_s_max:
-            reasons.append(f"replica_lag: {max(lags)} s > {self.bounds.replica_lag_s_max} s")
+        # The best replica counts (what Sentinel would promote, what the drainer's fence needs):
+        # one replica in a long full sync must not stop recharges while another is current.
+        if lags and min(lags) > self.bounds.replica_lag_s_max:
+            reasons.append(
+                f"replica_lag: every replica {min(lags)} s or more behind "
+                f"> {self.bounds.replica_lag_s_max} s"
+            )
         pipe = self.client.pipeline(transaction=False)
         for key in self.layout.journals():
             pipe.xlen(key)

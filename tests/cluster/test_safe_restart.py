@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from tally.ops.binary import find_redis_server
+from tally.ops.cluster.procs import command
 from tally.ops.node import RedisNode, orphan_pids
 from tally.ops.preflight import PreflightParams
 from tally.ops.profiles import NodeRole, ProfileParams, node_directives
@@ -45,6 +47,52 @@ def primary_2013(tmp_path: Path) -> Iterator[RedisNode]:
 @pytest.fixture
 def primary_hardened(tmp_path: Path) -> Iterator[RedisNode]:
     yield from _primary(tmp_path, "hardened")
+
+
+@pytest.fixture
+def replica_hardened(tmp_path: Path, primary_hardened: RedisNode) -> Iterator[RedisNode]:
+    """A replica of ``primary_hardened``, in sync, with a replica-priority of its own (7)."""
+    role = NodeRole(("127.0.0.1", primary_hardened.port))
+    directives = node_directives("hardened", find_redis_server(), role, password="pw")
+    directives["replica-priority"] = 7
+    node = RedisNode(name="r2", dir=tmp_path / "r2", directives=directives, password="pw")
+    node.start()
+    try:
+        wait_synced(node)
+        yield node
+    finally:
+        node.stop()
+
+
+def wait_synced(node: RedisNode, timeout_s: float = 10.0) -> None:
+    """Link up, and the AOF the sync starts written (a SHUTDOWN during that initial AOF rewrite
+    is refused, and the stop falls back to signals after its timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while not _synced(node.client().info()):
+        assert time.monotonic() < deadline, f"{node.name} not in sync"
+        time.sleep(0.05)
+
+
+def _synced(info: dict[str, object]) -> bool:
+    rewriting = info.get("aof_rewrite_in_progress") or info.get("aof_rewrite_scheduled")
+    return info.get("master_link_status") == "up" and not rewriting
+
+
+def _priority(node: RedisNode) -> str:
+    return str(node.client().config_get("replica-priority")["replica-priority"])
+
+
+def _losing_the_data(node: RedisNode) -> Callable[[], None]:
+    """A stop after which the node's restart loads nothing: the 2013 outcome, behind preflight's
+    back (preflight saw the good files)."""
+
+    def stop() -> None:
+        node.stop(save=False)
+        (node.dir / "dump.rdb").unlink(missing_ok=True)
+        shutil.rmtree(node.dir / "appendonlydir", ignore_errors=True)
+        (node.dir / "appendonly.aof").unlink(missing_ok=True)
+
+    return stop
 
 
 def _params() -> PreflightParams:
@@ -105,16 +153,11 @@ def test_a_node_that_comes_back_empty_despite_preflight_stays_quarantined(
     primary_hardened: RedisNode,
 ) -> None:
     primary_2013 = primary_hardened
-
-    # Preflight cannot see this one: the data dir is wiped behind its back after the check.
-    def stop_and_lose_the_data() -> None:
-        primary_2013.stop(save=False)
-        (primary_2013.dir / "dump.rdb").unlink(missing_ok=True)
-        shutil.rmtree(primary_2013.dir / "appendonlydir", ignore_errors=True)
-        (primary_2013.dir / "appendonly.aof").unlink(missing_ok=True)
-
     report = safe_restart(
-        primary_2013, expected_role="primary", stop=stop_and_lose_the_data, params=_params()
+        primary_2013,
+        expected_role="primary",
+        stop=_losing_the_data(primary_2013),
+        params=_params(),
     )
     assert not report.ok and report.stage == "quarantined"
     assert "EMPTY" in report.message
@@ -123,8 +166,55 @@ def test_a_node_that_comes_back_empty_despite_preflight_stays_quarantined(
         client.set("x", "1")
     with pytest.raises(redis.exceptions.NoPermissionError):
         client.execute_command("PSYNC", "?", "-1")
+    assert _priority(primary_2013) == "0"  # Sentinel would never promote it
 
 
-def test_quarantine_directives_keep_the_password() -> None:
-    out = quarantine_directives({"requirepass": "pw", "port": 1}, "pw")
+def test_a_replica_that_comes_back_empty_and_resyncs_is_admitted_with_its_priority(
+    primary_hardened: RedisNode, replica_hardened: RedisNode
+) -> None:
+    report = safe_restart(
+        replica_hardened,
+        expected_role="replica",
+        stop=_losing_the_data(replica_hardened),
+        params=_params(),
+    )
+    assert report.ok and report.stage == "admitted", report.message
+    assert replica_hardened.client().dbsize() == primary_hardened.client().dbsize() > 0
+    assert _priority(replica_hardened) == "7"  # the configured one, not the quarantine's 0
+    assert "replica-priority 7" in replica_hardened.config_path.read_text()
+
+
+def test_a_replica_that_comes_back_empty_and_cannot_resync_stays_quarantined(
+    primary_hardened: RedisNode, replica_hardened: RedisNode
+) -> None:
+    # its primary serves no sync (as the 2013 primary, timing out every full sync)
+    command(primary_hardened.client(), "ACL", "SETUSER", "default", "-sync", "-psync")
+    report = safe_restart(
+        replica_hardened,
+        expected_role="replica",
+        stop=_losing_the_data(replica_hardened),
+        params=_params(),
+        replica_sync_timeout_s=1.0,
+    )
+    assert not report.ok and report.stage == "quarantined", report.message
+    assert "EMPTY" in report.message and "not resynced" in report.message
+    assert replica_hardened.client().dbsize() == 0
+    assert _priority(replica_hardened) == "0"
+
+
+def test_a_replica_whose_link_is_down_but_kept_its_data_is_admitted(
+    primary_hardened: RedisNode, replica_hardened: RedisNode
+) -> None:
+    command(primary_hardened.client(), "ACL", "SETUSER", "default", "-sync", "-psync")
+    report = safe_restart(
+        replica_hardened, expected_role="replica", params=_params(), replica_sync_timeout_s=0.5
+    )
+    assert report.ok and report.stage == "admitted", report.message
+    assert report.after is not None and report.after.link != "connected"
+    assert _priority(replica_hardened) == "7"
+
+
+def test_quarantine_directives_keep_the_password_and_set_replica_priority_0() -> None:
+    out = quarantine_directives({"requirepass": "pw", "port": 1, "replica-priority": 7}, "pw")
     assert "requirepass" not in out and str(out["user"]).startswith("default on >pw ")
+    assert out["replica-priority"] == 0

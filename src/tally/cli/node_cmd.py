@@ -1,6 +1,10 @@
 """``tally node restart NODE --topology FILE [--safe] [--set KEY=VALUE]...``: restart one node of
 a cluster that ``tally cluster up`` started. Exit codes: 0 restarted (and, with --safe, verified),
-1 refused or quarantined by --safe (the message says why), 2 usage or infrastructure error."""
+1 refused or quarantined by --safe (the message says why), 2 usage or infrastructure error.
+
+--safe (``tally.ops.restart``): preflight with the figures the cluster was sized from, start
+quarantined (no writes, no syncs served, replica-priority 0 so Sentinel never promotes it),
+verify, then admit (the configured replica-priority back) or keep it quarantined."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from tally.errors import UsageError
 from tally.ops.cluster import Cluster
 from tally.ops.node import ConfigValue
 from tally.ops.preflight import PreflightParams
-from tally.ops.restart import safe_restart
+from tally.ops.restart import REPLICA_SYNC_TIMEOUT_S, safe_restart
 
 
 @click.group(name="node")
@@ -41,6 +45,14 @@ def _mutations(pairs: tuple[str, ...]) -> dict[str, ConfigValue]:
 @click.option(
     "--safe", is_flag=True, help="Preflight, quarantined start, verify (see ops.restart)."
 )
+@click.option(
+    "--sync-timeout-s",
+    type=click.FloatRange(0, 3600),
+    default=REPLICA_SYNC_TIMEOUT_S,
+    show_default=True,
+    help="With --safe: how long a replica may take to resync from its primary before its own "
+    "data is judged (empty or another epoch: kept quarantined).",
+)
 @click.option("--set", "sets", multiple=True, help="Change a directive: KEY=VALUE (repeatable).")
 @click.option("--unset", "unsets", multiple=True, help="Drop a directive (repeatable).")
 @json_option
@@ -50,6 +62,7 @@ def restart(
     topology_path: Path,
     base_dir: Path | None,
     safe: bool,
+    sync_timeout_s: float,
     sets: tuple[str, ...],
     unsets: tuple[str, ...],
     as_json: bool,
@@ -78,6 +91,7 @@ def restart(
         removals=unsets,
         params=params,
         stop=lambda: handle.stop(save=True),
+        replica_sync_timeout_s=sync_timeout_s,
     )
     cluster.save_state()
     _say(as_json, report.to_dict(), f"{name}: {report.stage}: {report.message}")

@@ -240,15 +240,7 @@ def load_config(path: Path) -> list[LinkSpec]:
 
     Fronts are read by :func:`load_fronts` from the same file.
     """
-    try:
-        text = Path(path).read_text()
-        data = json.loads(text) if Path(path).suffix == ".json" else tomllib.loads(text)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read proxy config {path}: {exc}") from exc
-    entries = data.get("link", [])
-    if not isinstance(entries, list) or len(entries) > LINKS_MAX:
-        raise ConfigError(f"{path}: 'link' must be a list of at most {LINKS_MAX} tables")
-    return [_spec_from(entry, path) for entry in entries]
+    return [_spec_from(entry, path) for entry in _tables(path, "link")]
 
 
 def _spec_from(entry: dict[str, Any], path: Path) -> LinkSpec:
@@ -275,15 +267,20 @@ def load_fronts(path: Path) -> list[FrontSpec]:
     default = "dc1-to-r1"                         # any other source address
     routes = { "127.0.2.1" = "dc2-to-r1" }        # source address -> route
     """
+    return [front_spec(entry, str(path)) for entry in _tables(path, "front")]
+
+
+def _tables(path: Path, key: str) -> list[Any]:
+    """The ``[[key]]`` tables of a TOML (or JSON) proxy config, at most ``LINKS_MAX``."""
     try:
         text = Path(path).read_text()
         data = json.loads(text) if Path(path).suffix == ".json" else tomllib.loads(text)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read proxy config {path}: {exc}") from exc
-    entries = data.get("front", [])
+    entries = data.get(key, [])
     if not isinstance(entries, list) or len(entries) > LINKS_MAX:
-        raise ConfigError(f"{path}: 'front' must be a list of at most {LINKS_MAX} tables")
-    return [front_spec(entry, str(path)) for entry in entries]
+        raise ConfigError(f"{path}: '{key}' must be a list of at most {LINKS_MAX} tables")
+    return entries
 
 
 def front_spec(entry: Any, source: str) -> FrontSpec:

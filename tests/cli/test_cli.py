@@ -78,6 +78,22 @@ def test_reconcile_reports_no_drift_after_a_drain(env: dict[str, str]) -> None:
     assert (report["accounts_checked"], report["accounts_drifted"], report["drift"]) == (1, 0, [])
 
 
+def test_drain_fences_on_replicas_and_settles_nothing_no_replica_holds(
+    env: dict[str, str],
+) -> None:
+    """`tally drain` honours TALLY_DRAIN_REPLICAS: this node has no replica, so with a fence of
+    1 nothing is settled (a failover could still lose it), and the round says it was fenced."""
+    tally(env, "credit", "alice", "5", "--id", "top-1")
+    fenced = tally({**env, "TALLY_DRAIN_REPLICAS": "1"}, "drain", "--json")
+    assert fenced.returncode == 0, fenced.stderr
+    stats = json.loads(fenced.stdout)
+    assert stats["fenced"] >= 1 and stats["last_fence_acked"] == 0
+    drift = json.loads(tally(env, "reconcile", "--json").stdout)
+    assert drift["accounts_drifted"] == 0  # undrained entries still count: nothing was lost
+    unfenced = json.loads(tally({**env, "TALLY_DRAIN_REPLICAS": "0"}, "drain", "--json").stdout)
+    assert unfenced["fenced"] == 0 and unfenced["entries"] >= 1
+
+
 def test_reconcile_finds_an_injected_drift_and_exits_1(
     env: dict[str, str], redis_node: RedisNode
 ) -> None:

@@ -14,7 +14,6 @@ from tally.billing.engine import PENDING_CREDITS_BATCH_MAX
 from tally.bootstrap import Deployment, redis_client
 from tally.cli.context import connection_options, deployment, settings_from
 from tally.cli.output import EXIT_REFUSED, emit, handles_errors, json_option
-from tally.ledger.drainer import Drainer
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.keys import KeyLayout
 
@@ -79,7 +78,7 @@ def init(shards: int | None, namespace: str | None, as_json: bool, **conn: str |
 def drain(follow: bool, limit: int, as_json: bool, **conn: str | None) -> None:
     """Move the journal into the ledger of record (and apply credits still pending)."""
     with deployment(**conn) as dep:
-        drainer = Drainer(dep.client, dep.layout, dep.ledger, count=min(limit, 1000))
+        drainer = dep.drainer(count=min(limit, 1000))  # with the deployment's replica fence
         if follow:
             stop = threading.Event()
             signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -82,6 +82,30 @@ def test_reconcile_finds_an_injected_drift_and_only_that(
     assert drift.redis_balance_minor == drift.ledger_balance_minor + drift.undrained_minor + 250
 
 
+def test_reconcile_finds_a_ledger_ahead_of_a_store_that_lost_its_last_writes(
+    rclient: redis.Redis, layout: KeyLayout, ledger: SqlLedger
+) -> None:
+    """A failover to a replica that missed the primary's last writes, after they were drained:
+    the promoted journal ends before what the ledger holds. Comparing as of the journal's end,
+    balances look right; the ledger-ahead pass is what sees the lost lines."""
+    writer = deployed(rclient, layout, ledger)
+    traffic(writer, "a", rounds=2)
+    drain(rclient, layout, ledger)
+    victim = ACCOUNTS[5]
+    shard = layout.shard_of(victim)
+    keys = [layout.account_key(victim), layout.journal(shard), layout.tx(shard)]
+    replica_view = {k: rclient.dump(k) for k in keys}  # what the promoted replica holds
+    writer.apply([("lost-credit", "c", victim, 700, "USD")])
+    drain(rclient, layout, ledger)  # drained from the old primary, unfenced
+    for key, value in replica_view.items():  # the failover: the replica's state takes over
+        rclient.restore(key, 0, value, replace=True)
+    report = reconcile(rclient, layout, ledger)
+    assert not report.ok
+    (drift,) = report.drift
+    assert (drift.account, drift.reason, drift.diff_minor) == (victim, "ledger_ahead", -700)
+    assert drift.ledger_balance_minor - drift.redis_balance_minor == 700
+
+
 def test_reconcile_reports_accounts_missing_on_either_side(
     rclient: redis.Redis, layout: KeyLayout, ledger: SqlLedger
 ) -> None:

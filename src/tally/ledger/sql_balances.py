@@ -85,6 +85,31 @@ def balances_as_of(
     return out
 
 
+def _beyond(upto: StreamId) -> sa.ColumnElement[bool]:
+    return sa.or_(T.stream_ms > upto.ms, sa.and_(T.stream_ms == upto.ms, T.stream_seq > upto.seq))
+
+
+def has_lines_beyond(conn: Connection, *, epoch_id: str, shard: int, upto: StreamId) -> bool:
+    """Whether this epoch's ledger holds a line of ``shard`` positioned after ``upto``
+    (one index probe on ix_transfers_position)."""
+    query = sa.select(T.id).where(T.epoch_id == epoch_id, T.shard == shard, _beyond(upto)).limit(1)
+    return conn.execute(query).first() is not None
+
+
+def sums_beyond(
+    conn: Connection, *, epoch_id: str, shard: int, upto: StreamId
+) -> dict[str, tuple[int, int]]:
+    """Per customer account: (ok lines, signed sum) of this epoch's lines of ``shard``
+    positioned after ``upto``."""
+    signed = sa.case((T.kind == TransferKind.credit.value, T.amount_minor), else_=-T.amount_minor)
+    query = (
+        sa.select(T.account_id, sa.func.count(), sa.func.sum(signed))
+        .where(T.epoch_id == epoch_id, T.shard == shard, T.result == OK, _beyond(upto))
+        .group_by(T.account_id)
+    )
+    return {row[0]: (int(row[1]), int(row[2])) for row in conn.execute(query)}
+
+
 def existing_transfer_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
     found: set[str] = set()
     for part in chunks(sorted(set(ids))):

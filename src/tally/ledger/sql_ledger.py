@@ -241,3 +241,23 @@ class SqlLedger:
         with self.transaction(snapshot=True) as conn:
             view = sql_balances.balances_as_of(conn, ids, epoch_id=epoch_id, upto=upto)
             return view, sql_balances.existing_transfer_ids(conn, probe_ids)
+
+    def lines_beyond_journal(
+        self, *, epoch_id: str, shard: int, journal_position: Callable[[], StreamId]
+    ) -> dict[str, tuple[int, int]]:
+        """For reconcile: this epoch's ledger lines of ``shard`` that the store's journal never
+        generated, as {account: (lines, signed sum)}; empty when the ledger is not ahead.
+
+        Order matters: the SQL snapshot is taken first, THEN ``journal_position()`` reads the
+        journal's last generated id P. Every line in the snapshot was drained from a journal
+        before the snapshot, so on a store that kept everything its position is <= P; a line
+        beyond P was drained from a store this one does not continue (e.g. a primary lost in a
+        failover, whose last writes no replica had)."""
+        with self.transaction(snapshot=True) as conn:
+            epoch = sql_epochs.get_epoch(conn, epoch_id)  # the first read fixes the snapshot
+            if epoch is None:
+                raise LedgerNotInitialised(f"no epoch {epoch_id} in the ledger")
+            upto = journal_position()
+            if not sql_balances.has_lines_beyond(conn, epoch_id=epoch_id, shard=shard, upto=upto):
+                return {}
+            return sql_balances.sums_beyond(conn, epoch_id=epoch_id, shard=shard, upto=upto)

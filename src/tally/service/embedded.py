@@ -15,6 +15,7 @@ from pathlib import Path
 from tally.cli.local_cmd import LOCAL_DIRECTIVES
 from tally.config import LOCAL_STATE
 from tally.ops.node import RedisNode
+from tally.ops.profiles import ProfileParams, backlog_bytes
 
 SECRET_FILE = "redis.secret"
 
@@ -50,7 +51,9 @@ def _previous_port(home: Path) -> int:
 def embedded_node(home: Path, *, port: int = 0) -> RedisNode:
     """Not started yet. Dies with this process (PR_SET_PDEATHSIG): a crash leaves no orphan."""
     directives: dict[str, str | int | Sequence[str]] = dict(LOCAL_DIRECTIVES)
-    directives["repl-backlog-size"] = "64mb"
+    # Sized like the hardened profile (preflight TP004 checks the same figures); Redis
+    # allocates it only once a replica attaches.
+    directives["repl-backlog-size"] = backlog_bytes(ProfileParams())
     return RedisNode(
         name="local",
         dir=home / "redis",

@@ -286,9 +286,11 @@ class Link:
                 return
             for piece in self._slices(direction, data):
                 await self._throttle(direction, len(piece))
+                # counted before the write: the peer may read it (and a reader of the stats look)
+                # before the write returns, and the stats must never show less than it has seen
+                self.stats.add(direction, len(piece))
                 dst.write(piece)
                 await asyncio.wait_for(dst.drain(), self.limits.drain_timeout_s)
-                self.stats.add(direction, len(piece))
 
     def _slices(self, direction: Direction, data: bytes) -> list[bytes]:
         rate = self.faults[direction].rate_bytes_s

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,44 @@ def test_free_port_never_hands_out_the_same_port_twice_before_it_is_bound() -> N
     """A cluster picks every node's port first and starts the nodes after."""
     ports = [free_port() for _ in range(300)]
     assert len(set(ports)) == len(ports)
+
+
+def test_stop_with_save_waits_out_a_replicas_first_aof_write_instead_of_killing_it(
+    tmp_path: Path,
+) -> None:
+    """A replica with AOF on writes its first AOF right after its sync, and Redis refuses
+    SHUTDOWN until that is done ("Writing initial AOF, can't exit"). A stop that escalates to
+    signals then kills it: nothing saved. The stop retries SHUTDOWN instead and it exits 0."""
+    with RedisNode(name="p", dir=tmp_path / "p") as primary:
+        client = primary.client()
+        client.mset({f"k{i}": i for i in range(KEYS)})
+        replica = RedisNode(
+            name="r",
+            dir=tmp_path / "r",
+            directives={
+                "replicaof": f"127.0.0.1 {primary.port}",
+                "appendonly": "yes",
+                "rdb-key-save-delay": 50_000,  # µs per key: the first AOF takes ~KEYS/20 s
+            },
+        )
+        replica.start()
+        try:
+            rclient = replica.client()
+            for _ in range(200):  # bounded: ~10 s for the sync
+                if rclient.info("replication")["master_link_status"] == "up":
+                    break
+                time.sleep(0.05)
+            assert rclient.info("persistence")["aof_rewrite_in_progress"] == 1
+            proc = replica.process
+            assert proc is not None
+            replica.stop(save=True, timeout_s=1.0)
+            assert proc.returncode == 0  # shut down by SHUTDOWN, not SIGKILL
+        finally:
+            replica.stop()
+    replica.directives = {"appendonly": "yes"}  # alone now: it loads its own AOF
+    with replica:
+        assert replica.client().dbsize() == KEYS
+    assert orphan_pids(str(tmp_path)) == []
+
+
+KEYS = 200

@@ -36,6 +36,9 @@ _random = random.SystemRandom()
 #: Ports this process handed out recently: never the same one twice while it may be unbound.
 _handed_out: collections.deque[int] = collections.deque(maxlen=4096)
 STOP_TIMEOUT_S = 15.0
+#: A refused SHUTDOWN is retried this long (every SHUTDOWN_RETRY_S) before signals.
+SHUTDOWN_REFUSED_S = 120.0
+SHUTDOWN_RETRY_S = 0.2
 _PR_SET_PDEATHSIG = 1
 
 
@@ -220,13 +223,29 @@ class RedisNode:
         if self.process is None:
             return
         if self.process.poll() is None:
-            with (
-                contextlib.suppress(redis.RedisError, OSError),
-                contextlib.closing(self.client(socket_timeout=timeout_s)) as c,
-            ):
-                c.execute_command("SHUTDOWN", "SAVE" if save else "NOSAVE")  # type: ignore[no-untyped-call]
+            self._shutdown(save, timeout_s)
             self._wait_or_escalate(timeout_s)
         self.process = None
+
+    def _shutdown(self, save: bool, timeout_s: float) -> None:
+        """SHUTDOWN, retried while Redis refuses it (an error reply, e.g. "Writing initial AOF,
+        can't exit" on a replica just synced with AOF on) for up to SHUTDOWN_REFUSED_S: the
+        signals after it would kill the node with nothing saved."""
+        deadline = time.monotonic() + SHUTDOWN_REFUSED_S
+        with (
+            contextlib.suppress(redis.RedisError, OSError),
+            contextlib.closing(self.client(socket_timeout=timeout_s)) as c,
+        ):
+            while True:  # bounded by the deadline
+                try:
+                    c.execute_command("SHUTDOWN", "SAVE" if save else "NOSAVE")  # type: ignore[no-untyped-call]
+                    return
+                except redis.ResponseError:
+                    if time.monotonic() >= deadline or self.process is None:
+                        raise
+                    if self.process.poll() is not None:
+                        return
+                    time.sleep(SHUTDOWN_RETRY_S)
 
     def _wait_or_escalate(self, timeout_s: float) -> None:
         assert self.process is not None

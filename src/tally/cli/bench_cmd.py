@@ -1,11 +1,15 @@
-"""tally bench debits | http: measured throughput on this machine."""
+"""tally bench debits | http | storm: measured throughput, and the F1 storm, on this machine."""
 
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import click
+
+from tally.cli.output import handles_errors
 
 
 def _table(rows: dict[str, dict[str, Any]], columns: list[str]) -> str:
@@ -19,7 +23,7 @@ def _table(rows: dict[str, dict[str, Any]], columns: list[str]) -> str:
 
 @click.group()
 def bench() -> None:
-    """Benchmarks of tally's debit paths (library and HTTP) on this machine."""
+    """Benchmarks on this machine: tally's debit paths (library and HTTP) and the F1 storm."""
 
 
 @bench.command("debits")
@@ -72,6 +76,71 @@ def http(count: int, concurrency: int, accounts: int, batch_requests: int, secon
         click.echo(json.dumps(data, sort_keys=True))
         return
     click.echo(_table(data["results"], ["debits", "concurrency", "debits_per_s", "p50_ms", "p99_ms", "request_p99_ms"]))
+
+
+@bench.command("storm")
+@click.option(
+    "--topology",
+    "topology_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="A topology file (e.g. examples/topology-3dc.toml); it runs in a temporary dir.",
+)
+@click.option(
+    "--profile",
+    "profiles",
+    type=click.Choice(["2013", "hardened"]),
+    multiple=True,
+    help="Profiles to run, in order (default: both).",
+)
+@click.option("--partition-s", default=5.0, show_default=True, type=click.FloatRange(0.5, 600))
+@click.option("--dataset-mb", default=20, show_default=True, type=click.IntRange(0, 10_000))
+@click.option("--write-rate", default=500, show_default=True, type=click.IntRange(1, 100_000), help="Writes/s.")
+@click.option("--value-bytes", default=200, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@handles_errors
+def storm(
+    topology_path: Path,
+    profiles: tuple[str, ...],
+    partition_s: float,
+    dataset_mb: int,
+    write_rate: int,
+    value_bytes: int,
+    as_json: bool,
+) -> None:
+    """F1 on real processes: partition every remote replica from the primary while writing,
+    heal, and report full/partial syncs, time to all-in-sync and the primary's PING p99 during
+    the resync against its baseline (tally.ops.storm)."""
+    from tally.ops.storm import run_storm
+    from tally.ops.topology import load_topology
+
+    topology = load_topology(topology_path)
+    rows: dict[str, dict[str, Any]] = {}
+    for profile in profiles or ("2013", "hardened"):
+        click.echo(f"... {profile}: partition {partition_s} s, {dataset_mb} MB dataset", err=True)
+        with tempfile.TemporaryDirectory(prefix="tally-storm-") as base:
+            result = run_storm(
+                topology.with_base_dir(Path(base)),
+                profile=profile,
+                partition_s=partition_s,
+                dataset_bytes=dataset_mb * 1_000_000,
+                write_rate_per_s=write_rate,
+                value_bytes=value_bytes,
+            )
+        rows[profile] = result.to_dict()
+    if as_json:
+        click.echo(json.dumps(rows, sort_keys=True))
+        return
+    columns = [
+        "replicas_remote",
+        "full_syncs",
+        "partial_syncs",
+        "seconds_to_in_sync",
+        "primary_latency_ms_p99_baseline",
+        "primary_latency_ms_p99_during_storm",
+        "writes_failed",
+    ]
+    click.echo(_table(rows, columns))
 
 
 if __name__ == "__main__":

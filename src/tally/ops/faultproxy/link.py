@@ -81,6 +81,13 @@ class LinkStats:
             self.bytes_downstream += count
 
 
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """A peer going away is how connections end: the error is retrieved, not logged. (A task
+    cancelled mid-drain can still finish with the peer's reset after ``run`` looked at it.)"""
+    if not task.cancelled():
+        task.exception()
+
+
 def _rst_on_close(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     if sock is not None:
@@ -111,13 +118,12 @@ class _Connection:
             asyncio.ensure_future(self.link.read_loop(server_reader, down)),
             asyncio.ensure_future(self.link.write_loop(down, client_writer, DOWN)),
         ]
+        for task in self.tasks:
+            task.add_done_callback(_retrieve)
         try:
             await asyncio.wait(self.tasks, return_when=asyncio.FIRST_EXCEPTION)
         finally:
             self.close()
-            for task in self.tasks:
-                if task.done() and not task.cancelled():
-                    task.exception()  # a peer going away is how connections end: retrieved
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         # Like a SYN during a partition: nothing reaches the server until the link heals.

@@ -14,7 +14,6 @@ Everything listens on loopback (127.0.k.1) ports below the ephemeral range: noth
 from __future__ import annotations
 
 import contextlib
-import random
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import redis
 from tally.errors import ProcessError, TallyError
 from tally.gateway.faults import Faults
 from tally.gateway.process import SimulatorProcess
+from tally.ops.ballast import incompressible
 from tally.ops.cluster import Cluster, ClusterNode
 from tally.ops.node import ConfigValue
 from tally.ops.topology import Topology, parse_topology
@@ -90,12 +90,6 @@ def lab_topology(base_dir: Path, spec: RigSpec) -> Topology:
         ],
     }  # fmt: skip
     return parse_topology(data, source="lab")
-
-
-def incompressible(size: int, seed: int = 28) -> bytes:
-    """``size`` pseudo-random bytes (seeded: every run moves the same bytes). LZF compresses
-    within one value only, so one such value reused for every key stays incompressible."""
-    return random.Random(seed).randbytes(size)
 
 
 class Rig:

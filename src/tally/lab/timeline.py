@@ -41,7 +41,8 @@ import redis
 
 from tally.lab.billing import BillingSystem
 from tally.lab.history import now_ms
-from tally.lab.rig import BALLAST_DB, Rig, incompressible
+from tally.lab.rig import BALLAST_DB, Rig
+from tally.ops.ballast import incompressible
 from tally.ops.cluster.procs import command
 from tally.ops.node import ConfigValue
 
@@ -243,16 +244,20 @@ class Operator:
     def _load(self, bytes_per_s: int, seconds: float, value_bytes: int) -> None:
         per_s = max(1, bytes_per_s // value_bytes)
         value = incompressible(value_bytes, seed=value_bytes)  # as on the wire, in the RDB too
-        end = time.monotonic() + seconds
+        start = time.monotonic()
+        end = start + seconds
         primary = self.rig.topology.primary.name
         with contextlib.closing(self.rig.client(primary, socket_timeout=1.0, db=BALLAST_DB)) as c:
             i = 0
             while time.monotonic() < end and not self.stop.is_set():
+                # on a schedule: a busy machine that falls behind catches up (at most one
+                # second's worth per round), so the stated rate is what the primary gets
+                due = int(per_s * (time.monotonic() - start)) - i
                 with (
                     contextlib.suppress(redis.RedisError, OSError),
                     c.pipeline(transaction=False) as pipe,
                 ):
-                    for _ in range(max(1, per_s // 10)):
+                    for _ in range(min(max(0, due), per_s)):
                         i += 1
                         pipe.set(f"lab:load:{i % 20_000}", value)
                     pipe.execute()

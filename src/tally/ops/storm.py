@@ -21,6 +21,7 @@ from typing import Any
 import redis
 
 from tally.errors import ProcessError
+from tally.ops.ballast import incompressible
 from tally.ops.cluster import Cluster
 from tally.ops.topology import Topology
 
@@ -59,7 +60,7 @@ class _Load:
 
     def __init__(self, cluster: Cluster, primary: str, rate_per_s: int, value_bytes: int):
         self.client = cluster.nodes[primary].client
-        self.rate_per_s, self.value = rate_per_s, b"x" * value_bytes
+        self.rate_per_s, self.value = rate_per_s, incompressible(value_bytes, seed=value_bytes)
         self.stop = threading.Event()
         self.pings: list[tuple[float, float]] = []  # (monotonic, latency ms)
         self.ok = self.failed = 0
@@ -126,8 +127,8 @@ def _wait_in_sync(client: redis.Redis, replicas: int, offset_min: int, timeout_s
 
 
 def _preload(client: redis.Redis, dataset_bytes: int, value_bytes: int = 1000) -> None:
-    """Give a full sync something to move."""
-    value = b"d" * value_bytes
+    """Give a full sync something to move (incompressible: what a real dataset costs)."""
+    value = incompressible(value_bytes)
     count = max(0, dataset_bytes // value_bytes)
     for start in range(0, count, 1000):
         with client.pipeline(transaction=False) as pipe:
@@ -155,6 +156,10 @@ def run_storm(
         with contextlib.closing(cluster.nodes[primary.name].client(socket_timeout=30.0)) as c:
             _preload(c, dataset_bytes)
             cluster.wait_replicas_in_sync()
+            # caught up, not just linked: the preload crosses capped links, and a replica still
+            # behind when the partition starts measures the preload, not the partition
+            preloaded = int(c.info("replication")["master_repl_offset"])
+            _wait_in_sync(c, len(cluster.topology.replicas), preloaded, sync_timeout_s)
             before = _stats(c)
             with _Load(cluster, primary.name, write_rate_per_s, value_bytes) as load:
                 time.sleep(baseline_s)

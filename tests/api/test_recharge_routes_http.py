@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.serve.harness import Served, wait_for
+from tests.serve.harness import Served
+from tests.waiting import wait_for
 
 RULE = {"card_id": "card_ok", "threshold_minor": 500, "target_minor": 2000, "daily_cap_minor": 100_000}
 

@@ -6,7 +6,8 @@ import uuid
 
 import httpx
 
-from tests.serve.harness import Served, wait_for
+from tests.serve.harness import Served
+from tests.waiting import wait_for
 
 PROBLEM = "application/problem+json"
 

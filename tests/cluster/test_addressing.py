@@ -14,6 +14,7 @@ from tally.ops.cluster import Cluster
 from tally.ops.cluster.procs import command
 from tally.ops.topology import Topology
 from tally.store.discovery import MOVED_CHECK_INTERVAL_S, PrimaryLocator
+from tests.waiting import wait_for
 
 FAILOVER_TIMEOUT_S = 40.0
 
@@ -73,13 +74,6 @@ def _role(cluster: Cluster, name: str) -> tuple[str, tuple[str, int] | None]:
     return "slave", (str(info["master_host"]), int(info["master_port"]))
 
 
-def _wait(check: Callable[[], bool], what: str, timeout_s: float = FAILOVER_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"{what} not within {timeout_s}s"
-        time.sleep(0.2)
-
-
 def test_isolating_the_primary_dc_fails_over_and_the_old_primary_rejoins_after_the_heal(
     topology_factory: Callable[..., Topology],
 ) -> None:
@@ -88,14 +82,29 @@ def test_isolating_the_primary_dc_fails_over_and_the_old_primary_rejoins_after_t
         locator.client()
         assert locator.address == cluster.front("r1") and not locator.primary_moved()
         cluster.isolate("dc1", mode="drop")
-        _wait(lambda: any(_role(cluster, n)[0] == "master" for n in ("r2", "r3")), "failover")
+        wait_for(
+            lambda: any(_role(cluster, n)[0] == "master" for n in ("r2", "r3")),
+            "failover",
+            timeout_s=FAILOVER_TIMEOUT_S,
+            pace_s=0.2,
+        )
         new = next(n for n in ("r2", "r3") if _role(cluster, n)[0] == "master")
         # dc1's Sentinel cannot hear the others: it still names r1, which still thinks it leads.
         assert _role(cluster, "r1")[0] == "master"
         cluster.heal_all()
-        _wait(lambda: _role(cluster, "r1") == ("slave", cluster.front(new)), "r1 rejoining")
+        wait_for(
+            lambda: _role(cluster, "r1") == ("slave", cluster.front(new)),
+            "r1 rejoining",
+            timeout_s=FAILOVER_TIMEOUT_S,
+            pace_s=0.2,
+        )
         other = "r3" if new == "r2" else "r2"
-        _wait(lambda: _role(cluster, other) == ("slave", cluster.front(new)), f"{other} moving")
+        wait_for(
+            lambda: _role(cluster, other) == ("slave", cluster.front(new)),
+            f"{other} moving",
+            timeout_s=FAILOVER_TIMEOUT_S,
+            pace_s=0.2,
+        )
         for sentinel in cluster.sentinels.values():
             with contextlib.closing(sentinel.client()) as s:
                 addr = command(s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "tally")

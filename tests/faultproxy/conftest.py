@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -46,12 +45,3 @@ def via(hub: ProxyHub) -> Iterator[Callable[..., redis.Redis]]:
     yield make
     for client in made:
         client.close()
-
-
-def wait_for(check: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {timeout_s}s")

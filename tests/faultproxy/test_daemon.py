@@ -18,8 +18,9 @@ from tally.cli.proxy_cmd import proxy
 from tally.errors import InfrastructureError, UsageError
 from tally.ops.faultproxy import LinkSpec, ProxyControl, UnknownLink
 from tally.ops.node import RedisNode, _die_with_parent, free_port
+from tests.waiting import wait_for
 
-from .conftest import LINK, wait_for
+from .conftest import LINK
 
 
 @pytest.fixture

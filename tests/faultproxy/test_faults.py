@@ -16,8 +16,9 @@ import redis
 from tally.errors import UsageError
 from tally.ops.faultproxy import LinkSpec, ProxyHub, ProxyLimits, make_fault
 from tally.ops.node import RedisNode
+from tests.waiting import wait_for
 
-from .conftest import LINK, wait_for
+from .conftest import LINK
 
 LATENCY_MS = 200
 

@@ -9,8 +9,9 @@ import pytest
 
 from tally.ops.faultproxy import ProxyHub
 from tally.ops.node import RedisNode, orphan_pids
+from tests.waiting import wait_for
 
-from .conftest import LINK, wait_for
+from .conftest import LINK
 
 
 def _link_status(replica: RedisNode) -> str:

@@ -179,6 +179,24 @@ def test_storm_latency_is_measured_from_the_heal_until_replicas_are_up(tmp_path:
     assert verdict.figures["primary_latency_ms_p99_during_storm"] == 80.0
 
 
+def test_storm_latency_runs_to_the_last_sample_when_replicas_never_come_back(
+    tmp_path: Path,
+) -> None:
+    """A full sync longer than the run (a large dataset through a slow link): the storm lasted
+    until the end, so its latency is every sample after the heal, not an empty window (0.0)."""
+    run = clean_run(tmp_path)
+    run.events += [{"t_ms": T0 + 1000, "action": "partition", "fault": True},
+                   {"t_ms": T0 + 2000, "action": "heal", "fault": True}]
+    run.monitor += [{"t_ms": T0 + t, "kind": "ping", "ms": 1.0} for t in range(0, 1000, 10)]
+    run.monitor += [{"t_ms": T0 + 2000 + t, "kind": "ping", "ms": 40.0} for t in range(0, 3000, 10)]
+    down = {"role": "slave", "link": "down", "run_id": "x"}
+    for t in range(2100, 5000, 250):
+        run.nodes_sample(T0 + t, r1=NODE_UP, r2=down)
+    verdict = check_dir(run.write())
+    assert verdict.figures["primary_latency_ms_p99_during_storm"] == 40.0
+    assert verdict.extras["storm_window"]["replicas_back"] is False
+
+
 def test_bins_where_writes_were_tried_and_none_succeeded_are_not_writable(tmp_path: Path) -> None:
     run = clean_run(tmp_path)
     for i in range(8):  # two seconds of READONLY answers, one every 250 ms

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -37,15 +36,6 @@ def make_node(tmp_path: Path) -> Iterator[NodeFactory]:
     for node in made:
         node.stop()
     assert orphan_pids(str(tmp_path)) == [], "redis-server left running"
-
-
-def wait_for(check: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {timeout_s}s")
 
 
 def ids(findings: list[Finding]) -> set[str]:

@@ -15,8 +15,9 @@ from tally.ops.faultproxy import LinkSpec, ProxyHub
 from tally.ops.node import RedisNode
 from tally.ops.preflight import PreflightParams, check_config_file, check_live
 from tally.ops.profiles import ProfileParams
+from tests.waiting import wait_for
 
-from .conftest import NodeFactory, ids, link_status, severity_of, wait_for
+from .conftest import NodeFactory, ids, link_status, severity_of
 
 LINK = "dc1-dc2"
 MB = 1_000_000
@@ -138,7 +139,7 @@ def test_a_small_replica_output_buffer_loops_full_syncs_over_a_slow_link_and_tp0
     host, port = hub.address(LINK)
     with _Writer(primary):
         make_node("replica", replicaof=f"{host} {port}")
-        wait_for(lambda: _stats(primary)["sync_full"] >= 2, 60, "a second full sync")
+        wait_for(lambda: _stats(primary)["sync_full"] >= 2, "a second full sync", timeout_s=60)
     # the danger: the first full sync was cut off and started over
 
     primary.directives["client-output-buffer-limit"] = "replica 256kb 128kb 1"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from tally.billing.recharge import HealthBounds, RedisHealth
 from tally.bootstrap import Deployment
 from tally.gateway import FakeGateway
 from tally.ops.node import RedisNode
+from tests.waiting import wait_for
 
 from .conftest import complete_all, open_customer, wire
 from .test_incident_classes import make_read_only, make_writable
@@ -65,21 +65,16 @@ def test_replica_lag_closes_the_gate_only_when_every_replica_fell_silent(
             node.directives["replicaof"] = f"{primary['host']} {primary['port']}"
             node.directives["masterauth"] = str(primary.get("password") or "")
             node.start()
-        _wait(lambda: int(dep.client.info("replication")["connected_slaves"]) == 2)
+        wait_for(lambda: int(dep.client.info("replication")["connected_slaves"]) == 2, "2 replicas")
         assert probe.check().healthy
         replicas[0].pause()
         time.sleep(3.5)  # no ACK for > 2 s from the stopped one
         assert probe.check().healthy, probe.check().reasons  # the other is current
         replicas[1].pause()
-        _wait(lambda: any(r.startswith("replica_lag") for r in probe.check().reasons))
+        wait_for(
+            lambda: any(r.startswith("replica_lag") for r in probe.check().reasons), "replica_lag"
+        )
     finally:
         for node in replicas:
             node.resume()
             node.stop()
-
-
-def _wait(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.1)

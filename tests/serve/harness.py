@@ -115,16 +115,6 @@ class Served:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30.0, trust_env=False)
 
 
-def wait_for(predicate: Any, what: str, *, rounds_max: int = 600, pace_s: float = 0.1) -> Any:
-    """Poll ``predicate`` until it returns something truthy; a bounded number of rounds."""
-    for _ in range(rounds_max):
-        value = predicate()
-        if value:
-            return value
-        time.sleep(pace_s)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
 def gateway_pids(marker: str) -> list[int]:
     """Simulator processes whose command line names a data dir under ``marker``."""
     found = []

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.node import RedisNode
-from tests.serve.harness import Served, wait_for
+from tests.serve.harness import Served
+from tests.waiting import wait_for
 
 
 def test_serve_runs_on_a_given_redis_and_postgresql_ledger(

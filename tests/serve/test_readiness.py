@@ -9,7 +9,8 @@ import signal
 
 import httpx
 
-from tests.serve.harness import Served, wait_for
+from tests.serve.harness import Served
+from tests.waiting import wait_for
 
 
 def _ready(served: Served) -> httpx.Response:

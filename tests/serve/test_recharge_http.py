@@ -12,7 +12,8 @@ import httpx
 
 from tally.gateway.client import SimulatorAdmin
 from tally.ops.node import free_port
-from tests.serve.harness import Served, wait_for
+from tests.serve.harness import Served
+from tests.waiting import wait_for
 
 RULE = {"card_id": "card_ok", "threshold_minor": 500, "target_minor": 2000, "daily_cap_minor": 100_000}
 QUIET_S = 1.5  # several completer rounds: long enough for a repeated charge to show

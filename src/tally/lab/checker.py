@@ -35,7 +35,8 @@ of its metadata ids ``credit_id``/``transfer_id``/``recharge_id``):
 - ``full_syncs`` / ``partial_syncs``: increases of ``sync_full`` / ``sync_partial_ok`` over every
   node incarnation (a restarted node's counters start again at 0).
 - ``primary_latency_ms_p99_baseline``: PING p99 on the primary before the first fault;
-  ``..._during_storm``: from the first heal until every replica's link is up again.
+  ``..._during_storm``: from the first heal until every replica's link is up again (or, when
+  they never are, the last sample: ``storm_window.replicas_back`` says which).
 - ``seconds_not_writable``: total length of 0.5 s bins in which client writes were invoked or in
   flight and none completed ``ok``.
 """
@@ -409,9 +410,12 @@ def latency_figures(a: Artefacts) -> tuple[float, float, dict[str, Any]]:
     storm: list[float] = []
     window: dict[str, Any] = {}
     if first_heal is not None:
-        until = _replicas_up_after(a.monitor, first_heal) or first_heal
+        back = _replicas_up_after(a.monitor, first_heal)
+        # replicas never back (a full sync longer than the run): the storm lasted to the end
+        until = back if back is not None else max((t for t, _ in pings), default=first_heal)
         storm = [ms for t, ms in pings if first_heal <= t <= until]
-        window = {"from_ms": first_heal, "until_ms": until, "samples": len(storm)}
+        window = {"from_ms": first_heal, "until_ms": until, "samples": len(storm),
+                  "replicas_back": back is not None}  # fmt: skip
     return p99(baseline), p99(storm), window
 
 

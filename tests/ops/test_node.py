@@ -1,12 +1,14 @@
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
 from tally.errors import ProcessError
 from tally.ops.node import RedisNode, free_port, orphan_pids
+from tests.waiting import wait_for
+
+KEYS = 200  # with 50 ms each, a replica's first AOF takes ~10 s
 
 
 def test_node_starts_answers_and_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -73,10 +75,7 @@ def test_stop_with_save_waits_out_a_replicas_first_aof_write_instead_of_killing_
         replica.start()
         try:
             rclient = replica.client()
-            for _ in range(200):  # bounded: ~10 s for the sync
-                if rclient.info("replication")["master_link_status"] == "up":
-                    break
-                time.sleep(0.05)
+            wait_for(lambda: rclient.info("replication")["master_link_status"] == "up", "sync")
             assert rclient.info("persistence")["aof_rewrite_in_progress"] == 1
             proc = replica.process
             assert proc is not None
@@ -88,6 +87,3 @@ def test_stop_with_save_waits_out_a_replicas_first_aof_write_instead_of_killing_
     with replica:
         assert replica.client().dbsize() == KEYS
     assert orphan_pids(str(tmp_path)) == []
-
-
-KEYS = 200

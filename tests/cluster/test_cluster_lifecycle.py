@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tally.ops.cluster import Cluster, read_state
-from tally.ops.cluster.procs import pid_alive
-from tally.ops.node import orphan_pids
+from tally.ops.cluster.procs import pid_alive, stop_pid
+from tally.ops.node import RedisNode, orphan_pids
 from tally.ops.topology import Topology
 
 CLUSTER_CLI = "from tally.cli.cluster_cmd import cluster; cluster()"
@@ -88,3 +88,24 @@ def _as_toml(topology: Topology) -> str:
     lines += [f'[[sentinel]]\ndc = "{s.dc}"' for s in topology.sentinels]
     lines += [f'[[link]]\nbetween = ["{lk.a}", "{lk.b}"]' for lk in topology.links]
     return "\n".join(lines) + "\n"
+
+
+def test_stopping_a_process_in_another_dc_sends_shutdown_to_its_own_address(
+    tmp_path: Path,
+) -> None:
+    """`tally cluster down` stops processes it did not start by pid: SHUTDOWN NOSAVE first, to
+    the address the node binds (127.0.k.1). Sent to 127.0.0.1 it never arrives, SIGTERM follows,
+    and a SIGTERM with save points SAVES: a node that came back empty would overwrite the good
+    snapshot on the way down (the 2013 follow-up defect)."""
+    node = RedisNode(name="n", dir=tmp_path / "n", host="127.0.2.1", directives={"save": "3600 1"})
+    node.start()
+    try:
+        node.client().set("k", "v")
+        pid = node.pid
+        assert pid is not None
+        stop_pid(pid, host=node.host, port=node.port, password=node.password, save=False)
+        assert not pid_alive(pid)
+        assert not (node.dir / "dump.rdb").exists()  # NOSAVE: nothing written
+    finally:
+        node.stop()
+    assert orphan_pids(str(tmp_path)) == []

@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -228,24 +228,14 @@ class RedisNode:
         self.process = None
 
     def _shutdown(self, save: bool, timeout_s: float) -> None:
-        """SHUTDOWN, retried while Redis refuses it (an error reply, e.g. "Writing initial AOF,
-        can't exit" on a replica just synced with AOF on) for up to SHUTDOWN_REFUSED_S: the
-        signals after it would kill the node with nothing saved."""
-        deadline = time.monotonic() + SHUTDOWN_REFUSED_S
         with (
             contextlib.suppress(redis.RedisError, OSError),
             contextlib.closing(self.client(socket_timeout=timeout_s)) as c,
         ):
-            while True:  # bounded by the deadline
-                try:
-                    c.execute_command("SHUTDOWN", "SAVE" if save else "NOSAVE")  # type: ignore[no-untyped-call]
-                    return
-                except redis.ResponseError:
-                    if time.monotonic() >= deadline or self.process is None:
-                        raise
-                    if self.process.poll() is not None:
-                        return
-                    time.sleep(SHUTDOWN_RETRY_S)
+            send_shutdown(c, save=save, alive=self._alive)
+
+    def _alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def _wait_or_escalate(self, timeout_s: float) -> None:
         assert self.process is not None
@@ -308,6 +298,22 @@ def running_node(name: str, base_dir: Path, **kwargs: object) -> Iterator[RedisN
         yield node
     finally:
         node.stop()
+
+
+def send_shutdown(client: redis.Redis, *, save: bool, alive: Callable[[], bool]) -> None:
+    """SHUTDOWN SAVE|NOSAVE, retried while Redis refuses it (an error reply, e.g. "Writing
+    initial AOF, can't exit" on a replica just synced with AOF on) for up to SHUTDOWN_REFUSED_S
+    or until the process is gone: the signals that would follow kill it with nothing saved (or,
+    SIGTERM with save points, save when NOSAVE was meant). Connection errors are the caller's."""
+    deadline = time.monotonic() + SHUTDOWN_REFUSED_S
+    while True:  # bounded by the deadline
+        try:
+            client.execute_command("SHUTDOWN", "SAVE" if save else "NOSAVE")  # type: ignore[no-untyped-call]
+            return
+        except redis.ResponseError:
+            if time.monotonic() >= deadline or not alive():
+                return
+            time.sleep(SHUTDOWN_RETRY_S)
 
 
 def orphan_pids(marker: str) -> list[int]:

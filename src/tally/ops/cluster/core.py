@@ -131,7 +131,13 @@ class ClusterNode:
             self.node.stop(save=save)
         elif self._attached_pid is not None:
             password = None if self.node.sentinel else self.node.password
-            stop_pid(self._attached_pid, port=self.port, password=password, save=save)
+            stop_pid(
+                self._attached_pid,
+                host=self.node.host,
+                port=self.port,
+                password=password,
+                save=save,
+            )
             self._attached_pid = None
 
     def start(self) -> None:

@@ -15,6 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tally.errors import ProcessError
+from tally.ops.node import send_shutdown
 
 POLL_S = 0.05
 
@@ -54,6 +55,7 @@ def wait_gone(pid: int, timeout_s: float) -> bool:
 def stop_pid(
     pid: int,
     *,
+    host: str = "127.0.0.1",
     port: int | None = None,
     password: str | None = None,
     folder: Path | None = None,
@@ -66,7 +68,7 @@ def stop_pid(
     if port is not None:
         with contextlib.suppress(redis.RedisError, OSError):
             client = redis.Redis(
-                host="127.0.0.1",
+                host=host,  # where the process binds: 127.0.k.1 for data center k
                 port=port,
                 password=password,
                 socket_timeout=timeout_s,
@@ -74,7 +76,7 @@ def stop_pid(
                 retry=Retry(NoBackoff(), 0),
             )
             with contextlib.closing(client):
-                command(client, "SHUTDOWN", "SAVE" if save else "NOSAVE")
+                send_shutdown(client, save=save, alive=lambda: pid_alive(pid))
         if wait_gone(pid, timeout_s):
             return
     for sig, wait_s in ((signal.SIGCONT, 0.0), (signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):

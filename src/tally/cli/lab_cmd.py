@@ -36,8 +36,10 @@ def _common(func: Any) -> Any:
                      help="Workload seconds at time scale 1 (default: the scenario's)."),
         click.option("--dataset-mb", type=int, default=None,
                      help="Ballast on the primary in MB, what a full sync must move (default: "
-                          "the scenario's, 16). F1's latency hit needs a dataset whose fork and "
-                          "RDB take real time: try 500 on a machine with a few GB free."),
+                          "the scenario's, 16). The lab's WAN links carry 4 MB/s, so each 100 MB "
+                          "adds about 25 s to every full sync (and to setup); a sync that outlasts "
+                          "the run shows as storm_window.replicas_back false. `tally bench storm` "
+                          "measures F1 on its own."),
         click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout."),
     ]  # fmt: skip
     for option in reversed(options):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,14 +15,24 @@ from tally.config import Settings
 from tally.errors import ConfigError, LedgerNotInitialised
 from tally.ledger.drainer import Drainer
 from tally.ledger.sql_ledger import SqlLedger
-from tally.store.discovery import PrimaryLocator, parse_target
+from tally.store.discovery import (
+    PrimaryLocator,
+    SentinelTarget,
+    SwitchMaster,
+    SwitchMasterListener,
+    parse_target,
+)
 from tally.store.keys import KeyLayout
 from tally.store.redis_store import RedisStore
 
 
 def redis_client(url: str, settings: Settings) -> redis.Redis:
     """Explicit timeouts and NO retries: redis-py's defaults retry, and a billing engine must
-    see every failure and decide itself (the scripts are idempotent; the caller retries)."""
+    see every failure and decide itself (the scripts are idempotent; the caller retries).
+    A ``sentinel://`` URL gives the primary its Sentinels name, role checked (one-shot uses:
+    init, the start-up epoch check; the engine keeps a locator to follow failovers)."""
+    if url.startswith("sentinel://"):
+        return primary_locator(url, settings).client()
     try:
         return redis.Redis.from_url(
             url,
@@ -55,6 +66,16 @@ class Deployment:
         options.setdefault("fence_timeout_ms", self.settings.drain_fence_timeout_ms)
         return Drainer(self.client, self.layout, self.ledger, **options)
 
+    def watch_failovers(
+        self, on_event: Callable[[SwitchMaster], None]
+    ) -> SwitchMasterListener | None:
+        """With a Sentinel URL: a started listener that records every ``+switch-master`` and
+        calls ``on_event`` once per failover (the caller stops it). None without Sentinel."""
+        target = parse_target(self.settings.require_redis_url())
+        if not isinstance(target, SentinelTarget):
+            return None
+        return SwitchMasterListener(target, on_event=on_event).start()
+
     def close(self) -> None:
         self.client.close()
         self.ledger.close()
@@ -64,6 +85,14 @@ class Deployment:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def primary_locator(url: str, settings: Settings) -> PrimaryLocator:
+    return PrimaryLocator(
+        parse_target(url),
+        socket_timeout_s=settings.redis_socket_timeout_ms / 1000,
+        connect_timeout_s=settings.redis_connect_timeout_ms / 1000,
+    )
 
 
 def open_deployment(settings: Settings) -> Deployment:
@@ -77,11 +106,7 @@ def open_deployment(settings: Settings) -> Deployment:
         url = settings.require_redis_url()
         rediscover, primary_moved = None, None
         if url.startswith("sentinel://"):
-            locator = PrimaryLocator(
-                parse_target(url),
-                socket_timeout_s=settings.redis_socket_timeout_ms / 1000,
-                connect_timeout_s=settings.redis_connect_timeout_ms / 1000,
-            )
+            locator = primary_locator(url, settings)
             client, rediscover = locator.client(), locator.rediscover
             primary_moved = locator.primary_moved
         else:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 
@@ -20,24 +19,18 @@ from tally.ledger.rebuild import init_store
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.cluster import Cluster
 from tally.ops.node import RedisNode
-from tally.store.discovery import PrimaryLocator
+from tally.store.discovery import PrimaryLocator, SwitchMaster
 from tally.store.keys import KeyLayout
 from tally.store.redis_store import RedisStore
+from tests.waiting import wait_for
 
-from ..cluster.conftest import three_dc
+from ..cluster.conftest import sentinel_url, three_dc
 
 FAILOVER_DEADLINE_S = 60.0
 
 
-def sentinel_url(cluster: Cluster) -> str:
-    target = cluster.sentinel_target()
-    hosts = ",".join(f"{h}:{p}" for h, p in target.sentinels)
-    auth = f":{quote(target.password, safe='')}@" if target.password else ""
-    return f"sentinel://{auth}{hosts}/{target.master_name}"
-
-
 def test_after_a_primary_crash_the_engine_follows_sentinel_to_the_new_primary(
-    tmp_path: Path,
+    tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     with Cluster(three_dc(tmp_path / "cluster")) as cluster:
         url = sentinel_url(cluster)
@@ -53,6 +46,10 @@ def test_after_a_primary_crash_the_engine_follows_sentinel_to_the_new_primary(
             dep.engine.credit("top", "alice", 1000, "USD")
             first = dep.engine.debit("d1", "alice", 100)
             assert dep.client.execute_command("WAIT", 2, 5000) == 2  # replicas have it
+            seen: list[SwitchMaster] = []
+            watch = dep.watch_failovers(seen.append)
+            assert watch is not None
+            request.addfinalizer(watch.stop)
             cluster.nodes["r1"].kill()
             deadline = time.monotonic() + FAILOVER_DEADLINE_S
             result = None
@@ -66,6 +63,8 @@ def test_after_a_primary_crash_the_engine_follows_sentinel_to_the_new_primary(
             replay = dep.engine.debit("d1", "alice", 100)
             assert replay.replayed and replay.balance_minor == first.balance_minor
             assert cluster.primary() is not None and cluster.primary().name != "r1"  # type: ignore[union-attr]
+            wait_for(lambda: seen, "+switch-master recorded")
+            assert watch.failovers == 1
 
 
 def test_with_a_plain_url_a_read_only_node_is_reported_not_retried(
@@ -79,6 +78,7 @@ def test_with_a_plain_url_a_read_only_node_is_reported_not_retried(
     with SqlLedger.open(settings.ledger_url) as ledger:
         init_store(redis_node.client(), KeyLayout(settings.namespace, 4), ledger)
     with open_deployment(settings) as dep:
+        assert dep.watch_failovers(print) is None  # no Sentinel, nothing to watch
         dep.engine.create_account(Account("alice", "USD"))
         redis_node.client().replicaof(redis_node.host, redis_node.port)
         with pytest.raises(StoreReadOnly):

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
+from tally.ops.cluster import Cluster
 from tally.ops.node import orphan_pids
 from tally.ops.topology import Topology, parse_topology
 
@@ -41,6 +43,13 @@ def three_dc(base_dir: Path, *, profile: str = "hardened", **params: Any) -> Top
         ],
     }
     return parse_topology(data, source="test")
+
+
+def sentinel_url(cluster: Cluster) -> str:
+    target = cluster.sentinel_target()
+    hosts = ",".join(f"{h}:{p}" for h, p in target.sentinels)
+    auth = f":{quote(target.password, safe='')}@" if target.password else ""
+    return f"sentinel://{auth}{hosts}/{target.master_name}"
 
 
 @pytest.fixture

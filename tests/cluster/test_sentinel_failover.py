@@ -1,16 +1,32 @@
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis
 
 from tally.ops.cluster import Cluster
 from tally.ops.topology import Topology
-from tally.store.discovery import PrimaryLocator, SwitchMasterListener, wait_for_primary
+from tally.store.discovery import (
+    PrimaryLocator,
+    SwitchMaster,
+    SwitchMasterListener,
+    wait_for_primary,
+)
+from tally.store.epoch import read_epochs
+from tally.store.keys import KeyLayout
+from tests.cluster.conftest import sentinel_url
+from tests.waiting import wait_for
 
 FAILOVER_TIMEOUT_S = 30.0
+TALLY = [sys.executable, "-m", "tally.cli"]
 
 
 @pytest.mark.parametrize("fault", ["kill", "pause"])
@@ -24,7 +40,8 @@ def test_sentinel_replaces_a_failed_primary_and_discovery_finds_the_new_one(
         old_address = locator.client() and locator.address
         locator.client().set("before", "1")
         locator.client().execute_command("WAIT", 2, 5000)
-        with SwitchMasterListener(target) as listener:
+        seen: list[SwitchMaster] = []
+        with SwitchMasterListener(target, on_event=seen.append) as listener:
             if fault == "kill":
                 cluster.nodes["r1"].kill()
             else:
@@ -42,7 +59,33 @@ def test_sentinel_replaces_a_failed_primary_and_discovery_finds_the_new_one(
                     assert "NOREPLICAS" in str(exc) and time.monotonic() < deadline, exc
                     time.sleep(0.2)
             assert listener.snapshot(), "no +switch-master event recorded"
+            wait_for(lambda: len(listener.snapshot()) == 3, "every Sentinel's announcement")
+            # three Sentinels announce one failover: one callback, one failover counted
+            assert len(seen) == listener.failovers == 1
+            assert seen[0].old == old_address and seen[0].new == locator.address
         new_primary = cluster.primary()
         assert new_primary is not None and new_primary.name in ("r2", "r3")
         if fault == "pause":
             cluster.nodes["r1"].resume()
+
+
+def test_tally_init_through_sentinel_initialises_the_primary_it_names(
+    topology_factory: Callable[..., Topology], tmp_path: Path
+) -> None:
+    with Cluster(topology_factory()) as cluster:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+        env["TALLY_LEDGER_URL"] = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+        home = tmp_path / "home"
+        out = subprocess.run(
+            [*TALLY, "init", "--redis-url", sentinel_url(cluster), "--home", str(home), "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        made = json.loads(out.stdout)
+        layout = KeyLayout(made["namespace"], made["shards"])
+        with contextlib.closing(cluster.nodes["r1"].client()) as primary:
+            assert set(read_epochs(primary, layout)) == {layout.epoch_value(made["epoch"])}

@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tally.ledger.sql_ledger import SqlLedger
+from tally.ops.cluster import Cluster
 from tally.ops.node import RedisNode
+from tests.cluster.conftest import sentinel_url, three_dc
 from tests.serve.harness import Served
 from tests.waiting import wait_for
 
@@ -48,3 +50,27 @@ def httpx_ready(served: Served) -> bool:
     import httpx
 
     return httpx.get(served.url + "/readyz", trust_env=False).status_code == 200
+
+
+def test_serve_through_sentinel_reports_a_failover_and_keeps_serving(tmp_path: Path) -> None:
+    """The engine finds the primary through Sentinel; when Sentinel replaces it, serve logs the
+    +switch-master once, counts it in /metrics, and debits go on against the new primary."""
+    with Cluster(three_dc(tmp_path / "cluster")) as cluster:
+        args = ["--redis-url", sentinel_url(cluster), "--no-gateway"]
+        served = Served(home=tmp_path / "home", extra_args=args)
+        served.start()
+        try:
+            with served.client() as api:
+                assert api.post("/v1/accounts", json={"id": "a", "currency": "USD"}).status_code == 201
+                credit = {"transfer_id": "c1", "account_id": "a", "amount_minor": 500, "currency": "USD"}
+                assert api.post("/v1/credits", json=credit).status_code == 201
+                cluster.nodes["r1"].kill()
+                wait_for(lambda: "+switch-master" in served.output(), "the failover logged")
+                debit = {"transfer_id": "d1", "account_id": "a", "amount_minor": 200}
+                wait_for(lambda: api.post("/v1/debits", json=debit).status_code == 201, "a debit")
+                assert api.post("/v1/debits", json=debit).json()["balance_minor"] == 300
+                metrics = api.get("/metrics").text
+            assert "tally_sentinel_failovers_total 1.0" in metrics
+            assert served.output().count("+switch-master") == 1  # three Sentinels, one failover
+        finally:
+            assert served.stop() == 0

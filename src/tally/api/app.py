@@ -31,6 +31,8 @@ def create_app(context: ApiContext) -> FastAPI:
     app.state.key_cache = KeyCache(context.key_cache_s)
     metrics = ApiMetrics()
     metrics.add(ReadinessCollector(context.readiness))
+    for collector in context.collectors:
+        metrics.add(collector)
     app.state.metrics = metrics
     for router in (health.router, accounts.router, transfers.router, admin.router):
         app.include_router(router)

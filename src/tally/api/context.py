@@ -77,3 +77,5 @@ class ApiContext:
     async_debit: Callable[[str, str, int, str], Awaitable[TransferResult]] | None = None
     #: Seconds a verified API key is cached (a revocation takes at most this long).
     key_cache_s: float = 5.0
+    #: More Prometheus collectors for /metrics (e.g. Sentinel failovers).
+    collectors: list[Collector] = field(default_factory=list)

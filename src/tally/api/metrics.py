@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -68,6 +68,24 @@ class ReadinessCollector(Collector):
 
     def describe(self) -> list[Any]:
         return []  # collected lazily: no probe at registration
+
+
+class FailoverCollector(Collector):
+    """Sentinel failovers seen since start (anything with a ``failovers`` count: the store's
+    SwitchMasterListener)."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "tally_sentinel_failovers",
+            "primaries Sentinel replaced (+switch-master) since start",
+            value=float(self.source.failovers),
+        )
+
+    def describe(self) -> list[Any]:
+        return []
 
 
 class MetricsMiddleware:

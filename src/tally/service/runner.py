@@ -28,6 +28,7 @@ import redis
 import uvicorn
 
 from tally.api import ApiContext, create_app
+from tally.api.metrics import FailoverCollector
 from tally.api.routes.recharges import RechargeExtension
 from tally.billing import recharge as rc
 from tally.bootstrap import Deployment, _safe, open_deployment, redis_client
@@ -52,6 +53,7 @@ from tally.service.workers import (
     Worker,
     credit_applier,
 )
+from tally.store.discovery import SwitchMaster, SwitchMasterListener
 from tally.store.epoch import read_epochs
 from tally.store.keys import KeyLayout
 
@@ -91,9 +93,7 @@ def _is_empty(client: redis.Redis) -> bool:
 def prepare_store(settings: Settings, *, rebuild_if_lost: bool, say: Callable[[str], None]) -> None:
     """The epoch check before anything writes: init a brand-new deployment, accept a store that
     holds the ledger's current epoch, refuse anything else (or rebuild it when asked)."""
-    url = settings.require_redis_url()
-    if url.startswith("sentinel://"):
-        return  # open_deployment discovers the primary; the engine's epoch guard still holds
+    url = settings.require_redis_url()  # sentinel://: the primary Sentinel names now
     with SqlLedger.open(settings.ledger_url) as ledger, contextlib.closing(
         redis_client(url, settings)
     ) as client:
@@ -135,6 +135,7 @@ class Service:
         self.admin_key: str | None = None
         self.gateway: HttpGateway | None = None
         self.recharging: rc.Recharging | None = None
+        self.failovers: SwitchMasterListener | None = None
         self.url = f"http://{options.host}:{options.port}"
 
     # -- start ---------------------------------------------------------------------------------
@@ -161,6 +162,7 @@ class Service:
         self._preflight(settings)  # before anything is written to the store
         prepare_store(settings, rebuild_if_lost=opts.rebuild_if_lost, say=self.say)
         self.dep = open_deployment(settings)
+        self.failovers = self.dep.watch_failovers(self._on_failover)
         self.dep.store.load_scripts()
         if self.dep.ledger.count_unsettled_credit_intents():
             self.say(f"re-applied {reapply_credits(self.dep)} pending credit(s)")
@@ -196,6 +198,13 @@ class Service:
                 + "; ".join(f"{f.rule_id} {f.title}" for f in errors),
                 hint="fix the Redis configuration (see `tally preflight --live`), or pass --skip-preflight",
             )
+
+    def _on_failover(self, event: SwitchMaster) -> None:
+        """Sentinel replaced the primary: say so (the engine follows by itself, on the next
+        READONLY, broken connection or NOREPLICAS; tally_sentinel_failovers_total counts)."""
+        old, new = (f"{host}:{port}" for host, port in (event.old, event.new))
+        log.warning("sentinel failover of %s: %s -> %s", event.master_name, old, new)
+        self.say(f"sentinel: +switch-master {event.master_name} {old} -> {new}")
 
     def _gateway(self) -> None:
         if self.options.gateway_url or self.options.no_gateway:
@@ -272,6 +281,7 @@ class Service:
             admin=self.operations,
             extensions=[self.recharge_extension()],
             async_debit=AsyncDebits(self.dep.engine).debit,
+            collectors=[FailoverCollector(self.failovers)] if self.failovers else [],
         )
 
     def recharge_extension(self) -> RechargeExtension:
@@ -336,6 +346,8 @@ class Service:
         ordered = sorted(self.workers, key=lambda w: STOP_ORDER.get(w.name, 1))
         for worker in ordered[:-1] if self.node is not None else ordered:
             self._stop_worker(worker)
+        if self.failovers is not None:
+            self.failovers.stop()
         if self.dep is not None:
             summary.update(self._final_drain())
             self._stop_store(summary)

@@ -10,16 +10,19 @@ a failure reaches the caller at once, and the caller decides (``rediscover()`` a
     ...                                # a write answers READONLY: the primary was demoted
     client = locator.rediscover()      # ask Sentinel again (raises StoreReadOnly if no primary)
 
-    listener = SwitchMasterListener(sentinel_spec).start()   # records +switch-master events
-    listener.events  # [SwitchMaster(at_s, sentinel, master_name, old, new)]
+    listener = SwitchMasterListener(sentinel_spec, on_event=...).start()  # +switch-master
+    listener.events     # [SwitchMaster(at_s, sentinel, master_name, old, new)], each Sentinel's
+    listener.failovers  # distinct failovers (on_event is called once for each)
     listener.stop()
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -35,6 +38,10 @@ CONNECT_TIMEOUT_S = 1.0
 MOVED_CHECK_INTERVAL_S = 0.5  # at most one "has the primary moved?" round per this long
 SENTINELS_MAX = 16
 EVENTS_MAX = 10_000
+EVENTS_SCAN = 64  # recent events compared when telling a new failover from another announcement
+SAME_FAILOVER_S = 60.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,10 +238,15 @@ class SwitchMaster:
 
 @dataclass
 class SwitchMasterListener:
-    """Subscribes to ``+switch-master`` on every Sentinel (one thread each) and records events."""
+    """Subscribes to ``+switch-master`` on every Sentinel (one thread each) and records events.
+    Every Sentinel announces the same failover: ``on_event`` is called once per failover (the
+    first announcement of an old -> new switch within ``SAME_FAILOVER_S``), on a listener
+    thread, and must not block."""
 
     target: SentinelTarget
+    on_event: Callable[[SwitchMaster], None] | None = None
     events: list[SwitchMaster] = field(default_factory=list)
+    failovers: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -297,8 +309,19 @@ class SwitchMasterListener:
             (fields_[3], int(fields_[4])),
         )
         with self._lock:
+            first = not any(
+                (e.old, e.new) == (event.old, event.new) and event.at_s - e.at_s < SAME_FAILOVER_S
+                for e in self.events[-EVENTS_SCAN:]
+            )
+            if first:
+                self.failovers += 1
             if len(self.events) < EVENTS_MAX:
                 self.events.append(event)
+        if first and self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:  # a failing callback must not stop the listening
+                log.exception("on_event failed for %s", event)
 
     def snapshot(self) -> list[SwitchMaster]:
         with self._lock:

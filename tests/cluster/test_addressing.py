@@ -57,7 +57,13 @@ def test_every_process_is_named_by_its_front_and_remote_traffic_passes_its_route
         assert not sources & {"127.0.2.1", "127.0.3.1"}, "a remote process bypassed the proxy"
         status = cluster.hub.status()  # type: ignore[union-attr]
         assert status["dc2-to-r1"]["stats"]["bytes_downstream"] > 0  # r2 replicates via dc1-dc2
-        assert status["dc3-to-s-dc2"]["stats"]["bytes_upstream"] > 0  # Sentinel gossip too
+        # Sentinel gossip too: s-dc3 connects to s-dc2 once it has heard of it (hello messages
+        # every 2 s), so the route may still be idle right after start; bounded wait
+        wait_for(
+            lambda: cluster.hub.status()["dc3-to-s-dc2"]["stats"]["bytes_upstream"] > 0,  # type: ignore[union-attr]
+            "s-dc3 talking to s-dc2 through its route",
+            timeout_s=20,
+        )
         assert (
             cluster.routes["dc1-to-r1"].pair == "" and cluster.routes["dc2-to-r1"].pair == "dc1-dc2"
         )

@@ -104,6 +104,10 @@ def test_reconcile_finds_a_ledger_ahead_of_a_store_that_lost_its_last_writes(
     (drift,) = report.drift
     assert (drift.account, drift.reason, drift.diff_minor) == (victim, "ledger_ahead", -700)
     assert drift.ledger_balance_minor - drift.redis_balance_minor == 700
+    rclient.hincrby(layout.account_key(victim), "bal", 5)  # now the balance pass sees it too
+    again = reconcile(rclient, layout, ledger)
+    assert again.accounts_drifted == 1  # one account, one finding
+    assert [(d.account, d.reason) for d in again.drift] == [(victim, "balance")]
 
 
 def test_reconcile_reports_accounts_missing_on_either_side(

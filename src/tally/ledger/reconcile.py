@@ -74,7 +74,18 @@ class ReconcileReport:
             and self.journal_conflicts == 0
         )
 
+    def __post_init__(self) -> None:
+        # every drifted account, listed or not (not a field: reports serialise without it)
+        self._drifted_ids: set[str] = set()
+
+    def has_drift(self, account_id: str) -> bool:
+        return account_id in self._drifted_ids
+
     def add(self, drift: Drift) -> None:
+        """One account, one finding: a second one for the same account is dropped."""
+        if drift.account in self._drifted_ids:
+            return
+        self._drifted_ids.add(drift.account)
         self.accounts_drifted += 1
         if len(self.drift) < DRIFT_LISTED_MAX:
             self.drift.append(drift)
@@ -222,7 +233,6 @@ def _ahead_pass(
     ledger: SqlLedger,
     epoch: Epoch,
     report: ReconcileReport,
-    already: set[str],
 ) -> None:
     """Ledger lines positioned after the journal's last generated id: drained from a store this
     one does not continue (a failover to a replica that missed them). The balance pass compares
@@ -234,8 +244,8 @@ def _ahead_pass(
             journal_position=partial(_last_generated, client, layout, shard),
         )
         for account_id, (_lines, signed) in sorted(ahead.items()):
-            if account_id in already:
-                continue
+            if report.has_drift(account_id):
+                continue  # the balance pass already found it
             with translated("account read"):
                 bal = text(client.hget(layout.account(shard, account_id), "bal"))
             redis_bal = int(bal) if bal and bal.lstrip("-").isdigit() else None
@@ -275,8 +285,7 @@ def reconcile(
     report = ReconcileReport(epoch.epoch_id)
     _ledger_pass(redis_client, layout, ledger, epoch, batch, report)
     _redis_pass(redis_client, layout, ledger, report)
-    drifted = {d.account for d in report.drift}  # (beyond DRIFT_LISTED_MAX one may count twice)
-    _ahead_pass(redis_client, layout, ledger, epoch, report, drifted)
+    _ahead_pass(redis_client, layout, ledger, epoch, report)
     with translated("journal length"):
         report.journal_entries = sum(int(redis_client.xlen(k)) for k in layout.journals())
     report.unsettled_intents = ledger.count_unsettled_credit_intents()

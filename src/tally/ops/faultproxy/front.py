@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tally.errors import UsageError
-from tally.ops.faultproxy.link import Link, _is_loopback, _rst_on_close
+from tally.ops.faultproxy.link import (
+    Link,
+    _is_loopback,
+    _rst_on_close,
+    close_listener,
+    open_listener,
+)
 
 ROUTES_MAX = 64
 
@@ -68,22 +74,13 @@ class Front:
         self._server: asyncio.Server | None = None
 
     async def open(self) -> None:
-        try:
-            self._server = await asyncio.start_server(
-                self._on_accept, self.spec.listen_host, self.port, reuse_address=True
-            )
-        except OSError as exc:
-            raise UsageError(
-                f"front {self.spec.name}: cannot listen on "
-                f"{self.spec.listen_host}:{self.port}: {exc}"
-            ) from exc
-        self.port = self._server.sockets[0].getsockname()[1]
+        self._server, self.port = await open_listener(
+            f"front {self.spec.name}", self.spec.listen_host, self.port, self._on_accept
+        )
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        await close_listener(self._server)
+        self._server = None
 
     def route_for(self, source: str) -> str:
         return self.spec.routes.get(source, self.spec.default)

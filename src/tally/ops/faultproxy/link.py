@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -86,6 +87,23 @@ def _retrieve(task: asyncio.Future[None]) -> None:
     cancelled mid-drain can still finish with the peer's reset after ``run`` looked at it.)"""
     if not task.cancelled():
         task.exception()
+
+
+async def open_listener(
+    what: str, host: str, port: int, on_accept: Callable[..., Awaitable[None]]
+) -> tuple[asyncio.Server, int]:
+    """A listener for a link or a front, and the port it got (``port`` 0 picks one)."""
+    try:
+        server = await asyncio.start_server(on_accept, host, port, reuse_address=True)
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot listen on {host}:{port}: {exc}") from exc
+    return server, int(server.sockets[0].getsockname()[1])
+
+
+async def close_listener(server: asyncio.Server | None) -> None:
+    if server is not None:
+        server.close()
+        await server.wait_closed()
 
 
 def _rst_on_close(writer: asyncio.StreamWriter) -> None:
@@ -173,22 +191,13 @@ class Link:
     async def open(self) -> None:
         if not self.spec.listen:
             return  # a route: its front accepts for it
-        try:
-            self._server = await asyncio.start_server(
-                self._on_accept, self.spec.listen_host, self.port, reuse_address=True
-            )
-        except OSError as exc:
-            raise UsageError(
-                f"link {self.spec.name}: cannot listen on "
-                f"{self.spec.listen_host}:{self.port}: {exc}"
-            ) from exc
-        self.port = self._server.sockets[0].getsockname()[1]
+        self._server, self.port = await open_listener(
+            f"link {self.spec.name}", self.spec.listen_host, self.port, self._on_accept
+        )
 
     async def _close_listener(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        await close_listener(self._server)
+        self._server = None
 
     async def close(self) -> None:
         await self._close_listener()

@@ -28,4 +28,7 @@ def test_the_domain_contract_would_catch_an_io_import(tmp_path: Path, monkeypatc
     )
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert cli.lint_imports(config_filename=str(tmp_path / "contracts.toml")) != cli.EXIT_STATUS_SUCCESS
+    assert (
+        cli.lint_imports(config_filename=str(tmp_path / "contracts.toml"))
+        != cli.EXIT_STATUS_SUCCESS
+    )

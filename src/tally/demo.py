@@ -37,7 +37,9 @@ class Tour:
         node = RedisNode(name="primary", dir=self.base / "redis", directives=dict(RDB_ONLY))
         node.start()
         try:
-            self.say(f"redis-server {node.server_binary.version_text} ({node.server_binary.source}) at {node.url}")
+            self.say(
+                f"redis-server {node.server_binary.version_text} ({node.server_binary.source}) at {node.url}"
+            )
             settings = Settings.resolve(
                 redis_url=node.url,
                 ledger_url=f"sqlite:///{self.base / 'ledger.sqlite3'}",

@@ -50,14 +50,18 @@ def _cli(served: Served, *args: str) -> dict[str, object]:
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
-def test_every_route_but_health_refuses_a_request_without_a_key(shared_served: Served, method: str, path: str) -> None:
+def test_every_route_but_health_refuses_a_request_without_a_key(
+    shared_served: Served, method: str, path: str
+) -> None:
     reply = httpx.request(method, shared_served.url + path, json={}, trust_env=False)
     assert reply.status_code == 401
     assert reply.headers["content-type"] == "application/problem+json"
     assert reply.json()["code"] == "unauthenticated"
 
 
-def test_a_wrong_key_gets_the_same_answer_for_existing_and_missing_accounts(shared_served: Served) -> None:
+def test_a_wrong_key_gets_the_same_answer_for_existing_and_missing_accounts(
+    shared_served: Served,
+) -> None:
     with shared_served.client() as api:
         api.post("/v1/accounts", json={"id": "acct-exists", "currency": "USD"})
     wrong = shared_served.admin_key[:-4] + "AAAA"  # type: ignore[index]
@@ -79,7 +83,9 @@ def test_a_service_key_from_the_cli_works_but_not_on_admin_routes(shared_served:
     listed = _cli(shared_served, "list")
     assert key not in json.dumps(listed)  # only the id is kept, never the key
     with shared_served.client(key) as api:
-        assert api.post("/v1/accounts", json={"id": "acct-svc", "currency": "EUR"}).status_code == 201
+        assert (
+            api.post("/v1/accounts", json={"id": "acct-svc", "currency": "EUR"}).status_code == 201
+        )
         admin = api.post("/v1/admin/reconcile")
     assert (admin.status_code, admin.json()["code"]) == (403, "forbidden")
 

@@ -41,7 +41,12 @@ BAD_DEBITS: dict[str, object] = {
 def api(shared_served: Served) -> Iterator[httpx.Client]:
     with shared_served.client() as client:
         client.post("/v1/accounts", json={"id": ACCOUNT, "currency": "USD"})
-        credit = {"transfer_id": "fund-target", "account_id": ACCOUNT, "amount_minor": 1000, "currency": "USD"}
+        credit = {
+            "transfer_id": "fund-target",
+            "account_id": ACCOUNT,
+            "amount_minor": 1000,
+            "currency": "USD",
+        }
         client.post("/v1/credits", json=credit)
         yield client
 
@@ -51,7 +56,9 @@ def _unchanged(api: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize("body", BAD_DEBITS.values(), ids=BAD_DEBITS.keys())
-def test_a_malformed_debit_is_a_4xx_problem_and_moves_no_money(api: httpx.Client, body: object) -> None:
+def test_a_malformed_debit_is_a_4xx_problem_and_moves_no_money(
+    api: httpx.Client, body: object
+) -> None:
     reply = api.post("/v1/debits", json=body)
     assert 400 <= reply.status_code < 500, reply.text
     assert reply.headers["content-type"] == "application/problem+json"
@@ -61,7 +68,13 @@ def test_a_malformed_debit_is_a_4xx_problem_and_moves_no_money(api: httpx.Client
 
 @pytest.mark.parametrize(
     "raw",
-    [b"{", b"\xff\xfe\x00", b'{"transfer_id": "t-1", "transfer_id": "t-2"', b"[" * 5000 + b"]" * 5000, b""],
+    [
+        b"{",
+        b"\xff\xfe\x00",
+        b'{"transfer_id": "t-1", "transfer_id": "t-2"',
+        b"[" * 5000 + b"]" * 5000,
+        b"",
+    ],
     ids=["truncated", "not utf-8", "unterminated", "deeply nested", "empty"],
 )
 def test_a_body_that_is_not_json_is_a_400_problem(api: httpx.Client, raw: bytes) -> None:
@@ -72,7 +85,9 @@ def test_a_body_that_is_not_json_is_a_400_problem(api: httpx.Client, raw: bytes)
 
 
 def test_a_huge_body_is_refused_before_it_is_read(api: httpx.Client) -> None:
-    reply = api.post("/v1/debits/batch", content=b"x" * 5_000_000, headers={"content-type": "application/json"})
+    reply = api.post(
+        "/v1/debits/batch", content=b"x" * 5_000_000, headers={"content-type": "application/json"}
+    )
     assert (reply.status_code, reply.json()["code"]) == (413, "body_too_large")
 
 
@@ -94,24 +109,37 @@ def test_a_batch_above_the_item_limit_is_refused_whole(api: httpx.Client) -> Non
 
 
 def test_a_batch_with_one_bad_item_writes_none_of_them(api: httpx.Client) -> None:
-    debits = [{**GOOD, "transfer_id": f"mixed-{i}"} for i in range(3)] + [{**GOOD, "amount_minor": -1}]
+    debits = [{**GOOD, "transfer_id": f"mixed-{i}"} for i in range(3)] + [
+        {**GOOD, "amount_minor": -1}
+    ]
     assert api.post("/v1/debits/batch", json={"debits": debits}).status_code == 400
     _unchanged(api)
 
 
-@pytest.mark.parametrize("path", ["/v1/accounts/" + "a" * 65, "/v1/accounts/acct%E2%80%8B", "/v1/accounts/@usage_revenue:USD"])
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/accounts/" + "a" * 65, "/v1/accounts/acct%E2%80%8B", "/v1/accounts/@usage_revenue:USD"],
+)
 def test_bad_account_ids_in_the_path_are_4xx(api: httpx.Client, path: str) -> None:
     reply = api.get(path)
     assert 400 <= reply.status_code < 500
 
 
 def test_bad_page_cursors_and_limits_are_4xx(api: httpx.Client) -> None:
-    for params in ({"after": "garbage"}, {"after": "x" * 500}, {"limit": 0}, {"limit": 10**6}, {"limit": "many"}):
+    for params in (
+        {"after": "garbage"},
+        {"after": "x" * 500},
+        {"limit": 0},
+        {"limit": 10**6},
+        {"limit": "many"},
+    ):
         reply = api.get(f"/v1/accounts/{ACCOUNT}/transfers", params=params)
         assert reply.status_code == 400, (params, reply.text)
 
 
-def test_a_request_with_a_lying_content_length_does_not_hang_the_server(shared_served: Served) -> None:
+def test_a_request_with_a_lying_content_length_does_not_hang_the_server(
+    shared_served: Served,
+) -> None:
     with socket.create_connection(("127.0.0.1", shared_served.port), timeout=10) as sock:
         sock.sendall(b"POST /v1/debits HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
         answer = sock.recv(200)

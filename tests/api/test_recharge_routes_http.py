@@ -17,7 +17,12 @@ import pytest
 from tests.serve.harness import Served
 from tests.waiting import wait_for
 
-RULE = {"card_id": "card_ok", "threshold_minor": 500, "target_minor": 2000, "daily_cap_minor": 100_000}
+RULE = {
+    "card_id": "card_ok",
+    "threshold_minor": 500,
+    "target_minor": 2000,
+    "daily_cap_minor": 100_000,
+}
 
 
 def _service_key(served: Served) -> str:
@@ -37,7 +42,12 @@ def api(shared_served: Served) -> Iterator[httpx.Client]:
 
 def _account(api: httpx.Client, account_id: str, funds_minor: int = 1000) -> None:
     assert api.post("/v1/accounts", json={"id": account_id, "currency": "USD"}).status_code == 201
-    credit = {"transfer_id": f"fund-{account_id}", "account_id": account_id, "amount_minor": funds_minor, "currency": "USD"}
+    credit = {
+        "transfer_id": f"fund-{account_id}",
+        "account_id": account_id,
+        "amount_minor": funds_minor,
+        "currency": "USD",
+    }
     assert api.post("/v1/credits", json=credit).status_code == 201
 
 
@@ -96,7 +106,9 @@ def test_a_rule_for_a_missing_account_or_without_a_rule_is_not_found(api: httpx.
         {"surprise": 1},
     ],
 )
-def test_a_malformed_rule_is_refused_with_a_problem_and_changes_nothing(api: httpx.Client, patch: dict[str, Any]) -> None:
+def test_a_malformed_rule_is_refused_with_a_problem_and_changes_nothing(
+    api: httpx.Client, patch: dict[str, Any]
+) -> None:
     account_id = f"rr-bad-{abs(hash(json.dumps(patch))) % 10**8}"
     _account(api, account_id)
     body = {k: v for k, v in {**RULE, **patch}.items() if v is not None}
@@ -111,7 +123,9 @@ def test_recharges_are_listed_by_account_a_page_at_a_time_and_read_by_id(api: ht
     second = _open_waiting_recharge(api, "rl-2")
     assert first["phase"] == "opened" and first["balance_at_open_minor"] == 400
     got = api.get(f"/v1/recharges/{first['id']}").json()
-    assert {k: v for k, v in got.items() if k != "updated_at_ms"} == {k: v for k, v in first.items() if k != "updated_at_ms"}
+    assert {k: v for k, v in got.items() if k != "updated_at_ms"} == {
+        k: v for k, v in first.items() if k != "updated_at_ms"
+    }
     seen: list[str] = []
     cursor = None
     for _ in range(100):  # bounded walk, one recharge per page
@@ -162,7 +176,9 @@ def test_metrics_show_recharges_by_phase_the_freeze_and_the_gate(api: httpx.Clie
     assert 'tally_recharge_waits_total{reason="frozen"}' in text
 
 
-def test_a_service_key_may_use_rules_and_recharges_but_not_freeze_or_remediate(shared_served: Served) -> None:
+def test_a_service_key_may_use_rules_and_recharges_but_not_freeze_or_remediate(
+    shared_served: Served,
+) -> None:
     key = _service_key(shared_served)
     with shared_served.client(key) as api:
         _account(api, "rs-1")

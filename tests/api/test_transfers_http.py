@@ -27,12 +27,16 @@ def _debit(account_id: str, amount_minor: int, transfer_id: str | None = None) -
             "amount_minor": amount_minor}  # fmt: skip
 
 
-def test_a_replayed_debit_returns_the_first_response_and_moves_money_once(shared_served: Served) -> None:
+def test_a_replayed_debit_returns_the_first_response_and_moves_money_once(
+    shared_served: Served,
+) -> None:
     with shared_served.client() as api:
         account = _account(api, 1000)
         body = _debit(account, 300)
         first = api.post("/v1/debits", json=body)
-        again = api.post("/v1/debits", json=body, headers={"Idempotency-Key": str(body["transfer_id"])})
+        again = api.post(
+            "/v1/debits", json=body, headers={"Idempotency-Key": str(body["transfer_id"])}
+        )
         assert first.status_code == again.status_code == 201
         assert first.json() == again.json()
         assert first.json()["balance_minor"] == 700
@@ -40,7 +44,9 @@ def test_a_replayed_debit_returns_the_first_response_and_moves_money_once(shared
         assert api.get(f"/v1/accounts/{account}").json()["balance_minor"] == 700
 
 
-def test_a_replayed_refusal_returns_the_same_refusal_even_after_a_top_up(shared_served: Served) -> None:
+def test_a_replayed_refusal_returns_the_same_refusal_even_after_a_top_up(
+    shared_served: Served,
+) -> None:
     with shared_served.client() as api:
         account = _account(api, 100)
         body = _debit(account, 500)
@@ -48,13 +54,20 @@ def test_a_replayed_refusal_returns_the_same_refusal_even_after_a_top_up(shared_
         assert first.status_code == 402
         assert first.headers["content-type"] == PROBLEM
         assert first.json()["code"] == "insufficient_funds"
-        top_up = {"transfer_id": f"t-{account}", "account_id": account, "amount_minor": 1000, "currency": "USD"}
+        top_up = {
+            "transfer_id": f"t-{account}",
+            "account_id": account,
+            "amount_minor": 1000,
+            "currency": "USD",
+        }
         assert api.post("/v1/credits", json=top_up).status_code == 201
         again = api.post("/v1/debits", json=body)
         assert (again.status_code, again.json()) == (402, first.json())
 
 
-def test_a_debit_id_reused_with_another_amount_is_409_with_the_result_code(shared_served: Served) -> None:
+def test_a_debit_id_reused_with_another_amount_is_409_with_the_result_code(
+    shared_served: Served,
+) -> None:
     with shared_served.client() as api:
         account = _account(api, 1000)
         body = _debit(account, 10)
@@ -66,18 +79,30 @@ def test_a_debit_id_reused_with_another_amount_is_409_with_the_result_code(share
         assert api.get(f"/v1/accounts/{account}").json()["balance_minor"] == 990
 
 
-def test_a_credit_id_reused_with_another_amount_is_409_and_credits_nothing(shared_served: Served) -> None:
+def test_a_credit_id_reused_with_another_amount_is_409_and_credits_nothing(
+    shared_served: Served,
+) -> None:
     with shared_served.client() as api:
         account = _account(api)
-        body = {"transfer_id": f"c-{account}", "account_id": account, "amount_minor": 50, "currency": "USD"}
+        body = {
+            "transfer_id": f"c-{account}",
+            "account_id": account,
+            "amount_minor": 50,
+            "currency": "USD",
+        }
         first = api.post("/v1/credits", json=body)
         assert api.post("/v1/credits", json=body).json() == first.json()
         conflict = api.post("/v1/credits", json={**body, "amount_minor": 51})
-        assert (conflict.status_code, conflict.json()["code"]) == (409, "exists_with_different_amount")
+        assert (conflict.status_code, conflict.json()["code"]) == (
+            409,
+            "exists_with_different_amount",
+        )
         assert api.get(f"/v1/accounts/{account}").json()["balance_minor"] == 50
 
 
-def test_an_account_created_again_is_200_and_with_another_currency_409(shared_served: Served) -> None:
+def test_an_account_created_again_is_200_and_with_another_currency_409(
+    shared_served: Served,
+) -> None:
     with shared_served.client() as api:
         account = _account(api)
         same = api.post("/v1/accounts", json={"id": account, "currency": "USD"})
@@ -89,12 +114,16 @@ def test_an_account_created_again_is_200_and_with_another_currency_409(shared_se
 def test_an_idempotency_key_other_than_the_transfer_id_is_refused(shared_served: Served) -> None:
     with shared_served.client() as api:
         account = _account(api, 100)
-        reply = api.post("/v1/debits", json=_debit(account, 1), headers={"Idempotency-Key": "other"})
+        reply = api.post(
+            "/v1/debits", json=_debit(account, 1), headers={"Idempotency-Key": "other"}
+        )
         assert (reply.status_code, reply.json()["code"]) == (400, "idempotency_key_mismatch")
         assert api.get(f"/v1/accounts/{account}").json()["balance_minor"] == 100
 
 
-def test_debits_on_a_suspended_or_missing_account_are_refused_with_their_codes(shared_served: Served) -> None:
+def test_debits_on_a_suspended_or_missing_account_are_refused_with_their_codes(
+    shared_served: Served,
+) -> None:
     with shared_served.client() as api:
         account = _account(api, 100)
         assert api.patch(f"/v1/accounts/{account}", json={"status": "suspended"}).status_code == 200
@@ -123,7 +152,11 @@ def test_a_batch_returns_one_result_per_debit_in_order(shared_served: Served) ->
 def test_history_pages_through_every_drained_transfer_exactly_once(shared_served: Served) -> None:
     with shared_served.client() as api:
         account = _account(api, 1000)
-        ids = {str(b["transfer_id"]) for b in (_debit(account, 1) for _ in range(25)) if api.post("/v1/debits", json=b).status_code == 201}
+        ids = {
+            str(b["transfer_id"])
+            for b in (_debit(account, 1) for _ in range(25))
+            if api.post("/v1/debits", json=b).status_code == 201
+        }
         ids.add(f"fund-{account}")
 
         def drained() -> bool:

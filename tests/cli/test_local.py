@@ -11,7 +11,9 @@ from tally.ops.node import orphan_pids
 from .test_cli import tally
 
 
-def test_local_up_runs_a_detached_server_that_later_commands_find_and_down_stops_it(tmp_path: Path) -> None:
+def test_local_up_runs_a_detached_server_that_later_commands_find_and_down_stops_it(
+    tmp_path: Path,
+) -> None:
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
     env["TALLY_HOME"] = str(home)

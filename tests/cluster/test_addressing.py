@@ -27,7 +27,9 @@ def _pairs(raw: list[object]) -> list[dict[str, str]]:
 
     out = []
     for entry in raw:
-        items = entry.items() if isinstance(entry, dict) else zip(entry[::2], entry[1::2], strict=True)  # type: ignore[index]
+        items = (
+            entry.items() if isinstance(entry, dict) else zip(entry[::2], entry[1::2], strict=True)
+        )  # type: ignore[index]
         out.append({text(k): text(v) for k, v in items})
     return out
 

@@ -10,11 +10,21 @@ from tally.billing.validate import raw_transfer, raw_transfers
 from tally.errors import UsageError
 
 junk = st.one_of(
-    st.text(max_size=70), st.integers(), st.none(), st.floats(), st.booleans(), st.binary(max_size=5)
+    st.text(max_size=70),
+    st.integers(),
+    st.none(),
+    st.floats(),
+    st.booleans(),
+    st.binary(max_size=5),
 )
 
 
-@given(tid=junk, aid=junk, amount=junk, currency=st.one_of(st.just(""), st.sampled_from(["USD", "XXX"]), junk))
+@given(
+    tid=junk,
+    aid=junk,
+    amount=junk,
+    currency=st.one_of(st.just(""), st.sampled_from(["USD", "XXX"]), junk),
+)
 def test_batch_and_single_validation_agree_on_any_input(tid, aid, amount, currency) -> None:  # type: ignore[no-untyped-def]
     try:
         single = raw_transfer("d", tid, aid, amount, currency)

@@ -46,46 +46,109 @@ class Run:
     def account(self, aid: str, *, card: str | None = None, declines: bool = False) -> None:
         self.statuses[aid] = "active"
         self.redis[aid] = {"cur": "USD", "st": "a", "lim": "0", "bal": "0"}
-        self.setup["accounts"].append({"id": aid, "card": card or f"card-{aid}", "declines": declines})
+        self.setup["accounts"].append(
+            {"id": aid, "card": card or f"card-{aid}", "declines": declines}
+        )
 
-    def transfer(self, tid: str, kind: str, aid: str, amount: int, ts_ms: int, *,
-                 in_redis: bool = True, in_ledger: bool = True, result: int = 0) -> None:
+    def transfer(
+        self,
+        tid: str,
+        kind: str,
+        aid: str,
+        amount: int,
+        ts_ms: int,
+        *,
+        in_redis: bool = True,
+        in_ledger: bool = True,
+        result: int = 0,
+    ) -> None:
         other = "@usage_revenue:USD" if kind == "debit" else "@card_clearing:USD"
         debit, credit = (aid, other) if kind == "debit" else (other, aid)
         if in_ledger:
-            self.transfers.append((tid, kind, aid, debit, credit, amount, "USD", result, None, ts_ms))
+            self.transfers.append(
+                (tid, kind, aid, debit, credit, amount, "USD", result, None, ts_ms)
+            )
         if in_redis and result == 0:
             bal = int(self.redis[aid]["bal"]) + (amount if kind == "credit" else -amount)
             self.redis[aid]["bal"] = str(bal)
             self.tx[tid] = f"{kind[0]}|{aid}|{amount}|USD|0|{bal}"
 
-    def client_op(self, f: str, value: dict[str, Any], type_: str, outcome: dict[str, Any],
-                  at_ms: int, took_ms: int = 2) -> None:
+    def client_op(
+        self,
+        f: str,
+        value: dict[str, Any],
+        type_: str,
+        outcome: dict[str, Any],
+        at_ms: int,
+        took_ms: int = 2,
+    ) -> None:
         self.op += 1
-        self.history.append({"op": self.op, "type": "invoke", "f": f, "process": 0,
-                             "t_ms": at_ms, "value": value})
+        self.history.append(
+            {"op": self.op, "type": "invoke", "f": f, "process": 0, "t_ms": at_ms, "value": value}
+        )
         if type_ != "none":
-            self.history.append({"op": self.op, "type": type_, "f": f, "process": 0,
-                                 "t_ms": at_ms + took_ms, "value": outcome})
+            self.history.append(
+                {
+                    "op": self.op,
+                    "type": type_,
+                    "f": f,
+                    "process": 0,
+                    "t_ms": at_ms + took_ms,
+                    "value": outcome,
+                }
+            )
 
-    def charge(self, key: str, aid: str, amount: int, at_ms: int, *, status: str = "succeeded",
-               reason: str | None = None) -> str:
+    def charge(
+        self,
+        key: str,
+        aid: str,
+        amount: int,
+        at_ms: int,
+        *,
+        status: str = "succeeded",
+        reason: str | None = None,
+    ) -> str:
         seq = len(self.gateway) + 1
         cid = f"ch_{seq:010d}"
         card = next(a["card"] for a in self.setup["accounts"] if a["id"] == aid)
-        self.gateway.append({"seq": seq, "kind": "charge", "id": cid, "idempotency_key": key,
-                             "card": card, "amount_minor": amount, "currency": "USD",
-                             "metadata": {"account": aid}, "charge_id": None, "status": status,
-                             "reason": reason, "response_fault": None, "created_ms": at_ms})
+        self.gateway.append(
+            {
+                "seq": seq,
+                "kind": "charge",
+                "id": cid,
+                "idempotency_key": key,
+                "card": card,
+                "amount_minor": amount,
+                "currency": "USD",
+                "metadata": {"account": aid},
+                "charge_id": None,
+                "status": status,
+                "reason": reason,
+                "response_fault": None,
+                "created_ms": at_ms,
+            }
+        )
         return cid
 
     def refund(self, charge_id: str, amount: int, at_ms: int) -> None:
         seq = len(self.gateway) + 1
-        self.gateway.append({"seq": seq, "kind": "refund", "id": f"re_{seq:010d}",
-                             "idempotency_key": f"refund-{charge_id}", "card": None,
-                             "amount_minor": amount, "currency": "USD", "metadata": {},
-                             "charge_id": charge_id, "status": "succeeded", "reason": None,
-                             "response_fault": None, "created_ms": at_ms})
+        self.gateway.append(
+            {
+                "seq": seq,
+                "kind": "refund",
+                "id": f"re_{seq:010d}",
+                "idempotency_key": f"refund-{charge_id}",
+                "card": None,
+                "amount_minor": amount,
+                "currency": "USD",
+                "metadata": {},
+                "charge_id": charge_id,
+                "status": "succeeded",
+                "reason": None,
+                "response_fault": None,
+                "created_ms": at_ms,
+            }
+        )
 
     def nodes_sample(self, at_ms: int, **nodes: dict[str, Any]) -> None:
         self.monitor.append({"t_ms": at_ms, "kind": "nodes", "nodes": nodes})
@@ -95,16 +158,25 @@ class Run:
         conn = sqlite3.connect(self.dir / "ledger.sqlite3")
         conn.executescript(_SCHEMA)
         for aid, st in self.statuses.items():
-            conn.execute("INSERT INTO accounts VALUES (?, 'USD', 0, ?, 'customer', 0, 0)", (aid, st))
+            conn.execute(
+                "INSERT INTO accounts VALUES (?, 'USD', 0, ?, 'customer', 0, 0)", (aid, st)
+            )
         conn.executemany("INSERT INTO transfers VALUES (?,?,?,?,?,?,?,?,?,?)", self.transfers)
         for aid, cause in self.events_sql:
-            conn.execute("INSERT INTO account_events (account_id, action, cause, at_ms) "
-                         "VALUES (?, 'suspended', ?, 0)", (aid, cause))
+            conn.execute(
+                "INSERT INTO account_events (account_id, action, cause, at_ms) "
+                "VALUES (?, 'suspended', ?, 0)",
+                (aid, cause),
+            )
         conn.executemany("INSERT INTO recharges VALUES (?,?,?)", self.recharges)
         conn.commit()
         conn.close()
-        for name, rows in (("history.jsonl", self.history), ("gateway.jsonl", self.gateway),
-                           ("monitor.jsonl", self.monitor), ("events.jsonl", self.events)):
+        for name, rows in (
+            ("history.jsonl", self.history),
+            ("gateway.jsonl", self.gateway),
+            ("monitor.jsonl", self.monitor),
+            ("events.jsonl", self.events),
+        ):
             (self.dir / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
         store = {"namespace": "tally", "accounts": self.redis, "tx": self.tx, "epoch_keys": 4}
         (self.dir / "store.json").write_text(json.dumps(store))

@@ -20,12 +20,22 @@ def clean_run(tmp_path: Path) -> Run:
     run = Run(tmp_path / "run")
     run.account("a1")
     run.transfer("fund-a1", "credit", "a1", 1000, T0)
-    run.client_op("credit", {"id": "fund-a1", "account": "a1", "amount_minor": 1000}, "ok",
-                  {"result": "ok"}, T0)
+    run.client_op(
+        "credit",
+        {"id": "fund-a1", "account": "a1", "amount_minor": 1000},
+        "ok",
+        {"result": "ok"},
+        T0,
+    )
     for i in range(5):
         run.transfer(f"d{i}", "debit", "a1", 150, T0 + 100 * i + 50)
-        run.client_op("debit", {"id": f"d{i}", "account": "a1", "amount_minor": 150}, "ok",
-                      {"result": "ok"}, T0 + 100 * i + 48)
+        run.client_op(
+            "debit",
+            {"id": f"d{i}", "account": "a1", "amount_minor": 150},
+            "ok",
+            {"result": "ok"},
+            T0 + 100 * i + 48,
+        )
     run.recharges.append(("rc1", "a1", T0 + 600))
     run.charge("rc1", "a1", 500, T0 + 610)
     run.transfer("rc1", "credit", "a1", 500, T0 + 620)
@@ -88,8 +98,13 @@ def test_a_charge_refunded_in_full_is_not_a_charge_without_credit(tmp_path: Path
 
 def test_an_acknowledged_debit_missing_everywhere_is_counted_lost(tmp_path: Path) -> None:
     run = clean_run(tmp_path)
-    run.client_op("debit", {"id": "ghost", "account": "a1", "amount_minor": 10}, "ok",
-                  {"result": "ok"}, T0 + 900)
+    run.client_op(
+        "debit",
+        {"id": "ghost", "account": "a1", "amount_minor": 10},
+        "ok",
+        {"result": "ok"},
+        T0 + 900,
+    )
     verdict = check_dir(run.write())
     assert verdict.figures["debits_acknowledged_lost"] == 1
     assert not verdict.invariants["9_no_acknowledged_money_lost"]["held"]
@@ -97,10 +112,20 @@ def test_an_acknowledged_debit_missing_everywhere_is_counted_lost(tmp_path: Path
 
 def test_a_debit_with_an_unknown_outcome_may_be_missing(tmp_path: Path) -> None:
     run = clean_run(tmp_path)
-    run.client_op("debit", {"id": "maybe", "account": "a1", "amount_minor": 10}, "info",
-                  {"error": "timeout"}, T0 + 900)
-    run.client_op("debit", {"id": "never-completed", "account": "a1", "amount_minor": 10},
-                  "none", {}, T0 + 910)
+    run.client_op(
+        "debit",
+        {"id": "maybe", "account": "a1", "amount_minor": 10},
+        "info",
+        {"error": "timeout"},
+        T0 + 900,
+    )
+    run.client_op(
+        "debit",
+        {"id": "never-completed", "account": "a1", "amount_minor": 10},
+        "none",
+        {},
+        T0 + 910,
+    )
     verdict = check_dir(run.write())
     assert verdict.figures["debits_acknowledged_lost"] == 0
     assert verdict.ok, verdict.invariants
@@ -108,8 +133,13 @@ def test_a_debit_with_an_unknown_outcome_may_be_missing(tmp_path: Path) -> None:
 
 def test_an_acknowledged_credit_missing_everywhere_is_a_payment_lost(tmp_path: Path) -> None:
     run = clean_run(tmp_path)
-    run.client_op("credit", {"id": "topup-x", "account": "a1", "amount_minor": 10}, "ok",
-                  {"result": "ok"}, T0 + 900)
+    run.client_op(
+        "credit",
+        {"id": "topup-x", "account": "a1", "amount_minor": 10},
+        "ok",
+        {"result": "ok"},
+        T0 + 900,
+    )
     verdict = check_dir(run.write())
     assert verdict.figures["payments_lost"] == 1
 
@@ -145,7 +175,9 @@ def test_a_redis_balance_that_differs_from_the_ledger_is_drift(tmp_path: Path) -
 
 def test_a_transfer_booked_in_another_currency_breaks_conservation(tmp_path: Path) -> None:
     run = clean_run(tmp_path)
-    run.transfers.append(("odd", "credit", "a1", "@card_clearing:EUR", "a1", 70, "EUR", 0, None, T0))
+    run.transfers.append(
+        ("odd", "credit", "a1", "@card_clearing:EUR", "a1", 70, "EUR", 0, None, T0)
+    )
     run.redis["a1"]["bal"] = str(int(run.redis["a1"]["bal"]) + 70)
     verdict = check_dir(run.write())
     assert verdict.figures["conservation_error_minor"] == 140
@@ -168,8 +200,10 @@ def test_sync_counters_are_summed_over_node_restarts(tmp_path: Path) -> None:
 
 def test_storm_latency_is_measured_from_the_heal_until_replicas_are_up(tmp_path: Path) -> None:
     run = clean_run(tmp_path)
-    run.events += [{"t_ms": T0 + 1000, "action": "partition", "fault": True},
-                   {"t_ms": T0 + 2000, "action": "heal", "fault": True}]
+    run.events += [
+        {"t_ms": T0 + 1000, "action": "partition", "fault": True},
+        {"t_ms": T0 + 2000, "action": "heal", "fault": True},
+    ]
     run.monitor += [{"t_ms": T0 + t, "kind": "ping", "ms": 1.0} for t in range(0, 1000, 10)]
     run.monitor += [{"t_ms": T0 + 2000 + t, "kind": "ping", "ms": 80.0} for t in range(0, 500, 10)]
     run.monitor += [{"t_ms": T0 + 2600 + t, "kind": "ping", "ms": 500.0} for t in range(0, 100, 10)]
@@ -185,8 +219,10 @@ def test_storm_latency_runs_to_the_last_sample_when_replicas_never_come_back(
     """A full sync longer than the run (a large dataset through a slow link): the storm lasted
     until the end, so its latency is every sample after the heal, not an empty window (0.0)."""
     run = clean_run(tmp_path)
-    run.events += [{"t_ms": T0 + 1000, "action": "partition", "fault": True},
-                   {"t_ms": T0 + 2000, "action": "heal", "fault": True}]
+    run.events += [
+        {"t_ms": T0 + 1000, "action": "partition", "fault": True},
+        {"t_ms": T0 + 2000, "action": "heal", "fault": True},
+    ]
     run.monitor += [{"t_ms": T0 + t, "kind": "ping", "ms": 1.0} for t in range(0, 1000, 10)]
     run.monitor += [{"t_ms": T0 + 2000 + t, "kind": "ping", "ms": 40.0} for t in range(0, 3000, 10)]
     down = {"role": "slave", "link": "down", "run_id": "x"}
@@ -200,11 +236,21 @@ def test_storm_latency_runs_to_the_last_sample_when_replicas_never_come_back(
 def test_bins_where_writes_were_tried_and_none_succeeded_are_not_writable(tmp_path: Path) -> None:
     run = clean_run(tmp_path)
     for i in range(8):  # two seconds of READONLY answers, one every 250 ms
-        run.client_op("debit", {"id": f"ro{i}", "account": "a1", "amount_minor": 1}, "fail",
-                      {"error": "StoreReadOnly"}, T0 + 5000 + 250 * i)
+        run.client_op(
+            "debit",
+            {"id": f"ro{i}", "account": "a1", "amount_minor": 1},
+            "fail",
+            {"error": "StoreReadOnly"},
+            T0 + 5000 + 250 * i,
+        )
     run.transfer("after", "debit", "a1", 1, T0 + 7001)
-    run.client_op("debit", {"id": "after", "account": "a1", "amount_minor": 1}, "ok",
-                  {"result": "ok"}, T0 + 7000)
+    run.client_op(
+        "debit",
+        {"id": "after", "account": "a1", "amount_minor": 1},
+        "ok",
+        {"result": "ok"},
+        T0 + 7000,
+    )
     verdict = check_dir(run.write())
     assert verdict.figures["seconds_not_writable"] == 2.0
 
@@ -237,8 +283,13 @@ def test_a_write_acknowledged_by_an_empty_primary_breaks_the_epoch_guard(tmp_pat
     run.nodes_sample(T0 + 1000, r1=empty)
     run.nodes_sample(T0 + 1250, r1=empty)
     run.transfer("into-empty", "debit", "a1", 5, T0 + 1100)
-    run.client_op("debit", {"id": "into-empty", "account": "a1", "amount_minor": 5}, "ok",
-                  {"result": "ok"}, T0 + 1098)
+    run.client_op(
+        "debit",
+        {"id": "into-empty", "account": "a1", "amount_minor": 5},
+        "ok",
+        {"result": "ok"},
+        T0 + 1098,
+    )
     verdict = check_dir(run.write())
     assert not verdict.invariants["6_empty_store_refuses_writes"]["held"]
 
@@ -259,8 +310,13 @@ def test_a_write_sent_before_the_primary_stalled_and_answered_during_the_stall_i
 
 def test_an_id_answered_differently_on_replay_breaks_id_uniqueness(tmp_path: Path) -> None:
     run = clean_run(tmp_path)
-    run.client_op("debit", {"id": "d0", "account": "a1", "amount_minor": 150}, "ok",
-                  {"result": "insufficient_funds"}, T0 + 900)
+    run.client_op(
+        "debit",
+        {"id": "d0", "account": "a1", "amount_minor": 150},
+        "ok",
+        {"result": "insufficient_funds"},
+        T0 + 900,
+    )
     verdict = check_dir(run.write())
     assert not verdict.invariants["1_transfer_id_used_once"]["held"]
 

@@ -22,7 +22,9 @@ def promoted_replicas(out: Path) -> set[str]:
     for line in (out / "monitor.jsonl").read_text().splitlines():
         sample = json.loads(line)
         if sample.get("kind") == "nodes":
-            seen |= {n for n, s in sample["nodes"].items() if n != "r1" and s.get("role") == "master"}
+            seen |= {
+                n for n, s in sample["nodes"].items() if n != "r1" and s.get("role") == "master"
+            }
     return seen
 
 

@@ -48,7 +48,9 @@ class Served:
         argv = [sys.executable, "-m", "tally.cli.serve_cmd", "--home", str(self.home)]
         argv += ["--port", str(self.port), *self.extra_args]
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=log, env=env, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(
+                argv, stdout=log, stderr=log, env=env, stdin=subprocess.DEVNULL
+            )
         if wait:
             self.wait_ready()
 
@@ -57,9 +59,14 @@ class Served:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise AssertionError(f"tally serve exited with {self.process.returncode}:\n{self.output()}")
+                raise AssertionError(
+                    f"tally serve exited with {self.process.returncode}:\n{self.output()}"
+                )
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0, trust_env=False).status_code == 200:
+                if (
+                    httpx.get(f"{self.url}/healthz", timeout=1.0, trust_env=False).status_code
+                    == 200
+                ):
                     break
             except httpx.HTTPError:
                 pass

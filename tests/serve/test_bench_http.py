@@ -6,7 +6,9 @@ from tally.bench.http import HttpBenchConfig, run
 
 
 def test_the_http_benchmark_reports_rate_and_p99_for_single_and_batch_debits() -> None:
-    cfg = HttpBenchConfig(accounts=5, debits=200, concurrency=4, batch_requests=2, batch_size=100, seconds_max=60)
+    cfg = HttpBenchConfig(
+        accounts=5, debits=200, concurrency=4, batch_requests=2, batch_size=100, seconds_max=60
+    )
     result = run(cfg)
     single, batch = result["results"]["http_single"], result["results"]["http_batch"]
     assert single["debits"] == 200 and single["statuses"] == {"201": 200}

@@ -22,8 +22,15 @@ def test_serve_runs_on_a_given_redis_and_postgresql_ledger(
     served.start()
     try:
         with served.client() as api:
-            assert api.post("/v1/accounts", json={"id": "alice", "currency": "EUR"}).status_code == 201
-            credit = {"transfer_id": "c1", "account_id": "alice", "amount_minor": 500, "currency": "EUR"}
+            assert (
+                api.post("/v1/accounts", json={"id": "alice", "currency": "EUR"}).status_code == 201
+            )
+            credit = {
+                "transfer_id": "c1",
+                "account_id": "alice",
+                "amount_minor": 500,
+                "currency": "EUR",
+            }
             assert api.post("/v1/credits", json=credit).status_code == 201
             debit = {"transfer_id": "d1", "account_id": "alice", "amount_minor": 200}
             assert api.post("/v1/debits", json=debit).json()["balance_minor"] == 300
@@ -38,7 +45,9 @@ def test_serve_runs_on_a_given_redis_and_postgresql_ledger(
 def test_serve_refuses_a_primary_without_persistence_before_writing_to_it(
     tmp_path: Path, redis_node: RedisNode
 ) -> None:
-    served = Served(home=tmp_path / "home", extra_args=["--redis-url", redis_node.url, "--no-gateway"])
+    served = Served(
+        home=tmp_path / "home", extra_args=["--redis-url", redis_node.url, "--no-gateway"]
+    )
     served.start(wait=False)
     assert served.wait_exit() == 2
     assert "TP007" in served.output()
@@ -61,8 +70,15 @@ def test_serve_through_sentinel_reports_a_failover_and_keeps_serving(tmp_path: P
         served.start()
         try:
             with served.client() as api:
-                assert api.post("/v1/accounts", json={"id": "a", "currency": "USD"}).status_code == 201
-                credit = {"transfer_id": "c1", "account_id": "a", "amount_minor": 500, "currency": "USD"}
+                assert (
+                    api.post("/v1/accounts", json={"id": "a", "currency": "USD"}).status_code == 201
+                )
+                credit = {
+                    "transfer_id": "c1",
+                    "account_id": "a",
+                    "amount_minor": 500,
+                    "currency": "USD",
+                }
                 assert api.post("/v1/credits", json=credit).status_code == 201
                 cluster.nodes["r1"].kill()
                 wait_for(lambda: "+switch-master" in served.output(), "the failover logged")

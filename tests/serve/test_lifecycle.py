@@ -18,14 +18,24 @@ DEBITS = 40
 def _load(served: Served) -> None:
     with served.client() as api:
         assert api.post("/v1/accounts", json={"id": "alice", "currency": "USD"}).status_code == 201
-        fund = {"transfer_id": "fund", "account_id": "alice", "amount_minor": 10_000, "currency": "USD"}
+        fund = {
+            "transfer_id": "fund",
+            "account_id": "alice",
+            "amount_minor": 10_000,
+            "currency": "USD",
+        }
         assert api.post("/v1/credits", json=fund).status_code == 201
-        batch = [{"transfer_id": f"d{i}", "account_id": "alice", "amount_minor": 10} for i in range(DEBITS)]
+        batch = [
+            {"transfer_id": f"d{i}", "account_id": "alice", "amount_minor": 10}
+            for i in range(DEBITS)
+        ]
         assert api.post("/v1/debits/batch", json={"debits": batch}).json()["ok"] == DEBITS
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_drains_the_journal_into_the_ledger_and_leaves_no_process(tmp_path: Path, sig: int) -> None:
+def test_a_signal_drains_the_journal_into_the_ledger_and_leaves_no_process(
+    tmp_path: Path, sig: int
+) -> None:
     served = Served(home=tmp_path / "home")
     served.start()
     try:
@@ -61,7 +71,9 @@ def test_a_restart_keeps_the_data_and_prints_no_new_key(tmp_path: Path) -> None:
         assert "initialised" not in served.output()
         with served.client(key) as api:
             assert api.get("/v1/accounts/alice").json()["balance_minor"] == 10_000 - 10 * DEBITS
-            replay = api.post("/v1/debits", json={"transfer_id": "d0", "account_id": "alice", "amount_minor": 10})
+            replay = api.post(
+                "/v1/debits", json={"transfer_id": "d0", "account_id": "alice", "amount_minor": 10}
+            )
             assert replay.headers["Idempotent-Replayed"] == "true"
     finally:
         assert served.stop() == 0
@@ -110,7 +122,9 @@ def test_a_foreign_store_is_refused_without_writing_to_it(tmp_path: Path) -> Non
     try:
         with node.client() as other:
             other.set("someone:else", "data")
-        served = Served(home=tmp_path / "home", extra_args=["--redis-url", node.url, "--no-gateway"])
+        served = Served(
+            home=tmp_path / "home", extra_args=["--redis-url", node.url, "--no-gateway"]
+        )
         served.start(wait=False)
         assert served.wait_exit() == 2
         assert "foreign" in served.output()

@@ -24,11 +24,18 @@ def _reason_becomes(served: Served, reason: str | None) -> bool:
 
 def _fund(api: httpx.Client, account: str, amount_minor: int) -> None:
     assert api.post("/v1/accounts", json={"id": account, "currency": "USD"}).status_code == 201
-    credit = {"transfer_id": f"fund-{account}", "account_id": account, "amount_minor": amount_minor, "currency": "USD"}
+    credit = {
+        "transfer_id": f"fund-{account}",
+        "account_id": account,
+        "amount_minor": amount_minor,
+        "currency": "USD",
+    }
     assert api.post("/v1/credits", json=credit).status_code == 201
 
 
-def test_readiness_flips_when_the_primary_hangs_or_dies_and_returns_when_it_is_back(served: Served) -> None:
+def test_readiness_flips_when_the_primary_hangs_or_dies_and_returns_when_it_is_back(
+    served: Served,
+) -> None:
     with served.client() as api:
         _fund(api, "alice", 1000)
         debit = {"transfer_id": "d1", "account_id": "alice", "amount_minor": 100}
@@ -38,7 +45,10 @@ def test_readiness_flips_when_the_primary_hangs_or_dies_and_returns_when_it_is_b
         pid = int(served.local_state()["pid"])
         os.kill(pid, signal.SIGSTOP)  # a hung primary
         try:
-            wait_for(lambda: _reason_becomes(served, "store_unavailable"), "readiness to say store_unavailable")
+            wait_for(
+                lambda: _reason_becomes(served, "store_unavailable"),
+                "readiness to say store_unavailable",
+            )
             refused = api.post("/v1/debits", json={**debit, "transfer_id": "d2"})
             assert refused.status_code == 503
             assert refused.headers["Retry-After"]
@@ -54,12 +64,16 @@ def test_readiness_flips_when_the_primary_hangs_or_dies_and_returns_when_it_is_b
     assert "drained=" in served.output() and "final drain incomplete" not in served.output()
 
 
-def test_a_wiped_primary_is_store_lost_until_a_rebuild_restores_it_from_the_ledger(served: Served) -> None:
+def test_a_wiped_primary_is_store_lost_until_a_rebuild_restores_it_from_the_ledger(
+    served: Served,
+) -> None:
     with served.client() as api:
         _fund(api, "bob", 1000)
         debit = {"transfer_id": "d1", "account_id": "bob", "amount_minor": 250}
         first = api.post("/v1/debits", json=debit)
-        wait_for(lambda: _ready(served).json()["checks"]["drain"]["values"]["entries"] == 0, "the drain")
+        wait_for(
+            lambda: _ready(served).json()["checks"]["drain"]["values"]["entries"] == 0, "the drain"
+        )
         with served.redis() as store:
             store.flushall()  # the 2013 restart: an empty dataset
         wait_for(lambda: _reason_becomes(served, "store_lost"), "readiness to say store_lost")
@@ -70,22 +84,32 @@ def test_a_wiped_primary_is_store_lost_until_a_rebuild_restores_it_from_the_ledg
         assert rebuilt.status_code == 200, rebuilt.text
         wait_for(lambda: _reason_becomes(served, None), "readiness after the rebuild")
         assert api.get("/v1/accounts/bob").json()["balance_minor"] == 750
-        assert api.post("/v1/debits", json=debit).json() == first.json()  # replays survive a rebuild
+        assert (
+            api.post("/v1/debits", json=debit).json() == first.json()
+        )  # replays survive a rebuild
 
 
-def test_a_primary_that_restarts_empty_never_takes_a_write_and_a_rebuild_heals_it(served: Served) -> None:
+def test_a_primary_that_restarts_empty_never_takes_a_write_and_a_rebuild_heals_it(
+    served: Served,
+) -> None:
     with served.client() as api:
         _fund(api, "carol", 500)
-        wait_for(lambda: _ready(served).json()["checks"]["drain"]["values"]["entries"] == 0, "the drain")
+        wait_for(
+            lambda: _ready(served).json()["checks"]["drain"]["values"]["entries"] == 0, "the drain"
+        )
         pid = int(served.local_state()["pid"])
         os.kill(pid, signal.SIGSTOP)
         for name in ("appendonlydir", "appendonly.aof", "dump.rdb"):  # its persistence is gone
             path = served.home / "redis" / name
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(
+                missing_ok=True
+            )
         os.kill(pid, signal.SIGKILL)
         os.kill(pid, signal.SIGCONT)
         wait_for(lambda: _reason_becomes(served, "store_lost"), "readiness to say store_lost")
-        refused = api.post("/v1/debits", json={"transfer_id": "d1", "account_id": "carol", "amount_minor": 1})
+        refused = api.post(
+            "/v1/debits", json={"transfer_id": "d1", "account_id": "carol", "amount_minor": 1}
+        )
         assert refused.json()["code"] == "store_lost"
         assert api.post("/v1/admin/rebuild").status_code == 200
         wait_for(lambda: _reason_becomes(served, None), "readiness after the rebuild")

@@ -113,7 +113,9 @@ def test_account_upsert_never_changes_the_currency(store: RedisStore) -> None:
 
 
 @pytest.mark.parametrize("amount_text", ["1.0", "007", "1e3", "-5", "0"])
-def test_the_script_itself_refuses_non_canonical_amounts_unrecorded(store: RedisStore, amount_text: str) -> None:
+def test_the_script_itself_refuses_non_canonical_amounts_unrecorded(
+    store: RedisStore, amount_text: str
+) -> None:
     """Defence in depth below the Python validation: what the script stores must be exact."""
     open_account(store, "alice")
     one(store, "top", "c", "alice", 100)

@@ -51,14 +51,26 @@ class ReadinessCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         state = self.probe()
-        ready = GaugeMetricFamily("tally_ready", "1 when the service accepts traffic", labels=["reason"])
+        ready = GaugeMetricFamily(
+            "tally_ready", "1 when the service accepts traffic", labels=["reason"]
+        )
         ready.add_metric([state.reason or ""], 1.0 if state.ready else 0.0)
         yield ready
         for name, check, value, help_text in (
-            ("tally_drain_lag_seconds", "drain", "lag_s", "age of the oldest undrained journal entry"),
+            (
+                "tally_drain_lag_seconds",
+                "drain",
+                "lag_s",
+                "age of the oldest undrained journal entry",
+            ),
             ("tally_journal_entries", "drain", "entries", "journal entries not yet trimmed"),
             ("tally_replication_lag_seconds", "replication", "lag_s", "largest replica lag"),
-            ("tally_replication_lag_bytes", "replication", "lag_bytes", "largest replica offset gap"),
+            (
+                "tally_replication_lag_bytes",
+                "replication",
+                "lag_bytes",
+                "largest replica offset gap",
+            ),
             ("tally_replicas_connected", "replication", "replicas", "replicas connected"),
             ("tally_pending_credits", "ledger", "unsettled_credits", "credits not yet settled"),
         ):

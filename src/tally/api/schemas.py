@@ -110,7 +110,9 @@ class TransferRecordOut(BaseModel):
 
 class TransfersPageOut(BaseModel):
     items: list[TransferRecordOut]
-    next_cursor: str | None = Field(description="pass as ?after= for the next page; null at the end")
+    next_cursor: str | None = Field(
+        description="pass as ?after= for the next page; null at the end"
+    )
 
 
 # -- auto-recharge ---------------------------------------------------------------------------

@@ -54,7 +54,16 @@ def _served(home: Path) -> Iterator[tuple[str, str]]:
     port = free_port()
     log_path = home.parent / "serve.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
-    argv = [sys.executable, "-m", "tally.cli.serve_cmd", "--home", str(home), "--port", str(port), "--no-gateway"]
+    argv = [
+        sys.executable,
+        "-m",
+        "tally.cli.serve_cmd",
+        "--home",
+        str(home),
+        "--port",
+        str(port),
+        "--no-gateway",
+    ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=log, env=env, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -68,7 +77,9 @@ def _served(home: Path) -> Iterator[tuple[str, str]]:
         else:
             raise RuntimeError(f"tally serve did not start:\n{log_path.read_text()[-3000:]}")
         key = next(
-            line.rsplit(" ", 1)[-1] for line in log_path.read_text().splitlines() if "admin API key" in line
+            line.rsplit(" ", 1)[-1]
+            for line in log_path.read_text().splitlines()
+            if "admin API key" in line
         )
         yield url, key
     finally:
@@ -83,7 +94,12 @@ def _served(home: Path) -> Iterator[tuple[str, str]]:
 def _fund(api: httpx.Client, ids: list[str]) -> None:
     for aid in ids:
         api.post("/v1/accounts", json={"id": aid, "currency": "USD"}).raise_for_status()
-        credit = {"transfer_id": f"fund-{aid}", "account_id": aid, "amount_minor": FUNDS_MINOR, "currency": "USD"}
+        credit = {
+            "transfer_id": f"fund-{aid}",
+            "account_id": aid,
+            "amount_minor": FUNDS_MINOR,
+            "currency": "USD",
+        }
         api.post("/v1/credits", json=credit).raise_for_status()
 
 
@@ -93,16 +109,24 @@ async def _single(url: str, key: str, ids: list[str], cfg: HttpBenchConfig) -> d
     statuses: Counter[int] = Counter()
     next_index = 0
     deadline = time.monotonic() + cfg.seconds_max
-    limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
+    limits = httpx.Limits(
+        max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency
+    )
     headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=30, trust_env=False) as client:
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, limits=limits, timeout=30, trust_env=False
+    ) as client:
 
         async def worker() -> None:
             nonlocal next_index
             while next_index < cfg.debits and time.monotonic() < deadline:
                 i = next_index
                 next_index += 1
-                body = {"transfer_id": f"h{run}-{i}", "account_id": ids[i % len(ids)], "amount_minor": 1}
+                body = {
+                    "transfer_id": f"h{run}-{i}",
+                    "account_id": ids[i % len(ids)],
+                    "amount_minor": 1,
+                }
                 t0 = time.perf_counter()
                 reply = await client.post("/v1/debits", json=body)
                 latencies_s.append(time.perf_counter() - t0)
@@ -159,9 +183,15 @@ def run(cfg: HttpBenchConfig, progress: Callable[[str], None] = lambda _: None) 
     ids = [f"acct-{i}" for i in range(cfg.accounts)]
     with tempfile.TemporaryDirectory(prefix="tally-bench-http-") as tmp:
         progress("starting tally serve (embedded)")
-        with _served(Path(tmp) / "home") as (url, key), httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60, trust_env=False
-        ) as api:
+        with (
+            _served(Path(tmp) / "home") as (url, key),
+            httpx.Client(
+                base_url=url,
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=60,
+                trust_env=False,
+            ) as api,
+        ):
             progress(f"funding {cfg.accounts} accounts")
             _fund(api, ids)
             progress(f"POST /v1/debits x {cfg.debits}, {cfg.concurrency} in flight")

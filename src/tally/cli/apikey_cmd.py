@@ -14,8 +14,13 @@ from tally.ledger.sql_ledger import SqlLedger
 
 
 def _options(func: F) -> F:
-    func = click.option("--home", envvar="TALLY_HOME", help="Local state dir (default ./.tally).")(func)
-    return click.option("--ledger-url", envvar="TALLY_LEDGER_URL", help="sqlite:///... or postgresql://...")(func)
+    func = click.option("--home", envvar="TALLY_HOME", help="Local state dir (default ./.tally).")(
+        func
+    )
+    return click.option(
+        "--ledger-url", envvar="TALLY_LEDGER_URL", help="sqlite:///... or postgresql://..."
+    )(func)
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,10 +55,18 @@ def list_keys(home: str | None, ledger_url: str | None, as_json: bool) -> None:
     with SqlLedger.open(settings.ledger_url) as ledger:
         keys = ApiKeyStore(ledger).list()
     rows = [
-        {"key_id": k.key_id, "scope": k.scope.value, "label": k.label, "revoked": k.revoked_at_ms is not None}
+        {
+            "key_id": k.key_id,
+            "scope": k.scope.value,
+            "label": k.label,
+            "revoked": k.revoked_at_ms is not None,
+        }
         for k in keys
     ]
-    human = "\n".join(f"{r['key_id']}  {r['scope']:<7}  {'revoked ' if r['revoked'] else ''}{r['label']}" for r in rows)
+    human = "\n".join(
+        f"{r['key_id']}  {r['scope']:<7}  {'revoked ' if r['revoked'] else ''}{r['label']}"
+        for r in rows
+    )
     emit(as_json, {"keys": rows}, human or "no keys")
 
 

@@ -18,7 +18,9 @@ def _table(rows: dict[str, dict[str, Any]], columns: list[str]) -> str:
     for name, row in rows.items():
         lines.append([name, *(str(row.get(c, "")) for c in columns)])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines
+    )
 
 
 @click.group()
@@ -28,12 +30,25 @@ def bench() -> None:
 
 @bench.command("debits")
 @click.option("--accounts", default=10_000, show_default=True, type=click.IntRange(1, 1_000_000))
-@click.option("--batch-debits", default=300_000, show_default=True, type=click.IntRange(1000, 10_000_000))
-@click.option("--single-debits", default=5_000, show_default=True, type=click.IntRange(1, 1_000_000))
-@click.option("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test", show_default=True)
+@click.option(
+    "--batch-debits", default=300_000, show_default=True, type=click.IntRange(1000, 10_000_000)
+)
+@click.option(
+    "--single-debits", default=5_000, show_default=True, type=click.IntRange(1, 1_000_000)
+)
+@click.option(
+    "--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test", show_default=True
+)
 @click.option("--no-postgres", is_flag=True, help="Skip the PostgreSQL peer.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-def debits(accounts: int, batch_debits: int, single_debits: int, postgres_url: str, no_postgres: bool, as_json: bool) -> None:
+def debits(
+    accounts: int,
+    batch_debits: int,
+    single_debits: int,
+    postgres_url: str,
+    no_postgres: bool,
+    as_json: bool,
+) -> None:
     """The library path: tally batch and single debits vs raw Redis vs a PostgreSQL peer."""
     from tally.bench.debits import BenchConfig, run
 
@@ -49,17 +64,37 @@ def debits(accounts: int, batch_debits: int, single_debits: int, postgres_url: s
     if as_json:
         click.echo(json.dumps(data, sort_keys=True))
         return
-    click.echo(_table(result.rows, ["debits", "debits_per_s", "p50_us", "p99_us", "x_postgres_peer", "durability"]))
+    click.echo(
+        _table(
+            result.rows,
+            ["debits", "debits_per_s", "p50_us", "p99_us", "x_postgres_peer", "durability"],
+        )
+    )
 
 
 @bench.command("http")
-@click.option("--debits", "count", default=20_000, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option(
+    "--debits", "count", default=20_000, show_default=True, type=click.IntRange(1, 1_000_000)
+)
 @click.option("--concurrency", default=32, show_default=True, type=click.IntRange(1, 1024))
 @click.option("--accounts", default=100, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--batch-requests", default=20, show_default=True, type=click.IntRange(0, 10_000))
-@click.option("--seconds-max", default=60.0, show_default=True, type=click.FloatRange(1, 3600), help="Per phase.")
+@click.option(
+    "--seconds-max",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(1, 3600),
+    help="Per phase.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-def http(count: int, concurrency: int, accounts: int, batch_requests: int, seconds_max: float, as_json: bool) -> None:
+def http(
+    count: int,
+    concurrency: int,
+    accounts: int,
+    batch_requests: int,
+    seconds_max: float,
+    as_json: bool,
+) -> None:
     """The HTTP path: POST /v1/debits at a stated concurrency, and /v1/debits/batch, against a
     `tally serve` started for the run on loopback."""
     from tally.bench.http import HttpBenchConfig, run
@@ -75,7 +110,12 @@ def http(count: int, concurrency: int, accounts: int, batch_requests: int, secon
     if as_json:
         click.echo(json.dumps(data, sort_keys=True))
         return
-    click.echo(_table(data["results"], ["debits", "concurrency", "debits_per_s", "p50_ms", "p99_ms", "request_p99_ms"]))
+    click.echo(
+        _table(
+            data["results"],
+            ["debits", "concurrency", "debits_per_s", "p50_ms", "p99_ms", "request_p99_ms"],
+        )
+    )
 
 
 @bench.command("storm")
@@ -95,7 +135,13 @@ def http(count: int, concurrency: int, accounts: int, batch_requests: int, secon
 )
 @click.option("--partition-s", default=5.0, show_default=True, type=click.FloatRange(0.5, 600))
 @click.option("--dataset-mb", default=20, show_default=True, type=click.IntRange(0, 10_000))
-@click.option("--write-rate", default=500, show_default=True, type=click.IntRange(1, 100_000), help="Writes/s.")
+@click.option(
+    "--write-rate",
+    default=500,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Writes/s.",
+)
 @click.option("--value-bytes", default=200, show_default=True, type=click.IntRange(1, 1_000_000))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @handles_errors

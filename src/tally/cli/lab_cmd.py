@@ -61,9 +61,12 @@ def _summary(result: RunResult) -> str:
     return "\n".join(lines)
 
 
-@click.group(name="lab", help="The incident lab: real Redis processes, Sentinels, fault "
-             "proxies and the gateway simulator, checked by an independent checker.\n\n"
-             "Scenarios: " + ", ".join(SCENARIOS))
+@click.group(
+    name="lab",
+    help="The incident lab: real Redis processes, Sentinels, fault "
+    "proxies and the gateway simulator, checked by an independent checker.\n\n"
+    "Scenarios: " + ", ".join(SCENARIOS),
+)
 def lab() -> None:
     pass
 
@@ -80,7 +83,9 @@ def run_cmd(scenario: str, profile: str, billing: str, out: Path | None, seed: i
             dataset_mb: int | None, as_json: bool) -> None:  # fmt: skip
     """Run SCENARIO once and check it: exit 0 all invariants held, 1 one violated, 2 error."""
     if scenario not in SCENARIOS:
-        click.echo(f"error: unknown scenario {scenario!r}; one of: {', '.join(SCENARIOS)}", err=True)
+        click.echo(
+            f"error: unknown scenario {scenario!r}; one of: {', '.join(SCENARIOS)}", err=True
+        )
         sys.exit(EXIT_USAGE)
     out = out or Path("lab-runs") / f"{scenario}-{profile}-{billing}"
     result = run(RunOptions(scenario, profile, billing, seed, out, time_scale, accounts, rate,
@@ -101,7 +106,9 @@ def compare_cmd(scenario: str, out: Path | None, seed: int, time_scale: float,
     Exits 0 when the hardened/tally run held every invariant (the control is expected to fail),
     2 when either run could not be set up."""
     if scenario not in SCENARIOS:
-        click.echo(f"error: unknown scenario {scenario!r}; one of: {', '.join(SCENARIOS)}", err=True)
+        click.echo(
+            f"error: unknown scenario {scenario!r}; one of: {', '.join(SCENARIOS)}", err=True
+        )
         sys.exit(EXIT_USAGE)
     out = out or Path("lab-runs") / f"compare-{scenario}"
     results = []

@@ -27,12 +27,25 @@ def _interrupt(_sig: int, _frame: object) -> NoReturn:
 @click.option("--home", envvar="TALLY_HOME", help="State dir (default ./.tally).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--redis-url", envvar="TALLY_REDIS_URL", help="A real Redis primary (default: embedded).")
-@click.option("--redis-sentinel", help="sentinel://h:p,h:p/MASTER: find the primary through Sentinel.")
+@click.option(
+    "--redis-url", envvar="TALLY_REDIS_URL", help="A real Redis primary (default: embedded)."
+)
+@click.option(
+    "--redis-sentinel", help="sentinel://h:p,h:p/MASTER: find the primary through Sentinel."
+)
 @click.option("--ledger-url", envvar="TALLY_LEDGER_URL", help="sqlite:///... or postgresql://...")
-@click.option("--gateway-url", envvar="TALLY_GATEWAY_URL", help="The payment gateway (default: the simulator, dev mode).")
+@click.option(
+    "--gateway-url",
+    envvar="TALLY_GATEWAY_URL",
+    help="The payment gateway (default: the simulator, dev mode).",
+)
 @click.option("--no-gateway", is_flag=True, help="Start no gateway simulator.")
-@click.option("--rebuild", "rebuild_if_lost", is_flag=True, help="Rebuild an empty store from the ledger before serving.")
+@click.option(
+    "--rebuild",
+    "rebuild_if_lost",
+    is_flag=True,
+    help="Rebuild an empty store from the ledger before serving.",
+)
 @click.option("--skip-preflight", is_flag=True, help="Do not refuse on preflight errors.")
 @handles_errors
 def serve(
@@ -55,7 +68,9 @@ def serve(
     stops accepting, finishes in-flight requests, drains the journal and stops everything."""
     if redis_url and redis_sentinel:
         raise click.UsageError("give --redis-url or --redis-sentinel, not both")
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     signal.signal(signal.SIGTERM, _interrupt)  # during start-up: unwind and stop what started
     # Request threads wait on sockets and hand the GIL back and forth with the drainer thread:
     # the default 5 ms switch interval made every such handoff a 5 ms stall (measured: single
@@ -98,5 +113,7 @@ def serve(
         say(f"stopped ({', '.join(f'{k}={v}' for k, v in summary.items())})")
 
 
-if __name__ == "__main__":  # `python -m tally.cli.serve_cmd`: serve alone, without the other commands
+if (
+    __name__ == "__main__"
+):  # `python -m tally.cli.serve_cmd`: serve alone, without the other commands
     serve()

@@ -235,7 +235,10 @@ class TallyBilling(_Base):
             result = self.dep.engine.debit(tid, account, amount_minor)
         except Exception as exc:
             return _classify(exc)
-        value: dict[str, Any] = {"result": result.result.name, "balance_minor": result.balance_minor}
+        value: dict[str, Any] = {
+            "result": result.result.name,
+            "balance_minor": result.balance_minor,
+        }
         if result.recharge_id is not None:
             value["recharge_id"] = result.recharge_id
             try:  # the saga's trouble is not the debit's: the completer picks it up

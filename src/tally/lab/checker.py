@@ -139,7 +139,9 @@ def read_ledger(path: Path) -> LedgerView:
             sql = "SELECT id, created_at_ms FROM credit_intents"
             view.intent_created_ms = dict(conn.execute(sql))
         if _table_exists(conn, "journal_conflicts"):
-            view.journal_conflicts = conn.execute("SELECT COUNT(*) FROM journal_conflicts").fetchone()[0]
+            view.journal_conflicts = conn.execute(
+                "SELECT COUNT(*) FROM journal_conflicts"
+            ).fetchone()[0]
     finally:
         conn.close()
     return view
@@ -269,7 +271,9 @@ def duplicate_charges(a: Artefacts, ev: Evidence) -> list[dict[str, Any]]:
     return duplicates
 
 
-def charges_without_credit(a: Artefacts, ev: Evidence, *, anywhere: bool = False) -> list[dict[str, Any]]:
+def charges_without_credit(
+    a: Artefacts, ev: Evidence, *, anywhere: bool = False
+) -> list[dict[str, Any]]:
     refunded = _refunded(a.gateway)
     out = []
     for charge in _succeeded(a.gateway, "charge"):
@@ -290,7 +294,9 @@ def acknowledged_lost(
     return [
         op
         for op in a.history
-        if op.f in wanted and op.type == "ok" and op.result in accepted
+        if op.f in wanted
+        and op.type == "ok"
+        and op.result in accepted
         and op.value.get("id") not in ev.moved
     ]
 
@@ -501,7 +507,9 @@ def _held(ok: bool, detail: str) -> dict[str, Any]:
 def _examples(items: Iterable[Any]) -> str:
     listed = list(items)
     shown = ", ".join(str(x) for x in listed[:DETAIL_ITEMS_MAX])
-    return shown + (f" (+{len(listed) - DETAIL_ITEMS_MAX} more)" if len(listed) > DETAIL_ITEMS_MAX else "")
+    return shown + (
+        f" (+{len(listed) - DETAIL_ITEMS_MAX} more)" if len(listed) > DETAIL_ITEMS_MAX else ""
+    )
 
 
 def _replay_conflicts(history: list[Operation]) -> list[str]:
@@ -562,8 +570,9 @@ def check(a: Artefacts) -> Verdict:
         "duplicate_charges": len(dups),
         "duplicate_charges_minor": sum(int(c["amount_minor"]) for c in dups),
         "charges_succeeded": len(_succeeded(a.gateway, "charge")),
-        "charges_declined": sum(1 for r in a.gateway if r.get("kind") == "charge"
-                                and r.get("status") == "declined"),
+        "charges_declined": sum(
+            1 for r in a.gateway if r.get("kind") == "charge" and r.get("status") == "declined"
+        ),
         "refunds_succeeded": len(_succeeded(a.gateway, "refund")),
         "operations": len(a.history),
         "operations_by_type": _count_types(a.history),
@@ -618,12 +627,14 @@ def _invariants(
         "3_balance_equals_ledger": _held(
             not drifted,
             f"{len(drifted)} accounts differ (account, redis, ledger): {_examples(drifted)}"
-            if drifted else "every Redis balance equals the ledger-derived balance",
+            if drifted
+            else "every Redis balance equals the ledger-derived balance",
         ),
         "4_money_in_ledger_first": _held(
             not late_charges,
             f"{len(late_charges)} charges without an earlier intent in SQL: {_examples(late_charges)}"
-            if late_charges else "every charge had its intent in SQL first",
+            if late_charges
+            else "every charge had its intent in SQL first",
         ),
         "5_one_credit_per_charge": _held(
             not dups and not no_credit,
@@ -633,17 +644,24 @@ def _invariants(
         "6_empty_store_refuses_writes": _held(
             not writes_when_lost,
             f"{len(writes_when_lost)} writes acknowledged while no primary held the epoch"
-            + (f": {_examples(op.value.get('id') for op in writes_when_lost)}" if writes_when_lost else ""),
+            + (
+                f": {_examples(op.value.get('id') for op in writes_when_lost)}"
+                if writes_when_lost
+                else ""
+            ),
         ),
         "7_no_wrongful_suspension": _held(
             not wrongful,
             f"{len(wrongful)} accounts suspended without a funding failure: {_examples(wrongful)}"
-            if wrongful else "only declining cards' accounts were suspended",
+            if wrongful
+            else "only declining cards' accounts were suspended",
         ),
         "8_recharge_only_when_healthy": _held(
             not blind,
             f"{len(blind)} charges attempted while the store was unhealthy: "
-            f"{_examples(c['id'] for c in blind)}" if blind else "no charge while unhealthy",
+            f"{_examples(c['id'] for c in blind)}"
+            if blind
+            else "no charge while unhealthy",
         ),
         "9_no_acknowledged_money_lost": _held(
             not lost_credits and not lost_charges and len(lost_debits) <= bound,

@@ -180,8 +180,15 @@ def _page(title: str, summary: str, tables: str, columns: str) -> str:
 
 def write_html(run_dir: Path, body: dict[str, Any]) -> Path:
     title = f"tally lab: {body.get('scenario')} ({body.get('profile')}, {body.get('billing')})"
-    tables = "<h2>Figures</h2>" + _figures_table([body]) + "<h2>Invariants</h2>" + _invariants_table([body])
-    page = _page(title, body.get("summary", ""), tables, f"<div class='col'>{_column(run_dir, body)}</div>")
+    tables = (
+        "<h2>Figures</h2>"
+        + _figures_table([body])
+        + "<h2>Invariants</h2>"
+        + _invariants_table([body])
+    )
+    page = _page(
+        title, body.get("summary", ""), tables, f"<div class='col'>{_column(run_dir, body)}</div>"
+    )
     path = Path(run_dir) / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
@@ -191,7 +198,12 @@ def write_compare(out: Path, runs: list[tuple[Path, dict[str, Any]]]) -> Path:
     bodies = [b for _, b in runs]
     scenario = bodies[0].get("scenario") if bodies else "?"
     title = f"tally lab compare: {scenario}"
-    tables = "<h2>Figures</h2>" + _figures_table(bodies) + "<h2>Invariants</h2>" + _invariants_table(bodies)
+    tables = (
+        "<h2>Figures</h2>"
+        + _figures_table(bodies)
+        + "<h2>Invariants</h2>"
+        + _invariants_table(bodies)
+    )
     cols = "".join(f"<div class='col'>{_column(d, b)}</div>" for d, b in runs)
     page = _page(title, bodies[0].get("summary", "") if bodies else "", tables, cols)
     path = Path(out) / "report.html"

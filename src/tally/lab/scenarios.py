@@ -46,8 +46,7 @@ def unmet(figures: Mapping[str, Any], expects: tuple[Expect, ...]) -> list[str]:
     return [
         f"{name} {op} {value} (got {figures.get(name)})"
         for name, op, value in expects
-        if not isinstance(figures.get(name), int | float)
-        or not _COMPARE[op](figures[name], value)
+        if not isinstance(figures.get(name), int | float) or not _COMPARE[op](figures[name], value)
     ]
 
 
@@ -79,10 +78,18 @@ INCIDENT_28 = Scenario(
     ),
     duration_s=58,
     rig={"rdb_key_save_delay_us": 150},
-    control_shows=(("full_syncs", ">=", 2), ("cards_charged_more_than_once", ">=", 1),
-                   ("payments_lost", ">=", 1), ("wrongful_suspensions", ">=", 1)),
-    subject_shows=(("partial_syncs", ">=", 2), ("cards_charged_more_than_once", "==", 0),
-                   ("payments_lost", "==", 0), ("accounts_drifted", "==", 0)),
+    control_shows=(
+        ("full_syncs", ">=", 2),
+        ("cards_charged_more_than_once", ">=", 1),
+        ("payments_lost", ">=", 1),
+        ("wrongful_suspensions", ">=", 1),
+    ),
+    subject_shows=(
+        ("partial_syncs", ">=", 2),
+        ("cards_charged_more_than_once", "==", 0),
+        ("payments_lost", "==", 0),
+        ("accounts_drifted", "==", 0),
+    ),
 )
 
 STORM_ONLY = Scenario(
@@ -145,8 +152,11 @@ PRIMARY_PAUSE = Scenario(
     "primary-pause",
     "SIGSTOP on the primary for 10 s (a stuck process, a long GC-like stall), then SIGCONT: "
     "hardened, Sentinel fails over meanwhile.",
-    (_fault(6, "pause", node="r1"), _fault(16, "resume", node="r1"),
-     _op(22, "fix_config", node="r1")),
+    (
+        _fault(6, "pause", node="r1"),
+        _fault(16, "resume", node="r1"),
+        _op(22, "fix_config", node="r1"),
+    ),
     duration_s=34,
     control_shows=(("debits_acknowledged_lost", ">=", 1),),
     subject_shows=(("debits_acknowledged_lost", "==", 0),),

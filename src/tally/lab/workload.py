@@ -173,7 +173,10 @@ class Workload:
             else:
                 type_, outcome = self.billing.top_up(tid, account, amount)
         except Exception as exc:
-            completion: Completion = ("info", {"error": type(exc).__name__, "message": str(exc)[:200]})
+            completion: Completion = (
+                "info",
+                {"error": type(exc).__name__, "message": str(exc)[:200]},
+            )
             type_, outcome = completion
         self.history.complete(op, type_, f, process, outcome)
         with self._lock:

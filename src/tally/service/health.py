@@ -76,7 +76,9 @@ class HealthProbe:
 
     def probe(self) -> Readiness:
         checks: dict[str, Check] = {
-            "service": Check(not self.stopping.is_set(), "stopping" if self.stopping.is_set() else "")
+            "service": Check(
+                not self.stopping.is_set(), "stopping" if self.stopping.is_set() else ""
+            )
         }
         epoch_value = self._ledger(checks)
         self._store(checks, epoch_value)
@@ -97,7 +99,9 @@ class HealthProbe:
         if epoch is None:
             checks["ledger"] = Check(False, "the ledger has no current epoch")
             return None
-        checks["ledger"] = Check(True, "", {"epoch": epoch.epoch_id, "unsettled_credits": unsettled})
+        checks["ledger"] = Check(
+            True, "", {"epoch": epoch.epoch_id, "unsettled_credits": unsettled}
+        )
         return self.dep.layout.epoch_value(epoch.epoch_id)
 
     def _store(self, checks: dict[str, Check], epoch_value: str | None) -> None:
@@ -124,7 +128,9 @@ class HealthProbe:
         epochs = [v.decode() if isinstance(v, bytes) else v for v in replies[1]]
         if epoch_value is not None:
             good = all(v == epoch_value for v in epochs)
-            detail = "" if good else ("the dataset is empty" if not any(epochs) else "foreign epoch")
+            detail = (
+                "" if good else ("the dataset is empty" if not any(epochs) else "foreign epoch")
+            )
             checks["epoch"] = Check(good, detail)
         checks["drain"] = self._drain(replies)
         repl = _replication(info)
@@ -141,4 +147,6 @@ class HealthProbe:
                 oldest_ms = min(oldest_ms, StreamId.parse(first[0][0]).ms)
         lag_s = max(0.0, (now_ms - oldest_ms) / 1000)
         ok = lag_s <= self.bounds.drain_lag_s_max and entries <= self.bounds.journal_entries_max
-        return Check(ok, "" if ok else "the drainer is behind", {"lag_s": lag_s, "entries": entries})
+        return Check(
+            ok, "" if ok else "the drainer is behind", {"lag_s": lag_s, "entries": entries}
+        )

@@ -94,9 +94,10 @@ def prepare_store(settings: Settings, *, rebuild_if_lost: bool, say: Callable[[s
     """The epoch check before anything writes: init a brand-new deployment, accept a store that
     holds the ledger's current epoch, refuse anything else (or rebuild it when asked)."""
     url = settings.require_redis_url()  # sentinel://: the primary Sentinel names now
-    with SqlLedger.open(settings.ledger_url) as ledger, contextlib.closing(
-        redis_client(url, settings)
-    ) as client:
+    with (
+        SqlLedger.open(settings.ledger_url) as ledger,
+        contextlib.closing(redis_client(url, settings)) as client,
+    ):
         epoch = ledger.current_epoch()
         if epoch is None:
             if not _is_empty(client) or ledger.count_accounts() > 0:
@@ -156,8 +157,12 @@ class Service:
             self.node.start()
             embedded.record(opts.home, self.node)
             redis_url = self.node.url
-            self.say(f"redis-server {self.node.binary.version_text} (embedded) on 127.0.0.1:{self.node.port}")  # type: ignore[union-attr]
-        settings = Settings.resolve(redis_url=redis_url, ledger_url=opts.ledger_url, home=str(opts.home))
+            self.say(
+                f"redis-server {self.node.binary.version_text} (embedded) on 127.0.0.1:{self.node.port}"
+            )  # type: ignore[union-attr]
+        settings = Settings.resolve(
+            redis_url=redis_url, ledger_url=opts.ledger_url, home=str(opts.home)
+        )
         self.say(f"ledger {_safe(settings.ledger_url)}")
         self._preflight(settings)  # before anything is written to the store
         prepare_store(settings, rebuild_if_lost=opts.rebuild_if_lost, say=self.say)
@@ -229,7 +234,9 @@ class Service:
         )
         completer = self.recharging.completer
         self.workers.append(
-            Worker("recharges", lambda: completer.run_once(COMPLETER_BATCH), pace_s=0.05, idle_s=0.2)
+            Worker(
+                "recharges", lambda: completer.run_once(COMPLETER_BATCH), pace_s=0.05, idle_s=0.2
+            )
         )
 
     def gateway_records(self) -> list[Record]:
@@ -376,7 +383,9 @@ class Service:
         try:
             entries = self.drain_service.drain_all()
         except (InfrastructureError, TallyError) as exc:
-            self.say(f"final drain incomplete ({exc}); the journal is kept in Redis and drains on next start")
+            self.say(
+                f"final drain incomplete ({exc}); the journal is kept in Redis and drains on next start"
+            )
             return {"drained": 0, "drain_error": str(exc)}
         return {"drained": entries}
 

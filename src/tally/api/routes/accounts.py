@@ -91,7 +91,9 @@ def update_account(account_id: AccountId, body: AccountUpdate, request: Request)
     """Change the credit limit, or suspend / reactivate the account."""
     engine = ctx(request).engine
     if body.credit_limit_minor is None and body.status is None:
-        raise Problem(400, "invalid_request", "nothing to update: give credit_limit_minor or status")
+        raise Problem(
+            400, "invalid_request", "nothing to update: give credit_limit_minor or status"
+        )
     if ctx(request).ledger.get_account(account_id) is None:
         raise refusal(Result.account_not_found, f"no account {account_id!r}")
     if body.credit_limit_minor is not None:

@@ -43,4 +43,6 @@ def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics", name="metrics", dependencies=[Depends(service_key)])
 def metrics(request: Request) -> Response:
     """Prometheus text format (any valid key; scrapers send it as a bearer token)."""
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )

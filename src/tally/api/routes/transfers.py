@@ -104,7 +104,12 @@ async def debit(
     name="credit",
     status_code=201,
     responses=TRANSFER_RESPONSES
-    | {202: {"model": TransferOut, "description": "durable in the ledger, applied when the store is back"}},
+    | {
+        202: {
+            "model": TransferOut,
+            "description": "durable in the ledger, applied when the store is back",
+        }
+    },
 )
 def credit(
     body: CreditIn, request: Request, idempotency_key: IdempotencyKey = None

@@ -278,9 +278,8 @@ def _profile_hardened(
         # A replica promoted by Sentinel keeps its replication id, so the others resync partially.
         "replica-read-only": "yes",
     }
-    if binary.at_least(7, 0):
-        if role.replicas_expected > 0:
-            out["repl-diskless-sync-max-replicas"] = role.replicas_expected
+    if binary.at_least(7, 0) and role.replicas_expected > 0:
+        out["repl-diskless-sync-max-replicas"] = role.replicas_expected
     return out
 
 

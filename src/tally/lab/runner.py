@@ -28,9 +28,9 @@ import redis
 from tally import __version__
 from tally.errors import TallyError, UsageError
 from tally.gateway.faults import Faults
-from tally.lab import checker, report
+from tally.lab import chaos, checker, report
 from tally.lab.billing import BillingSystem, make_billing
-from tally.lab.history import HistoryWriter
+from tally.lab.history import HistoryWriter, now_ms
 from tally.lab.monitor import Monitor
 from tally.lab.pinger import PingerProcess
 from tally.lab.rig import LAB_PARAMS, NAMESPACE, SHARDS, Rig, RigSpec
@@ -67,8 +67,11 @@ class RunOptions:
     duration: float | None = None
     progress: Progress = field(default=lambda _: None, repr=False)
     dataset_mb: int | None = None  # ballast on the primary (default: the scenario's, 16 MB)
+    faults_max: int = 2  # chaos: faults active at once
 
     def validate(self) -> Scenario:
+        if self.scenario == chaos.CHAOS:
+            return self.chaos_plan()[0]
         if self.scenario not in SCENARIOS:
             raise UsageError(f"unknown scenario {self.scenario!r}",
                              hint=f"one of: {', '.join(SCENARIOS)}")  # fmt: skip
@@ -83,8 +86,17 @@ class RunOptions:
                              hint="the ballast is held in memory by every node")  # fmt: skip
         return SCENARIOS[self.scenario]
 
+    def chaos_plan(self) -> tuple[Scenario, chaos.Plan]:
+        duration = self.duration or chaos.DURATION_S_DEFAULT
+        try:
+            return chaos.scenario(self.seed, duration, self.faults_max)
+        except ValueError as exc:
+            raise UsageError(f"chaos: {exc}") from exc
+
     def reproduce(self) -> str:
-        parts = [f"tally lab run {self.scenario} --profile {self.profile} --billing {self.billing}",
+        command = (f"tally lab chaos --faults-max {self.faults_max}" if self.scenario == chaos.CHAOS
+                   else f"tally lab run {self.scenario}")  # fmt: skip
+        parts = [f"{command} --profile {self.profile} --billing {self.billing}",
                  f"--seed {self.seed} --out {self.out} --time-scale {self.time_scale}"]  # fmt: skip
         for flag, value in (("--accounts", self.accounts), ("--rate", self.rate),
                             ("--duration", self.duration), ("--dataset-mb", self.dataset_mb)):  # fmt: skip
@@ -180,11 +192,26 @@ def _run(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, out: Path) ->
     verdict = checker.check_dir(out)
     body.update(verdict.to_dict())
     body["ok"] = verdict.ok
+    if scenario.name == chaos.CHAOS:
+        body["ok"] = _judge_chaos(opts, body, out) and verdict.ok
     body["exit_code"] = 0 if verdict.ok else 1
     body["seconds_total"] = round(time.monotonic() - started, 1)
     (out / "report.json").write_text(json.dumps(body, indent=2, default=str))
     report.write_html(out, body)
     return RunResult(body["exit_code"], body, out)
+
+
+def _judge_chaos(opts: RunOptions, body: dict[str, Any], out: Path) -> bool:
+    """The schedule, and the liveness rule over the history once every fault was healed."""
+    _, plan = opts.chaos_plan()
+    started_ms = int(body["workload_started_ms"])
+    since_ms = started_ms + int((plan.healed_at_s * opts.time_scale + chaos.RECOVERY_S) * 1000)
+    history = checker._jsonl(out / "history.jsonl")
+    live = chaos.liveness(history, since_ms, chaos.LIVENESS_BOUND_S)
+    body["schedule"] = plan.schedule()
+    body["faults_max"] = plan.faults_max
+    body["liveness"] = {**live.to_dict(), "since_s": round((since_ms - started_ms) / 1000, 1)}
+    return live.held
 
 
 def rig_spec_for(opts: RunOptions, scenario: Scenario) -> RigSpec:
@@ -208,7 +235,7 @@ def _write_setup(out: Path, opts: RunOptions, scenario: Scenario, spec: Workload
     # is older than min-replicas-max-lag (whole seconds, "lag <= max" still counts as good,
     # ACKs come once a second): at most max-lag + 2 seconds of the workload's debits.
     lag_s = int(rig.cluster.params.min_replicas_max_lag_s) + 2
-    bound = int(spec.rate_per_s * lag_s) if scenario.isolates_primary else 0
+    bound = int(spec.rate_per_s * lag_s) * scenario.isolations if scenario.isolates_primary else 0
     setup = {
         "scenario": scenario.name, "profile": opts.profile, "billing": opts.billing,
         "seed": opts.seed, "currency": "USD", "debits_lost_bound": bound,
@@ -243,6 +270,7 @@ def _drive(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, accounts: l
         billing.start_background()
         opts.progress(f"running {scenario.name} for {duration_s:.0f}s at {spec.rate_per_s:g} op/s")
         t0 = time.monotonic()
+        started_ms = now_ms()
         workload.start(duration_s)
         timeline.run(t0, tick=lambda: _progress_line(opts, workload, t0), tick_s=PROGRESS_EVERY_S)
         _wait_with_progress(opts, workload, t0, duration_s)
@@ -257,7 +285,9 @@ def _drive(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, accounts: l
         history.close()
         monitor.stop()
         events.close()
-    return _body(opts, scenario, spec, rig, billing, workload, events, settle)
+    body = _body(opts, scenario, spec, rig, billing, workload, events, settle)
+    body["workload_started_ms"] = started_ms
+    return body
 
 
 def _wait_with_progress(opts: RunOptions, workload: Workload, t0: float, duration_s: float) -> None:

@@ -27,6 +27,8 @@ class Scenario:
     #: the acknowledged debits a correct system may lose here (DESIGN invariant 9): only a
     #: partition that isolates the primary may lose any
     isolates_primary: bool = False
+    #: how many such partitions (or primary faults) the scenario holds: the bound counts each
+    isolations: int = 1
     #: what the control run (2013 profile, legacy billing) must show: the scenario's own damage.
     #: Its exit code alone proves nothing, since legacy breaks invariant 4 by construction (it
     #: charges cards with no intent in SQL) whatever the scenario does.

@@ -150,6 +150,54 @@ def get_recharge(conn: Connection, recharge_id: str) -> Recharge | None:
     return None if row is None else _recharge(row)
 
 
+def advance(
+    conn: Connection,
+    recharge_id: str,
+    frm: Sequence[RechargePhase],
+    to: RechargePhase,
+    **values: Any,
+) -> bool:
+    """Compare-and-set the phase: a second worker on the same recharge changes nothing."""
+    cols = recharges.c
+    done = conn.execute(
+        sa.update(recharges)
+        .where(cols.id == recharge_id, cols.phase.in_([p.value for p in frm]))
+        .values(phase=to.value, wait_reason=None, updated_at_ms=now_ms(), **values)
+    )
+    return done.rowcount == 1
+
+
+def record_success(conn: Connection, rc: Recharge) -> bool:
+    """credited -> succeeded and the rule's decline count back to zero."""
+    if not advance(conn, rc.id, [RechargePhase.credited], RechargePhase.succeeded):
+        return False
+    cond = recharge_rules.c.account_id == rc.account_id
+    conn.execute(sa.update(recharge_rules).where(cond).values(consecutive_declines=0))
+    return True
+
+
+def add_event(
+    conn: Connection, account_id: str, action: str, cause: str, recharge_id: str | None
+) -> None:
+    row = {
+        "account_id": account_id,
+        "action": action,
+        "cause": cause,
+        "recharge_id": recharge_id,
+        "at_ms": now_ms(),
+    }
+    conn.execute(sa.insert(account_events).values(**row))
+
+
+def last_event(conn: Connection, account_id: str) -> AccountEvent | None:
+    cols = account_events.c
+    query = sa.select(account_events).where(cols.account_id == account_id)
+    row = conn.execute(query.order_by(cols.id.desc()).limit(1)).first()
+    if row is None:
+        return None
+    return AccountEvent(row.account_id, row.action, row.cause, row.recharge_id, int(row.at_ms))
+
+
 class RechargeLedger:
     """The recharge tables of one ``SqlLedger``: every method is one transaction."""
 
@@ -293,14 +341,8 @@ class RechargeLedger:
         self, recharge_id: str, frm: Sequence[RechargePhase], to: RechargePhase, **values: Any
     ) -> bool:
         """Compare-and-set the phase: a second worker on the same recharge changes nothing."""
-        cols = recharges.c
-        with self.ledger.transaction(write=True) as conn:
-            done = conn.execute(
-                sa.update(recharges)
-                .where(cols.id == recharge_id, cols.phase.in_([p.value for p in frm]))
-                .values(phase=to.value, wait_reason=None, updated_at_ms=now_ms(), **values)
-            )
-            return done.rowcount == 1
+        with self.ledger.unit() as uow:
+            return uow.advance(recharge_id, frm, to, **values)
 
     def note(
         self,
@@ -382,16 +424,8 @@ class RechargeLedger:
 
     def record_success(self, rc: Recharge) -> bool:
         """credited -> succeeded and the rule's decline count back to zero, one transaction."""
-        cols = recharges.c
-        with self.ledger.transaction(write=True) as conn:
-            done = conn.execute(
-                sa.update(recharges)
-                .where(cols.id == rc.id, cols.phase == RechargePhase.credited.value)
-                .values(phase=RechargePhase.succeeded.value, updated_at_ms=now_ms())
-            )
-            cond = recharge_rules.c.account_id == rc.account_id
-            conn.execute(sa.update(recharge_rules).where(cond).values(consecutive_declines=0))
-            return done.rowcount == 1
+        with self.ledger.unit() as uow:
+            return uow.record_success(rc)
 
     def by_charge_ids(self, charge_ids: Sequence[str]) -> dict[str, Recharge]:
         found: dict[str, Recharge] = {}
@@ -426,24 +460,12 @@ class RechargeLedger:
     def add_event(
         self, account_id: str, action: str, cause: str, recharge_id: str | None = None
     ) -> None:
-        row = {
-            "account_id": account_id,
-            "action": action,
-            "cause": cause,
-            "recharge_id": recharge_id,
-            "at_ms": now_ms(),
-        }
-        with self.ledger.transaction(write=True) as conn:
-            conn.execute(sa.insert(account_events).values(**row))
+        with self.ledger.unit() as uow:
+            uow.add_event(account_id, action, cause, recharge_id)
 
     def last_event(self, account_id: str) -> AccountEvent | None:
-        cols = account_events.c
-        query = sa.select(account_events).where(cols.account_id == account_id)
         with self.ledger.transaction() as conn:
-            row = conn.execute(query.order_by(cols.id.desc()).limit(1)).first()
-        if row is None:
-            return None
-        return AccountEvent(row.account_id, row.action, row.cause, row.recharge_id, int(row.at_ms))
+            return last_event(conn, account_id)
 
     def event_for(self, recharge_id: str, action: str) -> bool:
         cols = account_events.c

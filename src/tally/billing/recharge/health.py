@@ -165,6 +165,7 @@ class GateMetrics:
     credits: int = 0
     suspensions: int = 0
     reinstatements: int = 0
+    refunds: int = 0  # charges given back because the account refused the credit
 
     def waited(self, recharge_id: str, reason: str) -> None:
         self.waits[reason.split(":", 1)[0]] += 1

@@ -31,7 +31,7 @@ from tally.api import ApiContext, create_app
 from tally.api.metrics import FailoverCollector
 from tally.api.routes.recharges import RechargeExtension
 from tally.billing import recharge as rc
-from tally.bootstrap import Deployment, _safe, open_deployment, redis_client
+from tally.bootstrap import Deployment, _safe, open_deployment, recharging, redis_client
 from tally.config import Settings
 from tally.errors import ConfigError, InfrastructureError, StoreLost, TallyError
 from tally.gateway.client import HttpGateway, SimulatorAdmin
@@ -228,10 +228,7 @@ class Service:
             self.say("no gateway: recharges are recorded but wait (no completer)")
             return
         self.gateway = HttpGateway(url)
-        health = rc.RedisHealth(self.dep.store.client, self.dep.layout, self.dep.ledger)
-        self.recharging = rc.build(
-            self.dep.engine, self.gateway, health, older_than_ms=COMPLETER_SETTLE_MS
-        )
+        self.recharging = recharging(self.dep, self.gateway, older_than_ms=COMPLETER_SETTLE_MS)
         completer = self.recharging.completer
         self.workers.append(
             Worker(

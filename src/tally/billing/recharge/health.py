@@ -125,6 +125,25 @@ class RedisHealth:
         return reasons
 
 
+class FollowingHealth:
+    """``RedisHealth`` on whatever client the store writes through NOW. The store replaces its
+    client when Sentinel fails over; a probe holding the client it was built with keeps asking
+    the old node (demoted, or gone) and the gate says ``store_not_primary`` for ever."""
+
+    def __init__(
+        self,
+        client_of: Callable[[], redis.Redis],
+        layout: KeyLayout,
+        ledger: SqlLedger,
+        bounds: HealthBounds | None = None,
+    ) -> None:
+        self.client_of, self.layout, self.ledger = client_of, layout, ledger
+        self.bounds = bounds or HealthBounds()
+
+    def check(self) -> HealthReport:
+        return RedisHealth(self.client_of(), self.layout, self.ledger, self.bounds).check()
+
+
 @dataclass
 class Circuit:
     """Consecutive gateway failures (unknown outcomes, unavailable lookups) open the circuit for

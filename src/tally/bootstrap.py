@@ -17,7 +17,6 @@ from tally.billing.recharge.saga import Fault
 from tally.config import Settings
 from tally.errors import ConfigError, LedgerNotInitialised
 from tally.gateway.port import Gateway
-from tally.ledger.drainer import Drainer
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.discovery import (
     PrimaryLocator,
@@ -28,6 +27,7 @@ from tally.store.discovery import (
 )
 from tally.store.keys import KeyLayout
 from tally.store.redis_store import RedisStore
+from tally.sync.drainer import Drainer
 
 
 def redis_client(url: str, settings: Settings) -> redis.Redis:

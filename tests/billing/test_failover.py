@@ -18,13 +18,13 @@ from tally.domain.results import Result
 from tally.domain.transfers import TransferResult
 from tally.errors import StoreError, StoreNotEnoughReplicas, StoreReadOnly
 from tally.gateway import FakeGateway
-from tally.ledger.rebuild import init_store
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.cluster import Cluster
 from tally.ops.node import RedisNode
 from tally.store.discovery import PrimaryLocator, SwitchMaster
 from tally.store.keys import KeyLayout
 from tally.store.redis_store import RedisStore
+from tally.sync.rebuild import init_store
 from tests.waiting import wait_for
 
 from ..cluster.conftest import sentinel_url, three_dc

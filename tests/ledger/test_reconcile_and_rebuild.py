@@ -8,13 +8,13 @@ from ledger_helpers import FakeStoreWriter
 
 from tally.domain.accounts import Account, AccountStatus
 from tally.errors import StoreLost
-from tally.ledger.drainer import Drainer
 from tally.ledger.models import EpochStatus
-from tally.ledger.rebuild import DatasetState, RebuildRefused, init_store, rebuild
-from tally.ledger.reconcile import reconcile
 from tally.ledger.sql_epochs import AlreadyInitialised
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.keys import KeyLayout
+from tally.sync.drainer import Drainer
+from tally.sync.rebuild import DatasetState, RebuildRefused, init_store, rebuild
+from tally.sync.reconcile import reconcile
 
 ACCOUNTS = [f"acct-{i}" for i in range(12)]
 
@@ -253,7 +253,7 @@ def test_an_interrupted_rebuild_can_be_run_again(
     drain(rclient, layout, ledger)
     before = redis_state(rclient, layout)
     rclient.flushall()
-    import tally.ledger.rebuild as rb
+    import tally.sync.rebuild as rb
 
     def crash(*_args: object) -> None:
         raise KeyboardInterrupt("killed while loading")

@@ -15,7 +15,7 @@ from tally.domain.accounts import Account
 from tally.domain.recharge import RechargeRule
 from tally.gateway import FakeGateway, Gateway
 from tally.gateway.process import SimulatorProcess
-from tally.ledger.drainer import Drainer
+from tally.sync.drainer import Drainer
 
 ROUNDS_MAX = 200
 CARD = "card_acme"

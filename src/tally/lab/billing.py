@@ -30,10 +30,10 @@ from tally.gateway.client import HttpGateway
 from tally.gateway.records import open_records
 from tally.lab.legacy import LegacyBilling, LegacyPlan
 from tally.lab.rig import NAMESPACE, SHARDS, Rig
-from tally.ledger.drainer import Drainer
-from tally.ledger.rebuild import init_store, inspect_dataset, rebuild
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.keys import KeyLayout
+from tally.sync.drainer import Drainer
+from tally.sync.rebuild import init_store, inspect_dataset, rebuild
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,6 @@ from tally.errors import ConfigError, InfrastructureError, StoreLost, TallyError
 from tally.gateway.client import HttpGateway, SimulatorAdmin
 from tally.gateway.process import SimulatorProcess
 from tally.gateway.records import Record
-from tally.ledger.rebuild import init_store, rebuild
 from tally.ledger.sql_api_keys import ApiKeyStore, Scope
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.node import RedisNode
@@ -56,6 +55,7 @@ from tally.service.workers import (
 from tally.store.discovery import SwitchMaster, SwitchMasterListener
 from tally.store.epoch import read_epochs
 from tally.store.keys import KeyLayout
+from tally.sync.rebuild import init_store, rebuild
 
 log = logging.getLogger("tally.service")
 

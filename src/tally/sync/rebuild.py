@@ -19,16 +19,16 @@ from tally.domain.accounts import Account
 from tally.domain.invariant import invariant
 from tally.domain.limits import BALANCE_MINOR_MAX
 from tally.errors import StoreReadOnly, UsageError
-from tally.ledger.drainer import GROUP
 from tally.ledger.journal import format_tx_record
 from tally.ledger.models import Epoch, EpochKind, EpochStatus
 from tally.ledger.redis_errors import text, translated
-from tally.ledger.redis_scan import scan_keys
 from tally.ledger.sql_accounts import LIST_LIMIT_MAX
 from tally.ledger.sql_epochs import AlreadyInitialised
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ledger.sql_recharge import iter_pages
 from tally.store.keys import KeyLayout
+from tally.sync.drainer import GROUP
+from tally.sync.redis_scan import scan_keys
 
 CHUNK_MAX = 5000
 PAGE_SLACK = 100  # extra pages allowed for rows created while a load runs

@@ -21,11 +21,11 @@ from tally.domain.limits import BALANCE_MINOR_MAX
 from tally.errors import StoreReadOnly, UsageError
 from tally.ledger.journal import format_tx_record
 from tally.ledger.models import Epoch, EpochKind, EpochStatus
-from tally.ledger.redis_errors import text, translated
 from tally.ledger.sql_accounts import LIST_LIMIT_MAX
 from tally.ledger.sql_epochs import AlreadyInitialised
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ledger.sql_recharge import iter_pages
+from tally.store.errors import text, translated
 from tally.store.keys import KeyLayout
 from tally.sync.drainer import GROUP
 from tally.sync.redis_scan import scan_keys

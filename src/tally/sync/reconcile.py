@@ -22,9 +22,9 @@ from tally.domain.results import Result
 from tally.domain.transfers import TransferKind
 from tally.errors import ConfigError, LedgerNotInitialised, StoreLost, UsageError
 from tally.ledger.models import DrainedLine, Epoch, StreamId
-from tally.ledger.redis_errors import text, translated
 from tally.ledger.sql_accounts import LIST_LIMIT_MAX
 from tally.ledger.sql_ledger import SqlLedger
+from tally.store.errors import text, translated
 from tally.store.keys import KeyLayout
 from tally.sync.redis_scan import (
     account_key_pattern,

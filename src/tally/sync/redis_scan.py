@@ -10,7 +10,7 @@ import redis
 from tally.domain.limits import JOURNAL_ENTRIES_MAX
 from tally.ledger.journal import parse_entry
 from tally.ledger.models import DrainedLine, StreamId
-from tally.ledger.redis_errors import text, translated
+from tally.store.errors import text, translated
 from tally.store.keys import KeyLayout
 
 SCAN_COUNT = 1000

@@ -12,7 +12,13 @@ from redis.retry import Retry
 
 from tally.billing import recharge
 from tally.billing.engine import Engine
-from tally.billing.recharge import Circuit, FollowingHealth, HealthBounds, Recharging
+from tally.billing.recharge import (
+    Circuit,
+    FollowingHealth,
+    HealthBounds,
+    Recharging,
+    RedisHealth,
+)
 from tally.billing.recharge.saga import Fault
 from tally.config import Settings
 from tally.errors import ConfigError, LedgerNotInitialised
@@ -152,7 +158,7 @@ def recharging(
     and a health probe), built here and only here: ``tally serve``, the CLI and the lab wire it
     the same way. The probe asks the store's CURRENT client, so after a Sentinel failover the
     gate sees the new primary (it used to keep the client it was built with)."""
-    health = FollowingHealth(lambda: dep.store.client, dep.layout, dep.ledger, bounds)
+    health = FollowingHealth(lambda: RedisHealth(dep.store.client, dep.layout, dep.ledger, bounds))
     return recharge.build(
         dep.engine,
         gateway,

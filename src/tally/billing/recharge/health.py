@@ -126,22 +126,16 @@ class RedisHealth:
 
 
 class FollowingHealth:
-    """``RedisHealth`` on whatever client the store writes through NOW. The store replaces its
-    client when Sentinel fails over; a probe holding the client it was built with keeps asking
-    the old node (demoted, or gone) and the gate says ``store_not_primary`` for ever."""
+    """A probe on whatever node the store writes to NOW: ``probe_for_now`` builds the probe for
+    the store's current client on every check. The store replaces its client when Sentinel
+    fails over; a probe holding the client it was built with keeps asking the old node
+    (demoted, or gone) and the gate says ``store_not_primary`` for ever."""
 
-    def __init__(
-        self,
-        client_of: Callable[[], redis.Redis],
-        layout: KeyLayout,
-        ledger: SqlLedger,
-        bounds: HealthBounds | None = None,
-    ) -> None:
-        self.client_of, self.layout, self.ledger = client_of, layout, ledger
-        self.bounds = bounds or HealthBounds()
+    def __init__(self, probe_for_now: Callable[[], HealthProbe]) -> None:
+        self.probe_for_now = probe_for_now
 
     def check(self) -> HealthReport:
-        return RedisHealth(self.client_of(), self.layout, self.ledger, self.bounds).check()
+        return self.probe_for_now().check()
 
 
 @dataclass

@@ -151,7 +151,9 @@ class RechargeService:
         if out.result is not None and out.result.is_success:
             with self.engine.ledger.unit() as uow:  # the status and its event: all or none
                 reinstated = reinstate_funded(uow, account_id, None)
-            if reinstated:
+            # A store error here leaves Redis behind SQL and reaches the caller, whose retry
+            # (same transfer id: a replay) writes the mirror again until it holds.
+            if reinstated or out.replayed:
                 self.engine.mirror_account(account_id)
         return out
 

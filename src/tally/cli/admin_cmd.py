@@ -130,7 +130,10 @@ def _reapply_credits(dep: Deployment) -> int:
 
 @click.command()
 @click.option(
-    "--force", is_flag=True, help="Delete tally's keys in a non-empty, foreign dataset first."
+    "--force",
+    is_flag=True,
+    help="Delete tally's keys in a non-empty dataset first (a healthy one only once its "
+    "journal is drained: undrained entries are refused, never dropped).",
 )
 @connection_options
 @json_option

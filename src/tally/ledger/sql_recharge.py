@@ -7,8 +7,9 @@ one SQL transaction; the module functions take an open connection (the drainer c
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -29,8 +30,15 @@ from tally.ledger.schema import (
 )
 from tally.ledger.sqlutil import chunks, insert_ignore, now_ms
 
-if TYPE_CHECKING:
-    from tally.ledger.sql_ledger import SqlLedger
+
+class Transactions(Protocol):
+    """What the recharge tables need of the ledger (``SqlLedger`` is one): typed here rather
+    than imported, so this module does not depend on ``sql_ledger``, which depends on it."""
+
+    def transaction(
+        self, *, write: bool = False, snapshot: bool = False
+    ) -> AbstractContextManager[Connection]: ...
+
 
 PAGE_MAX = 1000
 ERROR_LEN_MAX = 300
@@ -201,7 +209,7 @@ def last_event(conn: Connection, account_id: str) -> AccountEvent | None:
 class RechargeLedger:
     """The recharge tables of one ``SqlLedger``: every method is one transaction."""
 
-    def __init__(self, ledger: SqlLedger) -> None:
+    def __init__(self, ledger: Transactions) -> None:
         self.ledger = ledger
 
     # -- rules ---------------------------------------------------------------------------------
@@ -341,8 +349,8 @@ class RechargeLedger:
         self, recharge_id: str, frm: Sequence[RechargePhase], to: RechargePhase, **values: Any
     ) -> bool:
         """Compare-and-set the phase: a second worker on the same recharge changes nothing."""
-        with self.ledger.unit() as uow:
-            return uow.advance(recharge_id, frm, to, **values)
+        with self.ledger.transaction(write=True) as conn:
+            return advance(conn, recharge_id, frm, to, **values)
 
     def note(
         self,
@@ -424,8 +432,8 @@ class RechargeLedger:
 
     def record_success(self, rc: Recharge) -> bool:
         """credited -> succeeded and the rule's decline count back to zero, one transaction."""
-        with self.ledger.unit() as uow:
-            return uow.record_success(rc)
+        with self.ledger.transaction(write=True) as conn:
+            return record_success(conn, rc)
 
     def by_charge_ids(self, charge_ids: Sequence[str]) -> dict[str, Recharge]:
         found: dict[str, Recharge] = {}
@@ -460,8 +468,8 @@ class RechargeLedger:
     def add_event(
         self, account_id: str, action: str, cause: str, recharge_id: str | None = None
     ) -> None:
-        with self.ledger.unit() as uow:
-            uow.add_event(account_id, action, cause, recharge_id)
+        with self.ledger.transaction(write=True) as conn:
+            add_event(conn, account_id, action, cause, recharge_id)
 
     def last_event(self, account_id: str) -> AccountEvent | None:
         with self.ledger.transaction() as conn:

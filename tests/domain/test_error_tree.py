@@ -3,8 +3,10 @@ violation is a crash, never one of tally's handled errors (issue 12)."""
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
+from pathlib import Path
 
 import click
 import pytest
@@ -64,3 +66,25 @@ def test_the_cli_never_turns_an_invariant_violation_into_an_exit_code() -> None:
     result = CliRunner().invoke(broken, [])
     assert isinstance(result.exception, errors.InvariantViolation)
     assert "error:" not in result.output  # not dressed up as one of tally's errors
+
+
+BUILTIN_ERRORS = {"ValueError", "RuntimeError", "TypeError", "KeyError", "Exception"}
+ADAPTERS = ("store", "ledger", "sync", "billing")
+
+
+def builtin_raises(root: Path) -> list[str]:
+    """``raise ValueError(...)`` and the like in the adapters: callers catch tally's tree."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+                func = node.exc.func
+                if isinstance(func, ast.Name) and func.id in BUILTIN_ERRORS:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {func.id}")
+    return found
+
+
+@pytest.mark.parametrize("package", ADAPTERS)
+def test_no_builtin_error_is_raised_from_an_adapter(package: str) -> None:
+    root = Path(errors.__file__).parent / package
+    assert [r for r in builtin_raises(root) if not r.startswith("migrations/")] == []

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 from tally.domain.accounts import is_system_account_id
 from tally.domain.recharge import DAY_MS, RechargePhase, RechargeRule
 from tally.domain.results import Result
+from tally.errors import LedgerError
 from tally.ledger.models import JournalLine
 from tally.ledger.schema import (
     account_events,
@@ -574,4 +575,4 @@ def iter_pages(
         if len(page) < limit:
             return
         after = key(page[-1])
-    raise RuntimeError("pagination did not end within its bound")
+    raise LedgerError("pagination did not end within its bound")

@@ -18,7 +18,7 @@ from tally.domain.accounts import Account, AccountState, AccountStatus
 from tally.domain.limits import SCRIPT_BATCH_MAX
 from tally.domain.results import Result
 from tally.domain.transfers import TransferResult
-from tally.errors import InvariantViolation, StoreBackpressure, StoreError, StoreLost
+from tally.errors import InvariantViolation, StoreBackpressure, StoreError, StoreLost, UsageError
 from tally.store import scripts
 from tally.store.errors import is_noscript, translate
 from tally.store.keys import KeyLayout
@@ -310,7 +310,7 @@ class RedisStore:
         """``op`` ``rule`` (value: threshold, '' = autopay off), ``close`` or ``open`` (value:
         recharge id). See ``lua/recharge.lua``."""
         if op not in MARKER_OPS:
-            raise ValueError(f"unknown recharge marker op {op!r}")
+            raise UsageError(f"unknown recharge marker op {op!r}")
         shard = self.layout.shard_of(account_id)
         keys = [self.layout.epoch(shard), self.layout.account(shard, account_id)]
         (reply,) = self._run([("recharge", keys, [self._epoch_value, op, value])])

@@ -15,10 +15,10 @@ import pytest
 
 from tally.bootstrap import Deployment, open_deployment
 from tally.config import Settings
-from tally.ledger.rebuild import init_store
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.node import RedisNode, orphan_pids
 from tally.store.keys import KeyLayout
+from tally.sync.rebuild import init_store
 from tests.serve.harness import Served, gateway_pids
 
 POSTGRES_ENV = "TALLY_TEST_POSTGRES_URL"

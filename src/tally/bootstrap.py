@@ -10,10 +10,19 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tally.billing import recharge
 from tally.billing.engine import Engine
+from tally.billing.recharge import (
+    Circuit,
+    FollowingHealth,
+    HealthBounds,
+    Recharging,
+    RedisHealth,
+)
+from tally.billing.recharge.saga import Fault
 from tally.config import Settings
 from tally.errors import ConfigError, LedgerNotInitialised
-from tally.ledger.drainer import Drainer
+from tally.gateway.port import Gateway
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.discovery import (
     PrimaryLocator,
@@ -24,6 +33,7 @@ from tally.store.discovery import (
 )
 from tally.store.keys import KeyLayout
 from tally.store.redis_store import RedisStore
+from tally.sync.drainer import Drainer
 
 
 def redis_client(url: str, settings: Settings) -> redis.Redis:
@@ -133,3 +143,27 @@ def _safe(url: str) -> str:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return url
+
+
+def recharging(
+    dep: Deployment,
+    gateway: Gateway,
+    *,
+    circuit: Circuit | None = None,
+    bounds: HealthBounds | None = None,
+    older_than_ms: int = 0,
+    fault: Fault | None = None,
+) -> Recharging:
+    """The recharge machinery of a deployment (saga, completer, service, gate with its circuit
+    and a health probe), built here and only here: ``tally serve``, the CLI and the lab wire it
+    the same way. The probe asks the store's CURRENT client, so after a Sentinel failover the
+    gate sees the new primary (it used to keep the client it was built with)."""
+    health = FollowingHealth(lambda: RedisHealth(dep.store.client, dep.layout, dep.ledger, bounds))
+    return recharge.build(
+        dep.engine,
+        gateway,
+        health,
+        circuit=circuit,
+        fault=fault,
+        older_than_ms=older_than_ms,
+    )

@@ -11,12 +11,12 @@ from tally.config import Settings
 from tally.domain.accounts import Account, SystemAccount
 from tally.domain.money import format_amount
 from tally.errors import StoreLost
-from tally.ledger.drainer import Drainer
-from tally.ledger.rebuild import init_store, rebuild
-from tally.ledger.reconcile import reconcile
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.node import RedisNode
 from tally.store.keys import KeyLayout
+from tally.sync.drainer import Drainer
+from tally.sync.rebuild import init_store, rebuild
+from tally.sync.reconcile import reconcile
 
 #: The persistence the 2013 operators meant to run: RDB snapshots, no AOF.
 RDB_ONLY: dict[str, str | int | list[str]] = {"save": ["900 1"], "appendonly": "no"}

@@ -7,19 +7,24 @@
     │   ├── InvalidId
     │   └── UnknownCurrency
     ├── ConfigError                 a config file or setting is wrong: fix the config
-    ├── InfrastructureError         something outside tally's control is unhealthy: retry later
-    │   ├── StoreError              the Redis balance store
-    │   │   ├── StoreUnavailable    cannot connect / timed out
-    │   │   ├── StoreReadOnly       the node answered READONLY (a replica, or demoted primary)
-    │   │   ├── StoreLoading        the node is still loading its dataset
-    │   │   ├── StoreLost           the dataset is empty or foreign (epoch missing or wrong)
-    │   │   ├── StoreNotEnoughReplicas  min-replicas-to-write not met: the primary refuses writes
-    │   │   ├── StoreOutcomeUnknown the connection broke after sending: retry with the same ids
-    │   │   └── StoreBackpressure   the journal backlog is at its bound (drainer behind)
-    │   ├── LedgerError             the SQL ledger of record
-    │   │   └── LedgerNotInitialised
-    │   └── ProcessError            a redis-server (or other child process) failed to start/stop
-    └── InvariantViolation          an impossible state: a bug; never caught, never retried
+    └── InfrastructureError         something outside tally's control is unhealthy: retry later
+        ├── StoreError              the Redis balance store
+        │   ├── StoreUnavailable    cannot connect / timed out
+        │   │   └── StoreOutcomeUnknown  the connection broke after sending: retry, same ids
+        │   ├── StoreReadOnly       the node answered READONLY (a replica, or demoted primary)
+        │   ├── StoreLoading        the node is still loading its dataset
+        │   ├── StoreLost           the dataset is empty or foreign (epoch missing or wrong)
+        │   ├── StoreNotEnoughReplicas  min-replicas-to-write not met: the primary refuses writes
+        │   └── StoreBackpressure   the journal backlog is at its bound (drainer behind)
+        ├── LedgerError             the SQL ledger of record
+        │   └── LedgerNotInitialised
+        └── ProcessError            a redis-server (or other child process) failed to start/stop
+
+    AssertionError
+    └── InvariantViolation          an impossible state: a bug; not a TallyError, so no
+                                    ``except TallyError`` catches it and no exit code hides it
+
+Modules add leaves next to the code that raises them (e.g. ``RebuildRefused(UsageError)``).
 """
 
 from __future__ import annotations
@@ -116,5 +121,7 @@ class ProcessError(InfrastructureError):
     hint = "see the process log named in the message"
 
 
-class InvariantViolation(TallyError):
-    """An impossible state. Never caught by tally: it means a bug, and crashing is safest."""
+class InvariantViolation(AssertionError):
+    """An impossible state. Never caught by tally: it means a bug, and crashing is safest. An
+    AssertionError (as TigerBeetle's Python client does), not a TallyError: handlers that turn
+    tally's errors into exit codes or HTTP answers must not catch it."""

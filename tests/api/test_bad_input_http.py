@@ -129,12 +129,39 @@ def test_bad_page_cursors_and_limits_are_4xx(api: httpx.Client) -> None:
     for params in (
         {"after": "garbage"},
         {"after": "x" * 500},
+        {"after": "\u00b2:x"},  # str.isdigit says yes; int() says no
+        {"after": "\u0661\u0662:x"},  # Arabic-Indic digits: int() would accept them
+        {"after": "99999999999999999999999:x"},  # past 64 bits: SQLite overflows
+        {"after": "-1:x"},
+        {"after": "1:"},
         {"limit": 0},
         {"limit": 10**6},
         {"limit": "many"},
     ):
         reply = api.get(f"/v1/accounts/{ACCOUNT}/transfers", params=params)
         assert reply.status_code == 400, (params, reply.text)
+        assert reply.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "application/xml", "multipart/form-data"],
+)
+def test_a_body_that_is_not_declared_json_is_415(api: httpx.Client, content_type: str) -> None:
+    body = b'{"transfer_id": "ct-1", "account_id": "acct-target", "amount_minor": 5}'
+    reply = api.post("/v1/debits", content=body, headers={"content-type": content_type})
+    assert (reply.status_code, reply.json()["code"]) == (415, "unsupported_media_type")
+    assert reply.headers["content-type"] == "application/problem+json"
+    _unchanged(api)
+
+
+def test_a_json_body_with_a_charset_or_a_json_suffix_type_is_accepted(api: httpx.Client) -> None:
+    for i, content_type in enumerate(
+        ["application/json; charset=utf-8", "Application/JSON", "application/merge-patch+json"]
+    ):
+        body = f'{{"transfer_id": "cs-{i}", "account_id": "nobody-here", "amount_minor": 5}}'
+        reply = api.post("/v1/debits", content=body, headers={"content-type": content_type})
+        assert (reply.status_code, reply.json()["code"]) == (404, "account_not_found")
 
 
 def test_a_request_with_a_lying_content_length_does_not_hang_the_server(

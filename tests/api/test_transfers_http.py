@@ -100,6 +100,34 @@ def test_a_credit_id_reused_with_another_amount_is_409_and_credits_nothing(
         assert api.get(f"/v1/accounts/{account}").json()["balance_minor"] == 50
 
 
+def test_a_replayed_currency_mismatch_returns_the_first_refusal_whole(
+    shared_served: Served,
+) -> None:
+    """Invariant 1 for a refusal: same status, same body; another amount names the amount."""
+    with shared_served.client() as api:
+        account = _account(api, 100)
+        body = {**_debit(account, 5), "currency": "EUR"}
+        first = api.post("/v1/debits", json=body)
+        again = api.post("/v1/debits", json=body)
+        other = api.post("/v1/debits", json={**body, "amount_minor": 6})
+        assert (first.status_code, first.json()["code"]) == (422, "currency_mismatch")
+        assert first.json()["balance_minor"] == 100
+        assert (again.status_code, again.json()) == (422, first.json())
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert (other.status_code, other.json()["code"]) == (409, "exists_with_different_amount")
+
+        def recorded() -> list[dict[str, object]]:
+            items = api.get(f"/v1/accounts/{account}/transfers").json()["items"]
+            return [t for t in items if t["id"] == body["transfer_id"]]
+
+        (row,) = wait_for(recorded, "the drainer to record the refused debit")
+        assert (row["currency"], row["result"], row["amount_minor"]) == (
+            "EUR",
+            "currency_mismatch",
+            5,
+        )
+
+
 def test_an_account_created_again_is_200_and_with_another_currency_409(
     shared_served: Served,
 ) -> None:

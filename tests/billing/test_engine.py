@@ -8,10 +8,10 @@ from tally.bootstrap import Deployment
 from tally.domain.accounts import Account, AccountStatus, SystemAccount
 from tally.domain.results import Result
 from tally.errors import InvalidAmount, InvalidId, StoreLost
-from tally.ledger.drainer import Drainer
-from tally.ledger.rebuild import rebuild
-from tally.ledger.reconcile import reconcile
 from tally.ops.node import RedisNode
+from tally.sync.drainer import Drainer
+from tally.sync.rebuild import rebuild
+from tally.sync.reconcile import reconcile
 
 ROUNDS_MAX = 100
 

@@ -10,18 +10,21 @@ from pathlib import Path
 import pytest
 
 from tally.billing.engine import Engine
-from tally.bootstrap import open_deployment
+from tally.bootstrap import open_deployment, recharging
 from tally.config import Settings
 from tally.domain.accounts import Account
+from tally.domain.recharge import RechargePhase, RechargeRule
 from tally.domain.results import Result
+from tally.domain.transfers import TransferResult
 from tally.errors import StoreError, StoreNotEnoughReplicas, StoreReadOnly
-from tally.ledger.rebuild import init_store
+from tally.gateway import FakeGateway
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.cluster import Cluster
 from tally.ops.node import RedisNode
 from tally.store.discovery import PrimaryLocator, SwitchMaster
 from tally.store.keys import KeyLayout
 from tally.store.redis_store import RedisStore
+from tally.sync.rebuild import init_store
 from tests.waiting import wait_for
 
 from ..cluster.conftest import sentinel_url, three_dc
@@ -65,6 +68,52 @@ def test_after_a_primary_crash_the_engine_follows_sentinel_to_the_new_primary(
             assert cluster.primary() is not None and cluster.primary().name != "r1"  # type: ignore[union-attr]
             wait_for(lambda: seen, "+switch-master recorded")
             assert watch.failovers == 1
+
+
+def test_after_a_failover_a_serve_composition_recharges_exactly_once(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Defect 3: ``serve``'s recharge health probe kept the client it was built with; after
+    Sentinel replaced the primary the gate said the store was not primary (or unreachable)
+    until a restart, and no recharge was ever charged again."""
+    with Cluster(three_dc(tmp_path / "cluster")) as cluster:
+        url = sentinel_url(cluster)
+        settings = Settings.resolve(
+            redis_url=url, ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}", home=str(tmp_path)
+        )
+        with SqlLedger.open(settings.ledger_url) as ledger:
+            locator = PrimaryLocator(cluster.sentinel_target())
+            init_store(locator.client(), KeyLayout(settings.namespace, 4), ledger)
+            locator.close()
+        gateway = FakeGateway()
+        request.addfinalizer(gateway.close)
+        with open_deployment(settings) as dep:
+            machinery = recharging(dep, gateway)  # what `tally serve` builds
+            dep.engine.create_account(Account("alice", "USD"))
+            dep.engine.credit("top", "alice", 1000, "USD")
+            rule = RechargeRule("alice", "card_alice", 500, 100_000, 2, target_minor=2000)
+            assert machinery.service.set_rule(rule) is Result.ok
+            assert machinery.gate.why_not() is None
+            assert dep.client.execute_command("WAIT", 2, 5000) == 2  # replicas have it all
+            cluster.nodes["r1"].kill()
+
+            def debit_on_the_new_primary() -> TransferResult | None:
+                try:
+                    return dep.engine.debit("d1", "alice", 600)
+                except StoreError:
+                    return None  # no primary yet: Sentinel is still electing one
+
+            debit = wait_for(debit_on_the_new_primary, "a new primary", timeout_s=60)
+            assert debit.recharge_id is not None
+            wait_for(lambda: machinery.gate.why_not() is None, "the gate to open", timeout_s=30)
+            done = machinery.service.notice("alice", 600, debit)
+            assert done is not None and done.phase is RechargePhase.succeeded, done
+            charges = [r for r in gateway.records() if r.kind == "charge"]
+            assert [(c.idempotency_key, c.status) for c in charges] == [
+                (debit.recharge_id, "succeeded")
+            ]
+            state = dep.engine.account("alice")
+            assert state is not None and state.balance_minor == 2000
 
 
 def test_with_a_plain_url_a_read_only_node_is_reported_not_retried(

@@ -63,6 +63,20 @@ def test_a_business_refusal_exits_1(env: dict[str, str]) -> None:
     assert json.loads(out.stdout)["result"] == "insufficient_funds"
 
 
+@pytest.mark.parametrize("command", ["debit", "credit"])
+def test_a_transfer_to_a_missing_account_is_a_refusal_exiting_1(
+    env: dict[str, str], command: str
+) -> None:
+    """As over HTTP (404 account_not_found): a business answer, not a usage error."""
+    out = tally(env, command, "nobody", "1.00", "--id", "x-1", "--json")
+    assert out.returncode == 1, out.stderr
+    assert json.loads(out.stdout) == {
+        "result": "account_not_found",
+        "balance_minor": None,
+        "replayed": False,
+    }
+
+
 def test_bad_amounts_exit_2_with_a_clear_error(env: dict[str, str]) -> None:
     out = tally(env, "debit", "alice", "1.001", "--id", "x")
     assert out.returncode == 2

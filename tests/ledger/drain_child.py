@@ -11,9 +11,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tally.ledger.drainer import Drainer
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.keys import KeyLayout
+from tally.sync.drainer import Drainer
 
 
 def main() -> None:

@@ -32,10 +32,10 @@ from tally.domain.accounts import Account, SystemAccount
 from tally.domain.limits import DRAIN_REPLICAS_MAX
 from tally.domain.results import Result
 from tally.errors import ConfigError
-from tally.ledger.drainer import Drainer
-from tally.ledger.reconcile import reconcile
 from tally.ops.faultproxy import LinkSpec, ProxyHub
 from tally.ops.node import RedisNode, orphan_pids
+from tally.sync.drainer import Drainer
+from tally.sync.reconcile import reconcile
 
 LINK = "primary-replica"
 START_MINOR = 10_000

@@ -14,11 +14,11 @@ from ledger_helpers import FakeStoreWriter, journal_lines, prepare_store
 
 from tally.domain.accounts import Account
 from tally.errors import StoreLost
-from tally.ledger.drainer import Drainer
 from tally.ledger.models import Epoch
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.node import RedisNode
 from tally.store.keys import KeyLayout
+from tally.sync.drainer import Drainer
 
 ACCOUNTS = [f"cust-{i}" for i in range(6)]
 

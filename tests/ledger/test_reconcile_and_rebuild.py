@@ -8,13 +8,13 @@ from ledger_helpers import FakeStoreWriter
 
 from tally.domain.accounts import Account, AccountStatus
 from tally.errors import StoreLost
-from tally.ledger.drainer import Drainer
 from tally.ledger.models import EpochStatus
-from tally.ledger.rebuild import DatasetState, RebuildRefused, init_store, rebuild
-from tally.ledger.reconcile import reconcile
 from tally.ledger.sql_epochs import AlreadyInitialised
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.keys import KeyLayout
+from tally.sync.drainer import Drainer
+from tally.sync.rebuild import DatasetState, RebuildRefused, init_store, rebuild
+from tally.sync.reconcile import reconcile
 
 ACCOUNTS = [f"acct-{i}" for i in range(12)]
 
@@ -215,6 +215,36 @@ def test_rebuild_refuses_a_healthy_or_foreign_dataset_without_force(
     assert reconcile(rclient, layout, ledger).ok
 
 
+def test_a_forced_rebuild_of_a_healthy_dataset_never_drops_an_undrained_entry(
+    rclient: redis.Redis, layout: KeyLayout, ledger: SqlLedger
+) -> None:
+    writer = deployed(rclient, layout, ledger)
+    traffic(writer, "a", rounds=2)
+    before = redis_state(rclient, layout)
+    journal_before = [rclient.xlen(key) for key in layout.journals()]
+    with pytest.raises(RebuildRefused, match="undrained"):
+        rebuild(rclient, layout, ledger, force=True)
+    assert redis_state(rclient, layout) == before  # nothing deleted, still writable
+    assert [rclient.xlen(key) for key in layout.journals()] == journal_before
+    assert ledger.building_epoch() is None
+    writer.apply([("after-refusal", "c", ACCOUNTS[0], 1, "USD")])  # the epoch keys are intact
+    drain(rclient, layout, ledger)
+    rebuild(rclient, layout, ledger, force=True)
+    assert reconcile(rclient, layout, ledger).ok
+    assert {a: ledger.balance_of(a) for a in ACCOUNTS} == redis_state(rclient, layout)[0]
+
+
+def test_an_entry_delivered_to_a_drainer_but_not_acknowledged_counts_as_undrained(
+    rclient: redis.Redis, layout: KeyLayout, ledger: SqlLedger
+) -> None:
+    writer = deployed(rclient, layout, ledger)
+    traffic(writer, "a", rounds=1)
+    for key in layout.journals():  # a drainer read them and died before applying
+        rclient.xreadgroup("drainer", "dead", {key: ">"})
+    with pytest.raises(RebuildRefused, match="undrained"):
+        rebuild(rclient, layout, ledger, force=True)
+
+
 def test_an_interrupted_rebuild_can_be_run_again(
     rclient: redis.Redis, layout: KeyLayout, ledger: SqlLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -223,7 +253,7 @@ def test_an_interrupted_rebuild_can_be_run_again(
     drain(rclient, layout, ledger)
     before = redis_state(rclient, layout)
     rclient.flushall()
-    import tally.ledger.rebuild as rb
+    import tally.sync.rebuild as rb
 
     def crash(*_args: object) -> None:
         raise KeyboardInterrupt("killed while loading")

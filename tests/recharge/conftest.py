@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tally.billing import recharge
-from tally.billing.recharge import Circuit, Recharging, RedisHealth
-from tally.bootstrap import Deployment
+from tally.billing.recharge import Circuit, Recharging
+from tally.bootstrap import Deployment, recharging
 from tally.domain.accounts import Account
 from tally.domain.recharge import RechargeRule
 from tally.gateway import FakeGateway, Gateway
 from tally.gateway.process import SimulatorProcess
-from tally.ledger.drainer import Drainer
+from tally.sync.drainer import Drainer
 
 ROUNDS_MAX = 200
 CARD = "card_acme"
@@ -63,8 +62,8 @@ def wire(
     fault: Callable[[str], None] | None = None,
     circuit: Circuit | None = None,
 ) -> Recharging:
-    health = RedisHealth(dep.client, dep.layout, dep.ledger)
-    return recharge.build(dep.engine, gateway, health, circuit=circuit, fault=fault)
+    """The deployment's recharge machinery, from the one composition root ``serve`` uses."""
+    return recharging(dep, gateway, circuit=circuit, fault=fault)
 
 
 def drain_all(dep: Deployment) -> None:

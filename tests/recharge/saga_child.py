@@ -8,8 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from tally.billing import recharge
-from tally.bootstrap import open_deployment
+from tally.bootstrap import open_deployment, recharging
 from tally.config import Settings
 from tally.gateway.client import HttpGateway
 
@@ -26,8 +25,7 @@ def main() -> None:
 
     settings = Settings.resolve(redis_url=redis_url, ledger_url=ledger_url, home=home)
     with open_deployment(settings) as dep, HttpGateway(gateway_url) as gateway:
-        health = recharge.RedisHealth(dep.client, dep.layout, dep.ledger)
-        wiring = recharge.build(dep.engine, gateway, health, fault=fault)
+        wiring = recharging(dep, gateway, fault=fault)
         wiring.saga.drive(recharge_id)
 
 

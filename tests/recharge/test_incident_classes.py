@@ -20,7 +20,7 @@ from tally.errors import StoreLost, StoreReadOnly
 from tally.gateway.client import HttpGateway
 from tally.gateway.process import SimulatorProcess
 from tally.lab.legacy import LegacyBilling, LegacyPlan
-from tally.ledger.rebuild import rebuild
+from tally.sync.rebuild import rebuild
 
 from .conftest import CARD, balance, complete_all, drain_all, open_customer, wire
 

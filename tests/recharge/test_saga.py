@@ -95,7 +95,7 @@ def test_a_gateway_timeout_after_commit_is_resolved_by_lookup_never_by_a_second_
 def test_a_rebuilt_store_keeps_the_open_recharge_and_applies_its_credit_once(
     dep: Deployment, fake_gateway: FakeGateway, redis_node
 ) -> None:
-    from tally.ledger.rebuild import rebuild
+    from tally.sync.rebuild import rebuild
 
     r = wire(dep, fake_gateway, fault=Faults("after_credit"))
     open_customer(r, dep)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tally.domain.accounts import Account, AccountStatus
-from tally.domain.limits import BALANCE_MINOR_MAX
-from tally.domain.results import Result
+from tally.domain.limits import AMOUNT_MINOR_MAX, BALANCE_MINOR_MAX
+from tally.domain.results import RECORDED_TRANSFER_RESULTS, Result
 from tally.store.redis_store import RedisStore
 
 from .conftest import open_account
@@ -87,8 +87,83 @@ def test_closed_accounts_refuse_credits(store: RedisStore) -> None:
 
 def test_currency_mismatch_is_refused_and_recorded(store: RedisStore) -> None:
     open_account(store, "eve", "EUR")
-    assert one(store, "c1", "c", "eve", 10, "USD").result is Result.currency_mismatch
-    assert one(store, "c1", "c", "eve", 10, "USD").replayed
+    first = one(store, "c1", "c", "eve", 10, "USD")
+    again = one(store, "c1", "c", "eve", 10, "USD")
+    assert (first.result, first.balance_minor, first.replayed) == (
+        Result.currency_mismatch,
+        0,
+        False,
+    )
+    assert (again.result, again.balance_minor, again.replayed) == (
+        Result.currency_mismatch,
+        0,
+        True,
+    )
+
+
+def test_a_refused_transfer_is_recorded_in_the_currency_it_was_sent_in(store: RedisStore) -> None:
+    """The ledger learns the transfer from this record: it must say what the client sent."""
+    open_account(store, "eve", "EUR")
+    one(store, "d1", "d", "eve", 10, "USD")
+    assert store.client.hget(store.layout.tx_for("d1"), "d1") == b"d|eve|10|USD|10|0"
+
+
+def _refusal_setup(store: RedisStore, code: Result) -> tuple[str, str, int, str]:
+    """Make ``code`` the outcome of (kind, account, amount, currency); the accounts funded."""
+    open_account(store, "usd")
+    open_account(store, "eur", "EUR")
+    store.upsert_account(Account("sus", "USD", 0, AccountStatus.suspended))
+    one(store, "fund-usd", "c", "usd", 100)
+    one(store, "fund-eur", "c", "eur", 100)
+    open_account(store, "whale")
+    store.apply([(f"fill{i}", "c", "whale", AMOUNT_MINOR_MAX, "") for i in range(100)])
+    return {
+        Result.ok: ("d", "usd", 30, ""),
+        Result.insufficient_funds: ("d", "usd", 500, ""),
+        Result.account_not_found: ("d", "ghost", 5, "USD"),
+        Result.account_not_active: ("d", "sus", 5, ""),
+        Result.currency_mismatch: ("d", "eur", 5, "USD"),
+        Result.balance_limit_exceeded: ("c", "whale", 5, ""),
+    }[code]
+
+
+def _change_the_world(store: RedisStore) -> None:
+    """After this, re-deciding any of the transfers above would give another answer."""
+    one(store, "more-usd", "c", "usd", 10_000)
+    one(store, "more-eur", "c", "eur", 10_000)
+    open_account(store, "ghost")
+    store.upsert_account(Account("sus", "USD", 0, AccountStatus.active))
+    one(store, "drain-whale", "d", "whale", AMOUNT_MINOR_MAX)
+
+
+@pytest.mark.parametrize("code", sorted(RECORDED_TRANSFER_RESULTS))
+def test_an_identical_replay_returns_the_whole_first_outcome_for_every_recorded_code(
+    store: RedisStore, code: Result
+) -> None:
+    kind, account, amount, currency = _refusal_setup(store, code)
+    first = one(store, "t1", kind, account, amount, currency)
+    assert (first.result, first.replayed) == (code, False)
+    _change_the_world(store)
+    again = one(store, "t1", kind, account, amount, currency)
+    assert (again.result, again.balance_minor, again.replayed) == (
+        first.result,
+        first.balance_minor,
+        True,
+    )
+
+
+@pytest.mark.parametrize("code", sorted(RECORDED_TRANSFER_RESULTS))
+def test_a_replay_with_another_amount_names_the_amount_for_every_recorded_code(
+    store: RedisStore, code: Result
+) -> None:
+    kind, account, amount, currency = _refusal_setup(store, code)
+    one(store, "t1", kind, account, amount, currency)
+    other = one(store, "t1", kind, account, amount - 1, currency)
+    assert (other.result, other.balance_minor, other.replayed) == (
+        Result.exists_with_different_amount,
+        None,
+        True,
+    )
 
 
 def test_a_credit_past_the_balance_bound_is_refused(store: RedisStore) -> None:

@@ -1,5 +1,6 @@
 """Bounding request bodies before anything parses them: 413 on a declared Content-Length above
-the cap, and on a chunked body the moment it crosses the cap."""
+the cap, and on a chunked body the moment it crosses the cap; 415 on a body that is not declared
+JSON (every body this API takes is JSON; without this FastAPI reads it as bytes and answers 400)."""
 
 from __future__ import annotations
 
@@ -18,16 +19,45 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request bodies are limited to {cap} bytes")
 
 
-def _problem_bytes(cap: int) -> bytes:
-    return json.dumps(
+async def _send_problem(scope: Scope, send: Send, status: int, code: str, detail: str) -> None:
+    """Answer before the app runs; the connection is closed (the body may be unread)."""
+    scope.setdefault("state", {})["tally_result"] = code
+    body = json.dumps(
         {
-            "type": TYPE_BASE + "body_too_large",
-            "title": "body too large",
-            "status": 413,
-            "code": "body_too_large",
-            "detail": f"request bodies are limited to {cap} bytes",
+            "type": TYPE_BASE + code,
+            "title": code.replace("_", " "),
+            "status": status,
+            "code": code,
+            "detail": detail,
         }
     ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", PROBLEM.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
+
+
+def _unsupported_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """A body is present (a non-zero length, or chunked) and not declared JSON."""
+    found = dict(headers)
+    length = found.get(b"content-length", b"0")
+    has_body = b"transfer-encoding" in found or (length.isdigit() and int(length) > 0)
+    return has_body and not _is_json(found.get(b"content-type", b""))
 
 
 class BodyLimitMiddleware:
@@ -35,29 +65,22 @@ class BodyLimitMiddleware:
         self.app, self.cap = app, body_bytes_max
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        scope.setdefault("state", {})["tally_result"] = "body_too_large"
-        body = _problem_bytes(self.cap)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", PROBLEM.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        detail = f"request bodies are limited to {self.cap} bytes"
+        await _send_problem(scope, send, 413, "body_too_large", detail)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", []):
+        headers = scope.get("headers", [])
+        for name, value in headers:
             if name == b"content-length" and (not value.isdigit() or int(value) > self.cap):
                 await self._refuse(scope, send)
                 return
+        if _unsupported_body(headers):
+            detail = "request bodies are JSON: send Content-Type: application/json"
+            await _send_problem(scope, send, 415, "unsupported_media_type", detail)
+            return
         seen = 0
         started = False
 

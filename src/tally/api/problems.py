@@ -144,7 +144,7 @@ async def on_tally_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, InfrastructureError):
         # The message names hosts and internals an API client has no use for: code and hint.
         return problem_response(503, code, exc.hint, hint=exc.hint)
-    raise exc  # InvariantViolation and anything else: a bug, never dressed up
+    raise exc  # a TallyError of no known kind: a bug, never dressed up
 
 
 async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:

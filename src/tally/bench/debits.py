@@ -26,11 +26,11 @@ from pathlib import Path
 
 from tally.billing.engine import Engine
 from tally.domain.accounts import Account
-from tally.ledger.rebuild import init_store
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.node import RedisNode
 from tally.store.keys import KeyLayout
 from tally.store.redis_store import RedisStore
+from tally.sync.rebuild import init_store
 
 BENCH_DIRECTIVES: dict[str, str | int | list[str]] = {
     "appendonly": "yes",

@@ -25,7 +25,7 @@ from tally.errors import (
 )
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.port import BalanceStore
-from tally.store.redis_store import Applied
+from tally.store.redis_store import Applied, RechargeMarker
 
 T = TypeVar("T")
 
@@ -97,9 +97,20 @@ class Engine:
         return result
 
     def _mirror(self, account_id: str) -> None:
+        self.mirror_account(account_id)
+
+    def mirror_account(self, account_id: str) -> None:
+        """Write the ledger's definition of the account (status, limit) to the store. Callers
+        that changed it in SQL call this until it returns (it raises ``StoreError`` while the
+        store is unavailable): the ledger is the record, the store its mirror."""
         stored = self.ledger.get_account(account_id)
         if stored is not None:
             self._guarded(lambda: self.store.upsert_account(stored))
+
+    def recharge_marker(self, account_id: str, op: str, value: str) -> RechargeMarker:
+        """The store's auto-recharge marker (``rule`` / ``open`` / ``close``), guarded like every
+        other store call of the engine."""
+        return self._guarded(lambda: self.store.recharge_marker(account_id, op, value))
 
     def account(self, account_id: str) -> AccountState | None:
         return self.accounts([account_id])[account_id]

@@ -45,7 +45,7 @@ def _plain(value: Any) -> Any:
 @handles_errors
 def init(shards: int | None, namespace: str | None, as_json: bool, **conn: str | None) -> None:
     """Create the ledger schema and the first store epoch (on an empty Redis)."""
-    from tally.ledger.rebuild import init_store
+    from tally.sync.rebuild import init_store
 
     settings = settings_from(**conn)
     layout = KeyLayout(namespace or settings.namespace, shards or settings.shards)
@@ -103,7 +103,7 @@ def drain(follow: bool, limit: int, as_json: bool, **conn: str | None) -> None:
 @handles_errors
 def reconcile(as_json: bool, **conn: str | None) -> None:
     """Compare every account's store balance with the ledger (counting undrained entries)."""
-    from tally.ledger.reconcile import reconcile as run_reconcile
+    from tally.sync.reconcile import reconcile as run_reconcile
 
     with deployment(**conn) as dep:
         report = run_reconcile(dep.client, dep.layout, dep.ledger)
@@ -130,14 +130,17 @@ def _reapply_credits(dep: Deployment) -> int:
 
 @click.command()
 @click.option(
-    "--force", is_flag=True, help="Delete tally's keys in a non-empty, foreign dataset first."
+    "--force",
+    is_flag=True,
+    help="Delete tally's keys in a non-empty dataset first (a healthy one only once its "
+    "journal is drained: undrained entries are refused, never dropped).",
 )
 @connection_options
 @json_option
 @handles_errors
 def rebuild(force: bool, as_json: bool, **conn: str | None) -> None:
     """Restore an empty (or, with --force, foreign) store from the ledger under a new epoch."""
-    from tally.ledger.rebuild import rebuild as run_rebuild
+    from tally.sync.rebuild import rebuild as run_rebuild
 
     with deployment(**conn) as dep:
         report = run_rebuild(dep.client, dep.layout, dep.ledger, force=force)

@@ -14,7 +14,7 @@ import click
 
 from tally.billing import recharge as rc
 from tally.billing.recharge.remediation import RECORDS_MAX, Remediator
-from tally.bootstrap import Deployment
+from tally.bootstrap import Deployment, recharging
 from tally.cli.context import connection_options, deployment
 from tally.cli.output import EXIT_REFUSED, emit, handles_errors, json_option, usage
 from tally.domain.money import format_amount, parse_amount
@@ -160,8 +160,7 @@ def run(
     if not gateway_url:
         raise usage("--gateway-url (or TALLY_GATEWAY_URL) is required")
     with deployment(**conn) as dep, HttpGateway(gateway_url) as gateway:
-        health = rc.RedisHealth(dep.client, dep.layout, dep.ledger)
-        wiring = rc.build(dep.engine, gateway, health)
+        wiring = recharging(dep, gateway)
         if once:
             finished = wiring.completer.run_once(limit)
         else:

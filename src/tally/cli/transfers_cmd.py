@@ -12,16 +12,16 @@ from tally.cli.output import EXIT_REFUSED, emit, handles_errors, json_option
 from tally.domain.accounts import Account, AccountStatus, SystemAccount
 from tally.domain.money import format_amount, parse_amount
 from tally.domain.results import Result
-from tally.errors import UsageError
 
 
-def _currency_of(dep: Deployment, account_id: str) -> str:
-    """Amounts on the command line are in the account's currency: the ledger knows it."""
+def _currency_of(dep: Deployment, account_id: str, as_json: bool) -> str:
+    """Amounts on the command line are in the account's currency: the ledger knows it. A missing
+    account is a business refusal (exit 1), as it is over HTTP (404 account_not_found)."""
     account = dep.ledger.get_account(account_id)
     if account is None:
-        raise UsageError(
-            f"account {account_id!r} does not exist", hint="create it with `tally account create`"
-        )
+        data = {"result": Result.account_not_found.name, "balance_minor": None, "replayed": False}
+        emit(as_json, data, f"{Result.account_not_found.name}: {account_id}")
+        sys.exit(EXIT_REFUSED)
     return account.currency
 
 
@@ -40,7 +40,7 @@ def _finish(result: Result) -> None:
 def debit(account: str, amount: str, transfer_id: str, as_json: bool, **conn: str | None) -> None:
     """Debit AMOUNT (a decimal in the account's currency, e.g. 12.34) from ACCOUNT."""
     with deployment(**conn) as dep:
-        currency = _currency_of(dep, account)
+        currency = _currency_of(dep, account, as_json)
         r = dep.engine.debit(transfer_id, account, parse_amount(amount, currency), currency)
         data = {"result": r.result.name, "balance_minor": r.balance_minor, "replayed": r.replayed}
         shown = (
@@ -71,7 +71,7 @@ def credit(
 ) -> None:
     """Credit AMOUNT to ACCOUNT: written to the ledger first, then to the store."""
     with deployment(**conn) as dep:
-        currency = _currency_of(dep, account)
+        currency = _currency_of(dep, account, as_json)
         out = dep.engine.credit(
             transfer_id, account, parse_amount(amount, currency), currency, SystemAccount(source)
         )

@@ -131,7 +131,8 @@ def apply_transfer(
     balance = book.balance_minor if book is not None else None
     opened = None
     if code is not Result.amount_invalid:
-        cur = book.currency if book is not None else currency
+        # the currency as sent ('' = the account's own): replays compare with what was sent
+        cur = currency or (book.currency if book is not None else "")
         books.records[transfer_id] = Record(kind, account_id, amount, cur, code, balance)
         if book is not None and opens_recharge(book, kind, code):
             opened = book.open_recharge = recharge_id_for(transfer_id)

@@ -19,11 +19,9 @@ from typing import Any, Protocol
 
 import redis
 
-from tally.billing import recharge
-from tally.billing.recharge import Circuit, HealthBounds, Recharging, RedisHealth
-from tally.billing.recharge.health import HealthReport
+from tally.billing.recharge import Circuit, Recharging
 from tally.billing.recharge.remediation import Remediator
-from tally.bootstrap import Deployment, open_deployment
+from tally.bootstrap import Deployment, open_deployment, recharging
 from tally.config import Settings
 from tally.domain.accounts import Account, SystemAccount
 from tally.domain.recharge import RechargeRule
@@ -32,10 +30,10 @@ from tally.gateway.client import HttpGateway
 from tally.gateway.records import open_records
 from tally.lab.legacy import LegacyBilling, LegacyPlan
 from tally.lab.rig import NAMESPACE, SHARDS, Rig
-from tally.ledger.drainer import Drainer
-from tally.ledger.rebuild import init_store, inspect_dataset, rebuild
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.keys import KeyLayout
+from tally.sync.drainer import Drainer
+from tally.sync.rebuild import init_store, inspect_dataset, rebuild
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +79,6 @@ def _classify(exc: BaseException) -> Completion:
     if isinstance(exc, TallyError):
         return "fail", _error(exc)
     return "info", _error(exc)
-
-
-class _FollowingHealth:
-    """``RedisHealth`` on whatever node the store currently writes to (it follows Sentinel)."""
-
-    def __init__(self, dep: Deployment) -> None:
-        self.dep = dep
-
-    def check(self) -> HealthReport:
-        probe = RedisHealth(self.dep.store.client, self.dep.layout, self.dep.ledger,
-                            HealthBounds())  # fmt: skip
-        return probe.check()
 
 
 @dataclass
@@ -206,10 +192,9 @@ class TallyBilling(_Base):
 
     def __init__(self, rig: Rig) -> None:
         super().__init__(rig)
-        self.recharging: Recharging = recharge.build(
-            self.dep.engine, self.gateway, _FollowingHealth(self.dep),
-            circuit=Circuit(failures_max=5, cooldown_s=3.0),
-        )  # fmt: skip
+        self.recharging: Recharging = recharging(
+            self.dep, self.gateway, circuit=Circuit(failures_max=5, cooldown_s=3.0)
+        )
         self.loops += [
             _Loop("completer", lambda: self.recharging.completer.run_once(100), self._stop),
             _Loop("pending-credits", self._pending_credits, self._stop),

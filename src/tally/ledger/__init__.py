@@ -1,6 +1,7 @@
-"""The SQL ledger of record: double-entry transfers, the drainer, reconcile and rebuild.
+"""The SQL ledger of record (the adapter only): schema, migrations, double-entry transfers, the
+unit of work (``SqlLedger.unit``). The processes that move data between the store and the ledger
+(drain, reconcile, rebuild) live in ``tally.sync``.
 
-Errors raised here belong to tally's one tree (``tally.errors``), plus two usage refusals defined
-next to the code that raises them: ``AlreadyInitialised`` (init on an initialised ledger) and
-``RebuildRefused`` (rebuild onto a dataset that is healthy or foreign, without ``force``).
+Errors raised here belong to tally's one tree (``tally.errors``), plus a usage refusal defined
+next to the code that raises it: ``AlreadyInitialised`` (init on an initialised ledger).
 """

@@ -135,9 +135,15 @@ def _record(row: Any) -> TransferRecord:
     )
 
 
+_CURSOR_TS_DIGITS_MAX = 18  # below 2**63: the column is a signed 64-bit integer
+
+
 def _parse_cursor(cursor: str) -> tuple[int, str]:
+    """``ts_ms:id``. ASCII digits only (``str.isdigit`` accepts '²', ``int`` accepts Arabic-Indic
+    digits) and few enough that the database's 64-bit integer cannot overflow."""
     ts, sep, tid = cursor.partition(":")
-    if not sep or not ts.isdigit() or not tid:
+    digits_ok = ts.isascii() and ts.isdigit() and len(ts) <= _CURSOR_TS_DIGITS_MAX
+    if not sep or not digits_ok or not tid:
         raise UsageError(f"invalid page cursor {cursor!r:.80}")
     return int(ts), tid
 

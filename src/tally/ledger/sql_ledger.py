@@ -34,6 +34,7 @@ from tally.ledger.models import (
 )
 from tally.ledger.schema import transfers
 from tally.ledger.sql_recharge import RechargeLedger
+from tally.ledger.unit import LedgerUnit
 from tally.ledger.urls import normalise_url
 
 _MISSING_SCHEMA = ("no such table", "does not exist", "undefinedtable")
@@ -107,6 +108,12 @@ class SqlLedger:
                     yield conn
         except SQLAlchemyError as exc:
             raise _translate(exc) from exc
+
+    @contextmanager
+    def unit(self) -> Iterator[LedgerUnit]:
+        """One business step, one write transaction: see ``tally.ledger.unit``."""
+        with self.transaction(write=True) as conn:
+            yield LedgerUnit(conn)
 
     # -- epochs ------------------------------------------------------------------------------
     def init_epoch(self, namespace: str, shards: int) -> Epoch:

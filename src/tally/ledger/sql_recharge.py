@@ -7,8 +7,9 @@ one SQL transaction; the module functions take an open connection (the drainer c
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -16,6 +17,7 @@ from sqlalchemy.engine import Connection
 from tally.domain.accounts import is_system_account_id
 from tally.domain.recharge import DAY_MS, RechargePhase, RechargeRule
 from tally.domain.results import Result
+from tally.errors import LedgerError
 from tally.ledger.models import JournalLine
 from tally.ledger.schema import (
     account_events,
@@ -29,8 +31,15 @@ from tally.ledger.schema import (
 )
 from tally.ledger.sqlutil import chunks, insert_ignore, now_ms
 
-if TYPE_CHECKING:
-    from tally.ledger.sql_ledger import SqlLedger
+
+class Transactions(Protocol):
+    """What the recharge tables need of the ledger (``SqlLedger`` is one): typed here rather
+    than imported, so this module does not depend on ``sql_ledger``, which depends on it."""
+
+    def transaction(
+        self, *, write: bool = False, snapshot: bool = False
+    ) -> AbstractContextManager[Connection]: ...
+
 
 PAGE_MAX = 1000
 ERROR_LEN_MAX = 300
@@ -150,10 +159,58 @@ def get_recharge(conn: Connection, recharge_id: str) -> Recharge | None:
     return None if row is None else _recharge(row)
 
 
+def advance(
+    conn: Connection,
+    recharge_id: str,
+    frm: Sequence[RechargePhase],
+    to: RechargePhase,
+    **values: Any,
+) -> bool:
+    """Compare-and-set the phase: a second worker on the same recharge changes nothing."""
+    cols = recharges.c
+    done = conn.execute(
+        sa.update(recharges)
+        .where(cols.id == recharge_id, cols.phase.in_([p.value for p in frm]))
+        .values(phase=to.value, wait_reason=None, updated_at_ms=now_ms(), **values)
+    )
+    return done.rowcount == 1
+
+
+def record_success(conn: Connection, rc: Recharge) -> bool:
+    """credited -> succeeded and the rule's decline count back to zero."""
+    if not advance(conn, rc.id, [RechargePhase.credited], RechargePhase.succeeded):
+        return False
+    cond = recharge_rules.c.account_id == rc.account_id
+    conn.execute(sa.update(recharge_rules).where(cond).values(consecutive_declines=0))
+    return True
+
+
+def add_event(
+    conn: Connection, account_id: str, action: str, cause: str, recharge_id: str | None
+) -> None:
+    row = {
+        "account_id": account_id,
+        "action": action,
+        "cause": cause,
+        "recharge_id": recharge_id,
+        "at_ms": now_ms(),
+    }
+    conn.execute(sa.insert(account_events).values(**row))
+
+
+def last_event(conn: Connection, account_id: str) -> AccountEvent | None:
+    cols = account_events.c
+    query = sa.select(account_events).where(cols.account_id == account_id)
+    row = conn.execute(query.order_by(cols.id.desc()).limit(1)).first()
+    if row is None:
+        return None
+    return AccountEvent(row.account_id, row.action, row.cause, row.recharge_id, int(row.at_ms))
+
+
 class RechargeLedger:
     """The recharge tables of one ``SqlLedger``: every method is one transaction."""
 
-    def __init__(self, ledger: SqlLedger) -> None:
+    def __init__(self, ledger: Transactions) -> None:
         self.ledger = ledger
 
     # -- rules ---------------------------------------------------------------------------------
@@ -293,14 +350,8 @@ class RechargeLedger:
         self, recharge_id: str, frm: Sequence[RechargePhase], to: RechargePhase, **values: Any
     ) -> bool:
         """Compare-and-set the phase: a second worker on the same recharge changes nothing."""
-        cols = recharges.c
         with self.ledger.transaction(write=True) as conn:
-            done = conn.execute(
-                sa.update(recharges)
-                .where(cols.id == recharge_id, cols.phase.in_([p.value for p in frm]))
-                .values(phase=to.value, wait_reason=None, updated_at_ms=now_ms(), **values)
-            )
-            return done.rowcount == 1
+            return advance(conn, recharge_id, frm, to, **values)
 
     def note(
         self,
@@ -382,16 +433,8 @@ class RechargeLedger:
 
     def record_success(self, rc: Recharge) -> bool:
         """credited -> succeeded and the rule's decline count back to zero, one transaction."""
-        cols = recharges.c
         with self.ledger.transaction(write=True) as conn:
-            done = conn.execute(
-                sa.update(recharges)
-                .where(cols.id == rc.id, cols.phase == RechargePhase.credited.value)
-                .values(phase=RechargePhase.succeeded.value, updated_at_ms=now_ms())
-            )
-            cond = recharge_rules.c.account_id == rc.account_id
-            conn.execute(sa.update(recharge_rules).where(cond).values(consecutive_declines=0))
-            return done.rowcount == 1
+            return record_success(conn, rc)
 
     def by_charge_ids(self, charge_ids: Sequence[str]) -> dict[str, Recharge]:
         found: dict[str, Recharge] = {}
@@ -426,24 +469,12 @@ class RechargeLedger:
     def add_event(
         self, account_id: str, action: str, cause: str, recharge_id: str | None = None
     ) -> None:
-        row = {
-            "account_id": account_id,
-            "action": action,
-            "cause": cause,
-            "recharge_id": recharge_id,
-            "at_ms": now_ms(),
-        }
         with self.ledger.transaction(write=True) as conn:
-            conn.execute(sa.insert(account_events).values(**row))
+            add_event(conn, account_id, action, cause, recharge_id)
 
     def last_event(self, account_id: str) -> AccountEvent | None:
-        cols = account_events.c
-        query = sa.select(account_events).where(cols.account_id == account_id)
         with self.ledger.transaction() as conn:
-            row = conn.execute(query.order_by(cols.id.desc()).limit(1)).first()
-        if row is None:
-            return None
-        return AccountEvent(row.account_id, row.action, row.cause, row.recharge_id, int(row.at_ms))
+            return last_event(conn, account_id)
 
     def event_for(self, recharge_id: str, action: str) -> bool:
         cols = account_events.c
@@ -544,4 +575,4 @@ def iter_pages(
         if len(page) < limit:
             return
         after = key(page[-1])
-    raise RuntimeError("pagination did not end within its bound")
+    raise LedgerError("pagination did not end within its bound")

@@ -8,9 +8,9 @@ from typing import Any
 
 from tally.billing.engine import PENDING_CREDITS_BATCH_MAX
 from tally.bootstrap import Deployment
-from tally.ledger.rebuild import rebuild
-from tally.ledger.reconcile import reconcile
 from tally.service.workers import DRAIN_ROUNDS_MAX, DrainService
+from tally.sync.rebuild import rebuild
+from tally.sync.reconcile import reconcile
 
 
 def plain(value: Any) -> Any:

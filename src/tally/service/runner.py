@@ -31,13 +31,12 @@ from tally.api import ApiContext, create_app
 from tally.api.metrics import FailoverCollector
 from tally.api.routes.recharges import RechargeExtension
 from tally.billing import recharge as rc
-from tally.bootstrap import Deployment, _safe, open_deployment, redis_client
+from tally.bootstrap import Deployment, _safe, open_deployment, recharging, redis_client
 from tally.config import Settings
 from tally.errors import ConfigError, InfrastructureError, StoreLost, TallyError
 from tally.gateway.client import HttpGateway, SimulatorAdmin
 from tally.gateway.process import SimulatorProcess
 from tally.gateway.records import Record
-from tally.ledger.rebuild import init_store, rebuild
 from tally.ledger.sql_api_keys import ApiKeyStore, Scope
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.node import RedisNode
@@ -56,6 +55,7 @@ from tally.service.workers import (
 from tally.store.discovery import SwitchMaster, SwitchMasterListener
 from tally.store.epoch import read_epochs
 from tally.store.keys import KeyLayout
+from tally.sync.rebuild import init_store, rebuild
 
 log = logging.getLogger("tally.service")
 
@@ -229,10 +229,7 @@ class Service:
             self.say("no gateway: recharges are recorded but wait (no completer)")
             return
         self.gateway = HttpGateway(url)
-        health = rc.RedisHealth(self.dep.store.client, self.dep.layout, self.dep.ledger)
-        self.recharging = rc.build(
-            self.dep.engine, self.gateway, health, older_than_ms=COMPLETER_SETTLE_MS
-        )
+        self.recharging = recharging(self.dep, self.gateway, older_than_ms=COMPLETER_SETTLE_MS)
         completer = self.recharging.completer
         self.workers.append(
             Worker(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from tally.bootstrap import Deployment
 from tally.errors import InfrastructureError
-from tally.ledger.drainer import Drainer
+from tally.sync.drainer import Drainer
 
 log = logging.getLogger("tally.service")
 

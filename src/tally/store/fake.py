@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from tally.domain.accounts import Account, AccountState
 from tally.domain.results import Result
 from tally.domain.rules import AccountBook, Books, apply_transfer, recharge_marker
-from tally.errors import StoreLost
+from tally.errors import StoreLost, UsageError
 from tally.store.redis_store import MARKER_OPS, Applied, RawTransfer, RechargeMarker
 
 
@@ -47,7 +47,7 @@ class FakeStore:
     def recharge_marker(self, account_id: str, op: str, value: str) -> RechargeMarker:
         self._check()
         if op not in MARKER_OPS:
-            raise ValueError(f"unknown recharge marker op {op!r}")
+            raise UsageError(f"unknown recharge marker op {op!r}")
         return RechargeMarker(*recharge_marker(self.books, account_id, op, value))
 
     def upsert_account(self, account: Account) -> Result:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
+from tally.errors import ConfigError
+
 SHARDS_DEFAULT = 16
 SHARDS_MAX = 1024
 
@@ -37,9 +39,9 @@ class KeyLayout:
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= SHARDS_MAX:
-            raise ValueError(f"shards must be 1..{SHARDS_MAX}, got {self.shards}")
+            raise ConfigError(f"shards must be 1..{SHARDS_MAX}, got {self.shards}")
         if not self.namespace.isidentifier():
-            raise ValueError(f"namespace must be an identifier, got {self.namespace!r}")
+            raise ConfigError(f"namespace must be an identifier, got {self.namespace!r}")
 
     def shard_of(self, account_id: str) -> int:
         return zlib.crc32(account_id.encode()) % self.shards

@@ -18,7 +18,7 @@ from tally.domain.accounts import Account, AccountState, AccountStatus
 from tally.domain.limits import SCRIPT_BATCH_MAX
 from tally.domain.results import Result
 from tally.domain.transfers import TransferResult
-from tally.errors import InvariantViolation, StoreBackpressure, StoreError, StoreLost
+from tally.errors import InvariantViolation, StoreBackpressure, StoreError, StoreLost, UsageError
 from tally.store import scripts
 from tally.store.errors import is_noscript, translate
 from tally.store.keys import KeyLayout
@@ -114,11 +114,18 @@ class RedisStore:
             raise translate(exc, sent=False) from exc
 
     def _run(
-        self, calls: Iterable[tuple[str, list[str], list[str | int]]], *, reloaded: bool = False
+        self,
+        calls: Iterable[tuple[str, list[str], list[str | int]]],
+        *,
+        reloaded: bool = False,
+        acks: list[int] | None = None,
     ) -> list[list[Any]]:
         """EVALSHA each (script, keys, args) on one connection, sending each call as soon as it
         is built (Redis works on the first while Python builds the next), then reading every
-        reply. NOSCRIPT means that call did not run: load the scripts, rerun those, once."""
+        reply. NOSCRIPT means that call did not run: load the scripts, rerun those, once.
+        ``acks``: WAIT for ``wait_replicas`` on THIS connection (WAIT counts the replicas that
+        have the writes of the connection it is sent on; any other pooled connection would
+        answer for its own, older writes) and append the count."""
         sent_calls: list[tuple[str, list[str], list[str | int]]] = []
         pool = self.client.connection_pool
         try:
@@ -144,6 +151,10 @@ class RedisStore:
                     replies.append(conn.read_response())
                 except redis.ResponseError as exc:
                     replies.append(exc)
+            rerun = any(isinstance(r, Exception) and is_noscript(r) for r in replies)
+            if acks is not None and not rerun:  # a rerun waits on its own, later connection
+                conn.send_command("WAIT", self.wait_replicas, self.wait_timeout_ms)  # type: ignore[no-untyped-call]
+                acks.append(int(conn.read_response()))
         except redis.RedisError as exc:
             conn.disconnect()  # type: ignore[no-untyped-call]
             raise translate(exc, sent=bool(sent_calls)) from exc
@@ -152,13 +163,14 @@ class RedisStore:
             raise
         finally:
             pool.release(conn)
-        return self._after_noscript(sent_calls, replies, reloaded)
+        return self._after_noscript(sent_calls, replies, reloaded, acks)
 
     def _after_noscript(
         self,
         calls: list[tuple[str, list[str], list[str | int]]],
         replies: list[object],
         reloaded: bool,
+        acks: list[int] | None,
     ) -> list[list[Any]]:
         missing = [i for i, r in enumerate(replies) if isinstance(r, Exception) and is_noscript(r)]
         if missing:
@@ -167,7 +179,7 @@ class RedisStore:
                     "scripts vanished right after loading; is something flushing them?"
                 )
             self.load_scripts()
-            rerun = self._run([calls[i] for i in missing], reloaded=True)
+            rerun = self._run([calls[i] for i in missing], reloaded=True, acks=acks)
             for i, again in zip(missing, rerun, strict=True):
                 replies[i] = again
         arrays: list[list[Any]] = []
@@ -190,12 +202,13 @@ class RedisStore:
                 calls.append(call)
                 yield ("transfer", call.keys, call.args)
 
-        replies = self._run(stream())
+        acks: list[int] | None = [] if self.wait_replicas else None
+        replies = self._run(stream(), acks=acks)
         results: list[TransferResult | None] = [None] * len(transfers)
         failure: StoreError | None = None
         for call, reply in zip(calls, replies, strict=True):
             failure = self._collect(call, reply, transfers, results) or failure
-        acked = self._wait() if self.wait_replicas else None
+        acked = acks[-1] if acks else None
         if failure is not None:
             failure.partial = [r for r in results if r is not None]  # type: ignore[attr-defined]
             raise failure
@@ -292,21 +305,12 @@ class RedisStore:
             results[i] = first._replace(recharge_id=reply[extra + 1].decode())
         return None
 
-    def _wait(self) -> int:
-        try:
-            acked = self.client.execute_command(  # type: ignore[no-untyped-call]
-                "WAIT", self.wait_replicas, self.wait_timeout_ms
-            )
-            return int(acked)
-        except redis.RedisError as exc:
-            raise translate(exc, sent=True) from exc
-
     # -- auto-recharge markers -----------------------------------------------------------------
     def recharge_marker(self, account_id: str, op: str, value: str) -> RechargeMarker:
         """``op`` ``rule`` (value: threshold, '' = autopay off), ``close`` or ``open`` (value:
         recharge id). See ``lua/recharge.lua``."""
         if op not in MARKER_OPS:
-            raise ValueError(f"unknown recharge marker op {op!r}")
+            raise UsageError(f"unknown recharge marker op {op!r}")
         shard = self.layout.shard_of(account_id)
         keys = [self.layout.epoch(shard), self.layout.account(shard, account_id)]
         (reply,) = self._run([("recharge", keys, [self._epoch_value, op, value])])

@@ -1,7 +1,8 @@
 """Auto-recharge that can never double charge: the saga (``saga``), its completer, the gate
 (freeze switch, store health, gateway circuit), the service the API/CLI use, and remediation.
 
-``build`` wires them for one deployment (the composition root's recharge part)."""
+``build`` assembles them around a health probe; ``tally.bootstrap.recharging`` is the one place
+that does so for a real deployment (``serve``, the CLI and the lab all call it)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from tally.billing.engine import Engine
 from tally.billing.recharge.completer import Completer
 from tally.billing.recharge.health import (
     Circuit,
+    FollowingHealth,
     Gate,
     GateMetrics,
     HealthBounds,
@@ -25,6 +27,7 @@ from tally.gateway.port import Gateway
 __all__ = [
     "Circuit",
     "Completer",
+    "FollowingHealth",
     "Gate",
     "GateMetrics",
     "HealthBounds",

@@ -125,6 +125,19 @@ class RedisHealth:
         return reasons
 
 
+class FollowingHealth:
+    """A probe on whatever node the store writes to NOW: ``probe_for_now`` builds the probe for
+    the store's current client on every check. The store replaces its client when Sentinel
+    fails over; a probe holding the client it was built with keeps asking the old node
+    (demoted, or gone) and the gate says ``store_not_primary`` for ever."""
+
+    def __init__(self, probe_for_now: Callable[[], HealthProbe]) -> None:
+        self.probe_for_now = probe_for_now
+
+    def check(self) -> HealthReport:
+        return self.probe_for_now().check()
+
+
 @dataclass
 class Circuit:
     """Consecutive gateway failures (unknown outcomes, unavailable lookups) open the circuit for
@@ -165,6 +178,7 @@ class GateMetrics:
     credits: int = 0
     suspensions: int = 0
     reinstatements: int = 0
+    refunds: int = 0  # charges given back because the account refused the credit
 
     def waited(self, recharge_id: str, reason: str) -> None:
         self.waits[reason.split(":", 1)[0]] += 1

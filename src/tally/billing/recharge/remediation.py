@@ -28,6 +28,7 @@ from typing import Any
 from tally.billing.engine import Engine
 from tally.domain.accounts import AccountStatus, SystemAccount
 from tally.domain.ids import is_valid_id
+from tally.errors import UsageError
 from tally.gateway.port import Gateway, OutcomeStatus
 from tally.gateway.records import Record
 from tally.ledger.sql_recharge import PAGE_MAX, RechargeLedger, iter_pages
@@ -81,7 +82,7 @@ def _live_charges(records: Iterable[Record]) -> tuple[list[Record], int]:
     refunded: set[str] = set()
     for n, rec in enumerate(records):
         if n >= RECORDS_MAX:
-            raise ValueError(f"more than {RECORDS_MAX} gateway records")
+            raise UsageError(f"more than {RECORDS_MAX} gateway records")
         if rec.kind == "charge" and rec.status == "succeeded":
             charges[rec.id] = rec
         elif rec.kind == "refund" and rec.status == "succeeded" and rec.charge_id:

@@ -25,15 +25,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tally.billing.engine import Engine
+from tally.billing.engine import CreditOutcome, Engine
 from tally.billing.recharge.health import Gate, GateMetrics
 from tally.domain.accounts import AccountStatus, SystemAccount
 from tally.domain.invariant import invariant
 from tally.domain.recharge import RechargePhase, SkipReason, after_decline, plan_recharge
+from tally.domain.results import Result
 from tally.errors import InfrastructureError, StoreError
 from tally.gateway.errors import GatewayError
 from tally.gateway.port import ChargeOutcome, Gateway, OutcomeStatus
 from tally.ledger.sql_recharge import Recharge, RechargeLedger
+from tally.ledger.unit import LedgerUnit
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,8 @@ class RechargeSaga:
         if state is None:
             self.book.advance(rc.id, [P.opened], P.skipped, outcome_reason="no_account")
             return None
+        if self._cannot_take_credit(rc, P.opened):
+            return None
         spent = self.book.spent_today(rc.account_id, exclude=rc.id)
         plan = plan_recharge(stored.rule, stored.autopay_enabled, state.balance_minor, spent)
         if plan.skip is not None:
@@ -133,9 +137,19 @@ class RechargeSaga:
                 return found
             if found is not None:
                 return self._record(rc, found, P.intent)
-        elif self._shortfall_gone(rc):
+        elif self._cannot_take_credit(rc, P.intent) or self._shortfall_gone(rc):
             return None
         return self._send(rc, P.intent)
+
+    def _cannot_take_credit(self, rc: Recharge, frm: RechargePhase) -> bool:
+        """Nothing charged yet and the account could not take the credit (closed, e.g. while
+        the recharge waited at the freeze gate): skip it; the close releases the slot. Only
+        before any request went out: an in-flight charge is resolved, then refunded."""
+        account = self.engine.ledger.get_account(rc.account_id)
+        if account is not None and account.status is not AccountStatus.closed:
+            return False
+        self.book.advance(rc.id, [frm], P.skipped, outcome_reason="account_closed")
+        return True
 
     def _shortfall_gone(self, rc: Recharge) -> bool:
         """Nothing sent yet: does the store the charge would fund still show the shortfall?
@@ -238,12 +252,14 @@ class RechargeSaga:
 
     # -- charged -> credited -> succeeded ------------------------------------------------------
     def _credit(self, rc: Recharge) -> Wait | None:
-        self._apply_credit(rc)  # the intent is durable now; Redis may still be down
+        out = self._apply_credit(rc)  # the intent is durable now; Redis may still be down
+        if out.result is not None and not out.result.is_success:
+            return self._refund(rc, out.result, P.charged)
         self.book.advance(rc.id, [P.charged], P.credited)
         self._hook("after_credit")
         return None
 
-    def _apply_credit(self, rc: Recharge) -> bool:
+    def _apply_credit(self, rc: Recharge) -> CreditOutcome:
         assert rc.amount_minor is not None
         out = self.engine.credit(
             rc.id, rc.account_id, rc.amount_minor, rc.currency, SystemAccount.card_clearing
@@ -253,45 +269,81 @@ class RechargeSaga:
             f"recharge credit {rc.id} conflicts with another transfer: {out.result}",
         )
         self.metrics.credits += 1
-        return out.result is not None and out.result.is_success
+        return out
 
-    def _settle(self, rc: Recharge) -> Wait | None:
-        if not self._apply_credit(rc):  # idempotent: a replay when already applied
-            return Wait("credit_pending: the store has not applied the credit yet")
-        self._reinstate(rc)
-        self.book.record_success(rc)
-        self._hook("after_success")
+    def _refund(self, rc: Recharge, refused: Result, frm: RechargePhase) -> Wait | None:
+        """The card was charged and the account refused the credit for good (it was closed
+        meanwhile): the money goes back to the card, once, under a key derived from the
+        recharge, and the outcome says so. Until the gateway confirms, the recharge waits here
+        (holding its slot) and every re-drive asks again under the same key."""
+        invariant(rc.charge_id is not None, f"recharge {rc.id} charged without a charge id")
+        assert rc.charge_id is not None and rc.amount_minor is not None
+        blocked = self.gate.circuit.blocked()
+        if blocked is not None:
+            return Wait(blocked)
+        refund = self.gateway.refund(refund_key(rc.id), rc.charge_id, rc.amount_minor)
+        if refund.status is not OutcomeStatus.succeeded:
+            if refund.status is OutcomeStatus.unknown:
+                self.gate.circuit.failure()
+            return Wait(f"refund_pending: {refund.status.value} {refund.detail}")
+        self.gate.circuit.success()
+        self.metrics.refunds += 1
+        log.warning("recharge %s: credit refused (%s), charge refunded", rc.id, refused.name)
+        self.book.advance(rc.id, [frm], P.skipped, outcome_reason=f"refunded:{refused.name}")
         return None
 
-    def _reinstate(self, rc: Recharge) -> None:
-        """A successful top-up lifts a suspension for funding failure (and only that one)."""
-        account = self.engine.ledger.get_account(rc.account_id)
-        last = self.book.last_event(rc.account_id)
-        if account is None or account.status is not AccountStatus.suspended:
-            return
-        if last is None or last.action != "suspended" or last.cause != FUNDING_CAUSE:
-            return
-        self.book.add_event(rc.account_id, "reinstated", "top_up", rc.id)
-        self.engine.set_status(rc.account_id, AccountStatus.active)
-        self.metrics.reinstatements += 1
+    def _settle(self, rc: Recharge) -> Wait | None:
+        out = self._apply_credit(rc)  # idempotent: a replay when already applied
+        if out.result is None:
+            return Wait("credit_pending: the store has not applied the credit yet")
+        if not out.result.is_success:
+            return self._refund(rc, out.result, P.credited)
+        # Success, the reinstatement and its event: one transaction (a crash keeps all or none).
+        # Redis learns the status in ``_close``, re-driven until the store takes it.
+        with self.engine.ledger.unit() as uow:
+            reinstated = uow.record_success(rc) and reinstate_funded(uow, rc.account_id, rc.id)
+            self._hook("inside_success")
+        if reinstated:
+            self.metrics.reinstatements += 1
+        self._hook("after_success")
+        return None
 
     # -- outcome -> finished -------------------------------------------------------------------
     def _close(self, rc: Recharge) -> Wait | None:
         """Mirror what the outcome changed into Redis, close the marker, finish. Closing only
         after the credit is applied means no debit in between can open a second recharge for a
         shortfall that is being paid."""
-        store = self.engine.store
         stored = self.book.get_rule(rc.account_id)
         if stored is None or not stored.autopay_enabled:
-            self.engine._guarded(lambda: store.recharge_marker(rc.account_id, "rule", ""))
-        account = self.engine.ledger.get_account(rc.account_id)
-        if account is not None and rc.phase is P.declined:
-            self.engine.set_status(rc.account_id, account.status)  # mirror a suspension
-        self.engine._guarded(lambda: store.recharge_marker(rc.account_id, "close", rc.id))
+            self.engine.recharge_marker(rc.account_id, "rule", "")
+        # The status the outcome decided in SQL (a suspension, a reinstatement): every re-drive
+        # writes it again until the store has it, so a store error never leaves them apart.
+        self.engine.mirror_account(rc.account_id)
+        self.engine.recharge_marker(rc.account_id, "close", rc.id)
         self._hook("before_finish")
         self.book.finish(rc.id)
         self._hook("after_close")
         return None
+
+
+def reinstate_funded(uow: LedgerUnit, account_id: str, recharge_id: str | None) -> bool:
+    """A successful top-up lifts a suspension for funding failure (and only that one): the
+    status and its ``reinstated`` event in the caller's transaction. The store learns it from
+    ``Engine.mirror_account`` after the commit."""
+    account = uow.get_account(account_id)
+    last = uow.last_event(account_id)
+    if account is None or account.status is not AccountStatus.suspended:
+        return False
+    if last is None or last.action != "suspended" or last.cause != FUNDING_CAUSE:
+        return False
+    uow.set_status(account_id, AccountStatus.active)
+    uow.add_event(account_id, "reinstated", "top_up", recharge_id)
+    return True
+
+
+def refund_key(recharge_id: str) -> str:
+    """The gateway idempotency key of the refund of a recharge's charge: one per recharge."""
+    return f"{recharge_id}-refund"
 
 
 def drive_safely(saga: RechargeSaga, recharge_id: str) -> Recharge | None:

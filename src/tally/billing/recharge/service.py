@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from tally.billing.engine import CreditOutcome, Engine
-from tally.billing.recharge.saga import FUNDING_CAUSE, RechargeSaga
-from tally.domain.accounts import AccountStatus, SystemAccount
+from tally.billing.recharge.saga import RechargeSaga, reinstate_funded
+from tally.domain.accounts import SystemAccount
 from tally.domain.recharge import RechargeRule
 from tally.domain.results import Result
 from tally.domain.transfers import TransferKind, TransferResult
@@ -50,8 +50,7 @@ class RechargeService:
     def mirror_rule(self, account_id: str) -> None:
         stored = self.book.get_rule(account_id)
         value = str(stored.rule.threshold_minor) if stored and stored.autopay_enabled else ""
-        store = self.engine.store
-        self.engine._guarded(lambda: store.recharge_marker(account_id, "rule", value))
+        self.engine.recharge_marker(account_id, "rule", value)
 
     def rule(self, account_id: str) -> StoredRule | None:
         return self.book.get_rule(account_id)
@@ -150,12 +149,12 @@ class RechargeService:
             transfer_id, account_id, amount_minor, currency, SystemAccount.card_clearing
         )
         if out.result is not None and out.result.is_success:
-            account = self.engine.ledger.get_account(account_id)
-            last = self.book.last_event(account_id)
-            suspended = account is not None and account.status is AccountStatus.suspended
-            if suspended and last is not None and last.cause == FUNDING_CAUSE:
-                self.book.add_event(account_id, "reinstated", "top_up", None)
-                self.engine.set_status(account_id, AccountStatus.active)
+            with self.engine.ledger.unit() as uow:  # the status and its event: all or none
+                reinstated = reinstate_funded(uow, account_id, None)
+            # A store error here leaves Redis behind SQL and reaches the caller, whose retry
+            # (same transfer id: a replay) writes the mirror again until it holds.
+            if reinstated or out.replayed:
+                self.engine.mirror_account(account_id)
         return out
 
     # -- freeze --------------------------------------------------------------------------------

@@ -105,8 +105,11 @@ for i = 1, n do
     local bal = a and a.bal or false
     out[#out + 1] = code; out[#out + 1] = bal; out[#out + 1] = 0
     if code ~= 11 then
+      -- The currency as SENT ('' = the account's own): a replay compares with what the client
+      -- sent, so a refused currency_mismatch replays as itself, and the ledger records it so.
+      local rc = (cur ~= '' and cur) or (a and a.cur) or ''
       local r = kind .. '|' .. aid .. '|' .. amt_text .. '|' ..
-        ((a and a.cur) or cur) .. '|' .. code .. '|' .. (bal and string.format('%d', bal) or '')
+        rc .. '|' .. code .. '|' .. (bal and string.format('%d', bal) or '')
       seen[tid] = r
       local rx = recs[x]
       if not rx then rx = {}; recs[x] = rx end

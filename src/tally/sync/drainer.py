@@ -37,8 +37,8 @@ from tally.domain.limits import (
 from tally.errors import ConfigError, InfrastructureError, LedgerNotInitialised, StoreLost
 from tally.ledger.journal import parse_entry
 from tally.ledger.models import DrainedLine, Epoch, RejectedLine, StreamId
-from tally.ledger.redis_errors import text, translated
 from tally.ledger.sql_ledger import SqlLedger
+from tally.store.errors import text, translated
 from tally.store.keys import KeyLayout
 
 log = logging.getLogger(__name__)

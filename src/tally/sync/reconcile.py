@@ -22,16 +22,16 @@ from tally.domain.results import Result
 from tally.domain.transfers import TransferKind
 from tally.errors import ConfigError, LedgerNotInitialised, StoreLost, UsageError
 from tally.ledger.models import DrainedLine, Epoch, StreamId
-from tally.ledger.redis_errors import text, translated
-from tally.ledger.redis_scan import (
+from tally.ledger.sql_accounts import LIST_LIMIT_MAX
+from tally.ledger.sql_ledger import SqlLedger
+from tally.store.errors import text, translated
+from tally.store.keys import KeyLayout
+from tally.sync.redis_scan import (
     account_key_pattern,
     journal_lines_upto,
     parse_account_key,
     scan_keys,
 )
-from tally.ledger.sql_accounts import LIST_LIMIT_MAX
-from tally.ledger.sql_ledger import SqlLedger
-from tally.store.keys import KeyLayout
 
 BATCH_MAX = 5000
 DRIFT_LISTED_MAX = 10_000

@@ -19,16 +19,16 @@ from tally.domain.accounts import Account
 from tally.domain.invariant import invariant
 from tally.domain.limits import BALANCE_MINOR_MAX
 from tally.errors import StoreReadOnly, UsageError
-from tally.ledger.drainer import GROUP
 from tally.ledger.journal import format_tx_record
 from tally.ledger.models import Epoch, EpochKind, EpochStatus
-from tally.ledger.redis_errors import text, translated
-from tally.ledger.redis_scan import scan_keys
 from tally.ledger.sql_accounts import LIST_LIMIT_MAX
 from tally.ledger.sql_epochs import AlreadyInitialised
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ledger.sql_recharge import iter_pages
+from tally.store.errors import text, translated
 from tally.store.keys import KeyLayout
+from tally.sync.drainer import GROUP
+from tally.sync.redis_scan import scan_keys
 
 CHUNK_MAX = 5000
 PAGE_SLACK = 100  # extra pages allowed for rows created while a load runs
@@ -38,7 +38,9 @@ class RebuildRefused(UsageError):
     hint = (
         "the Redis dataset is not empty: it holds the current healthy epoch or keys that are "
         "not from an interrupted rebuild; check you are pointing at the right Redis, then "
-        "re-run with --force to delete this namespace's keys (other keys are left alone)"
+        "re-run with --force to delete this namespace's keys (other keys are left alone). "
+        "A healthy dataset is deleted only once its journal is drained: stop the writers, "
+        "run `tally drain`, then rebuild"
     )
 
 
@@ -90,6 +92,44 @@ def inspect_dataset(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger) -
     if marker is None and current and values == {layout.epoch_value(current.epoch_id)}:
         return DatasetState.healthy
     return DatasetState.occupied
+
+
+def _undrained(pipe: redis.client.Pipeline, key: str) -> int:
+    """Entries of one journal the ledger may not have: delivered but not acknowledged, plus
+    any beyond the drainer group's last-delivered id (Redis 6.2 has no ``lag``: compare ids)."""
+    groups = {text(g["name"]): g for g in pipe.xinfo_groups(key)}
+    group = groups.get(GROUP)
+    if group is None:
+        return int(pipe.xlen(key))
+    delivered = text(group["last-delivered-id"]) or "0-0"
+    beyond = pipe.xrange(key, min="(" + delivered, max="+", count=1) or []
+    return int(group["pending"]) + len(beyond)
+
+
+def _fence_drained(client: redis.Redis, layout: KeyLayout) -> None:
+    """Before a forced rebuild deletes a HEALTHY dataset: stop every write (delete the epoch keys,
+    so every script answers store_lost) in one MULTI, only if no journal holds an entry the
+    ledger has not got. WATCH makes the check and the fence one step: a write that lands in
+    between (it appends to a journal) aborts the fence. An undrained entry is a debit Redis
+    applied and the ledger never saw: deleting it would lose it for good."""
+    journals = layout.journals()
+    with translated("fence before rebuild"), client.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(*journals, *(layout.epoch(s) for s in range(layout.shards)))  # type: ignore[no-untyped-call]
+            waiting = {shard: _undrained(pipe, key) for shard, key in enumerate(journals)}
+            if any(waiting.values()):
+                shown = {s: n for s, n in waiting.items() if n}
+                raise RebuildRefused(
+                    f"the healthy dataset holds undrained journal entries {shown} "
+                    "(shard: entries); deleting them would lose debits the ledger never saw"
+                )
+            pipe.multi()
+            pipe.delete(*(layout.epoch(s) for s in range(layout.shards)))
+            pipe.execute()
+        except redis.WatchError as exc:
+            raise RebuildRefused(
+                "writes arrived while fencing the dataset; nothing deleted"
+            ) from exc
 
 
 def delete_namespace(client: redis.Redis, layout: KeyLayout) -> int:
@@ -226,6 +266,8 @@ def _run(
     state = inspect_dataset(client, layout, ledger)
     if state in (DatasetState.healthy, DatasetState.occupied) and not force:
         raise RebuildRefused(f"the Redis dataset is {state.value}; nothing was changed")
+    if state is DatasetState.healthy:
+        _fence_drained(client, layout)
     epoch = ledger.begin_rebuild(layout.namespace, layout.shards, kind=kind)
     deleted, accounts, transfers = 0, 0, 0
     if state is not DatasetState.loaded:

@@ -8,9 +8,10 @@ from typing import Any
 import redis
 
 from tally.domain.limits import JOURNAL_ENTRIES_MAX
+from tally.errors import StoreError
 from tally.ledger.journal import parse_entry
 from tally.ledger.models import DrainedLine, StreamId
-from tally.ledger.redis_errors import text, translated
+from tally.store.errors import text, translated
 from tally.store.keys import KeyLayout
 
 SCAN_COUNT = 1000
@@ -34,7 +35,7 @@ def scan_keys(client: redis.Redis, pattern: str) -> Iterator[list[str]]:
             yield [text(k) or "" for k in keys]
         if int(cursor) == 0:
             return
-    raise RuntimeError(f"SCAN {pattern} did not finish within its bound")
+    raise StoreError(f"SCAN {pattern} did not finish within its bound")
 
 
 def account_key_pattern(layout: KeyLayout) -> str:
@@ -70,4 +71,4 @@ def journal_lines_upto(
         if len(entries) < XRANGE_COUNT:
             return
         start = f"({text(entries[-1][0])}"
-    raise RuntimeError(f"shard {shard} journal is longer than its bound {JOURNAL_ENTRIES_MAX}")
+    raise StoreError(f"shard {shard} journal is longer than its bound {JOURNAL_ENTRIES_MAX}")

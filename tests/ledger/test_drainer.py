@@ -101,6 +101,33 @@ def test_trim_keeps_entries_that_are_delivered_but_not_acknowledged(
     assert drainer.trim(shard) == 0
 
 
+def test_a_round_bigger_than_one_commit_is_settled_in_parts_each_acknowledged_after_it(
+    rclient: redis.Redis, layout: KeyLayout, ledger: SqlLedger
+) -> None:
+    """A round commits at most ``lines_max`` lines per transaction (a backlog of big entries
+    would otherwise exceed the ledger's batch bound), and a crash between parts loses nothing."""
+    _epoch, writer = setup(rclient, layout, ledger)
+    lines = write_traffic(writer)
+    commits = 0
+
+    def fault(where: str) -> None:
+        nonlocal commits
+        if where == "after_commit":
+            commits += 1
+            if commits == 2:
+                raise Crash(where)
+
+    drainer = Drainer(rclient, layout, ledger, count=1000, lines_max=5, fault=fault)
+    with pytest.raises(Crash):
+        drainer.run_once(limit=1000)
+    assert 0 < ledger.count_transfers() < lines
+    drain_all(Drainer(rclient, layout, ledger, count=1000, lines_max=5, fault=fault))
+    assert commits > 3
+    assert ledger.count_transfers() == lines
+    assert sum(rclient.xlen(k) for k in layout.journals()) == 0
+    assert_exactly_once(rclient, layout, ledger)
+
+
 @pytest.mark.parametrize("point", ["before_commit", "after_commit", "after_ack"])
 def test_a_drainer_crashing_mid_batch_loses_and_duplicates_nothing(
     rclient: redis.Redis, layout: KeyLayout, ledger: SqlLedger, point: str

@@ -35,9 +35,10 @@ from tally.domain.limits import (
     DRAIN_REPLICAS_MAX,
 )
 from tally.errors import ConfigError, InfrastructureError, LedgerNotInitialised, StoreLost
-from tally.ledger.journal import parse_entry
-from tally.ledger.models import DrainedLine, Epoch, RejectedLine, StreamId
+from tally.ledger.journal import parse_entry_into
+from tally.ledger.models import ApplyReport, Epoch, LineBatch, StreamId
 from tally.ledger.redis_errors import text, translated
+from tally.ledger.sql_apply import APPLY_LINES_MAX
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.keys import KeyLayout
 
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 
 GROUP = "drainer"
 ENTRIES_PER_READ_MAX = 1000
+#: Journal lines settled per ledger transaction, at most (a round that read more commits more
+#: than once). Big enough that COPY and the set-based insert run at full speed.
+LINES_PER_COMMIT_DEFAULT = 100_000
 FENCE_LOG_EVERY_S = 30.0
 Fault = Callable[[str], None]
 Entry = tuple[StreamId, dict[str, str] | None]
@@ -74,6 +78,34 @@ def _entries(reply: Any) -> list[Entry]:
         decoded = None if not fields else {text(k) or "": text(v) or "" for k, v in fields.items()}
         out.append((StreamId.parse(raw_id), decoded))
     return out
+
+
+def _entry_lines(fields: dict[str, str] | None) -> int:
+    return 1 if not fields else fields.get("d", "").count("\n") + 1
+
+
+def _transactions(
+    batches: list[tuple[int, list[Entry]]], lines_max: int
+) -> list[list[tuple[int, list[Entry]]]]:
+    """Split a round's entries, in order and at entry boundaries, into parts of at most
+    ``lines_max`` lines, or one entry when that entry alone holds more (it holds at most
+    LINES_PER_ENTRY_MAX, so a part stays below APPLY_LINES_MAX)."""
+    parts: list[list[tuple[int, list[Entry]]]] = [[]]
+    lines = 0
+    for shard, entries in batches:
+        taken: list[Entry] = []
+        for entry in entries:
+            n = _entry_lines(entry[1])
+            if lines + n > lines_max and (taken or parts[-1]):
+                if taken:
+                    parts[-1].append((shard, taken))
+                parts.append([])
+                taken, lines = [], 0
+            taken.append(entry)
+            lines += n
+        if taken:
+            parts[-1].append((shard, taken))
+    return [part for part in parts if part]
 
 
 def _check_fence(client: redis.Redis, replicas: int, fence_timeout_ms: int) -> None:
@@ -111,8 +143,9 @@ class Drainer:
     over entries another consumer left pending that long (a drainer that died under another
     name). ``replicas``: replicas that must hold what was read before it is settled (0: no
     fence; see the module docstring), waiting at most ``fence_timeout_ms`` per round (the
-    client's socket timeout must exceed it). ``fault``: a test hook called at "before_commit",
-    "after_commit" and "after_ack"."""
+    client's socket timeout must exceed it). ``lines_max``: journal lines per ledger
+    transaction. ``fault``: a test hook called at "before_commit", "after_commit" and
+    "after_ack"."""
 
     def __init__(
         self,
@@ -127,9 +160,13 @@ class Drainer:
         replicas: int = 0,
         fence_timeout_ms: int = DRAIN_FENCE_TIMEOUT_MS_DEFAULT,
         fault: Fault | None = None,
+        lines_max: int = LINES_PER_COMMIT_DEFAULT,
     ) -> None:
         if not 1 <= count <= ENTRIES_PER_READ_MAX:
             raise ConfigError(f"drainer count must be 1..{ENTRIES_PER_READ_MAX}, got {count}")
+        if not 1 <= lines_max <= APPLY_LINES_MAX:
+            raise ConfigError(f"drainer lines_max must be 1..{APPLY_LINES_MAX}, got {lines_max}")
+        self.lines_max = lines_max
         _check_fence(client, replicas, fence_timeout_ms)
         self.client, self.layout, self.ledger = client, layout, ledger
         self.consumer, self.count, self.block_ms = consumer, count, block_ms
@@ -172,7 +209,7 @@ class Drainer:
         self._next_shard = (self._next_shard + 1) % self.layout.shards
         if not batches or not self._fence():
             return 0
-        return sum(self._apply(shard, entries) for shard, entries in batches)
+        return self._apply(batches)
 
     def _fence(self) -> bool:
         """True when at least ``replicas`` replicas processed everything read so far.
@@ -252,36 +289,40 @@ class Drainer:
                 self.trim(shard)
         return entries
 
-    def _apply(self, shard: int, entries: list[Entry]) -> int:
-        drained: list[DrainedLine] = []
-        rejected: list[RejectedLine] = []
-        for stream_id, fields in entries:
-            if fields is not None:  # None: already trimmed, so already durable in SQL
-                lines, bad = parse_entry(shard, stream_id, fields)
-                drained += lines
-                rejected += bad
-        report = self.ledger.apply_journal(
-            drained, rejected, before_commit=lambda: self._hook("before_commit")
-        )
-        self._hook("after_commit")
-        self._ack_and_trim(shard, [sid for sid, _ in entries])
-        self._count(shard, len(entries), report.inserted, report.duplicates)
+    def _apply(self, batches: list[tuple[int, list[Entry]]]) -> int:
+        """Settle one round: as few ledger transactions as ``lines_max`` allows (one, unless the
+        round read more lines), each followed by XACK and trim of exactly what it committed."""
+        for part in _transactions(batches, self.lines_max):
+            batch = LineBatch()
+            for shard, entries in part:
+                for stream_id, fields in entries:
+                    if fields is not None:  # None: already trimmed, so already durable in SQL
+                        parse_entry_into(batch, shard, stream_id, fields)
+            report = self.ledger.apply_batch(
+                batch, before_commit=lambda: self._hook("before_commit")
+            )
+            self._hook("after_commit")
+            for shard, entries in part:
+                self._ack_and_trim(shard, [sid for sid, _ in entries])
+                self._count(shard, len(entries))
+            self._record(report)
+        return sum(len(entries) for _, entries in batches)
+
+    def _record(self, report: ApplyReport) -> None:
+        self.stats.lines_applied += report.inserted
+        self.stats.duplicates += report.duplicates
         self.stats.conflicts += report.conflicts
         self.stats.foreign += report.foreign
         self.stats.intents_settled += report.intents_settled
         if report.foreign or report.conflicts:
             log.warning(
-                "shard %d: %d foreign, %d conflicting journal lines recorded, not applied",
-                shard,
+                "%d foreign, %d conflicting journal lines recorded, not applied",
                 report.foreign,
                 report.conflicts,
             )
-        return len(entries)
 
-    def _count(self, shard: int, entries: int, applied: int, duplicates: int) -> None:
+    def _count(self, shard: int, entries: int) -> None:
         self.stats.entries += entries
-        self.stats.lines_applied += applied
-        self.stats.duplicates += duplicates
         per = self.stats.per_shard_entries
         per[shard] = per.get(shard, 0) + entries
 

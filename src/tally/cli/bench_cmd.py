@@ -113,7 +113,15 @@ def http(
     click.echo(
         _table(
             data["results"],
-            ["debits", "concurrency", "debits_per_s", "p50_ms", "p99_ms", "request_p99_ms"],
+            [
+                "debits",
+                "concurrency",
+                "debits_per_s",
+                "p50_ms",
+                "p99_ms",
+                "request_p99_ms",
+                "errors",
+            ],
         )
     )
 

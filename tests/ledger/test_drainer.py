@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,30 @@ def test_a_round_bigger_than_one_commit_is_settled_in_parts_each_acknowledged_af
     assert ledger.count_transfers() == lines
     assert sum(rclient.xlen(k) for k in layout.journals()) == 0
     assert_exactly_once(rclient, layout, ledger)
+
+
+@pytest.mark.parametrize("point", ["before_commit", "after_commit", "after_ack"])
+def test_parallel_groups_of_shards_crashing_lose_and_duplicate_nothing(
+    rclient: redis.Redis, layout: KeyLayout, ledger: SqlLedger, point: str
+) -> None:
+    _epoch, writer = setup(rclient, layout, ledger)
+    lines = write_traffic(writer)
+    for _ in range(3):  # every group's thread dies at the fault point; the round raises
+        drainer = Drainer(rclient, layout, ledger, count=3, workers=3, fault=crash_at(point))
+        with pytest.raises(Crash):
+            drain_all(drainer)
+    drain_all(Drainer(rclient, layout, ledger, count=3, workers=3))
+    assert ledger.count_transfers() == lines
+    assert sum(rclient.xlen(k) for k in layout.journals()) == 0
+    assert_exactly_once(rclient, layout, ledger)
+
+
+def crash_at(point: str) -> Callable[[str], None]:
+    def fault(where: str) -> None:
+        if where == point:
+            raise Crash(where)
+
+    return fault
 
 
 @pytest.mark.parametrize("point", ["before_commit", "after_commit", "after_ack"])

@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,8 @@ ENTRIES_PER_READ_MAX = 1000
 #: Journal lines settled per ledger transaction, at most (a round that read more commits more
 #: than once). Big enough that COPY and the set-based insert run at full speed.
 LINES_PER_COMMIT_DEFAULT = 100_000
+DRAIN_WORKERS_DEFAULT = 1
+DRAIN_WORKERS_MAX = 8
 FENCE_LOG_EVERY_S = 30.0
 Fault = Callable[[str], None]
 Entry = tuple[StreamId, dict[str, str] | None]
@@ -144,7 +147,8 @@ class Drainer:
     name). ``replicas``: replicas that must hold what was read before it is settled (0: no
     fence; see the module docstring), waiting at most ``fence_timeout_ms`` per round (the
     client's socket timeout must exceed it). ``lines_max``: journal lines per ledger
-    transaction. ``fault``: a test hook called at "before_commit", "after_commit" and
+    transaction. ``workers``: groups of shards settled at the same time, each in its own
+    transaction (PostgreSQL only: one backend per group, so both cores work). ``fault``: a test hook called at "before_commit", "after_commit" and
     "after_ack"."""
 
     def __init__(
@@ -161,12 +165,16 @@ class Drainer:
         fence_timeout_ms: int = DRAIN_FENCE_TIMEOUT_MS_DEFAULT,
         fault: Fault | None = None,
         lines_max: int = LINES_PER_COMMIT_DEFAULT,
+        workers: int = DRAIN_WORKERS_DEFAULT,
     ) -> None:
         if not 1 <= count <= ENTRIES_PER_READ_MAX:
             raise ConfigError(f"drainer count must be 1..{ENTRIES_PER_READ_MAX}, got {count}")
         if not 1 <= lines_max <= APPLY_LINES_MAX:
             raise ConfigError(f"drainer lines_max must be 1..{APPLY_LINES_MAX}, got {lines_max}")
-        self.lines_max = lines_max
+        if not 1 <= workers <= DRAIN_WORKERS_MAX:
+            raise ConfigError(f"drainer workers must be 1..{DRAIN_WORKERS_MAX}, got {workers}")
+        self.lines_max, self.workers = lines_max, workers
+        self._stats_lock = threading.Lock()
         _check_fence(client, replicas, fence_timeout_ms)
         self.client, self.layout, self.ledger = client, layout, ledger
         self.consumer, self.count, self.block_ms = consumer, count, block_ms
@@ -290,8 +298,22 @@ class Drainer:
         return entries
 
     def _apply(self, batches: list[tuple[int, list[Entry]]]) -> int:
-        """Settle one round: as few ledger transactions as ``lines_max`` allows (one, unless the
-        round read more lines), each followed by XACK and trim of exactly what it committed."""
+        """Settle one round: per group of shards (``workers`` groups on PostgreSQL, settled at
+        the same time over their own connections; one on SQLite, whose writers queue anyway) as
+        few ledger transactions as ``lines_max`` allows, each followed by XACK and trim of
+        exactly what it committed. Every group is waited for; the first error is raised."""
+        workers = 1 if self.ledger.dialect == "sqlite" else min(self.workers, len(batches))
+        groups = [batches[w::workers] for w in range(workers)]
+        if workers == 1:
+            self._apply_group(batches)
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="drain") as pool:
+                futures = [pool.submit(self._apply_group, group) for group in groups]
+            for future in futures:
+                future.result()
+        return sum(len(entries) for _, entries in batches)
+
+    def _apply_group(self, batches: list[tuple[int, list[Entry]]]) -> None:
         for part in _transactions(batches, self.lines_max):
             batch = LineBatch()
             for shard, entries in part:
@@ -304,9 +326,10 @@ class Drainer:
             self._hook("after_commit")
             for shard, entries in part:
                 self._ack_and_trim(shard, [sid for sid, _ in entries])
-                self._count(shard, len(entries))
-            self._record(report)
-        return sum(len(entries) for _, entries in batches)
+            with self._stats_lock:
+                for shard, entries in part:
+                    self._count(shard, len(entries))
+                self._record(report)
 
     def _record(self, report: ApplyReport) -> None:
         self.stats.lines_applied += report.inserted

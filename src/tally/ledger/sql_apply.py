@@ -307,7 +307,7 @@ def apply_batch(
     """Runs inside the caller's write transaction; ``before_commit`` is a fault-injection hook."""
     if len(batch) > APPLY_LINES_MAX:
         raise UsageError(f"journal batch of {len(batch)} lines exceeds {APPLY_LINES_MAX}")
-    current, building = lock_epochs(conn)
+    current, building = lock_epochs(conn, shared=True)
     if current is None:
         raise LedgerNotInitialised("the ledger has no current epoch")
     if building is not None:

@@ -182,6 +182,7 @@ def sustained(
         "transfers_per_s",
         "lag_p50_s",
         "lag_p99_s",
+        "kept_up",
         "journal_end",
         "redis_B_per_transfer",
         "x_ceiling",

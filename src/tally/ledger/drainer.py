@@ -148,8 +148,8 @@ class Drainer:
     fence; see the module docstring), waiting at most ``fence_timeout_ms`` per round (the
     client's socket timeout must exceed it). ``lines_max``: journal lines per ledger
     transaction. ``workers``: groups of shards settled at the same time, each in its own
-    transaction (PostgreSQL only: one backend per group, so both cores work). ``fault``: a test hook called at "before_commit", "after_commit" and
-    "after_ack"."""
+    transaction (PostgreSQL only: one backend per group). ``fault``: a test hook called at
+    "before_commit", "after_commit" and "after_ack"."""
 
     def __init__(
         self,

@@ -219,18 +219,10 @@ class Drainer:
         epoch = self._epoch()
         batches: list[tuple[int, list[Entry]]] = []
         read = 0
-        order = [
-            (self._next_shard + step) % self.layout.shards for step in range(self.layout.shards)
-        ]
-        if self.block_ms is None:
-            share = -(-limit // self.layout.shards)  # a round reads about ``limit`` in all
-            for shard, entries in self._read_round(order, epoch, min(self.count, share)):
-                if read < limit and entries:
-                    batches.append((shard, entries[: limit - read]))
-                    read += len(batches[-1][1])
-        for shard in order if self.block_ms is not None else ():
+        for step in range(self.layout.shards):
             if read >= limit:
                 break
+            shard = (self._next_shard + step) % self.layout.shards
             entries = self._read_shard(shard, epoch, min(self.count, limit - read))
             if entries:
                 batches.append((shard, entries))
@@ -307,66 +299,6 @@ class Drainer:
                 )
                 entries = _stream_entries(new)
         return entries
-
-    def _read_round(
-        self, order: list[int], epoch: Epoch, count: int
-    ) -> list[tuple[int, list[Entry]]]:
-        """``_read_shard`` for every shard at once, each step one pipeline (epoch keys and own
-        pending entries, then claims, then new entries, then lengths) instead of a few round
-        trips per shard. Entries read beyond the round's limit stay pending under this
-        consumer and come first next round."""
-        keys = {shard: self.layout.journal(shard) for shard in order}
-        with translated("journal read"):
-            pipe = self.client.pipeline(transaction=False)
-            for shard in order:
-                pipe.get(self.layout.epoch(shard))
-                pipe.xreadgroup(GROUP, self.consumer, {keys[shard]: "0"}, count=count)
-            # the epoch keys are judged first: a lost dataset also lacks its streams
-            replies = pipe.execute(raise_on_error=False)
-            want = self.layout.epoch_value(epoch.epoch_id)
-            for i, shard in enumerate(order):
-                if text(replies[2 * i]) != want:
-                    raise StoreLost(
-                        f"shard {shard} epoch key is {text(replies[2 * i])!r}, the ledger's "
-                        f"current epoch is {want!r}: not draining a foreign dataset"
-                    )
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
-        found = {shard: _stream_entries(replies[2 * i + 1]) for i, shard in enumerate(order)}
-        if self.claim_idle_ms is not None:
-            self._fill(found, lambda p, key: p.xautoclaim(
-                key, GROUP, self.consumer, self.claim_idle_ms, "0-0", count=count
-            ), lambda reply: _entries(reply[1]))  # fmt: skip
-        self._fill(found, lambda p, key: p.xreadgroup(GROUP, self.consumer, {key: ">"},
-                   count=count), _stream_entries)  # fmt: skip
-        empty = [shard for shard in order if not found[shard]]
-        with translated("journal length"):
-            pipe = self.client.pipeline(transaction=False)
-            for shard in empty:
-                pipe.xlen(keys[shard])
-            lengths = pipe.execute()
-        leftover = [shard for shard, n in zip(empty, lengths, strict=True) if int(n)]
-        if leftover:  # acknowledged but not trimmed (a crash between XACK and XTRIM)
-            self.trim_many(leftover)
-        return [(shard, found[shard]) for shard in order]
-
-    def _fill(
-        self,
-        found: dict[int, list[Entry]],
-        command: Callable[[Any, str], Any],
-        parse: Callable[[Any], list[Entry]],
-    ) -> None:
-        """Run ``command`` for the shards that have no entries yet, in one pipeline."""
-        empty = [shard for shard, entries in found.items() if not entries]
-        if not empty:
-            return
-        with translated("journal read"):
-            pipe = self.client.pipeline(transaction=False)
-            for shard in empty:
-                command(pipe, self.layout.journal(shard))
-            for shard, reply in zip(empty, pipe.execute(), strict=True):
-                found[shard] = parse(reply)
 
     def _read_shard(self, shard: int, epoch: Epoch, count: int) -> list[Entry]:
         self._check_epoch(shard, epoch)

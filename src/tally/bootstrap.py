@@ -130,6 +130,7 @@ def open_deployment(settings: Settings) -> Deployment:
             wait_timeout_ms=settings.wait_timeout_ms,
             rediscover=rediscover,
             primary_moved=primary_moved,
+            idempotency_window_ms=settings.idempotency_window_ms,
         )
     except BaseException:
         ledger.close()

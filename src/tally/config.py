@@ -6,6 +6,8 @@ TALLY_LEDGER_URL    sqlite:///... or postgresql://... (default: $TALLY_HOME/ledg
 TALLY_HOME          where local state lives (default: ./.tally)
 TALLY_NAMESPACE     key prefix in Redis (default: tally)
 TALLY_SHARDS        logical shards, fixed at `tally init` (default: 16)
+TALLY_IDEMPOTENCY_WINDOW_S  how long Redis keeps each transfer id's record (exact replays), in
+                    seconds; 0 (the default) keeps them forever (see the README on the window)
 TALLY_DRAIN_REPLICAS  replicas that must hold a journal entry before the drainer settles it in
                     the ledger: a whole number, or `auto` (the default): 1 for a sentinel://
                     URL (a deployment with replicas to fail over to), else 0 (a single node)
@@ -22,6 +24,7 @@ from tally.domain.limits import (
     DRAIN_FENCE_TIMEOUT_MS_DEFAULT,
     DRAIN_FENCE_TIMEOUT_MS_MAX,
     DRAIN_REPLICAS_MAX,
+    IDEMPOTENCY_WINDOW_MS_MAX,
 )
 from tally.errors import ConfigError
 from tally.store.keys import SHARDS_DEFAULT
@@ -58,6 +61,9 @@ class Settings:
     drain_replicas: int | None = None
     #: How long one drain round waits for them (WAIT); below the socket timeout.
     drain_fence_timeout_ms: int = DRAIN_FENCE_TIMEOUT_MS_DEFAULT
+    #: Transfer-id records are kept this long in Redis (two generations dropped whole); 0 keeps
+    #: them forever. Outside the window a replay is NOT recognised by the store (README).
+    idempotency_window_ms: int = 0
 
     def __post_init__(self) -> None:
         replicas = self.drain_replicas
@@ -105,6 +111,7 @@ class Settings:
             drain_replicas=parse_drain_replicas(
                 os.environ.get("TALLY_DRAIN_REPLICAS", DRAIN_REPLICAS_AUTO)
             ),
+            idempotency_window_ms=parse_window_s(os.environ.get("TALLY_IDEMPOTENCY_WINDOW_S", "0")),
         )
 
     def require_redis_url(self) -> str:
@@ -126,6 +133,19 @@ def parse_drain_replicas(text: str) -> int | None:
             f"TALLY_DRAIN_REPLICAS must be a whole number or {DRAIN_REPLICAS_AUTO!r}, got {text!r}"
         )
     return int(value)
+
+
+def parse_window_s(text: str) -> int:
+    """Whole seconds -> ms, within ``IDEMPOTENCY_WINDOW_MS_MAX``."""
+    value = text.strip()
+    if not value.isdigit() or not value.isascii():
+        raise ConfigError(f"TALLY_IDEMPOTENCY_WINDOW_S must be whole seconds, got {text!r}")
+    window_ms = int(value) * 1000
+    if window_ms > IDEMPOTENCY_WINDOW_MS_MAX:
+        raise ConfigError(
+            f"TALLY_IDEMPOTENCY_WINDOW_S is above {IDEMPOTENCY_WINDOW_MS_MAX // 1000}"
+        )
+    return window_ms
 
 
 def local_redis_url(home: Path) -> str | None:

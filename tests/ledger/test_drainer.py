@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,57 @@ def test_trim_keeps_entries_that_are_delivered_but_not_acknowledged(
     drainer.run_once(limit=100)
     assert rclient.xlen(key) == length  # the oldest is pending: nothing above it is trimmed
     assert drainer.trim(shard) == 0
+
+
+def test_a_round_bigger_than_one_commit_is_settled_in_parts_each_acknowledged_after_it(
+    rclient: redis.Redis, layout: KeyLayout, ledger: SqlLedger
+) -> None:
+    """A round commits at most ``lines_max`` lines per transaction (a backlog of big entries
+    would otherwise exceed the ledger's batch bound), and a crash between parts loses nothing."""
+    _epoch, writer = setup(rclient, layout, ledger)
+    lines = write_traffic(writer)
+    commits = 0
+
+    def fault(where: str) -> None:
+        nonlocal commits
+        if where == "after_commit":
+            commits += 1
+            if commits == 2:
+                raise Crash(where)
+
+    drainer = Drainer(rclient, layout, ledger, count=1000, lines_max=5, fault=fault)
+    with pytest.raises(Crash):
+        drainer.run_once(limit=1000)
+    assert 0 < ledger.count_transfers() < lines
+    drain_all(Drainer(rclient, layout, ledger, count=1000, lines_max=5, fault=fault))
+    assert commits > 3
+    assert ledger.count_transfers() == lines
+    assert sum(rclient.xlen(k) for k in layout.journals()) == 0
+    assert_exactly_once(rclient, layout, ledger)
+
+
+@pytest.mark.parametrize("point", ["before_commit", "after_commit", "after_ack"])
+def test_parallel_groups_of_shards_crashing_lose_and_duplicate_nothing(
+    rclient: redis.Redis, layout: KeyLayout, ledger: SqlLedger, point: str
+) -> None:
+    _epoch, writer = setup(rclient, layout, ledger)
+    lines = write_traffic(writer)
+    for _ in range(3):  # every group's thread dies at the fault point; the round raises
+        drainer = Drainer(rclient, layout, ledger, count=3, workers=3, fault=crash_at(point))
+        with pytest.raises(Crash):
+            drain_all(drainer)
+    drain_all(Drainer(rclient, layout, ledger, count=3, workers=3))
+    assert ledger.count_transfers() == lines
+    assert sum(rclient.xlen(k) for k in layout.journals()) == 0
+    assert_exactly_once(rclient, layout, ledger)
+
+
+def crash_at(point: str) -> Callable[[str], None]:
+    def fault(where: str) -> None:
+        if where == point:
+            raise Crash(where)
+
+    return fault
 
 
 @pytest.mark.parametrize("point", ["before_commit", "after_commit", "after_ack"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -10,8 +11,22 @@ from tally.domain.accounts import Account, SystemAccount
 from tally.domain.results import Result
 from tally.domain.transfers import Transfer, TransferKind
 from tally.errors import StoreLost, UsageError
-from tally.ledger.journal import MalformedLine, format_line, parse_line
-from tally.ledger.models import DrainedLine, IntentState, JournalLine, Position, StreamId
+from tally.ledger.journal import (
+    MalformedLine,
+    format_line,
+    parse_entry,
+    parse_entry_into,
+    parse_line,
+)
+from tally.ledger.models import (
+    DrainedLine,
+    IntentState,
+    JournalLine,
+    LineBatch,
+    Position,
+    StreamId,
+)
+from tally.ledger.schema import journal_conflicts
 from tally.ledger.sql_ledger import SqlLedger
 
 EPOCH_NS = "tally"
@@ -230,3 +245,56 @@ def test_transfers_pages_follow_the_cursor_for_customers_and_system_accounts(
         assert len(seen) == len(set(seen)) == expected
     with pytest.raises(UsageError):
         ledger.transfers_page("acme", after="garbage", limit=10)
+
+
+_texts = st.one_of(
+    st.builds(
+        lambda tid, k, acct, amt, cur, code, bal, ts, rc: "|".join(
+            [tid, k, acct, amt, cur, code, bal, ts, *([rc] if rc else [])]
+        ),
+        st.sampled_from(["t1", "a.b:c-d_e", "x" * 64, "x" * 65, "t 1", "@sys", ""]),
+        st.sampled_from(["d", "c", "x", "D"]),
+        st.sampled_from(["acme", "a" * 64, "a|b", "é"]),
+        st.sampled_from(["1", "250", "0", "007", "-5", str(10**13), str(10**13 + 1), "1e3"]),
+        st.sampled_from(["USD", "JPY", "XXX", "usd"]),
+        st.sampled_from(["0", "7", "14", "15", "99", "07", "-0"]),
+        st.sampled_from(["", "0", "-5", "12", "-0", "007", str(10**15), str(-(10**15) - 1)]),
+        st.sampled_from(["1700000000000", "0", "-1", "01", ""]),
+        st.sampled_from([None, "", "rc-0123456789abcdef0123456789abc", "rc|x"]),
+    ),
+    st.text(max_size=30),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(texts=st.lists(_texts, min_size=1, max_size=6))
+def test_the_fast_entry_parser_accepts_and_refuses_exactly_what_parse_entry_does(
+    texts: list[str],
+) -> None:
+    """The drainer's columnar parser takes a regex fast path; any line it does not recognise
+    goes through ``parse_line``, so it must end with the very lines and values parse_entry has."""
+    fields = {"e": "ep-1", "d": "\n".join(texts)}
+    lines, rejected = parse_entry(3, StreamId(5, 1), fields)
+    batch = LineBatch()
+    parse_entry_into(batch, 3, StreamId(5, 1), fields)
+    expected = LineBatch()
+    for d in lines:
+        expected.add_line(d.line, d.position, format_line(d.line))
+    assert batch.rows == expected.rows
+    assert batch.rejected == rejected
+
+
+def test_a_line_repeated_in_one_batch_with_other_parameters_is_a_recorded_conflict(
+    ledger: SqlLedger,
+) -> None:
+    epoch = ledger.init_epoch(EPOCH_NS, 1)
+    ledger.create_account(Account("acme", "USD"))
+    first = at(epoch.epoch_id, 1, line("t", "c", "acme", 100))
+    again = at(epoch.epoch_id, 2, line("t", "c", "acme", 100))
+    other = at(epoch.epoch_id, 3, line("t", "c", "acme", 999))
+    report = ledger.apply_journal([first, again, other])
+    assert (report.inserted, report.duplicates, report.conflicts) == (1, 1, 1)
+    assert ledger.balance_of("acme") == 100
+    with ledger.transaction() as conn:
+        rows = conn.execute(sa.select(journal_conflicts.c.reason, journal_conflicts.c.line)).all()
+    assert [tuple(r) for r in rows] == [("different_amount", format_line(other.line))]

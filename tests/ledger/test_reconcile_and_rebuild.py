@@ -292,3 +292,31 @@ def test_rebuild_adds_the_account_fields_other_layers_own(
     key = layout.account_key(ACCOUNTS[1])
     assert rclient.hmget(key, "rt", "ro", "cur") == [b"500", b"rc-1", b"USD"]
     assert rclient.hget(layout.account_key(ACCOUNTS[2]), "rt") is None
+
+
+def test_rebuild_restores_exactly_the_transfer_records_inside_the_idempotency_window(
+    rclient: redis.Redis, layout: KeyLayout, ledger: SqlLedger
+) -> None:
+    import sqlalchemy as sa
+
+    from tally.ledger.schema import transfers
+
+    window_ms = 3_600_000
+    writer = deployed(rclient, layout, ledger)
+    traffic(writer, "old", rounds=2)
+    traffic(writer, "new", rounds=2)
+    drain(rclient, layout, ledger)
+    balances_before, _ = redis_state(rclient, layout)
+    with ledger.transaction(write=True) as conn:  # the "old" ones happened two windows ago
+        conn.execute(
+            sa.update(transfers)
+            .where(transfers.c.id.like("old%"))
+            .values(ts_ms=transfers.c.ts_ms - 2 * window_ms)
+        )
+    rclient.flushall()
+    report = rebuild(rclient, layout, ledger, idempotency_window_ms=window_ms)
+    balances, records = redis_state(rclient, layout)
+    assert balances == balances_before  # balances come from every transfer, window or not
+    restored = {k.decode() for k in records}
+    assert restored == {t for t in restored if t.startswith("new")}
+    assert len(restored) == report.transfers_loaded == 2 * 2 * len(ACCOUNTS)

@@ -6,7 +6,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tally.domain.accounts import Account, AccountStatus
-from tally.domain.rules import AccountBook, Books, apply_transfer, recharge_id_for, recharge_marker
+from tally.domain.rules import (
+    AccountBook,
+    Books,
+    apply_transfer,
+    recharge_id_for,
+    recharge_marker,
+    rotate_records,
+)
 from tally.store.keys import KeyLayout
 from tally.store.redis_store import RechargeMarker, RedisStore
 
@@ -59,6 +66,80 @@ def test_random_operations_match_the_reference_model(
     assert {a: s.balance_minor for a, s in real.items() if s} == {
         a: b.balance_minor for a, b in model.accounts.items()
     }
+
+
+# -- idempotency window extension: records survive one turnover, and are gone after two ------
+WINDOW_MS = 3_600_000  # long: the test turns the window over itself, by its generation keys
+windowed_ops = st.lists(
+    st.one_of(
+        st.just("rotate"),
+        st.tuples(
+            st.sampled_from([f"t{i}" for i in range(8)]),
+            st.sampled_from(["d", "c"]),
+            st.sampled_from([*ACCOUNTS, "missing"]),
+            st.integers(min_value=1, max_value=60),
+            st.sampled_from(["", "USD"]),
+        ),
+    ),
+    max_size=40,
+)
+
+
+def _one_id_per_tx_shard(layout: KeyLayout, tag: int) -> list[str]:
+    ids: dict[int, str] = {}
+    for n in range(10_000):
+        tid = f"rot{tag}-{n}"
+        ids.setdefault(layout.shard_of(tid), tid)
+        if len(ids) == layout.shards:
+            return [ids[s] for s in range(layout.shards)]
+    raise AssertionError("no id for some shard")
+
+
+def _turn_over(store: RedisStore, layout: KeyLayout, model: Books, tag: int) -> None:
+    """As if a window had passed on the server's clock: every generation key dated 0, then one
+    call per tx shard (the script rotates a shard when a call touches it)."""
+    for shard in range(layout.shards):
+        key = layout.tx_generations_key(shard)
+        current = (store.client.get(key) or b"0|0").split(b"|")[0]
+        store.client.set(key, current + b"|0")
+    rotate_records(model)
+    touch = [(tid, "d", "missing", 1, "") for tid in _one_id_per_tx_shard(layout, tag)]
+    assert store.apply(touch).results == [apply_transfer(model, *op) for op in touch]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(operations=windowed_ops, cuts=batching)
+def test_replays_across_window_turnovers_match_the_reference_model(
+    store: RedisStore, layout: KeyLayout, operations: list, cuts: list[int]
+) -> None:
+    """Inside the window (the current or the previous generation) a replay returns the first
+    outcome; after two turnovers the record is gone from the store (``rotate_records``)."""
+    store.client.flushall()
+    stamp_epoch(store.client, layout)
+    store.idempotency_window_ms = WINDOW_MS
+    model = Books()
+    for aid in ACCOUNTS:
+        store.upsert_account(Account(aid, "USD", 20))
+        model.accounts[aid] = AccountBook("USD", 20, AccountStatus.active)
+    pos, cut, turnovers = 0, 0, 0
+    while pos < len(operations):
+        if operations[pos] == "rotate":
+            turnovers += 1
+            _turn_over(store, layout, model, turnovers)
+            pos += 1
+            continue
+        size = cuts[cut % len(cuts)]
+        batch = []
+        while pos < len(operations) and len(batch) < size and operations[pos] != "rotate":
+            batch.append(operations[pos])
+            pos += 1
+        assert store.apply(batch).results == [apply_transfer(model, *op) for op in batch]
+        cut += 1
+    held = {f.decode() for s in range(layout.shards) for g in (0, 1)
+            for f in store.client.hkeys(layout.tx_generation(s, g))}  # fmt: skip
+    assert held == set(model.records) | set(model.previous)
 
 
 # -- auto-recharge extension: the debit that crosses the threshold opens one recharge ------------

@@ -143,7 +143,13 @@ def rebuild(force: bool, as_json: bool, **conn: str | None) -> None:
     from tally.sync.rebuild import rebuild as run_rebuild
 
     with deployment(**conn) as dep:
-        report = run_rebuild(dep.client, dep.layout, dep.ledger, force=force)
+        report = run_rebuild(
+            dep.client,
+            dep.layout,
+            dep.ledger,
+            force=force,
+            idempotency_window_ms=dep.store.idempotency_window_ms,
+        )
         data = _plain(report)
         # Money in that the lost dataset held but the journal had not yet settled: apply it
         # again now (idempotent by transfer id), so no acknowledged credit is lost.

@@ -1,4 +1,4 @@
-"""tally bench debits | http | storm: measured throughput, and the F1 storm, on this machine."""
+"""tally bench debits | http | sustained | storm: measured throughput, and the F1 storm, on this machine."""
 
 from __future__ import annotations
 
@@ -124,6 +124,70 @@ def http(
             ],
         )
     )
+
+
+@bench.command("sustained")
+@click.option(
+    "--duration-s",
+    default=180.0,
+    show_default=True,
+    type=click.FloatRange(5, 86_400),
+    help="The run at the highest rate kept up with (the search steps come before it).",
+)
+@click.option(
+    "--ledger-url",
+    default=None,
+    help="A PostgreSQL server (a database is created for the run and dropped); default: SQLite.",
+)
+@click.option("--accounts", default=2000, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--step-s", default=15.0, show_default=True, type=click.FloatRange(1, 3600))
+@click.option("--ceiling-s", default=10.0, show_default=True, type=click.FloatRange(1, 3600))
+@click.option("--lag-p99-s-max", default=5.0, show_default=True, type=click.FloatRange(0.1, 600))
+@click.option("--drain-workers", default=1, show_default=True, type=click.IntRange(1, 8))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@handles_errors
+def sustained(
+    duration_s: float,
+    ledger_url: str | None,
+    accounts: int,
+    batch_size: int,
+    step_s: float,
+    ceiling_s: float,
+    lag_p99_s_max: float,
+    drain_workers: int,
+    as_json: bool,
+) -> None:
+    """The store load and the deployment's own drainer together, at the highest offered rate
+    whose drain lag p99 stays within the bound: transfers settled in the ledger per second,
+    drain lag, journal length at the end, Redis memory per transfer, and the store-only
+    ceiling of the same run (tally.bench.sustained)."""
+    from tally.bench.sustained import SustainedConfig, run, summary_rows
+
+    cfg = SustainedConfig(
+        duration_s=duration_s,
+        ledger_url=ledger_url,
+        accounts=accounts,
+        batch_size=batch_size,
+        step_s=step_s,
+        ceiling_s=ceiling_s,
+        lag_p99_s_max=lag_p99_s_max,
+        drain_workers=drain_workers,
+    )
+    data = run(cfg, progress=lambda text: click.echo(f"... {text}", err=True))
+    if as_json:
+        click.echo(json.dumps(data, sort_keys=True))
+        return
+    columns = [
+        "transfers_per_s",
+        "lag_p50_s",
+        "lag_p99_s",
+        "kept_up",
+        "journal_end",
+        "redis_B_per_transfer",
+        "x_ceiling",
+    ]
+    click.echo(_table(summary_rows(data), columns))
 
 
 @bench.command("storm")

@@ -31,6 +31,11 @@ DRAIN_REPLICAS_MAX = 32
 DRAIN_FENCE_TIMEOUT_MS_DEFAULT = 500
 DRAIN_FENCE_TIMEOUT_MS_MAX = 10_000
 
+#: How long a transfer id's record (what makes a replay exact) is kept in Redis, at most; the
+#: store's window is a setting (``Settings.idempotency_window_ms``, 0 = forever).
+IDEMPOTENCY_WINDOW_MS_MAX = 366 * 86_400_000
+IDEMPOTENCY_WINDOW_MS_SUGGESTED = 7 * 86_400_000
+
 # The scripts check every step against the bounds, so the largest intermediate value is a
 # balance at its bound plus or minus one maximal amount (or a credit limit); it must be exact.
 if not BALANCE_MINOR_MAX + max(AMOUNT_MINOR_MAX, CREDIT_LIMIT_MINOR_MAX) < LUA_EXACT_INT_MAX // 4:

@@ -41,6 +41,14 @@ class Record:
 class Books:
     accounts: dict[str, AccountBook] = field(default_factory=dict)
     records: dict[str, Record] = field(default_factory=dict)
+    #: The idempotency window's previous generation (``rotate_records``): still replayed.
+    previous: dict[str, Record] = field(default_factory=dict)
+
+
+def rotate_records(books: Books) -> None:
+    """The window turns over: the previous generation is dropped whole, the current one becomes
+    the previous one (the store does this per tx shard, by the server's clock)."""
+    books.previous, books.records = books.records, {}
 
 
 def _replay(
@@ -120,7 +128,7 @@ def apply_transfer(
     books: Books, transfer_id: str, kind: str, account_id: str, amount: int, currency: str
 ) -> TransferResult:
     """Apply one transfer (kind ``d`` or ``c``; currency '' means the account's own)."""
-    rec = books.records.get(transfer_id)
+    rec = books.records.get(transfer_id) or books.previous.get(transfer_id)
     if rec is not None:
         code, bal = _replay(rec, kind, account_id, amount, currency)
         return TransferResult(transfer_id, code, bal, True)

@@ -160,7 +160,7 @@ def snapshot_store(client: Any, namespace: str = "tally") -> dict[str, Any]:
         if ":a:" in key:
             fields = client.hgetall(key)
             accounts[key.split(":a:", 1)[1]] = {_s(k): _s(v) for k, v in fields.items()}
-        elif key.endswith(":tx"):
+        elif key.endswith((":tx", ":tx:1")):  # both generations of the idempotency window
             cursor = 0
             for _ in range(STORE_KEYS_MAX // SCAN_COUNT + 1):
                 cursor, page = client.hscan(key, cursor, count=SCAN_COUNT)

@@ -3,63 +3,173 @@
 A line whose transfer id is already stored with the same (kind, account, amount, currency,
 result) is a redelivery and a no-op. Same id with other parameters is a conflict: recorded in
 ``journal_conflicts`` verbatim, counted, never applied and never overwriting the first outcome.
+
+Set-based, so the drainer keeps up with the store: the batch is bulk-loaded into a temporary
+staging table (PostgreSQL ``COPY``, SQLite ``executemany``: the one place the dialects differ),
+then ONE ``INSERT … SELECT … ON CONFLICT (id) DO NOTHING`` stores the first line of every id
+not stored yet, with its counterparty (a pending credit intent's source) joined in. When every
+candidate was inserted there is nothing else to do; otherwise one join of the staging table
+with ``transfers`` finds the lines whose id is stored with other parameters (the conflicts);
+the rest are duplicates. Balances are never stored (``sql_balances`` derives them), so there
+is no balance row to update.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Final
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from tally.domain.accounts import SystemAccount
 from tally.domain.results import Result
-from tally.domain.transfers import TransferKind, counterparty
+from tally.domain.transfers import TransferKind
 from tally.errors import LedgerNotInitialised, StoreLost, UsageError
 from tally.ledger import sql_recharge
-from tally.ledger.journal import format_line
-from tally.ledger.models import ApplyReport, CreditIntent, DrainedLine, RejectedLine
-from tally.ledger.schema import journal_conflicts, transfers
+from tally.ledger.journal import LINES_PER_ENTRY_MAX, format_line
+from tally.ledger.models import (
+    ApplyReport,
+    CreditIntent,
+    DrainedLine,
+    JournalLine,
+    LineBatch,
+    Position,
+    RejectedLine,
+    StagedRow,
+    StreamId,
+)
+from tally.ledger.schema import ID_LEN, STATUS_LEN, credit_intents, journal_conflicts, transfers
 from tally.ledger.sql_accounts import ensure_system_accounts
 from tally.ledger.sql_epochs import lock_epochs
-from tally.ledger.sql_intents import difference, pending_intents, settle
+from tally.ledger.sql_intents import difference, pending_intents_among, settle
 from tally.ledger.sqlutil import chunks, insert_ignore, now_ms
 
 APPLY_LINES_MAX = 250_000
+if not LINES_PER_ENTRY_MAX <= APPLY_LINES_MAX:  # the drainer commits a whole entry at once
+    raise ImportError("LINES_PER_ENTRY_MAX must not exceed APPLY_LINES_MAX")
 _Params = tuple[str, str, int, str, int]  # kind, account, amount, currency, result
+_PARAMS_NAMES = ("kind", "account", "amount", "currency", "result")
+
+# The staging table: one row per line of the batch (``StagedRow``), created and dropped inside
+# the batch's own transaction, so a rollback leaves nothing behind and pooled connections
+# never see another batch's rows.
+_stage_metadata = sa.MetaData()
+stage = sa.Table(
+    "tally_journal_stage",
+    _stage_metadata,
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("id", sa.String(ID_LEN), nullable=False),
+    sa.Column("kind", sa.String(STATUS_LEN), nullable=False),
+    sa.Column("account_id", sa.String(ID_LEN), nullable=False),
+    sa.Column("amount_minor", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("result", sa.Integer, nullable=False),
+    sa.Column("balance_after_minor", sa.BigInteger, nullable=True),
+    sa.Column("ts_ms", sa.BigInteger, nullable=False),
+    sa.Column("epoch_id", sa.String(ID_LEN), nullable=False),
+    sa.Column("shard", sa.Integer, nullable=False),
+    sa.Column("stream_ms", sa.BigInteger, nullable=False),
+    sa.Column("stream_seq", sa.BigInteger, nullable=False),
+    sa.Column("line_no", sa.Integer, nullable=False),
+    sa.Column("recharge_id", sa.String(ID_LEN), nullable=True),
+    prefixes=["TEMPORARY"],
+)
+_STAGE_COLUMNS = [c.name for c in stage.columns]
+# StagedRow positions (Final, so mypy types each element)
+_ID: Final = 1
+_KIND: Final = 2
+_ACCOUNT: Final = 3
+_AMOUNT: Final = 4
+_CURRENCY: Final = 5
+_RESULT: Final = 6
+_BALANCE: Final = 7
+_TS: Final = 8
+_EPOCH: Final = 9
+_SHARD: Final = 10
+_MS: Final = 11
+_SEQ: Final = 12
+_LINE_NO: Final = 13
+_RECHARGE: Final = 14
 
 
-def _params_of_line(d: DrainedLine) -> _Params:
-    line = d.line
-    return (line.kind.value, line.account_id, line.amount_minor, line.currency, int(line.result))
+def _load_stage(conn: Connection, rows: Sequence[StagedRow]) -> None:
+    """The only dialect branch: PostgreSQL's COPY, SQLite's executemany (both in-process and
+    inside the caller's transaction)."""
+    stage.create(conn, checkfirst=False)
+    if conn.dialect.name == "postgresql":
+        driver = conn.connection.driver_connection
+        columns = ", ".join(_STAGE_COLUMNS)
+        sql = f"COPY {stage.name} ({columns}) FROM STDIN"
+        with driver.cursor() as cursor, cursor.copy(sql) as copy:  # type: ignore[union-attr]
+            for row in rows:
+                copy.write_row(row)
+    else:
+        marks = ", ".join("?" * len(_STAGE_COLUMNS))
+        conn.exec_driver_sql(f"INSERT INTO {stage.name} VALUES ({marks})", list(rows))
 
 
-def _row(d: DrainedLine, intents: dict[str, CreditIntent], ts: int) -> dict[str, Any]:
-    line, pos = d.line, d.position
-    intent = intents.get(line.transfer_id)
-    source = intent.source if intent is not None and line.kind is TransferKind.credit else None
-    other = counterparty(line.kind, line.currency, source)
-    debit, credit = (
-        (line.account_id, other) if line.kind is TransferKind.debit else (other, line.account_id)
+def _insert_from_stage(conn: Connection, *, ts: int, first_only: bool) -> int:
+    """One INSERT … SELECT … ON CONFLICT DO NOTHING; returns the rows inserted. A credit comes
+    from its pending intent's source (card clearing when there is none), a debit goes to usage
+    revenue, as ``tally.domain.transfers.counterparty`` says."""
+    s, ci = stage.c, credit_intents.c
+    # "@<system account>:<currency>", as SystemAccount.account_id spells it
+    source = sa.func.coalesce(ci.source, SystemAccount.card_clearing.value)
+    clearing = sa.literal("@", sa.String) + source + sa.literal(":", sa.String) + s.currency
+    revenue = sa.literal(f"@{SystemAccount.usage_revenue.value}:", sa.String) + s.currency
+    debit = TransferKind.debit.value
+    columns = [
+        s.id,
+        s.kind,
+        s.account_id,
+        sa.case((s.kind == debit, s.account_id), else_=clearing),
+        sa.case((s.kind == debit, revenue), else_=s.account_id),
+        s.amount_minor,
+        s.currency,
+        s.result,
+        s.balance_after_minor,
+        s.ts_ms,
+        s.epoch_id,
+        s.shard,
+        s.stream_ms,
+        s.stream_seq,
+        s.line_no,
+        sa.literal(ts, sa.BigInteger),
+    ]
+    # SQLite needs a WHERE in an INSERT … SELECT with upsert (else ON CONFLICT parses as a join
+    # constraint); it also picks the first line of an id staged twice.
+    where = (
+        s.n.in_(sa.select(sa.func.min(s.n)).group_by(s.id).scalar_subquery())
+        if first_only
+        else s.n >= 0
     )
-    return {
-        "id": line.transfer_id,
-        "kind": line.kind.value,
-        "account_id": line.account_id,
-        "debit_account_id": debit,
-        "credit_account_id": credit,
-        "amount_minor": line.amount_minor,
-        "currency": line.currency,
-        "result": int(line.result),
-        "balance_after_minor": line.balance_after_minor,
-        "ts_ms": line.ts_ms,
-        "epoch_id": pos.epoch_id,
-        "shard": pos.shard,
-        "stream_ms": pos.stream_id.ms,
-        "stream_seq": pos.stream_id.seq,
-        "line_no": pos.line_no,
-        "drained_at_ms": ts,
-    }
+    pending = sa.and_(ci.id == s.id, ci.state == "pending")
+    query = sa.select(*columns).select_from(stage.outerjoin(credit_intents, pending)).where(where)
+    targets = [
+        "id",
+        "kind",
+        "account_id",
+        "debit_account_id",
+        "credit_account_id",
+        "amount_minor",
+        "currency",
+        "result",
+        "balance_after_minor",
+        "ts_ms",
+        "epoch_id",
+        "shard",
+        "stream_ms",
+        "stream_seq",
+        "line_no",
+        "drained_at_ms",
+    ]
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(transfers).from_select(targets, query)
+    stmt = stmt.on_conflict_do_nothing(index_elements=["id"])
+    # preserve_rowcount: SQLAlchemy otherwise reports -1 for INSERT … SELECT on psycopg
+    return int(conn.execution_options(preserve_rowcount=True).execute(stmt).rowcount)
 
 
 def stored_params(conn: Connection, ids: Sequence[str]) -> dict[str, _Params]:
@@ -75,8 +185,39 @@ def stored_params(conn: Connection, ids: Sequence[str]) -> dict[str, _Params]:
 
 
 def _conflict_reason(stored: _Params, line: _Params) -> str:
-    names = ("kind", "account", "amount", "currency", "result")
-    return next(f"different_{n}" for n, a, b in zip(names, stored, line, strict=True) if a != b)
+    pairs = zip(_PARAMS_NAMES, stored, line, strict=True)
+    return next(f"different_{n}" for n, a, b in pairs if a != b)
+
+
+def _position(row: StagedRow) -> Position:
+    return Position(row[_EPOCH], row[_SHARD], StreamId(row[_MS], row[_SEQ]), row[_LINE_NO])
+
+
+def _staged_conflicts(conn: Connection, batch: LineBatch) -> list[RejectedLine]:
+    """Staged lines whose id is stored with other parameters (the first line of an id staged
+    twice is stored by now, so later lines compare with it)."""
+    s, t = stage.c, transfers.c
+    differs = sa.or_(
+        t.kind != s.kind,
+        t.account_id != s.account_id,
+        t.amount_minor != s.amount_minor,
+        t.currency != s.currency,
+        t.result != s.result,
+    )
+    query = (
+        sa.select(s.n, t.kind, t.account_id, t.amount_minor, t.currency, t.result)
+        .select_from(stage.join(transfers, t.id == s.id))
+        .where(differs)
+        .order_by(s.n)
+    )
+    out: list[RejectedLine] = []
+    for n, *stored in conn.execute(query):
+        row = batch.rows[n]
+        mine = (row[_KIND], row[_ACCOUNT], row[_AMOUNT], row[_CURRENCY], row[_RESULT])
+        theirs = (stored[0], stored[1], int(stored[2]), stored[3], int(stored[4]))
+        reason = _conflict_reason(theirs, mine)
+        out.append(RejectedLine(reason, batch.texts[n], _position(row), row[_ID]))
+    return out
 
 
 def _record_rejected(conn: Connection, rejected: Sequence[RejectedLine]) -> int:
@@ -100,31 +241,22 @@ def _record_rejected(conn: Connection, rejected: Sequence[RejectedLine]) -> int:
     return len(rows)
 
 
-def _insert_lines(
-    conn: Connection, lines: Sequence[DrainedLine], intents: dict[str, CreditIntent]
-) -> tuple[int, int, list[RejectedLine]]:
-    """(inserted, duplicates, conflicts): the first line of each id is a candidate row."""
-    first: dict[str, int] = {}  # transfer id -> index of its first line in this batch
-    for i, d in enumerate(lines):
-        first.setdefault(d.line.transfer_id, i)
-    ensure_system_accounts(conn, {d.line.currency for d in lines})
-    ts = now_ms()
-    rows = [_row(lines[i], intents, ts) for i in first.values()]
-    inserted = insert_ignore(conn, transfers, rows, ["id"], returning=transfers.c.id)
-    stored = stored_params(conn, [tid for tid in first if tid not in inserted])
-    stored.update({tid: _params_of_line(lines[first[tid]]) for tid in inserted})
-    duplicates, conflicts = 0, []
-    for i, d in enumerate(lines):
-        tid = d.line.transfer_id
-        if tid in inserted and first[tid] == i:
-            continue
-        mine = _params_of_line(d)
-        if stored[tid] == mine:
-            duplicates += 1
-        else:
-            reason = _conflict_reason(stored[tid], mine)
-            conflicts.append(RejectedLine(reason, format_line(d.line), d.position, tid))
-    return len(inserted), duplicates, conflicts
+def _openings(rows: Sequence[StagedRow]) -> list[JournalLine]:
+    return [
+        JournalLine(
+            transfer_id=r[_ID],
+            kind=TransferKind(r[_KIND]),
+            account_id=r[_ACCOUNT],
+            amount_minor=r[_AMOUNT],
+            currency=r[_CURRENCY],
+            result=Result(r[_RESULT]),
+            balance_after_minor=r[_BALANCE],
+            ts_ms=r[_TS],
+            recharge_id=r[_RECHARGE],
+        )
+        for r in rows
+        if r[_RECHARGE] is not None
+    ]
 
 
 def _settlements(conn: Connection, intents: dict[str, CreditIntent]) -> dict[str, Result]:
@@ -138,33 +270,68 @@ def _settlements(conn: Connection, intents: dict[str, CreditIntent]) -> dict[str
     return out
 
 
-def apply_journal(
-    conn: Connection,
-    batch: Sequence[DrainedLine],
-    rejected: Sequence[RejectedLine] = (),
-    *,
-    before_commit: Callable[[], None] | None = None,
+def _split_foreign(batch: LineBatch, epoch_id: str) -> tuple[LineBatch, list[RejectedLine]]:
+    if all(row[_EPOCH] == epoch_id for row in batch.rows):
+        return batch, []
+    good = LineBatch(rejected=batch.rejected)
+    foreign: list[RejectedLine] = []
+    for row, text in zip(batch.rows, batch.texts, strict=True):
+        if row[_EPOCH] == epoch_id:
+            good.rows.append((len(good.rows), *row[1:]))
+            good.texts.append(text)
+        else:
+            foreign.append(RejectedLine("foreign_epoch", text, _position(row), row[_ID]))
+    return good, foreign
+
+
+def _apply_staged(conn: Connection, batch: LineBatch) -> tuple[int, int, list[RejectedLine], int]:
+    """(inserted, duplicates, conflicts, intents settled) for lines of the current epoch."""
+    rows = batch.rows
+    if not rows:
+        return 0, 0, [], 0
+    ensure_system_accounts(conn, {row[_CURRENCY] for row in rows})
+    _load_stage(conn, rows)
+    intents = pending_intents_among(conn, sa.select(stage.c.id))
+    unique_ids = len({row[_ID] for row in rows})
+    inserted = _insert_from_stage(conn, ts=now_ms(), first_only=unique_ids < len(rows))
+    conflicts = [] if inserted == len(rows) else _staged_conflicts(conn, batch)
+    stage.drop(conn, checkfirst=False)
+    sql_recharge.record_openings(conn, _openings(rows))
+    settled = settle(conn, _settlements(conn, intents))
+    return inserted, len(rows) - inserted - len(conflicts), conflicts, settled
+
+
+def apply_batch(
+    conn: Connection, batch: LineBatch, *, before_commit: Callable[[], None] | None = None
 ) -> ApplyReport:
     """Runs inside the caller's write transaction; ``before_commit`` is a fault-injection hook."""
-    if len(batch) + len(rejected) > APPLY_LINES_MAX:
+    if len(batch) > APPLY_LINES_MAX:
         raise UsageError(f"journal batch of {len(batch)} lines exceeds {APPLY_LINES_MAX}")
-    current, building = lock_epochs(conn)
+    current, building = lock_epochs(conn, shared=True)
     if current is None:
         raise LedgerNotInitialised("the ledger has no current epoch")
     if building is not None:
         raise StoreLost(f"a rebuild of the store is in progress (epoch {building.epoch_id})")
-    good = [d for d in batch if d.position.epoch_id == current.epoch_id]
-    foreign = [
-        RejectedLine("foreign_epoch", format_line(d.line), d.position, d.line.transfer_id)
-        for d in batch
-        if d.position.epoch_id != current.epoch_id
-    ]
-    intents = pending_intents(conn, [d.line.transfer_id for d in good])
-    inserted, duplicates, conflicts = _insert_lines(conn, good, intents)
-    sql_recharge.record_openings(conn, [d.line for d in good if d.line.recharge_id is not None])
-    all_rejected = [*rejected, *foreign, *conflicts]
-    _record_rejected(conn, all_rejected)
-    settled = settle(conn, _settlements(conn, intents))
+    good, foreign = _split_foreign(batch, current.epoch_id)
+    inserted, duplicates, conflicts, settled = _apply_staged(conn, good)
+    _record_rejected(conn, [*batch.rejected, *foreign, *conflicts])
     if before_commit is not None:
         before_commit()
-    return ApplyReport(inserted, duplicates, len(rejected) + len(conflicts), len(foreign), settled)
+    conflicted = len(batch.rejected) + len(conflicts)
+    return ApplyReport(inserted, duplicates, conflicted, len(foreign), settled)
+
+
+def apply_journal(
+    conn: Connection,
+    lines: Sequence[DrainedLine],
+    rejected: Sequence[RejectedLine] = (),
+    *,
+    before_commit: Callable[[], None] | None = None,
+) -> ApplyReport:
+    """``apply_batch`` for lines already parsed into objects."""
+    if len(lines) + len(rejected) > APPLY_LINES_MAX:
+        raise UsageError(f"journal batch of {len(lines)} lines exceeds {APPLY_LINES_MAX}")
+    batch = LineBatch(rejected=list(rejected))
+    for d in lines:
+        batch.add_line(d.line, d.position, format_line(d.line))
+    return apply_batch(conn, batch, before_commit=before_commit)

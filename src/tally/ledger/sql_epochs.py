@@ -43,13 +43,15 @@ def get_epoch(conn: Connection, epoch_id: str) -> Epoch | None:
     return None if row is None else _epoch(row)
 
 
-def lock_epochs(conn: Connection) -> tuple[Epoch | None, Epoch | None]:
-    """(current, building), locked against a concurrent rebuild until the transaction ends."""
+def lock_epochs(conn: Connection, *, shared: bool = False) -> tuple[Epoch | None, Epoch | None]:
+    """(current, building), locked against a concurrent rebuild until the transaction ends.
+    ``shared`` (FOR SHARE): journal batches hold it, so they run side by side while a rebuild,
+    which takes it FOR UPDATE, still waits for them and they for it."""
     rows = conn.execute(
         sa.select(epochs)
         .where(epochs.c.status.in_([EpochStatus.current.value, EpochStatus.building.value]))
         .order_by(epochs.c.epoch_id)
-        .with_for_update()
+        .with_for_update(read=shared)
     ).all()
     found = {row.status: _epoch(row) for row in rows}
     return found.get(EpochStatus.current.value), found.get(EpochStatus.building.value)

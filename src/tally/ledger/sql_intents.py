@@ -103,6 +103,17 @@ def pending_intents(conn: Connection, ids: Sequence[str]) -> dict[str, CreditInt
     return found
 
 
+def pending_intents_among(conn: Connection, ids: sa.Select[Any]) -> dict[str, CreditIntent]:
+    """Pending intents whose id is one of ``ids`` (a subquery, for batches too big to list)."""
+    rows = conn.execute(
+        sa.select(credit_intents).where(
+            credit_intents.c.id.in_(ids),
+            credit_intents.c.state == IntentState.pending.value,
+        )
+    )
+    return {row.id: _intent(row) for row in rows}
+
+
 def settle(conn: Connection, settlements: dict[str, Result]) -> int:
     return sum(settle_one(conn, tid, result) for tid, result in sorted(settlements.items()))
 

@@ -26,6 +26,7 @@ from tally.ledger.models import (
     Epoch,
     EpochKind,
     EpochStatus,
+    LineBatch,
     RecordedIntent,
     RejectedLine,
     StreamId,
@@ -209,6 +210,13 @@ class SqlLedger:
         """Idempotent: applying the same lines again changes nothing (see ``sql_apply``)."""
         with self.transaction(write=True) as conn:
             return sql_apply.apply_journal(conn, batch, rejected, before_commit=before_commit)
+
+    def apply_batch(
+        self, batch: LineBatch, *, before_commit: Callable[[], None] | None = None
+    ) -> ApplyReport:
+        """``apply_journal`` for lines the drainer parsed into columns (``parse_entry_into``)."""
+        with self.transaction(write=True) as conn:
+            return sql_apply.apply_batch(conn, batch, before_commit=before_commit)
 
     def journal_conflicts_count(self) -> int:
         with self.transaction() as conn:

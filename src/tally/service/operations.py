@@ -47,7 +47,13 @@ class Operations:
 
     def rebuild(self, *, force: bool) -> dict[str, Any]:
         with self._lock, self.drain_service.lock:  # no drain round against a half-loaded store
-            report = rebuild(self.dep.store.client, self.dep.layout, self.dep.ledger, force=force)
+            report = rebuild(
+                self.dep.store.client,
+                self.dep.layout,
+                self.dep.ledger,
+                force=force,
+                idempotency_window_ms=self.dep.store.idempotency_window_ms,
+            )
             self.dep.store.set_epoch(report.epoch_id)
         data: dict[str, Any] = plain(report)
         # Money in that the lost dataset held but the journal had not settled: apply it again

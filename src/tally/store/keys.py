@@ -7,7 +7,11 @@ that is what lets ``debit_many`` process thousands of transfers per script call.
 
     {ns}:{{{ns}.{s}}}:epoch        string   the dataset epoch ("<epoch id>/<shards>")
     {ns}:{{{ns}.{s}}}:tx           hash     transfer id -> "k|account|amount|currency|code|balance"
-                                            (in the shard of the TRANSFER id: ``tx_for``)
+                                            (in the shard of the TRANSFER id: ``tx_for``);
+                                            generation 0 of the idempotency window
+    {ns}:{{{ns}.{s}}}:tx:1         hash     the same, generation 1
+    {ns}:{{{ns}.{s}}}:txgen        string   "<current generation 0|1>|<started, server ms>"
+                                            (absent: generation 0, never rotated)
     {ns}:{{{ns}.{s}}}:journal      stream   one entry per script call: e=<epoch>, d=<lines>
     {ns}:{{{ns}.{s}}}:a:<account>  hash     cur, st (a/s/c), lim, bal
     {ns}:rebuilding                string   the epoch a rebuild in progress is writing
@@ -54,6 +58,13 @@ class KeyLayout:
 
     def tx(self, shard: int) -> str:
         return f"{self.tag(shard)}:tx"
+
+    def tx_generation(self, shard: int, generation: int) -> str:
+        """The tx hash of one generation of the idempotency window (0 is the original ``tx``)."""
+        return self.tx(shard) if generation == 0 else f"{self.tag(shard)}:tx:{generation}"
+
+    def tx_generations_key(self, shard: int) -> str:
+        return f"{self.tag(shard)}:txgen"
 
     def tx_for(self, transfer_id: str) -> str:
         """The hash that holds this transfer id's record."""

@@ -15,10 +15,17 @@ import hiredis
 import redis
 
 from tally.domain.accounts import Account, AccountState, AccountStatus
-from tally.domain.limits import SCRIPT_BATCH_MAX
+from tally.domain.limits import IDEMPOTENCY_WINDOW_MS_MAX, SCRIPT_BATCH_MAX
 from tally.domain.results import Result
 from tally.domain.transfers import TransferResult
-from tally.errors import InvariantViolation, StoreBackpressure, StoreError, StoreLost, UsageError
+from tally.errors import (
+    ConfigError,
+    InvariantViolation,
+    StoreBackpressure,
+    StoreError,
+    StoreLost,
+    UsageError,
+)
 from tally.store import scripts
 from tally.store.errors import is_noscript, translate
 from tally.store.keys import KeyLayout
@@ -67,7 +74,14 @@ class RedisStore:
         wait_timeout_ms: int = 50,
         rediscover: Callable[[], redis.Redis] | None = None,
         primary_moved: Callable[[], bool] | None = None,
+        idempotency_window_ms: int = 0,
     ) -> None:
+        if not 0 <= idempotency_window_ms <= IDEMPOTENCY_WINDOW_MS_MAX:
+            raise ConfigError(
+                f"idempotency window must be 0 (forever) or up to {IDEMPOTENCY_WINDOW_MS_MAX} "
+                f"ms, got {idempotency_window_ms}"
+            )
+        self.idempotency_window_ms = idempotency_window_ms
         self.client = client
         self._rediscover = rediscover
         self._primary_moved = primary_moved
@@ -81,7 +95,11 @@ class RedisStore:
         shard_range = range(layout.shards)
         self._epoch_keys = [layout.epoch(s) for s in shard_range]
         self._journal_keys = [layout.journal(s) for s in shard_range]
-        self._tx_keys = [layout.tx(s) for s in shard_range]
+        # per tx shard: its generation key and the tx hashes of its two generations
+        self._tx_keys = [
+            [layout.tx_generations_key(s), layout.tx_generation(s, 0), layout.tx_generation(s, 1)]
+            for s in shard_range
+        ]
         self._account_prefix = [layout.account_prefix(s) for s in shard_range]
 
     def set_epoch(self, epoch_id: str) -> None:
@@ -264,7 +282,8 @@ class RedisStore:
             body += (tid, kind, ai, amount, currency, xi)
         prefix = self._account_prefix[shard]
         keys = [self._epoch_keys[shard], self._journal_keys[shard]]
-        keys += [tx_keys[x] for x in tx_index]
+        for x in tx_index:
+            keys += tx_keys[x]
         keys += [prefix + aid for aid in account_index]
         args: list[str | int] = [
             self._epoch_value,
@@ -272,6 +291,7 @@ class RedisStore:
             now_ms,
             len(tx_index),
             len(account_index),
+            self.idempotency_window_ms,
         ]
         args += account_index
         args += body

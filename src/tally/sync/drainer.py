@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +36,9 @@ from tally.domain.limits import (
     DRAIN_REPLICAS_MAX,
 )
 from tally.errors import ConfigError, InfrastructureError, LedgerNotInitialised, StoreLost
-from tally.ledger.journal import parse_entry
-from tally.ledger.models import DrainedLine, Epoch, RejectedLine, StreamId
+from tally.ledger.journal import parse_entry_into
+from tally.ledger.models import ApplyReport, Epoch, LineBatch, StreamId
+from tally.ledger.sql_apply import APPLY_LINES_MAX
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.errors import text, translated
 from tally.store.keys import KeyLayout
@@ -45,6 +47,11 @@ log = logging.getLogger(__name__)
 
 GROUP = "drainer"
 ENTRIES_PER_READ_MAX = 1000
+#: Journal lines settled per ledger transaction, at most (a round that read more commits more
+#: than once). Big enough that COPY and the set-based insert run at full speed.
+LINES_PER_COMMIT_DEFAULT = 100_000
+DRAIN_WORKERS_DEFAULT = 1
+DRAIN_WORKERS_MAX = 8
 FENCE_LOG_EVERY_S = 30.0
 Fault = Callable[[str], None]
 Entry = tuple[StreamId, dict[str, str] | None]
@@ -74,6 +81,47 @@ def _entries(reply: Any) -> list[Entry]:
         decoded = None if not fields else {text(k) or "": text(v) or "" for k, v in fields.items()}
         out.append((StreamId.parse(raw_id), decoded))
     return out
+
+
+def _entry_lines(fields: dict[str, str] | None) -> int:
+    return 1 if not fields else fields.get("d", "").count("\n") + 1
+
+
+def _transactions(
+    batches: list[tuple[int, list[Entry]]], lines_max: int
+) -> list[list[tuple[int, list[Entry]]]]:
+    """Split a round's entries, in order and at entry boundaries, into parts of at most
+    ``lines_max`` lines, or one entry when that entry alone holds more (it holds at most
+    LINES_PER_ENTRY_MAX, so a part stays below APPLY_LINES_MAX)."""
+    parts: list[list[tuple[int, list[Entry]]]] = [[]]
+    lines = 0
+    for shard, entries in batches:
+        taken: list[Entry] = []
+        for entry in entries:
+            n = _entry_lines(entry[1])
+            if lines + n > lines_max and (taken or parts[-1]):
+                if taken:
+                    parts[-1].append((shard, taken))
+                parts.append([])
+                taken, lines = [], 0
+            taken.append(entry)
+            lines += n
+        if taken:
+            parts[-1].append((shard, taken))
+    return [part for part in parts if part]
+
+
+def _trim_below(shard: int, groups: Any, pending: Any) -> StreamId | None:
+    """The oldest entry a trim must keep: the oldest pending one, or the one after the last
+    delivered; None when there is nothing below it."""
+    group = next((g for g in groups if text(g["name"]) == GROUP), None)
+    if group is None:
+        raise StoreLost(f"shard {shard}: consumer group {GROUP!r} is missing")
+    last = StreamId.parse(group["last-delivered-id"])
+    minid = (
+        StreamId.parse(pending["min"]) if pending["pending"] else StreamId(last.ms, last.seq + 1)
+    )
+    return None if minid <= StreamId(0, 0) else minid
 
 
 def _check_fence(client: redis.Redis, replicas: int, fence_timeout_ms: int) -> None:
@@ -111,8 +159,10 @@ class Drainer:
     over entries another consumer left pending that long (a drainer that died under another
     name). ``replicas``: replicas that must hold what was read before it is settled (0: no
     fence; see the module docstring), waiting at most ``fence_timeout_ms`` per round (the
-    client's socket timeout must exceed it). ``fault``: a test hook called at "before_commit",
-    "after_commit" and "after_ack"."""
+    client's socket timeout must exceed it). ``lines_max``: journal lines per ledger
+    transaction. ``workers``: groups of shards settled at the same time, each in its own
+    transaction (PostgreSQL only: one backend per group). ``fault``: a test hook called at
+    "before_commit", "after_commit" and "after_ack"."""
 
     def __init__(
         self,
@@ -127,9 +177,17 @@ class Drainer:
         replicas: int = 0,
         fence_timeout_ms: int = DRAIN_FENCE_TIMEOUT_MS_DEFAULT,
         fault: Fault | None = None,
+        lines_max: int = LINES_PER_COMMIT_DEFAULT,
+        workers: int = DRAIN_WORKERS_DEFAULT,
     ) -> None:
         if not 1 <= count <= ENTRIES_PER_READ_MAX:
             raise ConfigError(f"drainer count must be 1..{ENTRIES_PER_READ_MAX}, got {count}")
+        if not 1 <= lines_max <= APPLY_LINES_MAX:
+            raise ConfigError(f"drainer lines_max must be 1..{APPLY_LINES_MAX}, got {lines_max}")
+        if not 1 <= workers <= DRAIN_WORKERS_MAX:
+            raise ConfigError(f"drainer workers must be 1..{DRAIN_WORKERS_MAX}, got {workers}")
+        self.lines_max, self.workers = lines_max, workers
+        self._stats_lock = threading.Lock()
         _check_fence(client, replicas, fence_timeout_ms)
         self.client, self.layout, self.ledger = client, layout, ledger
         self.consumer, self.count, self.block_ms = consumer, count, block_ms
@@ -172,7 +230,7 @@ class Drainer:
         self._next_shard = (self._next_shard + 1) % self.layout.shards
         if not batches or not self._fence():
             return 0
-        return sum(self._apply(shard, entries) for shard, entries in batches)
+        return self._apply(batches)
 
     def _fence(self) -> bool:
         """True when at least ``replicas`` replicas processed everything read so far.
@@ -252,66 +310,87 @@ class Drainer:
                 self.trim(shard)
         return entries
 
-    def _apply(self, shard: int, entries: list[Entry]) -> int:
-        drained: list[DrainedLine] = []
-        rejected: list[RejectedLine] = []
-        for stream_id, fields in entries:
-            if fields is not None:  # None: already trimmed, so already durable in SQL
-                lines, bad = parse_entry(shard, stream_id, fields)
-                drained += lines
-                rejected += bad
-        report = self.ledger.apply_journal(
-            drained, rejected, before_commit=lambda: self._hook("before_commit")
-        )
-        self._hook("after_commit")
-        self._ack_and_trim(shard, [sid for sid, _ in entries])
-        self._count(shard, len(entries), report.inserted, report.duplicates)
+    def _apply(self, batches: list[tuple[int, list[Entry]]]) -> int:
+        """Settle one round: per group of shards (``workers`` groups on PostgreSQL, settled at
+        the same time over their own connections; one on SQLite, whose writers queue anyway) as
+        few ledger transactions as ``lines_max`` allows, each followed by XACK and trim of
+        exactly what it committed. Every group is waited for; the first error is raised."""
+        workers = 1 if self.ledger.dialect == "sqlite" else min(self.workers, len(batches))
+        groups = [batches[w::workers] for w in range(workers)]
+        if workers == 1:
+            self._apply_group(batches)
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="drain") as pool:
+                futures = [pool.submit(self._apply_group, group) for group in groups]
+            for future in futures:
+                future.result()
+        return sum(len(entries) for _, entries in batches)
+
+    def _apply_group(self, batches: list[tuple[int, list[Entry]]]) -> None:
+        for part in _transactions(batches, self.lines_max):
+            batch = LineBatch()
+            for shard, entries in part:
+                for stream_id, fields in entries:
+                    if fields is not None:  # None: already trimmed, so already durable in SQL
+                        parse_entry_into(batch, shard, stream_id, fields)
+            report = self.ledger.apply_batch(
+                batch, before_commit=lambda: self._hook("before_commit")
+            )
+            self._hook("after_commit")
+            self._ack_and_trim(part)
+            with self._stats_lock:
+                for shard, entries in part:
+                    self._count(shard, len(entries))
+                self._record(report)
+
+    def _record(self, report: ApplyReport) -> None:
+        self.stats.lines_applied += report.inserted
+        self.stats.duplicates += report.duplicates
         self.stats.conflicts += report.conflicts
         self.stats.foreign += report.foreign
         self.stats.intents_settled += report.intents_settled
         if report.foreign or report.conflicts:
             log.warning(
-                "shard %d: %d foreign, %d conflicting journal lines recorded, not applied",
-                shard,
+                "%d foreign, %d conflicting journal lines recorded, not applied",
                 report.foreign,
                 report.conflicts,
             )
-        return len(entries)
 
-    def _count(self, shard: int, entries: int, applied: int, duplicates: int) -> None:
+    def _count(self, shard: int, entries: int) -> None:
         self.stats.entries += entries
-        self.stats.lines_applied += applied
-        self.stats.duplicates += duplicates
         per = self.stats.per_shard_entries
         per[shard] = per.get(shard, 0) + entries
 
-    def _ack_and_trim(self, shard: int, ids: Sequence[StreamId]) -> None:
-        key = self.layout.journal(shard)
-        with translated(f"shard {shard} journal ack"):
-            self.client.xack(key, GROUP, *[str(i) for i in ids])
-        self._hook("after_ack")
-        self.trim(shard)
+    def _ack_and_trim(self, part: Sequence[tuple[int, Sequence[Entry]]]) -> None:
+        """XACK what one transaction committed, shard by shard, then trim those shards in one
+        MULTI and one pipeline (a trim per shard cost three round trips, each a GIL hand-off
+        while request threads run)."""
+        for shard, entries in part:
+            with translated(f"shard {shard} journal ack"):
+                self.client.xack(self.layout.journal(shard), GROUP, *[str(s) for s, _ in entries])
+            self._hook("after_ack")
+        self.trim_many([shard for shard, _ in part])
 
     def trim(self, shard: int) -> int:
         """Delete entries below the oldest unacknowledged one (all consumers): those are in
         SQL. Group state is read in one MULTI so a concurrent delivery cannot slip under it."""
-        key = self.layout.journal(shard)
-        with translated(f"shard {shard} journal trim"):
+        return self.trim_many([shard])
+
+    def trim_many(self, shards: Sequence[int]) -> int:
+        """``trim`` for several shards: their group states in one MULTI, then the XTRIMs."""
+        keys = [self.layout.journal(shard) for shard in shards]
+        with translated("journal trim"):
             pipe = self.client.pipeline(transaction=True)
-            pipe.xinfo_groups(key)
-            pipe.xpending(key, GROUP)
-            groups, pending = pipe.execute()
-            group = next((g for g in groups if text(g["name"]) == GROUP), None)
-            if group is None:
-                raise StoreLost(f"shard {shard}: consumer group {GROUP!r} is missing")
-            last = StreamId.parse(group["last-delivered-id"])
-            if pending["pending"]:
-                minid = StreamId.parse(pending["min"])
-            else:
-                minid = StreamId(last.ms, last.seq + 1)
-            if minid <= StreamId(0, 0):
-                return 0
-            return int(self.client.xtrim(key, minid=str(minid), approximate=False))
+            for key in keys:
+                pipe.xinfo_groups(key)
+                pipe.xpending(key, GROUP)
+            states = pipe.execute()
+            trims = self.client.pipeline(transaction=False)
+            for i, (shard, key) in enumerate(zip(shards, keys, strict=True)):
+                minid = _trim_below(shard, states[2 * i], states[2 * i + 1])
+                if minid is not None:
+                    trims.xtrim(key, minid=str(minid), approximate=False)
+            return sum(int(n) for n in trims.execute())
 
     def run(
         self,

@@ -25,6 +25,7 @@ from tally.ledger.sql_accounts import LIST_LIMIT_MAX
 from tally.ledger.sql_epochs import AlreadyInitialised
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ledger.sql_recharge import iter_pages
+from tally.ledger.sqlutil import now_ms
 from tally.store.errors import text, translated
 from tally.store.keys import KeyLayout
 from tally.sync.drainer import GROUP
@@ -199,8 +200,14 @@ def _load_recharge_markers(client: redis.Redis, layout: KeyLayout, ledger: SqlLe
     return loaded
 
 
-def _load_transfers(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, chunk: int) -> int:
-    """Every transfer id ever used, with its first outcome: replays after the rebuild return it."""
+def _load_transfers(
+    client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, chunk: int, window_ms: int
+) -> int:
+    """Every transfer id used inside the idempotency window (``window_ms``; 0: ever), with its
+    first outcome: replays after the rebuild return it. They go to generation 0 with no
+    generation key, so the first transfer call starts the window's clock: each restored record
+    lives at least one more window."""
+    oldest_ms = now_ms() - window_ms if window_ms else None
     loaded, after = 0, None
     for _ in range(ledger.count_transfers() // chunk + PAGE_SLACK):
         page = ledger.transfers_after(after, chunk)
@@ -209,6 +216,8 @@ def _load_transfers(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, c
         with translated("load transfers"):
             pipe = client.pipeline(transaction=False)
             for t in page:
+                if oldest_ms is not None and t.ts_ms < oldest_ms:
+                    continue
                 record = format_tx_record(
                     t.kind,
                     t.account_id,
@@ -218,8 +227,8 @@ def _load_transfers(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, c
                     t.balance_after_minor,
                 )
                 pipe.hset(layout.tx_for(t.id), t.id, record)  # the id's shard: ids are global
+                loaded += 1
             pipe.execute()
-        loaded += len(page)
         after = page[-1].id
     raise UsageError("transfers kept being added while the rebuild ran (is a drainer running?)")
 
@@ -259,6 +268,7 @@ def _run(
     chunk: int,
     kind: EpochKind,
     account_fields: AccountFields | None = None,
+    idempotency_window_ms: int = 0,
 ) -> RebuildReport:
     if not 1 <= chunk <= CHUNK_MAX:
         raise UsageError(f"chunk must be 1..{CHUNK_MAX}, got {chunk}")
@@ -276,7 +286,7 @@ def _run(
             client.set(layout.rebuilding, epoch.epoch_id)
         accounts = _load_accounts(client, layout, ledger, chunk, account_fields)
         _load_recharge_markers(client, layout, ledger)
-        transfers = _load_transfers(client, layout, ledger, chunk)
+        transfers = _load_transfers(client, layout, ledger, chunk, idempotency_window_ms)
         _create_streams(client, layout)
         _write_epoch_keys(client, layout, epoch)
     finished = ledger.finish_rebuild(epoch.epoch_id)
@@ -301,9 +311,11 @@ def rebuild(
     force: bool = False,
     chunk: int = 500,
     account_fields: AccountFields | None = None,
+    idempotency_window_ms: int = 0,
 ) -> RebuildReport:
     """Load an empty (or, with ``force``, this namespace's wiped) Redis from the ledger.
-    ``account_fields`` adds other layers' fields to each account hash (see ``AccountFields``)."""
+    ``account_fields`` adds other layers' fields to each account hash (see ``AccountFields``).
+    ``idempotency_window_ms``: restore the records of transfers inside it only (0: all)."""
     return _run(
         redis_client,
         layout,
@@ -312,6 +324,7 @@ def rebuild(
         chunk=chunk,
         kind=EpochKind.rebuild,
         account_fields=account_fields,
+        idempotency_window_ms=idempotency_window_ms,
     )
 
 

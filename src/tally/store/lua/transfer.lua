@@ -1,28 +1,69 @@
 -- Apply a batch of debits and credits to the accounts of ONE logical shard, atomically.
 -- Check and write happen here, in one step; Python never reads-decides-writes.
 --
--- KEYS[1] epoch   KEYS[2] journal stream   KEYS[3..2+t] tx hashes (the shards of the transfer
---   ids: ids are unique deployment-wide)   KEYS[3+t..2+t+m] account hashes
+-- KEYS[1] epoch   KEYS[2] journal stream   KEYS[3..2+3t] per transfer-id shard (ids are unique
+--   deployment-wide, so a record lives in the shard of its id): its generation key, its tx
+--   hash of generation 0, its tx hash of generation 1   KEYS[3+3t..2+3t+m] account hashes
 -- ARGV[1] expected epoch value   ARGV[2] epoch id (journal)   ARGV[3] now_ms   ARGV[4] t
--- ARGV[5] m   ARGV[6..5+m] account ids, then 6 per transfer: id, kind (d|c), account index
---   1..m, amount_minor, currency ('' = the account's own currency), tx hash index 1..t
+-- ARGV[5] m   ARGV[6] idempotency window in ms (0: records are kept forever)
+-- ARGV[7..6+m] account ids, then 6 per transfer: id, kind (d|c), account index 1..m,
+--   amount_minor, currency ('' = the account's own currency), tx shard index 1..t
 -- Returns {'L'} store lost, {'F', len} journal full, or {'K', code, balance|nil, replayed, ...}
 --   followed by a pair (transfer index, recharge id) per recharge this call opened.
+--
+-- Idempotency window: a tx shard's records live in two generations (hashes dropped whole, not
+-- per-id TTLs). The generation key holds '<current 0|1>|<started ms>' by the SERVER's clock.
+-- When the current generation is a window old, the previous one is dropped (UNLINK: freed in
+-- the background) and becomes the new current one. A record is written to the current
+-- generation, so it is dropped no sooner than one window after it was written: every replay
+-- inside the window finds it. Lookups read both generations.
 --
 -- Auto-recharge: an account hash with 'rt' (threshold, present while autopay is on) and no 'ro'
 -- (open recharge id) opens one recharge when a debit (ok or insufficient_funds) leaves the
 -- balance below the threshold: 'ro' is set HERE, in the same step as the debit, so no second
 -- recharge can open while this one is open. The id is derived from the debit's transfer id
 -- ('rc-' + 29 hex of its SHA1) and appended as a 9th field to that debit's journal line.
+redis.replicate_commands()  -- Redis 6.2: replicate effects, so reading TIME may precede writes
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'L'} end
 local jlen = redis.call('XLEN', KEYS[2])
 if jlen >= @JOURNAL_MAX@ then return {'F', jlen} end
 
 local t = tonumber(ARGV[4])
 local m = tonumber(ARGV[5])
-local base = 5 + m
+local window = tonumber(ARGV[6])
+local base = 6 + m
 local n = (#ARGV - base) / 6
 local CHUNK = 500
+
+-- The generations of each tx shard this call touches; rotates those a window old. Rotation is
+-- housekeeping that any later call would do as well, so it may precede the checks below.
+local cur_tx, prev_tx = {}, {}
+local server_ms = nil
+if window > 0 then
+  local clock = redis.call('TIME')
+  server_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+end
+for x = 1, t do
+  local gk, g0, g1 = KEYS[3 * x], KEYS[3 * x + 1], KEYS[3 * x + 2]
+  local cur, started = 0, nil
+  local state = redis.call('GET', gk)
+  if state then
+    local c, st = string.match(state, '^([01])|(%d+)$')
+    if not c then error('tally: unreadable tx generation ' .. state) end
+    cur, started = tonumber(c), tonumber(st)
+  end
+  if server_ms then
+    if not started then
+      redis.call('SET', gk, cur .. '|' .. server_ms)
+    elseif server_ms - started >= window then
+      redis.call('UNLINK', (cur == 0) and g1 or g0)
+      cur = 1 - cur
+      redis.call('SET', gk, cur .. '|' .. server_ms)
+    end
+  end
+  cur_tx[x] = (cur == 0) and g0 or g1
+  prev_tx[x] = (cur == 0) and g1 or g0
+end
 
 local groups = {}
 for i = 1, n do
@@ -36,8 +77,19 @@ for x, g in pairs(groups) do
   for s = 1, #g, CHUNK do
     local ids = {}
     for j = s, math.min(s + CHUNK - 1, #g) do ids[#ids + 1] = ARGV[base + (g[j] - 1) * 6 + 1] end
-    local got = redis.call('HMGET', KEYS[2 + x], unpack(ids))
-    for j = 1, #got do prior[g[s + j - 1]] = got[j] end
+    local got = redis.call('HMGET', cur_tx[x], unpack(ids))
+    local missing, at = {}, {}
+    for j = 1, #got do
+      if got[j] then
+        prior[g[s + j - 1]] = got[j]
+      else
+        missing[#missing + 1] = ids[j]; at[#at + 1] = g[s + j - 1]
+      end
+    end
+    if #missing > 0 then
+      local older = redis.call('HMGET', prev_tx[x], unpack(missing))
+      for j = 1, #older do if older[j] then prior[at[j]] = older[j] end end
+    end
   end
 end
 
@@ -45,7 +97,7 @@ local acc = {}
 local function load(ai)
   local a = acc[ai]
   if a == nil then
-    local f = redis.call('HMGET', KEYS[2 + t + ai], 'cur', 'st', 'lim', 'bal', 'rt', 'ro')
+    local f = redis.call('HMGET', KEYS[2 + 3 * t + ai], 'cur', 'st', 'lim', 'bal', 'rt', 'ro')
     if f[1] then
       a = {cur = f[1], st = f[2], lim = tonumber(f[3]), bal = tonumber(f[4]), dirty = false,
            rt = f[5] and tonumber(f[5]), ro = f[6]}
@@ -94,7 +146,7 @@ for i = 1, n do
   local tid, kind, ai = ARGV[o + 1], ARGV[o + 2], tonumber(ARGV[o + 3])
   local amt_text, cur, x = ARGV[o + 4], ARGV[o + 5], tonumber(ARGV[o + 6])
   local amt = tonumber(amt_text)
-  local aid = ARGV[5 + ai]
+  local aid = ARGV[6 + ai]
   local rec = seen[tid] or prior[i]
   if rec then
     local code, bal = replay(rec, kind, aid, amt, cur)
@@ -128,13 +180,13 @@ end
 
 for ai, a in pairs(acc) do
   if a and a.dirty then
-    redis.call('HSET', KEYS[2 + t + ai], 'bal', string.format('%d', a.bal))
+    redis.call('HSET', KEYS[2 + 3 * t + ai], 'bal', string.format('%d', a.bal))
   end
-  if a and a.opened then redis.call('HSET', KEYS[2 + t + ai], 'ro', a.ro) end
+  if a and a.opened then redis.call('HSET', KEYS[2 + 3 * t + ai], 'ro', a.ro) end
 end
 for x, rx in pairs(recs) do
   for s = 1, #rx, 2 * CHUNK do
-    redis.call('HSET', KEYS[2 + x], unpack(rx, s, math.min(s + 2 * CHUNK - 1, #rx)))
+    redis.call('HSET', cur_tx[x], unpack(rx, s, math.min(s + 2 * CHUNK - 1, #rx)))
   end
 end
 if #lines > 0 then

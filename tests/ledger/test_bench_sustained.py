@@ -1,0 +1,21 @@
+"""``tally bench sustained`` end to end, small: store load and drainer together, every figure
+reported, the ledger of record holding what the store took (no speed is asserted here)."""
+
+from __future__ import annotations
+
+from tally.bench.sustained import SustainedConfig, run, summary_rows
+
+
+def test_the_sustained_benchmark_reports_every_figure_and_settles_what_the_store_took() -> None:
+    cfg = SustainedConfig(
+        duration_s=3, accounts=20, batch_size=500, ceiling_s=1, step_s=1, lag_p99_s_max=30
+    )
+    data = run(cfg)
+    assert data["ledger"] == "sqlite" and data["drainer_errors"] == 0
+    assert data["store_only_per_s"] > 0 and data["drainer_alone_per_s"] > 0
+    assert data["steps"] and data["offered_per_s"] > 0
+    assert data["settled_per_s"] > 0
+    assert 0 <= data["drain_lag_s_p50"] <= data["drain_lag_s_p99"]
+    assert data["journal_length_end"] >= 0 and isinstance(data["kept_up"], bool)
+    assert "redis_bytes_per_transfer" in data and "settled_to_store_only" in data
+    assert set(summary_rows(data)) >= {"store only (ceiling)", "sustained: settled in ledger"}

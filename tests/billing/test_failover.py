@@ -4,6 +4,7 @@ that replicas had acknowledged."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -14,11 +15,13 @@ from tally.bootstrap import open_deployment
 from tally.config import Settings
 from tally.domain.accounts import Account
 from tally.domain.results import Result
+from tally.domain.transfers import TransferResult
 from tally.errors import StoreError, StoreNotEnoughReplicas, StoreReadOnly
 from tally.ledger.rebuild import init_store
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.cluster import Cluster
 from tally.ops.node import RedisNode
+from tally.service.fast_debit import AsyncDebits
 from tally.store.discovery import PrimaryLocator, SwitchMaster
 from tally.store.keys import KeyLayout
 from tally.store.redis_store import RedisStore
@@ -67,8 +70,9 @@ def test_after_a_primary_crash_the_engine_follows_sentinel_to_the_new_primary(
             assert watch.failovers == 1
 
 
+@pytest.mark.parametrize("path", ["sync", "async"])
 def test_with_a_plain_url_a_read_only_node_is_reported_not_retried(
-    tmp_path: Path, redis_node: RedisNode
+    tmp_path: Path, redis_node: RedisNode, path: str
 ) -> None:
     settings = Settings.resolve(
         redis_url=redis_node.url,
@@ -82,12 +86,28 @@ def test_with_a_plain_url_a_read_only_node_is_reported_not_retried(
         dep.engine.create_account(Account("alice", "USD"))
         redis_node.client().replicaof(redis_node.host, redis_node.port)
         with pytest.raises(StoreReadOnly):
-            dep.engine.debit("d1", "alice", 1)
+            debit_on(path, dep.engine, "d1", "alice", 1)
 
 
+def debit_on(path: str, engine: Engine, *args: str | int) -> TransferResult:
+    """``Engine.debit``, or the HTTP hot path (async shell + coalescer + the same guard)."""
+    if path == "sync":
+        return engine.debit(*args)  # type: ignore[arg-type]
+
+    async def once() -> TransferResult:
+        debits = AsyncDebits(engine)
+        try:
+            return await debits.debit(*args)  # type: ignore[arg-type]
+        finally:
+            await debits.close()
+
+    return asyncio.run(once())
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
 @pytest.mark.parametrize("sentinel_names_another", [False, True])
 def test_noreplicas_from_a_replaced_primary_follows_sentinel_only_when_it_moved(
-    tmp_path: Path, sentinel_names_another: bool
+    tmp_path: Path, sentinel_names_another: bool, path: str
 ) -> None:
     """A primary cut off from its replicas answers NOREPLICAS; by the time the partition heals
     the others may have failed over, and it keeps refusing until Sentinel demotes it (up to its
@@ -127,12 +147,12 @@ def test_noreplicas_from_a_replaced_primary_follows_sentinel_only_when_it_moved(
             with old.client() as c:
                 c.config_set("min-replicas-to-write", "1")  # "old" is cut off: NOREPLICAS
             if sentinel_names_another:
-                result = engine.debit("d1", "alice", 100)
+                result = debit_on(path, engine, "d1", "alice", 100)
                 assert (result.result, result.balance_minor) == (Result.ok, 900)
                 assert engine_store.client.connection_pool.connection_kwargs["port"] == new.port
             else:
                 with pytest.raises(StoreNotEnoughReplicas):
-                    engine.debit("d1", "alice", 100)
+                    debit_on(path, engine, "d1", "alice", 100)
             engine_store.client.close()
     finally:
         new.stop()

@@ -25,6 +25,7 @@ stops working in every worker within that bound.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import multiprocessing
 import os
@@ -43,6 +44,61 @@ METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 WORKERS_MAX = 64
 WORKER_STOP_S = 15.0
 RESTARTS_MAX = 10
+
+
+EXPORT_FILE = "parent.json"
+EXPORT_PACE_S = 0.5
+
+
+def export_parent_metrics(metrics_dir: Path, gate_metrics: Any, circuit: Any) -> int:
+    """What only the parent knows (the completer's waits, the gateway circuit it trips), for the
+    workers' /metrics: written atomically every EXPORT_PACE_S (so at most that stale)."""
+    state = {
+        "waits": dict(gate_metrics.waits) if gate_metrics is not None else {},
+        "circuit": None
+        if circuit is None
+        else {
+            "failures": circuit.failures,
+            "opened_at_s": circuit.opened_at_s,
+            "blocked": circuit.blocked(),
+        },
+    }
+    tmp = metrics_dir / (EXPORT_FILE + ".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, metrics_dir / EXPORT_FILE)
+    return 0  # a pace of its own, never "busy"
+
+
+class _ParentView:
+    """The parent's exported gate metrics and circuit, read at scrape time in a worker."""
+
+    def __init__(self, metrics_dir: Path) -> None:
+        self.path = metrics_dir / EXPORT_FILE
+
+    def _state(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    @property
+    def waits(self) -> dict[str, int]:
+        return dict(self._state().get("waits") or {})
+
+    def _circuit(self) -> dict[str, Any]:
+        return dict(self._state().get("circuit") or {})
+
+    def blocked(self) -> str | None:
+        return self._circuit().get("blocked")
+
+    @property
+    def failures(self) -> int:
+        return int(self._circuit().get("failures") or 0)
+
+    @property
+    def opened_at_s(self) -> float | None:
+        return self._circuit().get("opened_at_s")
 
 
 def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
@@ -96,7 +152,7 @@ def worker_main(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
     try:
         probe = HealthProbe(dep, spec.readiness)
         operations = Operations(dep, DrainService(dep))
-        extension = _recharge_extension(dep, probe, spec.gateway_url)
+        extension = _recharge_extension(dep, probe, spec.gateway_url, Path(spec.metrics_dir))
         gateway = extension.gateway
         context = ApiContext(
             engine=dep.engine,
@@ -130,9 +186,9 @@ def worker_main(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
             dep.close()
 
 
-def _recharge_extension(dep: Any, probe: Any, gateway_url: str | None) -> Any:
+def _recharge_extension(dep: Any, probe: Any, gateway_url: str | None, metrics_dir: Path) -> Any:
     """The recharge routes in a worker: the same wiring as the parent's, without the completer
-    (that runs once, in the parent)."""
+    (that runs once, in the parent); its waits and circuit come from the parent's export."""
     from tally.api.routes.recharges import RechargeExtension
     from tally.billing import recharge as rc
     from tally.gateway.client import HttpGateway, SimulatorAdmin
@@ -149,10 +205,11 @@ def _recharge_extension(dep: Any, probe: Any, gateway_url: str | None) -> Any:
         with SimulatorAdmin(gateway_url) as admin:
             return list(admin.iter_records())
 
+    view: Any = _ParentView(metrics_dir)  # reads like GateMetrics and Circuit do
     return RechargeExtension(
         wiring.service,
-        circuit=wiring.gate.circuit,
-        gate_metrics=wiring.saga.metrics,
+        circuit=view,
+        gate_metrics=view,
         gateway=gateway,
         records=records,
         gate_reason=wiring.gate.why_not,

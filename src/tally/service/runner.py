@@ -48,8 +48,10 @@ from tally.service import embedded
 from tally.service.fast_debit import AsyncDebits
 from tally.service.health import HealthProbe, ReadinessBounds
 from tally.service.http_workers import (
+    EXPORT_PACE_S,
     WorkerProcesses,
     WorkerSpec,
+    export_parent_metrics,
     listening_socket,
     prepare_metrics_dir,
 )
@@ -367,6 +369,17 @@ class Service:
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda _s, _f: stop.set())
+        if self.recharging is not None:
+            wiring, metrics_dir = self.recharging, Path(spec.metrics_dir)
+            exporter = Worker(
+                "metrics-export",
+                lambda: export_parent_metrics(
+                    metrics_dir, wiring.saga.metrics, wiring.gate.circuit
+                ),
+                idle_s=EXPORT_PACE_S,
+            )
+            self.workers.append(exporter)
+            exporter.start()
         processes = WorkerProcesses(spec, sock, self.options.workers)
         processes.start()
         try:

@@ -143,3 +143,45 @@ def test_the_listening_socket_gives_accepted_connections_tcp_nodelay() -> None:
     plain.bind(("127.0.0.1", 0))
     plain.listen()
     assert asyncio.run(accepted_nodelay(plain)) == 0, "the control: Nagle stays on"
+
+
+def test_workers_do_not_outlive_a_killed_parent(tmp_path: Path) -> None:
+    """SIGKILL leaves no chance to stop them: they must go by themselves (PR_SET_PDEATHSIG),
+    or they would keep the port and serve with no drainer."""
+    served = Served(tmp_path / "home", extra_args=["--no-gateway", "--workers", "2"])
+    served.start()
+    assert served.process is not None
+    pids = [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and _ppid(entry) == served.process.pid
+    ]
+    workers = [p for p in pids if "spawn_main" in _cmdline(p)]
+    assert len(workers) == 2
+    served.kill()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in workers), "an HTTP worker outlived its parent"
+
+
+def _ppid(entry: Path) -> int:
+    try:
+        return int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import signal
 import socket
 
@@ -18,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tally.service.http_workers import listening_socket
+from tally.service.http_workers import die_with_parent, listening_socket
 
 
 async def _post(request: Request) -> Response:
@@ -49,7 +50,10 @@ def main(host: str, port: int, workers: int, http_impl: str, loop: str) -> None:
         return
     signal.signal(signal.SIGTERM, _interrupt)  # stop the children, not just this process
     ctx = multiprocessing.get_context("spawn")
-    processes = [ctx.Process(target=_serve, args=(sock, http_impl, loop)) for _ in range(workers)]
+    processes = [
+        ctx.Process(target=_serve, args=(sock, http_impl, loop, os.getpid()))
+        for _ in range(workers)
+    ]
     for p in processes:
         p.start()
     try:
@@ -67,7 +71,9 @@ def _interrupt(_sig: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _serve(sock: socket.socket, http_impl: str, loop: str) -> None:
+def _serve(sock: socket.socket, http_impl: str, loop: str, parent_pid: int = 0) -> None:
+    if parent_pid:
+        die_with_parent(parent_pid)
     config = uvicorn.Config(
         app, http=http_impl, loop=loop, log_level="warning", access_log=False, lifespan="off"
     )

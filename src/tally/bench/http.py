@@ -77,7 +77,8 @@ def _served(home: Path, cfg: HttpBenchConfig) -> Iterator[tuple[str, str]]:
         cfg.http,
         "--loop",
         cfg.loop,
-        *(["--workers", str(cfg.workers)] if cfg.workers else []),
+        "--workers",
+        str(cfg.workers or os.cpu_count() or 1),
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=log, env=env, stdin=subprocess.DEVNULL)
@@ -213,7 +214,7 @@ def run(cfg: HttpBenchConfig, progress: Callable[[str], None] = lambda _: None) 
     from tally.bench.machine import describe
 
     ids = [f"acct-{i}" for i in range(cfg.accounts)]
-    workers = cfg.workers or 1
+    workers = cfg.workers or os.cpu_count() or 1
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="tally-bench-http-") as tmp:
         progress("starting tally serve (embedded)")

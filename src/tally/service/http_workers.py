@@ -25,6 +25,7 @@ stops working in every worker within that bound.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import multiprocessing
@@ -41,6 +42,7 @@ from typing import Any
 log = logging.getLogger("tally.service")
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_PR_SET_PDEATHSIG = 1
 WORKERS_MAX = 64
 WORKER_STOP_S = 15.0
 RESTARTS_MAX = 10
@@ -101,6 +103,15 @@ class _ParentView:
         return self._circuit().get("opened_at_s")
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """SIGTERM this process when its parent dies (even by SIGKILL): an orphaned worker would
+    keep the port and serve without the drainer and the rest."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # it died before prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
     """TCP, named as such (see the module docstring: TCP_NODELAY on accepted connections)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -129,10 +140,12 @@ class WorkerSpec:
     loop: str
     graceful_s: float
     metrics_dir: str
+    parent_pid: int
 
 
 def worker_main(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
     """One HTTP worker process: its own connections, the shared socket, no background work."""
+    die_with_parent(spec.parent_pid)
     import uvicorn
 
     from tally.api import ApiContext, create_app

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import socket
 import threading
@@ -365,6 +366,7 @@ class Service:
             loop=self.options.loop,
             graceful_s=GRACEFUL_S,
             metrics_dir=str(prepare_metrics_dir(self.options.home)),
+            parent_pid=os.getpid(),
         )
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

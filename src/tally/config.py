@@ -28,6 +28,16 @@ from tally.store.keys import SHARDS_DEFAULT
 
 LOCAL_STATE = "local.json"
 DRAIN_REPLICAS_AUTO = "auto"
+#: Variables that describe this machine (which redis-server it runs), not a deployment.
+MACHINE_VARS = frozenset({"TALLY_REDIS_SERVER"})
+
+
+def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child tally that chooses its own deployment: every ``TALLY_*``
+    setting dropped but the machine's (``TALLY_REDIS_SERVER``: CI runs the suite on each
+    binary, and a child must run the same one)."""
+    env = dict(os.environ if base is None else base)
+    return {k: v for k, v in env.items() if not k.startswith("TALLY_") or k in MACHINE_VARS}
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import httpx
 import pytest
 
+from tally.config import child_env
 from tests.serve.harness import Served
 
 ROUTES = [
@@ -39,7 +39,7 @@ ROUTES = [
 
 
 def _cli(served: Served, *args: str) -> dict[str, object]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+    env = child_env()
     out = subprocess.run(
         [sys.executable, "-m", "tally.cli.apikey_cmd", *args, "--home", str(served.home), "--json"],
         capture_output=True, text=True, env=env, timeout=60, check=True,

@@ -5,7 +5,6 @@ and which key scope each one takes."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tally.config import child_env
 from tests.serve.harness import Served
 from tests.waiting import wait_for
 
@@ -26,7 +26,7 @@ RULE = {
 
 
 def _service_key(served: Served) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+    env = child_env()
     argv = [sys.executable, "-m", "tally.cli.apikey_cmd", "create", "--scope", "service"]
     argv += ["--label", "recharge-tests", "--home", str(served.home), "--json"]
     out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tally.config import child_env
 from tally.ops.node import RedisNode
 
 
@@ -122,7 +123,7 @@ def test_a_write_against_a_wiped_dataset_names_store_lost_and_exits_2(
 
 
 def test_no_redis_configured_is_a_usage_error_that_says_what_to_do(tmp_path: Path) -> None:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+    e = child_env()
     e["TALLY_HOME"] = str(tmp_path)
     out = tally(e, "init")
     assert out.returncode == 2

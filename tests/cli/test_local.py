@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from tally.config import child_env
 from tally.ops.node import orphan_pids
 
 from .test_cli import tally
@@ -15,7 +15,7 @@ def test_local_up_runs_a_detached_server_that_later_commands_find_and_down_stops
     tmp_path: Path,
 ) -> None:
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+    env = child_env()
     env["TALLY_HOME"] = str(home)
     env["TALLY_LEDGER_URL"] = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     try:

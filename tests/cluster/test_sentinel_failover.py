@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tally.config import child_env
 from tally.ops.cluster import Cluster
 from tally.ops.topology import Topology
 from tally.store.discovery import (
@@ -73,7 +73,7 @@ def test_tally_init_through_sentinel_initialises_the_primary_it_names(
     topology_factory: Callable[..., Topology], tmp_path: Path
 ) -> None:
     with Cluster(topology_factory()) as cluster:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+        env = child_env()
         env["TALLY_LEDGER_URL"] = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
         home = tmp_path / "home"
         out = subprocess.run(

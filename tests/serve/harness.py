@@ -4,7 +4,6 @@ $TALLY_HOME, ready when /healthz answers (with a deadline), always stopped and r
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from typing import Any
 import httpx
 import redis
 
+from tally.config import child_env
 from tally.ops.node import free_port
 
 START_TIMEOUT_S = 60.0
@@ -44,7 +44,7 @@ class Served:
 
     def start(self, *, wait: bool = True) -> None:
         self.port = self.port or free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+        env = child_env()
         argv = [sys.executable, "-m", "tally.cli.serve_cmd", "--home", str(self.home)]
         argv += ["--port", str(self.port), *self.extra_args]
         with open(self.log_path, "ab") as log:

@@ -15,7 +15,7 @@ from tally.api.context import ApiContext
 from tally.api.hot import HotDebits
 from tally.api.limits import BodyLimitMiddleware
 from tally.api.metrics import ApiMetrics, MetricsMiddleware, ReadinessCollector
-from tally.api.routes import accounts, admin, health, transfers
+from tally.api.routes import accounts, admin, docs, health, transfers
 from tally.errors import TallyError
 
 DESCRIPTION = """Prepaid balances, debits and credits over HTTP.
@@ -27,7 +27,10 @@ Amounts are integers of minor units (cents): `amount_minor`.
 
 
 def create_app(context: ApiContext) -> FastAPI:
-    app = FastAPI(title="tally", version=__version__, description=DESCRIPTION)
+    # /docs is ours (local assets, no CDN); ReDoc would load from a CDN, so there is none.
+    app = FastAPI(
+        title="tally", version=__version__, description=DESCRIPTION, docs_url=None, redoc_url=None
+    )
     app.state.tally = context
     app.state.key_cache = KeyCache(context.key_cache_s)
     metrics = ApiMetrics()
@@ -37,6 +40,7 @@ def create_app(context: ApiContext) -> FastAPI:
     app.state.metrics = metrics
     for router in (health.router, accounts.router, transfers.router, admin.router):
         app.include_router(router)
+    docs.mount(app)
     for extension in context.extensions:
         for router in extension.routers():
             app.include_router(router)

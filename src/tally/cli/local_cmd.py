@@ -15,14 +15,10 @@ import click
 from tally.cli.output import emit, handles_errors, json_option
 from tally.config import LOCAL_STATE
 from tally.errors import ProcessError
+from tally.ops.binary import RedisBinary, find_redis_server
 from tally.ops.node import RedisNode
+from tally.ops.profiles import single_node_directives
 
-LOCAL_DIRECTIVES: dict[str, str | int | list[str]] = {
-    "appendonly": "yes",
-    "appendfsync": "everysec",
-    "save": ["900 1", "60 1000"],
-    "maxmemory-policy": "noeviction",
-}
 STOP_WAIT_S = 15.0
 
 
@@ -30,12 +26,16 @@ def _home(home: str | None) -> Path:
     return Path(home or os.environ.get("TALLY_HOME") or ".tally")
 
 
-def start_local(home: Path, *, port: int = 0, die_with_parent: bool = False) -> RedisNode:
+def start_local(
+    home: Path, *, port: int = 0, die_with_parent: bool = False, binary: RedisBinary | None = None
+) -> RedisNode:
+    binary = binary or find_redis_server()
     node = RedisNode(
         name="local",
         dir=home / "redis",
         port=port,
-        directives=dict(LOCAL_DIRECTIVES),
+        binary=binary,
+        directives=single_node_directives(binary),
         die_with_parent=die_with_parent,
     )
     node.start()

@@ -25,8 +25,12 @@ def _interrupt(_sig: int, _frame: object) -> NoReturn:
 
 @click.command()
 @click.option("--home", envvar="TALLY_HOME", help="State dir (default ./.tally).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--host", envvar="TALLY_HOST", default="127.0.0.1", show_default=True, help="Listen address."
+)
+@click.option(
+    "--port", envvar="TALLY_PORT", default=8080, show_default=True, type=click.IntRange(1, 65535)
+)
 @click.option(
     "--redis-url", envvar="TALLY_REDIS_URL", help="A real Redis primary (default: embedded)."
 )

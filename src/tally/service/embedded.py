@@ -1,6 +1,7 @@
 """The embedded Redis of ``tally serve``: one redis-server on loopback in $TALLY_HOME/redis with
-the hardened persistence settings (AOF everysec + RDB snapshots, noeviction, a password), kept
-across restarts of tally (same dir, same port when free, same password)."""
+the single-node profile (``tally.ops.profiles.single_node_directives``: hardened persistence,
+AOF everysec + RDB snapshots, noeviction, a password), kept across restarts of tally (same dir,
+same port when free, same password)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,12 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Sequence
 from pathlib import Path
 
-from tally.cli.local_cmd import LOCAL_DIRECTIVES
 from tally.config import LOCAL_STATE
+from tally.ops.binary import RedisBinary, find_redis_server
 from tally.ops.node import RedisNode
-from tally.ops.profiles import ProfileParams, backlog_bytes
+from tally.ops.profiles import single_node_directives
 
 SECRET_FILE = "redis.secret"
 
@@ -48,19 +48,20 @@ def _previous_port(home: Path) -> int:
     return 0
 
 
-def embedded_node(home: Path, *, port: int = 0) -> RedisNode:
-    """Not started yet. Dies with this process (PR_SET_PDEATHSIG): a crash leaves no orphan."""
-    directives: dict[str, str | int | Sequence[str]] = dict(LOCAL_DIRECTIVES)
-    # Sized like the hardened profile (preflight TP004 checks the same figures); Redis
-    # allocates it only once a replica attaches.
-    directives["repl-backlog-size"] = backlog_bytes(ProfileParams())
+def embedded_node(home: Path, *, port: int = 0, binary: RedisBinary | None = None) -> RedisNode:
+    """Not started yet. Dies with this process (PR_SET_PDEATHSIG): a crash leaves no orphan.
+    ``binary``: the redis-server to run (default: the one tally finds)."""
+    binary = binary or find_redis_server()
+    password = _password(home)
     return RedisNode(
         name="local",
         dir=home / "redis",
         port=port or _previous_port(home),
-        directives=directives,
+        binary=binary,
+        # One primary, no replica; sized like the hardened profile (preflight judges it so).
+        directives=single_node_directives(binary, password=password),
         die_with_parent=True,
-        password=_password(home),
+        password=password,
     )
 
 

@@ -44,7 +44,7 @@ from tally.ledger.rebuild import init_store, rebuild
 from tally.ledger.sql_api_keys import ApiKeyStore, Scope
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.node import RedisNode
-from tally.ops.preflight import Severity, check_live
+from tally.ops.preflight import PreflightParams, Severity, check_live
 from tally.service import embedded
 from tally.service.fast_debit import AsyncDebits
 from tally.service.health import HealthProbe, ReadinessBounds
@@ -173,9 +173,8 @@ class Service:
             self.node.start()
             embedded.record(opts.home, self.node)
             redis_url = self.node.url
-            self.say(
-                f"redis-server {self.node.binary.version_text} (embedded) on 127.0.0.1:{self.node.port}"
-            )  # type: ignore[union-attr]
+            binary = self.node.server_binary
+            self.say(f"redis-server {binary.version_text} (embedded) on 127.0.0.1:{self.node.port}")
         settings = Settings.resolve(
             redis_url=redis_url, ledger_url=opts.ledger_url, home=str(opts.home)
         )
@@ -208,7 +207,9 @@ class Service:
         if not self.options.preflight or url.startswith("sentinel://"):
             return
         with contextlib.closing(redis_client(url, settings)) as client:
-            findings = check_live(client, role="primary")
+            # The embedded node is one primary with no replica; a --redis-url primary is judged
+            # by the replicas it has (a topology's nodes: `tally preflight --topology`).
+            findings = check_live(client, role="primary", params=PreflightParams.single_node())
         for f in findings:
             if f.severity is not Severity.INFO:
                 self.say(f"preflight {f.rule_id} {f.severity.value}: {f.title}")

@@ -61,6 +61,13 @@ class PreflightParams:
         return slowest_link(self.sizing, self.slowest_link_bytes_per_s)
 
     @classmethod
+    def single_node(cls, sizing: ProfileParams | None = None) -> PreflightParams:
+        """One primary with no replica expected: the embedded ``serve`` node, ``tally local up``,
+        or a ``--redis-url`` primary judged by what it is. A live node's connected replicas
+        still count (TP008, TP009)."""
+        return cls(sizing or ProfileParams(), replicas_expected=0)
+
+    @classmethod
     def for_topology(
         cls, topology: Topology, *, sizing: ProfileParams | None = None
     ) -> PreflightParams:
@@ -239,9 +246,14 @@ def _no_persistence(ctx: Context) -> str | None:
     return "The primary has no save points and appendonly no."
 
 
+def _replicas(ctx: Context) -> int:
+    """Replicas the primary serves: those expected, or those a live node has when more."""
+    return max(ctx.params.replicas_expected, ctx.settings.connected_replicas or 0)
+
+
 def _uncoalesced_full_syncs(ctx: Context) -> str | None:
     s = ctx.settings
-    replicas = max(ctx.params.replicas_expected, s.connected_replicas or 0)
+    replicas = _replicas(ctx)
     if ctx.role != "primary" or replicas < 2 or (s.diskless_sync and s.diskless_delay_s >= 1):
         return None
     how = "disk-based sync" if not s.diskless_sync else "diskless sync with delay 0"
@@ -250,7 +262,7 @@ def _uncoalesced_full_syncs(ctx: Context) -> str | None:
 
 def _no_min_replicas(ctx: Context) -> str | None:
     s = ctx.settings
-    if ctx.role != "primary" or ctx.params.replicas_expected < 1 or s.min_replicas_to_write:
+    if ctx.role != "primary" or _replicas(ctx) < 1 or s.min_replicas_to_write:
         return None
     return "min-replicas-to-write is 0."
 

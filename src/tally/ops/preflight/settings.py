@@ -12,6 +12,29 @@ from typing import Any
 from tally.errors import ConfigError
 from tally.ops.preflight.conf import RedisConf, parse_memory
 
+#: Every directive a rule reads from a redis.conf (``from_conf``). Each config tally generates
+#: states all of them, so no server version's default decides a finding (test:
+#: tests/preflight/test_generated_configs.py). ``appenddirname`` exists from Redis 7.0 on.
+PREFLIGHT_READS = (
+    "port",
+    "bind",
+    "requirepass",
+    "appendonly",
+    "save",
+    "replicaof",
+    "repl-backlog-size",
+    "client-output-buffer-limit",
+    "maxmemory",
+    "maxmemory-policy",
+    "repl-diskless-sync",
+    "repl-diskless-sync-delay",
+    "min-replicas-to-write",
+    "dir",
+    "dbfilename",
+    "appendfilename",
+)
+PREFLIGHT_READS_7 = ("appenddirname",)
+
 DEFAULT_SAVE = ((3600, 1), (300, 100), (60, 10000))
 DEFAULT_REPLICA_OBL = (256 * 1024**2, 64 * 1024**2, 60)
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from tally.billing.engine import Engine
 from tally.bootstrap import open_deployment
@@ -154,6 +155,69 @@ def test_noreplicas_from_a_replaced_primary_follows_sentinel_only_when_it_moved(
                 with pytest.raises(StoreNotEnoughReplicas):
                     debit_on(path, engine, "d1", "alice", 100)
             engine_store.client.close()
+    finally:
+        new.stop()
+        old.stop()
+
+
+def test_concurrent_debits_hit_by_one_failover_reconnect_once_and_all_land(
+    tmp_path: Path,
+) -> None:
+    """Twenty debits in flight on the async path all meet NOREPLICAS from a replaced primary:
+    the first reconnects, the others see the store already moved and resend (no herd of
+    rediscoveries, each debit applied once)."""
+    old = RedisNode(name="old", dir=tmp_path / "old")
+    new = RedisNode(name="new", dir=tmp_path / "new")
+    old.start()
+    new.start()
+    try:
+        layout = KeyLayout("tally", 4)
+        with SqlLedger.open(f"sqlite:///{tmp_path / 'l.sqlite3'}") as ledger:
+            with old.client() as c:
+                init_store(c, layout, ledger)
+            with new.client() as c:
+                c.replicaof(old.host, old.port)
+                deadline = time.monotonic() + 20
+                while c.info("replication").get("master_link_status") != "up":
+                    assert time.monotonic() < deadline, "replica never synced"
+                    time.sleep(0.05)
+            epoch = ledger.current_epoch()
+            assert epoch is not None
+            reconnects: list[int] = []
+
+            def rediscover() -> redis.Redis:
+                reconnects.append(1)
+                return new.client()
+
+            store = RedisStore(
+                old.client(), layout, epoch.epoch_id, rediscover=rediscover,
+                primary_moved=lambda: True,
+            )  # fmt: skip
+            engine = Engine(store, ledger)
+            engine.create_account(Account("alice", "USD"))
+            engine.credit("top", "alice", 1000, "USD")
+            with old.client() as c:
+                c.execute_command("WAIT", 1, 5000)
+            with new.client() as c:
+                c.replicaof("no", "one")
+            with old.client() as c:
+                c.config_set("min-replicas-to-write", "1")
+
+            async def all_at_once() -> list[TransferResult]:
+                debits = AsyncDebits(engine)
+                try:
+                    return await asyncio.gather(
+                        *(debits.debit(f"d{i}", "alice", 1) for i in range(20))
+                    )
+                finally:
+                    assert debits.recoveries == 1
+                    await debits.close()
+
+            results = asyncio.run(all_at_once())
+            assert [r.result for r in results] == [Result.ok] * 20
+            assert sorted(r.balance_minor for r in results) == list(range(980, 1000))  # type: ignore[type-var]
+            assert len(reconnects) == 1, "one rediscovery for the whole herd"
+            store.client.close()
     finally:
         new.stop()
         old.stop()

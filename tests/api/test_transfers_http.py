@@ -213,3 +213,49 @@ def test_metrics_count_operations_by_result_code(shared_served: Served) -> None:
         assert "tally_api_request_duration_seconds_bucket" in text
         assert "tally_drain_lag_seconds" in text
         assert 'tally_ready{reason=""} 1.0' in text
+
+
+def test_hand_built_replies_match_their_documented_models(shared_served: Served) -> None:
+    """The hot debit path and the batch route build their bodies without the models (speed);
+    the models in the OpenAPI document must still describe them exactly."""
+    from tally.api.schemas import BatchOut, TransferOut
+
+    with shared_served.client() as api:
+        account = _account(api, 1000)
+        single = api.post("/v1/debits", json=_debit(account, 1))
+        assert single.status_code == 201
+        assert TransferOut.model_validate(single.json()).model_dump() == single.json()
+        batch = api.post(
+            "/v1/debits/batch", json={"debits": [_debit(account, 1), _debit(account, 5000)]}
+        )
+        assert batch.status_code == 200
+        assert BatchOut.model_validate(batch.json()).model_dump() == batch.json()
+        assert (batch.json()["ok"], batch.json()["refused"]) == (1, 1)
+
+
+def test_a_debit_on_the_full_path_answers_as_the_hot_path_does(shared_served: Served) -> None:
+    """A content type with parameters takes FastAPI's path; the plain one the hot path. Same
+    replay, same refusal, same headers."""
+    with shared_served.client() as api:
+        account = _account(api, 100)
+        body = _debit(account, 30)
+        hot = api.post("/v1/debits", json=body)
+        full = api.post(
+            "/v1/debits",
+            content=httpx.Request("POST", "/", json=body).content,
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        )
+        again = api.post("/v1/debits", json=body)
+        assert hot.status_code == full.status_code == again.status_code == 201
+        assert full.json() == again.json() == hot.json()
+        assert full.headers["Idempotent-Replayed"] == again.headers["Idempotent-Replayed"] == "true"
+        refused = _debit(account, 1000)
+        r_hot = api.post("/v1/debits", json=refused)
+        r_full = api.post(
+            "/v1/debits",
+            content=httpx.Request("POST", "/", json=refused).content,
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        )
+        assert r_hot.status_code == r_full.status_code == 402
+        assert r_hot.json() == r_full.json()
+        assert r_hot.headers["content-type"] == r_full.headers["content-type"]

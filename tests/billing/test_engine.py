@@ -114,3 +114,23 @@ def test_after_the_aof_defect_every_write_is_refused_and_rebuild_restores_exact_
     replay = eng.debit("d0", "alice", 7)
     assert replay.replayed and replay.result is Result.ok
     assert reconcile(dep.client, dep.layout, dep.ledger).accounts_drifted == 0
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_after_a_rebuild_elsewhere_the_next_debit_catches_up_with_the_new_epoch(
+    dep: Deployment, path: str
+) -> None:
+    """Another process rebuilt the store (a new epoch in the ledger): this engine's first write
+    sees store_lost, reads the ledger's epoch, and sends once more; on either path."""
+    from .test_failover import debit_on
+
+    eng = dep.engine
+    eng.create_account(Account("alice", "USD"))
+    eng.credit("fund", "alice", 1000, "USD")
+    drain_all(dep)
+    old_epoch = dep.store.epoch_id
+    rebuild(dep.client, dep.layout, dep.ledger, force=True)
+    assert dep.store.epoch_id == old_epoch, "this engine has not heard of the rebuild"
+    result = debit_on(path, eng, "d1", "alice", 10)
+    assert (result.result, result.balance_minor) == (Result.ok, 990)
+    assert dep.store.epoch_id != old_epoch

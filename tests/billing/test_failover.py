@@ -4,10 +4,12 @@ that replicas had acknowledged."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from tally.billing.engine import Engine
 from tally.bootstrap import open_deployment, recharging
@@ -21,6 +23,7 @@ from tally.gateway import FakeGateway
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.cluster import Cluster
 from tally.ops.node import RedisNode
+from tally.service.fast_debit import AsyncDebits
 from tally.store.discovery import PrimaryLocator, SwitchMaster
 from tally.store.keys import KeyLayout
 from tally.store.redis_store import RedisStore
@@ -116,8 +119,9 @@ def test_after_a_failover_a_serve_composition_recharges_exactly_once(
             assert state is not None and state.balance_minor == 2000
 
 
+@pytest.mark.parametrize("path", ["sync", "async"])
 def test_with_a_plain_url_a_read_only_node_is_reported_not_retried(
-    tmp_path: Path, redis_node: RedisNode
+    tmp_path: Path, redis_node: RedisNode, path: str
 ) -> None:
     settings = Settings.resolve(
         redis_url=redis_node.url,
@@ -131,12 +135,28 @@ def test_with_a_plain_url_a_read_only_node_is_reported_not_retried(
         dep.engine.create_account(Account("alice", "USD"))
         redis_node.client().replicaof(redis_node.host, redis_node.port)
         with pytest.raises(StoreReadOnly):
-            dep.engine.debit("d1", "alice", 1)
+            debit_on(path, dep.engine, "d1", "alice", 1)
 
 
+def debit_on(path: str, engine: Engine, *args: str | int) -> TransferResult:
+    """``Engine.debit``, or the HTTP hot path (async shell + coalescer + the same guard)."""
+    if path == "sync":
+        return engine.debit(*args)  # type: ignore[arg-type]
+
+    async def once() -> TransferResult:
+        debits = AsyncDebits(engine)
+        try:
+            return await debits.debit(*args)  # type: ignore[arg-type]
+        finally:
+            await debits.close()
+
+    return asyncio.run(once())
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
 @pytest.mark.parametrize("sentinel_names_another", [False, True])
 def test_noreplicas_from_a_replaced_primary_follows_sentinel_only_when_it_moved(
-    tmp_path: Path, sentinel_names_another: bool
+    tmp_path: Path, sentinel_names_another: bool, path: str
 ) -> None:
     """A primary cut off from its replicas answers NOREPLICAS; by the time the partition heals
     the others may have failed over, and it keeps refusing until Sentinel demotes it (up to its
@@ -176,13 +196,76 @@ def test_noreplicas_from_a_replaced_primary_follows_sentinel_only_when_it_moved(
             with old.client() as c:
                 c.config_set("min-replicas-to-write", "1")  # "old" is cut off: NOREPLICAS
             if sentinel_names_another:
-                result = engine.debit("d1", "alice", 100)
+                result = debit_on(path, engine, "d1", "alice", 100)
                 assert (result.result, result.balance_minor) == (Result.ok, 900)
                 assert engine_store.client.connection_pool.connection_kwargs["port"] == new.port
             else:
                 with pytest.raises(StoreNotEnoughReplicas):
-                    engine.debit("d1", "alice", 100)
+                    debit_on(path, engine, "d1", "alice", 100)
             engine_store.client.close()
+    finally:
+        new.stop()
+        old.stop()
+
+
+def test_concurrent_debits_hit_by_one_failover_reconnect_once_and_all_land(
+    tmp_path: Path,
+) -> None:
+    """Twenty debits in flight on the async path all meet NOREPLICAS from a replaced primary:
+    the first reconnects, the others see the store already moved and resend (no herd of
+    rediscoveries, each debit applied once)."""
+    old = RedisNode(name="old", dir=tmp_path / "old")
+    new = RedisNode(name="new", dir=tmp_path / "new")
+    old.start()
+    new.start()
+    try:
+        layout = KeyLayout("tally", 4)
+        with SqlLedger.open(f"sqlite:///{tmp_path / 'l.sqlite3'}") as ledger:
+            with old.client() as c:
+                init_store(c, layout, ledger)
+            with new.client() as c:
+                c.replicaof(old.host, old.port)
+                deadline = time.monotonic() + 20
+                while c.info("replication").get("master_link_status") != "up":
+                    assert time.monotonic() < deadline, "replica never synced"
+                    time.sleep(0.05)
+            epoch = ledger.current_epoch()
+            assert epoch is not None
+            reconnects: list[int] = []
+
+            def rediscover() -> redis.Redis:
+                reconnects.append(1)
+                return new.client()
+
+            store = RedisStore(
+                old.client(), layout, epoch.epoch_id, rediscover=rediscover,
+                primary_moved=lambda: True,
+            )  # fmt: skip
+            engine = Engine(store, ledger)
+            engine.create_account(Account("alice", "USD"))
+            engine.credit("top", "alice", 1000, "USD")
+            with old.client() as c:
+                c.execute_command("WAIT", 1, 5000)
+            with new.client() as c:
+                c.replicaof("no", "one")
+            with old.client() as c:
+                c.config_set("min-replicas-to-write", "1")
+
+            async def all_at_once() -> list[TransferResult]:
+                debits = AsyncDebits(engine)
+                try:
+                    return await asyncio.gather(
+                        *(debits.debit(f"d{i}", "alice", 1) for i in range(20))
+                    )
+                finally:
+                    assert debits.recoveries == 1
+                    await debits.close()
+
+            results = asyncio.run(all_at_once())
+            assert [r.result for r in results] == [Result.ok] * 20
+            assert sorted(r.balance_minor for r in results) == list(range(980, 1000))  # type: ignore[type-var]
+            assert len(reconnects) == 1, "one rediscovery for the whole herd"
+            store.client.close()
     finally:
         new.stop()
         old.stop()

@@ -12,6 +12,7 @@ from tally import __version__
 from tally.api import problems
 from tally.api.auth import KeyCache
 from tally.api.context import ApiContext
+from tally.api.hot import HotDebits
 from tally.api.limits import BodyLimitMiddleware
 from tally.api.metrics import ApiMetrics, MetricsMiddleware, ReadinessCollector
 from tally.api.routes import accounts, admin, docs, health, transfers
@@ -50,6 +51,8 @@ def create_app(context: ApiContext) -> FastAPI:
     app.add_exception_handler(RequestValidationError, problems.on_validation_error)
     app.add_exception_handler(StarletteHTTPException, problems.on_http_exception)
     app.add_exception_handler(Exception, problems.on_unexpected)
+    debit_route = next(r for r in transfers.router.routes if getattr(r, "name", None) == "debit")
+    app.add_middleware(HotDebits, context=context, cache=app.state.key_cache, route=debit_route)
     app.add_middleware(BodyLimitMiddleware, body_bytes_max=context.body_bytes_max)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

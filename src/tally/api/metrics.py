@@ -7,12 +7,14 @@ whatever installed extensions collect (recharge intents by state, circuit, freez
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,20 +27,28 @@ UNMATCHED = "unmatched"
 
 
 class ApiMetrics:
+    """With ``PROMETHEUS_MULTIPROC_DIR`` set (``tally serve --workers N``), the counters live in
+    prometheus-client's per-process files and this registry reads them all (any worker's
+    /metrics counts every worker's requests)."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        shared = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        own = None if shared else self.registry
+        if shared:
+            MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
         self.operations = Counter(
             "tally_api_operations",
             "API operations by result code",
             ["operation", "result"],
-            registry=self.registry,
+            registry=own,
         )
         self.latency = Histogram(
             "tally_api_request_duration_seconds",
             "API request latency",
             ["operation"],
             buckets=LATENCY_BUCKETS_S,
-            registry=self.registry,
+            registry=own,
         )
 
     def add(self, collector: Collector) -> None:

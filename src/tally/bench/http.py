@@ -2,24 +2,27 @@
 
 Starts ``tally serve`` (embedded deployment: redis-server with AOF everysec, SQLite ledger, the
 drainer running) in a temporary $TALLY_HOME on a loopback port, funds accounts, then measures:
-- single: ``POST /v1/debits``, one debit per request, ``concurrency`` requests in flight (one
-  asyncio client, keep-alive connections): debits/s and latency p50/p99;
-- batch: ``POST /v1/debits/batch`` with ``batch_size`` debits per request, one at a time.
-Bounded in count (``debits``) and time (``seconds_max`` per phase). The client runs on the same
-machine and competes with the server for CPU: these are lower bounds for a remote client.
+- single: ``POST /v1/debits``, one debit per request, at each of ``concurrency_levels``
+  connections in flight for ``seconds``, with wrk when it is on PATH, else a multi-process
+  generator (``bench.load``): debits/s, latency p50/p99, error statuses, dropped connections;
+- batch: ``POST /v1/debits/batch`` with ``batch_size`` debits per request;
+- the ceiling: a bare endpoint (``bench.bare``) on the same server stack and worker count, with
+  the same generator, and tally / ceiling.
+Bounded in time. The generator runs on the same machine and competes with the server for CPU:
+these are lower bounds for a remote client. Errors are figures in the table, never tracebacks.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from tally.config import child_env
+from tally.bench.load import generate
 from tally.ops.node import free_port
 
 START_TIMEOUT_S = 60.0
@@ -37,11 +40,18 @@ FUNDS_MINOR = 10**12
 @dataclass
 class HttpBenchConfig:
     accounts: int = 100
-    debits: int = 20_000
-    concurrency: int = 32
-    batch_requests: int = 20
+    #: Single-debit phases: connections in flight, each for ``seconds``.
+    concurrency_levels: tuple[int, ...] = (64, 1)
+    seconds: float = 8.0
+    batch_requests: int = 40
     batch_size: int = 1000
+    #: Concurrent batch requests (one per connection).
+    batch_concurrency: int = 2
     seconds_max: float = 60.0
+    workers: int | None = None  # None: tally serve's default (the number of cores)
+    http: str = "httptools"
+    loop: str = "uvloop"
+    generator: str = "auto"  # "auto": wrk when on PATH; "native": the multi-process one
 
 
 def _percentile(samples: list[float], q: float) -> float:
@@ -50,10 +60,10 @@ def _percentile(samples: list[float], q: float) -> float:
 
 
 @contextlib.contextmanager
-def _served(home: Path) -> Iterator[tuple[str, str]]:
+def _served(home: Path, cfg: HttpBenchConfig) -> Iterator[tuple[str, str]]:
     port = free_port()
     log_path = home.parent / "serve.log"
-    env = child_env()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
     argv = [
         sys.executable,
         "-m",
@@ -63,6 +73,12 @@ def _served(home: Path) -> Iterator[tuple[str, str]]:
         "--port",
         str(port),
         "--no-gateway",
+        "--http",
+        cfg.http,
+        "--loop",
+        cfg.loop,
+        "--workers",
+        str(cfg.workers or os.cpu_count() or 1),
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=log, env=env, stdin=subprocess.DEVNULL)
@@ -83,12 +99,41 @@ def _served(home: Path) -> Iterator[tuple[str, str]]:
         )
         yield url, key
     finally:
+        _stop(process)
+
+
+@contextlib.contextmanager
+def _bare(cfg: HttpBenchConfig, workers: int) -> Iterator[str]:
+    """The ceiling: a bare endpoint on the same server stack and worker count."""
+    port = free_port()
+    argv = [sys.executable, "-m", "tally.bench.bare", "--port", str(port)]
+    argv += ["--workers", str(workers), "--http", cfg.http, "--loop", cfg.loop]
+    process = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and process.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=1, trust_env=False).status_code == 200:
+                    break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("the bare endpoint did not start")
+        yield url
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
         process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def _fund(api: httpx.Client, ids: list[str]) -> None:
@@ -103,112 +148,65 @@ def _fund(api: httpx.Client, ids: list[str]) -> None:
         api.post("/v1/credits", json=credit).raise_for_status()
 
 
-def _failed(errors: Counter[str], statuses: Counter[int]) -> int:
-    """Requests that got no answer (dropped connection, timeout) plus answers that are 5xx."""
-    return sum(errors.values()) + sum(n for code, n in statuses.items() if code >= 500)
-
-
-async def _single(
-    url: str,
-    key: str,
-    ids: list[str],
-    cfg: HttpBenchConfig,
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> dict[str, Any]:
-    """A dropped connection or a timeout is counted in ``errors`` (by kind) and the run goes
-    on: a benchmark reports what the server did, it does not end in a traceback."""
+def _batch(api: httpx.Client, ids: list[str], cfg: HttpBenchConfig) -> dict[str, Any]:
+    """``batch_concurrency`` connections posting ``batch_size`` debits per request. A dropped
+    connection or an error status is counted, never raised."""
     run = uuid.uuid4().hex[:8]
     latencies_s: list[float] = []
-    statuses: Counter[int] = Counter()
-    errors: Counter[str] = Counter()
-    next_index = 0
+    counts = {"ok": 0, "non_2xx": 0, "dropped": 0, "requests": 0}
+    lock = threading.Lock()
     deadline = time.monotonic() + cfg.seconds_max
-    limits = httpx.Limits(
-        max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency
-    )
-    headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(
-        base_url=url,
-        headers=headers,
-        limits=limits,
-        timeout=30,
-        trust_env=False,
-        transport=transport,
-    ) as client:
+    numbers = iter(range(cfg.batch_requests))
 
-        async def worker() -> None:
-            nonlocal next_index
-            while next_index < cfg.debits and time.monotonic() < deadline:
-                i = next_index
-                next_index += 1
-                body = {
-                    "transfer_id": f"h{run}-{i}",
-                    "account_id": ids[i % len(ids)],
-                    "amount_minor": 1,
-                }
+    def one_connection() -> None:
+        with httpx.Client(
+            base_url=str(api.base_url), headers=api.headers, timeout=60, trust_env=False
+        ) as client:
+            for b in numbers:
+                if time.monotonic() > deadline:
+                    return
+                debits = [
+                    {
+                        "transfer_id": f"b{run}-{b}-{i}",
+                        "account_id": ids[i % len(ids)],
+                        "amount_minor": 1,
+                    }
+                    for i in range(cfg.batch_size)
+                ]
                 t0 = time.perf_counter()
                 try:
-                    reply = await client.post("/v1/debits", json=body)
-                except httpx.TransportError as exc:
-                    errors[type(exc).__name__] += 1
+                    reply = client.post("/v1/debits/batch", json={"debits": debits})
+                except httpx.TransportError:
+                    with lock:
+                        counts["dropped"] += 1
                     continue
-                latencies_s.append(time.perf_counter() - t0)
-                statuses[reply.status_code] += 1
+                with lock:
+                    latencies_s.append(time.perf_counter() - t0)
+                    counts["requests"] += 1
+                    if reply.status_code == 200:
+                        counts["ok"] += int(reply.json()["ok"])
+                    else:
+                        counts["non_2xx"] += 1
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(cfg.concurrency)))
-        elapsed = time.perf_counter() - started
-    done = len(latencies_s)
-    return {
-        "debits": done,
-        "concurrency": cfg.concurrency,
-        "seconds": round(elapsed, 3),
-        "debits_per_s": round(done / elapsed) if elapsed else 0,
-        "p50_ms": round(_percentile(latencies_s, 0.50) * 1000, 2),
-        "p99_ms": round(_percentile(latencies_s, 0.99) * 1000, 2),
-        "statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "errors": _failed(errors, statuses),
-        "error_kinds": dict(sorted(errors.items())),
-    }
-
-
-def _batch(api: httpx.Client, ids: list[str], cfg: HttpBenchConfig) -> dict[str, Any]:
-    run = uuid.uuid4().hex[:8]
-    latencies_s: list[float] = []
-    statuses: Counter[int] = Counter()
-    errors: Counter[str] = Counter()
-    ok = 0
-    deadline = time.monotonic() + cfg.seconds_max
     started = time.perf_counter()
-    for b in range(cfg.batch_requests):
-        if time.monotonic() > deadline:
-            break
-        debits = [
-            {"transfer_id": f"b{run}-{b}-{i}", "account_id": ids[i % len(ids)], "amount_minor": 1}
-            for i in range(cfg.batch_size)
-        ]
-        t0 = time.perf_counter()
-        try:
-            reply = api.post("/v1/debits/batch", json={"debits": debits})
-        except httpx.TransportError as exc:
-            errors[type(exc).__name__] += 1
-            continue
-        latencies_s.append(time.perf_counter() - t0)
-        statuses[reply.status_code] += 1
-        if reply.is_success:
-            ok += int(reply.json()["ok"])
+    threads = [threading.Thread(target=one_connection) for _ in range(cfg.batch_concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(cfg.seconds_max + 60)
     elapsed = time.perf_counter() - started
-    total = len(latencies_s) * cfg.batch_size
+    total = counts["requests"] * cfg.batch_size
     return {
         "debits": total,
-        "ok": ok,
+        "ok": counts["ok"],
         "batch_size": cfg.batch_size,
+        "connections": cfg.batch_concurrency,
         "seconds": round(elapsed, 3),
-        "debits_per_s": round(total / elapsed) if elapsed else 0,
+        "per_s": round(total / elapsed) if elapsed else 0,
+        "request_p50_ms": round(_percentile(latencies_s, 0.50) * 1000, 2),
         "request_p99_ms": round(_percentile(latencies_s, 0.99) * 1000, 2),
-        "statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "errors": _failed(errors, statuses),
-        "error_kinds": dict(sorted(errors.items())),
+        "non_2xx": counts["non_2xx"],
+        "dropped": counts["dropped"],
     }
 
 
@@ -216,10 +214,12 @@ def run(cfg: HttpBenchConfig, progress: Callable[[str], None] = lambda _: None) 
     from tally.bench.machine import describe
 
     ids = [f"acct-{i}" for i in range(cfg.accounts)]
+    workers = cfg.workers or os.cpu_count() or 1
+    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="tally-bench-http-") as tmp:
         progress("starting tally serve (embedded)")
         with (
-            _served(Path(tmp) / "home") as (url, key),
+            _served(Path(tmp) / "home", cfg) as (url, key),
             httpx.Client(
                 base_url=url,
                 headers={"Authorization": f"Bearer {key}"},
@@ -229,14 +229,38 @@ def run(cfg: HttpBenchConfig, progress: Callable[[str], None] = lambda _: None) 
         ):
             progress(f"funding {cfg.accounts} accounts")
             _fund(api, ids)
-            progress(f"POST /v1/debits x {cfg.debits}, {cfg.concurrency} in flight")
-            single = asyncio.run(_single(url, key, ids, cfg))
-            progress(f"POST /v1/debits/batch x {cfg.batch_requests} ({cfg.batch_size} each)")
-            batch = _batch(api, ids, cfg)
+            for conns in cfg.concurrency_levels:
+                progress(f"POST /v1/debits, {conns} in flight, {cfg.seconds}s")
+                results[f"tally_single_c{conns}"] = _load(url, key, conns, cfg)
+            if cfg.batch_requests:
+                progress(f"POST /v1/debits/batch x {cfg.batch_requests} ({cfg.batch_size} each)")
+                results["tally_batch"] = _batch(api, ids, cfg)
+        progress(f"starting the bare endpoint ({workers} worker(s), {cfg.http}/{cfg.loop})")
+        with _bare(cfg, workers) as bare_url:
+            for conns in cfg.concurrency_levels:
+                progress(f"bare POST, {conns} in flight, {cfg.seconds}s")
+                results[f"bare_c{conns}"] = _load(bare_url, "-", conns, cfg)
+    for conns in cfg.concurrency_levels:
+        tally, bare = results[f"tally_single_c{conns}"], results[f"bare_c{conns}"]
+        tally["of_bare"] = round(tally["per_s"] / bare["per_s"], 3) if bare["per_s"] else None
     return {
         "config": asdict(cfg),
         "machine": describe(),
-        "server": "tally serve: 1 uvicorn worker, embedded redis-server (AOF everysec), SQLite ledger, drainer on",
-        "client": "one asyncio httpx client on the same machine (loopback)",
-        "results": {"http_single": single, "http_batch": batch},
+        "server": f"tally serve: {workers} worker process(es), uvicorn {cfg.http} + {cfg.loop}, "
+        "embedded redis-server (AOF everysec), SQLite ledger, drainer on",
+        "ceiling": "a bare Starlette JSON POST -> 201 on the same server stack and worker count",
+        "client": "on the same machine (loopback), competing for the same cores",
+        "results": results,
     }
+
+
+def _load(url: str, key: str, conns: int, cfg: HttpBenchConfig) -> dict[str, Any]:
+    return generate(
+        url,
+        key,
+        "/v1/debits",
+        conns,
+        cfg.seconds,
+        cfg.accounts,
+        prefer_wrk=cfg.generator != "native",
+    ).as_dict()

@@ -54,26 +54,34 @@ class Engine:
 
     # -- epoch ---------------------------------------------------------------------------------
     def _guarded(self, action: Callable[[], T]) -> T:
-        """Run a store action, and retry it once in two cases where this engine was merely
-        behind: store_lost while the ledger names a newer epoch (a rebuild happened);
-        READONLY or a broken connection while Sentinel knows a new primary (a failover);
-        NOREPLICAS from a primary that Sentinel has already replaced (it was cut off, the others
-        failed over). Safe: every store write is idempotent by transfer id. Never more than one
+        """Run a store action, and retry it once when ``recover`` says this engine was merely
+        behind. Safe: every store write is idempotent by transfer id. Never more than one
         retry."""
         try:
             return action()
-        except StoreLost:
-            epoch = self.ledger.current_epoch()
-            if epoch is None or epoch.epoch_id == self.store.epoch_id:
-                raise
-            self.store.set_epoch(epoch.epoch_id)
-        except (StoreReadOnly, StoreUnavailable):
-            if not self.store.reconnect():
-                raise
-        except StoreNotEnoughReplicas:
-            if not self.store.reconnect_if_moved():
+        except StoreError as exc:
+            if not self.recover(exc):
                 raise
         return action()
+
+    def recover(self, exc: StoreError) -> bool:
+        """After a failed store action: catch up and say True (retry once) in three cases where
+        this engine was merely behind: store_lost while the ledger names a newer epoch (a
+        rebuild happened); READONLY or a broken connection while Sentinel knows a new primary
+        (a failover); NOREPLICAS from a primary that Sentinel has already replaced (it was cut
+        off, the others failed over). False: report the error. The sync path and the async
+        shell both go through here, so their guard is one."""
+        if isinstance(exc, StoreLost):
+            epoch = self.ledger.current_epoch()
+            if epoch is None or epoch.epoch_id == self.store.epoch_id:
+                return False
+            self.store.set_epoch(epoch.epoch_id)
+            return True
+        if isinstance(exc, StoreReadOnly | StoreUnavailable):
+            return self.store.reconnect()
+        if isinstance(exc, StoreNotEnoughReplicas):
+            return self.store.reconnect_if_moved()
+        return False
 
     # -- accounts ------------------------------------------------------------------------------
     def create_account(self, account: Account) -> Result:

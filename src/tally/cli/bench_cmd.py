@@ -74,53 +74,88 @@ def debits(
 
 @bench.command("http")
 @click.option(
-    "--debits", "count", default=20_000, show_default=True, type=click.IntRange(1, 1_000_000)
+    "--concurrency",
+    "levels",
+    default="64,1",
+    show_default=True,
+    help="Connections in flight, one single-debit phase each (comma-separated).",
 )
-@click.option("--concurrency", default=32, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--seconds", default=8.0, show_default=True, type=click.FloatRange(1, 600))
 @click.option("--accounts", default=100, show_default=True, type=click.IntRange(1, 100_000))
-@click.option("--batch-requests", default=20, show_default=True, type=click.IntRange(0, 10_000))
+@click.option("--batch-requests", default=40, show_default=True, type=click.IntRange(0, 10_000))
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="tally serve --workers (default: its default, the number of cores).",
+)
+@click.option("--http", "http_impl", type=click.Choice(["httptools", "h11"]), default="httptools")
+@click.option("--loop", type=click.Choice(["uvloop", "asyncio"]), default="uvloop")
+@click.option(
+    "--generator",
+    type=click.Choice(["auto", "native"]),
+    default="auto",
+    show_default=True,
+    help="auto: wrk when on PATH; native: the multi-process generator.",
+)
 @click.option(
     "--seconds-max",
     default=60.0,
     show_default=True,
     type=click.FloatRange(1, 3600),
-    help="Per phase.",
+    help="Batch phase bound.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def http(
-    count: int,
-    concurrency: int,
+    levels: str,
+    seconds: float,
     accounts: int,
     batch_requests: int,
+    workers: int | None,
+    http_impl: str,
+    loop: str,
+    generator: str,
     seconds_max: float,
     as_json: bool,
 ) -> None:
-    """The HTTP path: POST /v1/debits at a stated concurrency, and /v1/debits/batch, against a
-    `tally serve` started for the run on loopback."""
+    """The HTTP path against a `tally serve` started for the run on loopback: POST /v1/debits at
+    each concurrency, /v1/debits/batch, and the ceiling (a bare endpoint on the same server
+    stack and worker count) with the same load generator; tally / ceiling in `of_bare`."""
     from tally.bench.http import HttpBenchConfig, run
 
+    try:
+        concurrency_levels = tuple(int(x) for x in levels.split(",") if x.strip())
+    except ValueError as exc:
+        raise click.BadParameter("give numbers, e.g. 64,1", param_hint="--concurrency") from exc
     cfg = HttpBenchConfig(
         accounts=accounts,
-        debits=count,
-        concurrency=concurrency,
+        concurrency_levels=concurrency_levels,
+        seconds=seconds,
         batch_requests=batch_requests,
         seconds_max=seconds_max,
+        workers=workers,
+        http=http_impl,
+        loop=loop,
+        generator=generator,
     )
     data = run(cfg, progress=lambda text: click.echo(f"... {text}", err=True))
     if as_json:
         click.echo(json.dumps(data, sort_keys=True))
         return
+    click.echo(data["server"])
     click.echo(
         _table(
             data["results"],
             [
-                "debits",
-                "concurrency",
-                "debits_per_s",
+                "connections",
+                "per_s",
+                "of_bare",
                 "p50_ms",
                 "p99_ms",
                 "request_p99_ms",
-                "errors",
+                "non_2xx",
+                "dropped",
+                "generator",
             ],
         )
     )

@@ -51,6 +51,27 @@ def _interrupt(_sig: int, _frame: object) -> NoReturn:
     help="Rebuild an empty store from the ledger before serving.",
 )
 @click.option("--skip-preflight", is_flag=True, help="Do not refuse on preflight errors.")
+@click.option(
+    "--http",
+    type=click.Choice(["httptools", "h11"]),
+    default="httptools",
+    show_default=True,
+    help="HTTP/1.1 parser (httptools measured fastest; h11 is pure Python).",
+)
+@click.option(
+    "--loop",
+    type=click.Choice(["uvloop", "asyncio"]),
+    default="uvloop",
+    show_default=True,
+    help="Event loop.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="HTTP worker processes on the one port (default: the number of cores). Background "
+    "work (drainer, credit applier, recharge completer, embedded Redis) runs once.",
+)
 @handles_errors
 def serve(
     home: str | None,
@@ -63,6 +84,9 @@ def serve(
     no_gateway: bool,
     rebuild_if_lost: bool,
     skip_preflight: bool,
+    http: str,
+    loop: str,
+    workers: int | None,
 ) -> None:
     """Run tally: the HTTP API on HOST:PORT over an embedded deployment in $TALLY_HOME (a local
     redis-server, the SQLite ledger, the drainer, the gateway simulator), or over real
@@ -91,6 +115,9 @@ def serve(
         no_gateway=no_gateway,
         rebuild_if_lost=rebuild_if_lost,
         preflight=not skip_preflight,
+        http=http,
+        loop=loop,
+        workers=workers or os.cpu_count() or 1,
     )
 
     def say(text: str) -> None:

@@ -1,103 +1,89 @@
 """The single-debit hot path of the HTTP API, on the event loop.
 
-A sync route costs a thread hop per request (anyio's worker pool) and, under load, a GIL convoy
-of worker threads each waiting on its own Redis socket (profiled: p99 over 500 ms at 32 in
-flight). A debit is one Lua script call, so this sends the very call ``RedisStore.apply`` would
-send (same plan, same script, same reply parsing) over ``redis.asyncio``, without a thread.
+A sync route costs a thread hop per request and, under load, a GIL convoy of worker threads each
+waiting on its own Redis socket. Here a debit goes to the store's async shell
+(``store.async_shell``: the same transfer codec as ``RedisStore.apply``) through a ``Coalescer``:
+sent at once when nothing is in flight, batched with the others while a call is.
 
-Only a clean reply is answered here. Anything else (an error, a timeout, NOSCRIPT, store_lost,
-backpressure, replicas to WAIT for, a Sentinel deployment) goes to ``Engine.debit`` in a worker
-thread, whose epoch guard, reconnect and error translation decide. Resending is safe: a debit is
-idempotent by its transfer id (a call that applied but lost its reply comes back as a replay
-with the first outcome)."""
+The guard is ``Engine.recover``, the very one ``Engine.debit`` uses: after store_lost with a newer
+epoch in the ledger, READONLY or a broken connection with a Sentinel that names a new primary,
+NOREPLICAS from a replaced primary, it catches up and the debit is sent once more (idempotent
+by transfer id); anything else reaches the caller. Concurrent callers hit by one failover
+recover once: the first reconnects, the others see the store already moved on and resend.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import redis
-import redis.asyncio as aredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from starlette.concurrency import run_in_threadpool
 
 from tally.billing.engine import Engine
 from tally.billing.validate import raw_transfer
 from tally.domain.transfers import TransferResult
-from tally.store.redis_store import RawTransfer, RedisStore
+from tally.errors import (
+    StoreError,
+    StoreLost,
+    StoreNotEnoughReplicas,
+    StoreReadOnly,
+    StoreUnavailable,
+)
+from tally.store.async_shell import AsyncTransfers, Coalescer
+from tally.store.redis_store import RedisStore
 
 log = logging.getLogger("tally.service")
 
-CONNECTIONS_MAX = 64
+#: The errors ``Engine.recover`` may catch up from (a new epoch, a new primary).
+CATCH_UP = (StoreLost, StoreReadOnly, StoreUnavailable, StoreNotEnoughReplicas)
 
 
 class AsyncDebits:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, batch_max: int | None = None) -> None:
         self.engine = engine
-        self._client: aredis.Redis | None = None
-        self._source: object = None  # the sync client the async one was made like
-        self.fast = 0
-        self.fallbacks = 0
-
-    def _async_client(self, store: RedisStore) -> aredis.Redis | None:
-        """An async twin of the store's current client (a failover replaces that one)."""
-        sync = store.client
-        if sync is self._source:
-            return self._client
-        self._source, self._client = sync, None
-        pool = sync.connection_pool
-        kw = pool.connection_kwargs
-        if type(pool) is not redis.ConnectionPool or "host" not in kw:
-            return None  # Sentinel or a unix socket: the sync path only
-        self._client = aredis.Redis(
-            host=kw["host"],
-            port=kw.get("port", 6379),
-            db=kw.get("db", 0),
-            username=kw.get("username"),
-            password=kw.get("password"),
-            socket_timeout=kw.get("socket_timeout"),
-            socket_connect_timeout=kw.get("socket_connect_timeout"),
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-            max_connections=CONNECTIONS_MAX,
-        )
-        return self._client
+        store = engine.store
+        self.shell: AsyncTransfers | None = None
+        self.batcher: Coalescer | None = None
+        if isinstance(store, RedisStore):
+            self.shell = AsyncTransfers(store)
+            self.batcher = (
+                Coalescer(self.shell)
+                if batch_max is None
+                else Coalescer(self.shell, batch_max=batch_max)
+            )
+        self._recovering = asyncio.Lock()
+        self.recoveries = 0
 
     async def debit(
         self, transfer_id: str, account_id: str, amount_minor: int, currency: str = ""
     ) -> TransferResult:
         raw = raw_transfer("d", transfer_id, account_id, amount_minor, currency)  # validates
-        store = self.engine.store
-        if isinstance(store, RedisStore) and not store.wait_replicas:
-            found = await self._try(store, raw)
-            if found is not None:
-                self.fast += 1
-                return found
-        self.fallbacks += 1
-        return await run_in_threadpool(
-            self.engine.debit, transfer_id, account_id, amount_minor, currency
-        )
-
-    async def _try(self, store: RedisStore, raw: RawTransfer) -> TransferResult | None:
-        client = self._async_client(store)
-        if client is None:
-            return None
-        calls = list(store._plan([raw]))
-        if len(calls) != 1:
-            return None
-        call = calls[0]
-        try:
-            reply = await client.evalsha(
-                store._sha["transfer"], len(call.keys), *call.keys, *call.args
+        batcher = self.batcher
+        if batcher is None:  # not a Redis store (the in-memory fake): the engine, off the loop
+            return await run_in_threadpool(
+                self.engine.debit, transfer_id, account_id, amount_minor, currency
             )
-        except (redis.RedisError, OSError) as exc:
-            log.debug("fast debit %s: %s; the sync path decides", raw[0], exc)
-            return None
-        results: list[TransferResult | None] = [None]
-        if store._collect(call, reply, [raw], results) is not None:
-            return None
-        return results[0]
+        seen = self._state()
+        try:
+            return await batcher.submit(raw)
+        except StoreError as exc:
+            if not await self._recover(exc, seen):
+                raise
+        return await batcher.submit(raw)
+
+    def _state(self) -> tuple[redis.Redis, str]:
+        store = self.engine.store
+        assert isinstance(store, RedisStore)
+        return store.client, store.epoch_id
+
+    async def _recover(self, exc: StoreError, seen: tuple[redis.Redis, str]) -> bool:
+        async with self._recovering:
+            if isinstance(exc, CATCH_UP) and self._state() != seen:
+                return True  # another caller already caught up: just resend
+            self.recoveries += 1
+            return await run_in_threadpool(self.engine.recover, exc)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        if self.shell is not None:
+            await self.shell.aclose()

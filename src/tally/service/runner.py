@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import httpx
 import redis
 import uvicorn
 
@@ -44,6 +47,14 @@ from tally.ops.preflight import PreflightParams, Severity, check_live
 from tally.service import embedded
 from tally.service.fast_debit import AsyncDebits
 from tally.service.health import HealthProbe, ReadinessBounds
+from tally.service.http_workers import (
+    EXPORT_PACE_S,
+    WorkerProcesses,
+    WorkerSpec,
+    export_parent_metrics,
+    listening_socket,
+    prepare_metrics_dir,
+)
 from tally.service.operations import Operations, reapply_credits
 from tally.service.workers import (
     DRAIN_LIMIT,
@@ -81,6 +92,11 @@ class ServeOptions:
     rebuild_if_lost: bool = False
     preflight: bool = True
     readiness: ReadinessBounds = field(default_factory=ReadinessBounds)
+    #: The HTTP stack (see README, Benchmarks: chosen by measurement).
+    http: str = "httptools"  # or "h11"
+    loop: str = "uvloop"  # or "asyncio"
+    #: HTTP worker processes; 1 serves in this process (see service/http_workers.py).
+    workers: int = 1
 
 
 def _is_empty(client: redis.Redis) -> bool:
@@ -306,14 +322,26 @@ class Service:
     # -- serve ---------------------------------------------------------------------------------
     def serve(self, on_listening: Callable[[], None] | None = None) -> None:
         """Blocks until SIGINT/SIGTERM, then returns with in-flight requests finished."""
+        sock = listening_socket(self.options.host, self.options.port)
+        try:
+            if self.options.workers > 1:
+                self._serve_processes(sock, on_listening)
+            else:
+                self._serve_here(sock, on_listening)
+        finally:
+            sock.close()
+            if self.probe is not None:
+                self.probe.stopping.set()
+
+    def _serve_here(self, sock: socket.socket, on_listening: Callable[[], None] | None) -> None:
         config = uvicorn.Config(
             create_app(self.context()),
-            host=self.options.host,
-            port=self.options.port,
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=GRACEFUL_S,
             lifespan="off",
+            http=self.options.http,
+            loop=self.options.loop,
         )
         self.server = uvicorn.Server(config)
         # uvicorn re-raises the signal it caught once it has stopped: let that land softly, and
@@ -321,11 +349,56 @@ class Service:
         _quiet_signals()
         watcher = threading.Thread(target=self._announce, args=(on_listening,), daemon=True)
         watcher.start()
+        self.server.run(sockets=[sock])
+
+    def _serve_processes(
+        self, sock: socket.socket, on_listening: Callable[[], None] | None
+    ) -> None:
+        """N HTTP worker processes on this socket; background work stays here (once)."""
+        assert self.dep is not None
+        spec = WorkerSpec(
+            settings=self.dep.settings,
+            readiness=self.options.readiness,
+            gateway_url=self.gateway_url,
+            http=self.options.http,
+            loop=self.options.loop,
+            graceful_s=GRACEFUL_S,
+            metrics_dir=str(prepare_metrics_dir(self.options.home)),
+            parent_pid=os.getpid(),
+        )
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda _s, _f: stop.set())
+        if self.recharging is not None:
+            wiring, metrics_dir = self.recharging, Path(spec.metrics_dir)
+            exporter = Worker(
+                "metrics-export",
+                lambda: export_parent_metrics(
+                    metrics_dir, wiring.saga.metrics, wiring.gate.circuit
+                ),
+                idle_s=EXPORT_PACE_S,
+            )
+            self.workers.append(exporter)
+            exporter.start()
+        processes = WorkerProcesses(spec, sock, self.options.workers)
+        processes.start()
         try:
-            self.server.run()
+            announced = False
+            while not stop.wait(0.2):  # until a signal; each turn bounded
+                if not announced and _answers(self.url):
+                    announced = True
+                    self.say(
+                        f"tally is serving at {self.url} with {self.options.workers} worker "
+                        "processes (Ctrl-C stops it)"
+                    )
+                    if on_listening is not None:
+                        on_listening()
+                processes.watch_once()
         finally:
             if self.probe is not None:
                 self.probe.stopping.set()
+            _quiet_signals()  # a second Ctrl-C must not cut the workers' or the drain's stop short
+            processes.stop(GRACEFUL_S + 5)
 
     def _announce(self, on_listening: Callable[[], None] | None) -> None:
         server = self.server
@@ -402,6 +475,13 @@ class Service:
             }
         except TallyError:
             summary["epoch_valid"] = False
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _quiet_signals() -> dict[int, Any]:

@@ -4,10 +4,13 @@ anything else is a bug and stops the worker loudly (``failed`` is set, the log h
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tally.bootstrap import Deployment
 from tally.errors import InfrastructureError
@@ -72,12 +75,43 @@ class Worker:
         return not self._thread.is_alive()
 
 
+class ProcessLock:
+    """A lock across threads and processes (``flock`` on a file): with ``--workers N`` an admin
+    drain or rebuild in an HTTP worker and the parent's drainer take turns."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+
+    def __enter__(self) -> ProcessLock:
+        self._thread_lock.acquire()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._fd = fd
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fd, self._fd = self._fd, None
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+        finally:
+            self._thread_lock.release()
+
+
 class DrainService:
     """One drainer shared by the background worker and on-demand drains (admin, shutdown)."""
 
     def __init__(self, dep: Deployment) -> None:
         self.dep = dep
-        self.lock = threading.Lock()
+        self.lock = ProcessLock(Path(dep.settings.home) / "drain.lock")
         # Fenced by Settings.drain_replicas: with replicas (Sentinel), only what a replica holds
         # is settled in the ledger; a fenced round returns 0 (drain_all stops, entries wait).
         self.drainer: Drainer = dep.drainer(count=DRAIN_LIMIT)

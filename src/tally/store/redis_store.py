@@ -5,33 +5,24 @@ no script ran."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
-from zlib import crc32
 
 import hiredis
 import redis
 
 from tally.domain.accounts import Account, AccountState, AccountStatus
-from tally.domain.limits import IDEMPOTENCY_WINDOW_MS_MAX, SCRIPT_BATCH_MAX
+from tally.domain.limits import IDEMPOTENCY_WINDOW_MS_MAX
 from tally.domain.results import Result
 from tally.domain.transfers import TransferResult
-from tally.errors import (
-    ConfigError,
-    InvariantViolation,
-    StoreBackpressure,
-    StoreError,
-    StoreLost,
-    UsageError,
-)
+from tally.errors import ConfigError, InvariantViolation, StoreError, StoreLost
 from tally.store import scripts
-from tally.store.errors import is_noscript, translate
+from tally.store.errors import translate
 from tally.store.keys import KeyLayout
+from tally.store.transfer_codec import RawTransfer, TransferCall, TransferCodec
 
-#: (transfer id, kind letter 'd'|'c', account id, amount_minor, currency or '' for "the account's")
-RawTransfer = tuple[str, str, str, int, str]
+__all__ = ["Applied", "RawTransfer", "RechargeMarker", "RedisStore"]
 
 _RESULTS = tuple(Result)
 
@@ -53,14 +44,6 @@ class RechargeMarker:
 
     code: int
     open_id: str | None
-
-
-@dataclass(slots=True)
-class _Call:
-    shard: int
-    indexes: list[int]
-    keys: list[str]
-    args: list[str | int]
 
 
 class RedisStore:
@@ -91,21 +74,14 @@ class RedisStore:
         self.wait_timeout_ms = wait_timeout_ms
         self._epoch_value = layout.epoch_value(epoch_id)
         self._sha = {name: scripts.script(name).sha for name in scripts.ALL}
-        # Keys precomputed per shard: the batch path builds thousands per call.
-        shard_range = range(layout.shards)
-        self._epoch_keys = [layout.epoch(s) for s in shard_range]
-        self._journal_keys = [layout.journal(s) for s in shard_range]
-        # per tx shard: its generation key and the tx hashes of its two generations
-        self._tx_keys = [
-            [layout.tx_generations_key(s), layout.tx_generation(s, 0), layout.tx_generation(s, 1)]
-            for s in shard_range
-        ]
-        self._account_prefix = [layout.account_prefix(s) for s in shard_range]
+        #: The transfer call's encoding and reply parsing, shared with the async shell.
+        self.codec = TransferCodec(layout, epoch_id, idempotency_window_ms)
 
     def set_epoch(self, epoch_id: str) -> None:
         """After a rebuild the ledger names a new epoch; only then may this store write again."""
         self.epoch_id = epoch_id
         self._epoch_value = self.layout.epoch_value(epoch_id)
+        self.codec.set_epoch(epoch_id)
 
     def reconnect(self) -> bool:
         """Find the primary again (Sentinel) after READONLY or a lost connection. False when
@@ -131,73 +107,66 @@ class RedisStore:
         except redis.RedisError as exc:
             raise translate(exc, sent=False) from exc
 
-    def _run(
-        self,
-        calls: Iterable[tuple[str, list[str], list[str | int]]],
-        *,
-        reloaded: bool = False,
-        acks: list[int] | None = None,
-    ) -> list[list[Any]]:
-        """EVALSHA each (script, keys, args) on one connection, sending each call as soon as it
-        is built (Redis works on the first while Python builds the next), then reading every
-        reply. NOSCRIPT means that call did not run: load the scripts, rerun those, once.
-        ``acks``: WAIT for ``wait_replicas`` on THIS connection (WAIT counts the replicas that
-        have the writes of the connection it is sent on; any other pooled connection would
-        answer for its own, older writes) and append the count."""
-        sent_calls: list[tuple[str, list[str], list[str | int]]] = []
+    def _exchange(
+        self, commands: Iterable[tuple[str | int, ...]], *, wait: bool = False
+    ) -> tuple[int | None, list[object]]:
+        """Send each command on one connection as soon as it is built (Redis works on the first
+        while Python builds the next), then read every reply; a reply that is a Redis error is
+        returned, not raised. ``wait``: then ``WAIT`` for the replicas on the same connection
+        (it counts that connection's writes). Returns (replicas acked or None, replies)."""
+        acked: int | None = None
+        sent = 0
         pool = self.client.connection_pool
         try:
             conn = pool.get_connection()
         except redis.RedisError as exc:
             raise translate(exc, sent=False) from exc
         try:
-            for call in calls:
-                name, keys, args = call
-                command: tuple[str | int, ...] = (
-                    "EVALSHA",
-                    self._sha[name],
-                    len(keys),
-                    *keys,
-                    *args,
-                )
+            for command in commands:
                 packed = hiredis.pack_command(command)  # type: ignore[arg-type]  # stub wants 1-tuple
                 conn.send_packed_command([packed], check_health=False)  # type: ignore[no-untyped-call]
-                sent_calls.append(call)
+                sent += 1
             replies: list[object] = []
-            for _ in sent_calls:
+            for _ in range(sent):
                 try:
                     replies.append(conn.read_response())
                 except redis.ResponseError as exc:
                     replies.append(exc)
-            rerun = any(isinstance(r, Exception) and is_noscript(r) for r in replies)
-            if acks is not None and not rerun:  # a rerun waits on its own, later connection
+            if wait and self.wait_replicas:
                 conn.send_command("WAIT", self.wait_replicas, self.wait_timeout_ms)  # type: ignore[no-untyped-call]
-                acks.append(int(conn.read_response()))
+                acked = int(conn.read_response())
         except redis.RedisError as exc:
             conn.disconnect()  # type: ignore[no-untyped-call]
-            raise translate(exc, sent=bool(sent_calls)) from exc
+            raise translate(exc, sent=sent > 0) from exc
         except BaseException:
             conn.disconnect()  # type: ignore[no-untyped-call]
             raise
         finally:
             pool.release(conn)
-        return self._after_noscript(sent_calls, replies, reloaded, acks)
+        return acked, replies
 
-    def _after_noscript(
-        self,
-        calls: list[tuple[str, list[str], list[str | int]]],
-        replies: list[object],
-        reloaded: bool,
-        acks: list[int] | None,
+    def _run(
+        self, calls: Iterable[tuple[str, list[str], list[str | int]]], *, reloaded: bool = False
     ) -> list[list[Any]]:
-        missing = [i for i, r in enumerate(replies) if isinstance(r, Exception) and is_noscript(r)]
+        """EVALSHA each (script, keys, args); NOSCRIPT means that call did not run: load the
+        scripts, rerun those, once."""
+        sent_calls: list[tuple[str, list[str], list[str | int]]] = []
+
+        def commands() -> Iterator[tuple[str | int, ...]]:
+            for call in calls:
+                sent_calls.append(call)
+                name, keys, args = call
+                yield ("EVALSHA", self._sha[name], len(keys), *keys, *args)
+
+        _, replies = self._exchange(commands())
+        missing = TransferCodec.noscript(replies)  # type: ignore[arg-type]
         if missing:
             if reloaded:
                 raise StoreError(
                     "scripts vanished right after loading; is something flushing them?"
                 )
             self.load_scripts()
-            rerun = self._run([calls[i] for i in missing], reloaded=True, acks=acks)
+            rerun = self._run([sent_calls[i] for i in missing], reloaded=True)
             for i, again in zip(missing, rerun, strict=True):
                 replies[i] = again
         arrays: list[list[Any]] = []
@@ -213,124 +182,35 @@ class RedisStore:
     def apply(self, transfers: Sequence[RawTransfer]) -> Applied:
         """Apply validated transfers; one result per transfer, in order. Raises StoreLost /
         StoreBackpressure (with ``partial`` results of the shards that did apply)."""
-        calls: list[_Call] = []
+        codec = self.codec
+        calls: list[TransferCall] = []
 
-        def stream() -> Iterator[tuple[str, list[str], list[str | int]]]:
-            for call in self._plan(transfers):
+        def commands() -> Iterator[tuple[str | int, ...]]:
+            for call in codec.plan(transfers):
                 calls.append(call)
-                yield ("transfer", call.keys, call.args)
+                yield call.command(codec.sha)
 
-        acks: list[int] | None = [] if self.wait_replicas else None
-        replies = self._run(stream(), acks=acks)
-        results: list[TransferResult | None] = [None] * len(transfers)
-        failure: StoreError | None = None
-        for call, reply in zip(calls, replies, strict=True):
-            failure = self._collect(call, reply, transfers, results) or failure
-        acked = acks[-1] if acks else None
-        if failure is not None:
-            failure.partial = [r for r in results if r is not None]  # type: ignore[attr-defined]
-            raise failure
-        return Applied([r for r in results if r is not None], acked)
-
-    def _plan(self, transfers: Sequence[RawTransfer]) -> Iterator[_Call]:
-        """One script call per account shard (and per SCRIPT_BATCH_MAX). Grouping by shard
-        reorders the batch, which is harmless except for an id repeated within the batch, so a
-        repeated id starts a new segment: segments run in order, as the caller sent them."""
-        now_ms = int(time.time() * 1000)
-        shards = self.layout.shards
-        by_shard: dict[int, list[int]] = {}
-        seen: set[str] = set()
-        for i, t in enumerate(transfers):
-            if t[0] in seen:
-                yield from self._calls(by_shard, transfers, now_ms)
-                by_shard, seen = {}, set()
-            seen.add(t[0])
-            shard = crc32(t[2].encode()) % shards
-            group = by_shard.get(shard)
-            if group is None:
-                by_shard[shard] = [i]
-            else:
-                group.append(i)
-        yield from self._calls(by_shard, transfers, now_ms)
-
-    def _calls(
-        self, by_shard: dict[int, list[int]], transfers: Sequence[RawTransfer], now_ms: int
-    ) -> Iterator[_Call]:
-        for shard, indexes in by_shard.items():
-            for start in range(0, len(indexes), SCRIPT_BATCH_MAX):
-                yield self._call(
-                    shard, indexes[start : start + SCRIPT_BATCH_MAX], transfers, now_ms
-                )
-
-    def _call(
-        self, shard: int, chunk: list[int], transfers: Sequence[RawTransfer], now_ms: int
-    ) -> _Call:
-        shards = self.layout.shards
-        tx_keys = self._tx_keys
-        account_index: dict[str, int] = {}
-        tx_index: dict[int, int] = {}
-        body: list[str | int] = []
-        for i in chunk:
-            tid, kind, aid, amount, currency = transfers[i]
-            ai = account_index.get(aid)
-            if ai is None:
-                ai = account_index[aid] = len(account_index) + 1
-            tx_shard = crc32(tid.encode()) % shards
-            xi = tx_index.get(tx_shard)
-            if xi is None:
-                xi = tx_index[tx_shard] = len(tx_index) + 1
-            body += (tid, kind, ai, amount, currency, xi)
-        prefix = self._account_prefix[shard]
-        keys = [self._epoch_keys[shard], self._journal_keys[shard]]
-        for x in tx_index:
-            keys += tx_keys[x]
-        keys += [prefix + aid for aid in account_index]
-        args: list[str | int] = [
-            self._epoch_value,
-            self.epoch_id,
-            now_ms,
-            len(tx_index),
-            len(account_index),
-            self.idempotency_window_ms,
-        ]
-        args += account_index
-        args += body
-        return _Call(shard, chunk, keys, args)
-
-    def _collect(
-        self,
-        call: _Call,
-        reply: list[Any],
-        transfers: Sequence[RawTransfer],
-        results: list[TransferResult | None],
-    ) -> StoreError | None:
-        status = reply[0]
-        if status == b"L":
-            for i in call.indexes:
-                results[i] = TransferResult(transfers[i][0], Result.store_lost, None)
-            return StoreLost(f"shard {call.shard}: dataset epoch missing or not {self.epoch_id}")
-        if status == b"F":
-            return StoreBackpressure(f"shard {call.shard}: journal holds {reply[1]} entries")
-        pos = 1
-        for i in call.indexes:
-            results[i] = TransferResult(
-                transfers[i][0], _RESULTS[reply[pos]], reply[pos + 1], reply[pos + 2] == 1
-            )
-            pos += 3
-        for extra in range(pos, len(reply), 2):  # (index in the call, recharge id) per opening
-            i = call.indexes[int(reply[extra]) - 1]
-            first = results[i]
-            if first is None:
-                raise InvariantViolation("a recharge opening names a transfer the reply lacks")
-            results[i] = first._replace(recharge_id=reply[extra + 1].decode())
-        return None
+        acked, replies = self._exchange(commands(), wait=True)
+        missing = codec.noscript(replies)  # type: ignore[arg-type]
+        if missing:
+            self.load_scripts()
+            again = [calls[i].command(codec.sha) for i in missing]
+            acked, rerun = self._exchange(again, wait=True)
+            for i, reply in zip(missing, rerun, strict=True):
+                if TransferCodec.noscript([reply]):  # type: ignore[list-item]
+                    raise StoreError(
+                        "scripts vanished right after loading; is something flushing them?"
+                    )
+                replies[i] = reply
+        settled = codec.settle(calls, replies, transfers)  # type: ignore[arg-type]
+        return Applied(settled.raise_or_results(), acked)
 
     # -- auto-recharge markers -----------------------------------------------------------------
     def recharge_marker(self, account_id: str, op: str, value: str) -> RechargeMarker:
         """``op`` ``rule`` (value: threshold, '' = autopay off), ``close`` or ``open`` (value:
         recharge id). See ``lua/recharge.lua``."""
         if op not in MARKER_OPS:
-            raise UsageError(f"unknown recharge marker op {op!r}")
+            raise ValueError(f"unknown recharge marker op {op!r}")
         shard = self.layout.shard_of(account_id)
         keys = [self.layout.epoch(shard), self.layout.account(shard, account_id)]
         (reply,) = self._run([("recharge", keys, [self._epoch_value, op, value])])

@@ -40,24 +40,26 @@ def _check_key(key: str | None, transfer_id: str) -> None:
         raise Problem(400, "idempotency_key_mismatch", "Idempotency-Key must equal transfer_id")
 
 
-def _out(
+def out(
     kind: str, body: DebitIn | CreditIn, result: Result | None, balance_minor: int | None
 ) -> dict[str, Any]:
+    """``TransferOut``'s fields, built directly (a model and its dump cost more than the debit
+    on the hot path; tests/api check the shape against the model)."""
     status = "pending" if result is None else ("ok" if result.is_success else "refused")
-    return TransferOut(
-        transfer_id=body.transfer_id,
-        kind=kind,  # type: ignore[arg-type]
-        account_id=body.account_id,
-        amount_minor=body.amount_minor,
-        currency=body.currency,
-        status=status,  # type: ignore[arg-type]
-        result="pending" if result is None else result.name,
-        result_code=None if result is None else int(result),
-        balance_minor=balance_minor,
-    ).model_dump()
+    return {
+        "transfer_id": body.transfer_id,
+        "kind": kind,
+        "account_id": body.account_id,
+        "amount_minor": body.amount_minor,
+        "currency": body.currency,
+        "status": status,
+        "result": "pending" if result is None else result.name,
+        "result_code": None if result is None else int(result),
+        "balance_minor": balance_minor,
+    }
 
 
-def _respond(
+def respond(
     request: Request, out: dict[str, Any], result: Result | None, replayed: bool
 ) -> JSONResponse:
     mark(request, out["result"])
@@ -96,7 +98,7 @@ async def debit(
         r = await context.async_debit(*args)
     else:  # the hot path's fallback: the engine off the event loop
         r = await run_in_threadpool(context.engine.debit, *args)
-    return _respond(request, _out("debit", body, r.result, r.balance_minor), r.result, r.replayed)
+    return respond(request, out("debit", body, r.result, r.balance_minor), r.result, r.replayed)
 
 
 @router.post(
@@ -124,21 +126,23 @@ def credit(
         body.currency,
         SystemAccount(body.source),
     )
-    return _respond(request, _out("credit", body, o.result, o.balance_minor), o.result, o.replayed)
+    return respond(request, out("credit", body, o.result, o.balance_minor), o.result, o.replayed)
 
 
 @router.post("/debits/batch", name="debit_batch", response_model=BatchOut, responses=problems())
-def debit_batch(body: BatchIn, request: Request) -> dict[str, Any]:
+def debit_batch(body: BatchIn, request: Request) -> JSONResponse:
     """Up to 1000 debits in one request, one result each, in order; each idempotent by id."""
     items = [(d.transfer_id, d.account_id, d.amount_minor, d.currency or "") for d in body.debits]
     applied = ctx(request).engine.debit_many(items)
     results = [
-        _out("debit", d, r.result, r.balance_minor)
+        out("debit", d, r.result, r.balance_minor)
         for d, r in zip(body.debits, applied.results, strict=True)
     ]
     ok = sum(1 for r in results if r["status"] == "ok")
     mark(request, "ok" if ok == len(results) else "partial")
-    return {"results": results, "ok": ok, "refused": len(results) - ok}
+    # A response, not a dict: FastAPI would validate and re-encode 1000 results against
+    # BatchOut (measured: about as long as the debits themselves); ``out`` builds that shape.
+    return JSONResponse({"results": results, "ok": ok, "refused": len(results) - ok})
 
 
 @router.get(

@@ -1,0 +1,84 @@
+"""The ceiling for ``tally bench http``: a bare endpoint (Starlette, JSON POST -> 201 JSON, no
+auth, no store) served by the same server stack and worker count as ``tally serve``.
+
+    python -m tally.bench.bare --port P [--workers N] [--http httptools] [--loop uvloop]
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import socket
+
+import click
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tally.service.http_workers import die_with_parent, listening_socket
+
+
+async def _post(request: Request) -> Response:
+    body = json.loads(await request.body())
+    out = {"transfer_id": body.get("transfer_id"), "status": "ok", "result": "ok"}
+    return Response(json.dumps(out), status_code=201, media_type="application/json")
+
+
+async def _ready(_request: Request) -> Response:
+    return Response(b'{"ready":true}', media_type="application/json")
+
+
+app = Starlette(routes=[Route("/v1/debits", _post, methods=["POST"]), Route("/readyz", _ready)])
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1")
+@click.option("--port", type=int, required=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=1)
+@click.option("--http", "http_impl", default="httptools")
+@click.option("--loop", default="uvloop")
+def main(host: str, port: int, workers: int, http_impl: str, loop: str) -> None:
+    """Served the way ``tally serve`` serves: one TCP socket made by ``listening_socket``, one
+    uvicorn server per process on it."""
+    sock = listening_socket(host, port)
+    if workers == 1:
+        _serve(sock, http_impl, loop)
+        return
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the children, not just this process
+    ctx = multiprocessing.get_context("spawn")
+    processes = [
+        ctx.Process(target=_serve, args=(sock, http_impl, loop, os.getpid()))
+        for _ in range(workers)
+    ]
+    for p in processes:
+        p.start()
+    try:
+        for p in processes:
+            p.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in processes:
+            p.terminate()
+            p.join(10)
+
+
+def _interrupt(_sig: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _serve(sock: socket.socket, http_impl: str, loop: str, parent_pid: int = 0) -> None:
+    if parent_pid:
+        die_with_parent(parent_pid)
+    config = uvicorn.Config(
+        app, http=http_impl, loop=loop, log_level="warning", access_log=False, lifespan="off"
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""``tally serve --workers N``: N processes serve one port; everything else runs once.
+
+The parent (``Service``) starts the deployment as for one process (embedded redis-server,
+ledger, store check, preflight, drainer, pending-credit applier, recharge completer, the
+redis-server supervisor), binds the listening socket, and starts N HTTP worker processes that
+share it. A worker opens its own connections to the same deployment (``open_deployment``) and
+serves the API; it runs no background work. Shutdown: the parent sends SIGTERM to every worker;
+each stops accepting and finishes its in-flight requests (uvicorn's graceful shutdown, bounded);
+then the parent stops its background work and drains the journal (``Service.stop``).
+
+Why the socket is made here, with ``IPPROTO_TCP`` named: asyncio sets TCP_NODELAY on accepted
+connections only when the listening socket's ``proto`` is ``IPPROTO_TCP``; uvicorn's
+``--workers`` binds with ``socket.socket(family)`` (proto 0), so every response written in two
+segments waited for the client's delayed ACK: the ~44 ms stall per response measured in
+CEILINGS.md (README, Benchmarks, reproduces it and shows it gone).
+
+Metrics: the API counters and histograms use prometheus-client's multiprocess mode (files in
+``$TALLY_HOME/metrics``, wiped at start), so any worker's ``/metrics`` counts every worker's
+requests; gauges read at scrape time (readiness, lag) are the same from any worker.
+
+API keys: each worker caches a verified key for ``ApiContext.key_cache_s`` (5 s); a revoked key
+stops working in every worker within that bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("tally.service")
+
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_PR_SET_PDEATHSIG = 1
+WORKERS_MAX = 64
+WORKER_STOP_S = 15.0
+RESTARTS_MAX = 10
+
+
+EXPORT_FILE = "parent.json"
+EXPORT_PACE_S = 0.5
+
+
+def export_parent_metrics(metrics_dir: Path, gate_metrics: Any, circuit: Any) -> int:
+    """What only the parent knows (the completer's waits, the gateway circuit it trips), for the
+    workers' /metrics: written atomically every EXPORT_PACE_S (so at most that stale)."""
+    state = {
+        "waits": dict(gate_metrics.waits) if gate_metrics is not None else {},
+        "circuit": None
+        if circuit is None
+        else {
+            "failures": circuit.failures,
+            "opened_at_s": circuit.opened_at_s,
+            "blocked": circuit.blocked(),
+        },
+    }
+    tmp = metrics_dir / (EXPORT_FILE + ".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, metrics_dir / EXPORT_FILE)
+    return 0  # a pace of its own, never "busy"
+
+
+class _ParentView:
+    """The parent's exported gate metrics and circuit, read at scrape time in a worker."""
+
+    def __init__(self, metrics_dir: Path) -> None:
+        self.path = metrics_dir / EXPORT_FILE
+
+    def _state(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    @property
+    def waits(self) -> dict[str, int]:
+        return dict(self._state().get("waits") or {})
+
+    def _circuit(self) -> dict[str, Any]:
+        return dict(self._state().get("circuit") or {})
+
+    def blocked(self) -> str | None:
+        return self._circuit().get("blocked")
+
+    @property
+    def failures(self) -> int:
+        return int(self._circuit().get("failures") or 0)
+
+    @property
+    def opened_at_s(self) -> float | None:
+        return self._circuit().get("opened_at_s")
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """SIGTERM this process when its parent dies (even by SIGKILL): an orphaned worker would
+    keep the port and serve without the drainer and the rest."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # it died before prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """TCP, named as such (see the module docstring: TCP_NODELAY on accepted connections)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+def prepare_metrics_dir(home: Path) -> Path:
+    """A fresh directory for multiprocess metrics (stale files would count old processes)."""
+    path = home / "metrics"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+@dataclass
+class WorkerSpec:
+    settings: Any  # tally.config.Settings (picklable)
+    readiness: Any  # ReadinessBounds
+    gateway_url: str | None
+    http: str
+    loop: str
+    graceful_s: float
+    metrics_dir: str
+    parent_pid: int
+
+
+def worker_main(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
+    """One HTTP worker process: its own connections, the shared socket, no background work."""
+    die_with_parent(spec.parent_pid)
+    import uvicorn
+
+    from tally.api import ApiContext, create_app
+    from tally.api.metrics import FailoverCollector
+    from tally.bootstrap import open_deployment
+    from tally.ledger.sql_api_keys import ApiKeyStore
+    from tally.service.fast_debit import AsyncDebits
+    from tally.service.health import HealthProbe
+    from tally.service.operations import Operations
+    from tally.service.workers import DrainService
+
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s worker-{index} %(message)s")
+    dep = open_deployment(spec.settings)
+    gateway = None
+    # Its own +switch-master listener (Sentinel only): /metrics from any worker counts failovers.
+    failovers = dep.watch_failovers(lambda _event: None)
+    try:
+        probe = HealthProbe(dep, spec.readiness)
+        operations = Operations(dep, DrainService(dep))
+        extension = _recharge_extension(dep, probe, spec.gateway_url, Path(spec.metrics_dir))
+        gateway = extension.gateway
+        context = ApiContext(
+            engine=dep.engine,
+            ledger=dep.ledger,
+            keys=ApiKeyStore(dep.ledger),
+            readiness=probe,
+            admin=operations,
+            extensions=[extension],
+            async_debit=AsyncDebits(dep.engine).debit,
+            collectors=[FailoverCollector(failovers)] if failovers else [],
+        )
+        config = uvicorn.Config(
+            create_app(context),
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=int(spec.graceful_s),
+            lifespan="off",
+            http=spec.http,
+            loop=spec.loop,
+        )
+        server = uvicorn.Server(config)
+        server.run(sockets=[sock])
+        probe.stopping.set()
+    finally:
+        if failovers is not None:
+            failovers.stop()
+        if gateway is not None:
+            with contextlib.suppress(Exception):
+                gateway.close()
+        with contextlib.suppress(Exception):
+            dep.close()
+
+
+def _recharge_extension(dep: Any, probe: Any, gateway_url: str | None, metrics_dir: Path) -> Any:
+    """The recharge routes in a worker: the same wiring as the parent's, without the completer
+    (that runs once, in the parent); its waits and circuit come from the parent's export."""
+    from tally.api.routes.recharges import RechargeExtension
+    from tally.billing import recharge as rc
+    from tally.gateway.client import HttpGateway, SimulatorAdmin
+    from tally.gateway.records import Record
+
+    if gateway_url is None:
+        return RechargeExtension(rc.RechargeService(dep.engine))
+    gateway = HttpGateway(gateway_url)
+    health = rc.RedisHealth(dep.store.client, dep.layout, dep.ledger)
+    wiring = rc.build(dep.engine, gateway, health)
+
+    def records() -> list[Record]:
+        """The gateway's own records (the simulator exports them), for remediation."""
+        with SimulatorAdmin(gateway_url) as admin:
+            return list(admin.iter_records())
+
+    view: Any = _ParentView(metrics_dir)  # reads like GateMetrics and Circuit do
+    return RechargeExtension(
+        wiring.service,
+        circuit=view,
+        gate_metrics=view,
+        gateway=gateway,
+        records=records,
+        gate_reason=wiring.gate.why_not,
+    )
+
+
+class WorkerProcesses:
+    """The parent's side: start, watch (restart a worker that died, bounded), stop."""
+
+    def __init__(self, spec: WorkerSpec, sock: socket.socket, count: int) -> None:
+        if not 1 <= count <= WORKERS_MAX:
+            raise ValueError(f"workers must be 1..{WORKERS_MAX}")
+        self.spec, self.sock, self.count = spec, sock, count
+        self._ctx = multiprocessing.get_context("spawn")
+        self.processes: list[BaseProcess] = []
+        self.restarts = 0
+
+    def _spawn(self, index: int) -> BaseProcess:
+        process = self._ctx.Process(
+            target=worker_main, args=(self.spec, self.sock, index), name=f"tally-http-{index}"
+        )
+        process.start()
+        return process
+
+    def start(self) -> None:
+        # Inherited by the workers: prometheus-client picks its mode when it is first imported,
+        # which in a spawned worker happens while unpickling its arguments.
+        os.environ[METRICS_DIR_ENV] = self.spec.metrics_dir
+        self.processes = [self._spawn(i) for i in range(self.count)]
+
+    def watch_once(self) -> int:
+        """Restart workers that exited on their own; the number restarted."""
+        restarted = 0
+        for i, process in enumerate(self.processes):
+            if process.is_alive() or self.restarts >= RESTARTS_MAX:
+                continue
+            log.warning("HTTP worker %d exited (code %s); restarting it", i, process.exitcode)
+            self.restarts += 1
+            self.processes[i] = self._spawn(i)
+            restarted += 1
+        return restarted
+
+    def stop(self, timeout_s: float = WORKER_STOP_S) -> list[int | None]:
+        """SIGTERM to every worker (each finishes its in-flight requests), then wait, bounded;
+        a worker still running after that is killed. Returns the exit codes."""
+        for process in self.processes:
+            if process.is_alive() and process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for process in self.processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.error("HTTP worker %s did not stop within %ss: killed", process.pid, timeout_s)
+                process.kill()
+                process.join(5)
+        return [p.exitcode for p in self.processes]

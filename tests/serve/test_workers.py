@@ -1,0 +1,187 @@
+"""``tally serve --workers N``: one port, N processes, background work once, metrics across
+workers, revocation within the key-cache bound, and the socket that keeps TCP_NODELAY."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from tally.ledger.sql_api_keys import ApiKeyStore, Scope
+from tally.ledger.sql_ledger import SqlLedger
+from tally.service.http_workers import listening_socket
+from tests.serve.harness import Served
+
+KEY_CACHE_S = 5.0  # ApiContext.key_cache_s: the stated revocation bound
+CONNECTIONS = 16
+
+
+def _children(pid: int) -> list[str]:
+    """Command lines of the direct children of ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _fresh_connections(url: str, key: str, path: str, n: int) -> list[int]:
+    """``n`` requests, each on a new connection (so they spread over the workers)."""
+    statuses = []
+    for _ in range(n):
+        with httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {key}"}, trust_env=False
+        ) as c:
+            statuses.append(c.get(path).status_code)
+    return statuses
+
+
+def test_two_workers_share_one_port_and_the_background_work_runs_once(tmp_path: Path) -> None:
+    served = Served(tmp_path / "home", extra_args=["--no-gateway", "--workers", "2"])
+    served.start()
+    try:
+        assert served.process is not None
+        children = _children(served.process.pid)
+        assert sum("spawn_main" in c for c in children) == 2, children
+        assert sum("redis-server" in c for c in children) == 1, children
+        assert served.admin_key is not None
+        with served.client() as api:
+            account = f"acct-{uuid.uuid4().hex[:8]}"
+            api.post("/v1/accounts", json={"id": account, "currency": "USD"}).raise_for_status()
+            api.post(
+                "/v1/credits",
+                json={
+                    "transfer_id": f"f-{account}",
+                    "account_id": account,
+                    "amount_minor": 10_000,
+                    "currency": "USD",
+                },
+            ).raise_for_status()
+        debits = 40
+        for i in range(debits):  # a new connection each: both workers take some
+            with served.client() as c:
+                body = {"transfer_id": f"d-{i}", "account_id": account, "amount_minor": 1}
+                assert c.post("/v1/debits", json=body).status_code == 201
+        with served.client() as api:
+            assert api.get(f"/v1/accounts/{account}").json()["balance_minor"] == 10_000 - debits
+            text = api.get("/metrics").text
+        counted = re.search(
+            r'tally_api_operations_total\{operation="debit",result="ok"\} (\d+(?:\.\d+)?)', text
+        )
+        assert counted is not None and float(counted.group(1)) == debits, "every worker counted"
+        assert served.stop() == 0
+        assert re.search(r"stopped \(drained=\d+", served.output())
+        with SqlLedger.open(f"sqlite:///{served.home / 'ledger.sqlite3'}") as ledger:
+            page = ledger.transfers_page(account, after=None, limit=1000)
+            assert sum(1 for t in page.items if t.id.startswith("d-")) == debits, "all drained"
+    finally:
+        served.kill()
+
+
+def test_a_revoked_key_stops_working_in_every_worker_within_the_cache_bound(
+    tmp_path: Path,
+) -> None:
+    served = Served(tmp_path / "home", extra_args=["--no-gateway", "--workers", "2"])
+    served.start()
+    try:
+        with SqlLedger.open(f"sqlite:///{served.home / 'ledger.sqlite3'}") as ledger:
+            keys = ApiKeyStore(ledger)
+            created = keys.create(Scope.service, "to revoke")
+            statuses = _fresh_connections(served.url, created.key, "/v1/accounts/x", CONNECTIONS)
+            assert 401 not in statuses, "the key works (and is cached) in the workers"
+            assert keys.revoke(created.info.key_id)
+        revoked_at = time.monotonic()
+        deadline = revoked_at + KEY_CACHE_S + 2.0
+        while time.monotonic() < deadline:
+            statuses = _fresh_connections(served.url, created.key, "/v1/accounts/x", CONNECTIONS)
+            if set(statuses) == {401}:
+                break
+            time.sleep(0.2)
+        assert set(statuses) == {401}, statuses
+        assert time.monotonic() - revoked_at <= KEY_CACHE_S + 2.0
+    finally:
+        served.stop()
+
+
+def test_the_listening_socket_gives_accepted_connections_tcp_nodelay() -> None:
+    """asyncio sets TCP_NODELAY only when the listener's proto is IPPROTO_TCP; without it every
+    response in two segments waited ~40 ms for the client's delayed ACK (uvicorn --workers)."""
+
+    async def accepted_nodelay(sock: socket.socket) -> int:
+        seen: list[int] = []
+
+        async def on_client(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            s = w.get_extra_info("socket")
+            seen.append(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            w.close()
+
+        server = await asyncio.start_server(on_client, sock=sock)
+        port = sock.getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+        return seen[0]
+
+    ours = listening_socket("127.0.0.1", 0)
+    assert asyncio.run(accepted_nodelay(ours)) == 1
+    plain = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # what uvicorn --workers binds
+    plain.bind(("127.0.0.1", 0))
+    plain.listen()
+    assert asyncio.run(accepted_nodelay(plain)) == 0, "the control: Nagle stays on"
+
+
+def test_workers_do_not_outlive_a_killed_parent(tmp_path: Path) -> None:
+    """SIGKILL leaves no chance to stop them: they must go by themselves (PR_SET_PDEATHSIG),
+    or they would keep the port and serve with no drainer."""
+    served = Served(tmp_path / "home", extra_args=["--no-gateway", "--workers", "2"])
+    served.start()
+    assert served.process is not None
+    pids = [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and _ppid(entry) == served.process.pid
+    ]
+    workers = [p for p in pids if "spawn_main" in _cmdline(p)]
+    assert len(workers) == 2
+    served.kill()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in workers), "an HTTP worker outlived its parent"
+
+
+def _ppid(entry: Path) -> int:
+    try:
+        return int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -38,7 +38,8 @@ base_dir_option = click.option(
 
 @click.group(name="cluster")
 def cluster() -> None:
-    """Run a topology (nodes, Sentinels, fault proxies) as real processes on loopback."""
+    """Run a topology (nodes, Sentinels, fault proxies) as real processes on loopback; a
+    ``kind = "redis-cluster"`` topology is formed into a Redis Cluster (slots, replicas)."""
 
 
 @cluster.command(name="up")
@@ -89,7 +90,10 @@ def _print(status: dict[str, Any], as_json: bool, header: str) -> None:
         return
     if header:
         click.echo(header)
-    click.echo(f"profile {status['profile']}; primary: {', '.join(status['primaries']) or '-'}")
+    click.echo(
+        f"{status.get('kind', 'replicated')}, profile {status['profile']};"
+        f" primaries: {', '.join(status['primaries']) or '-'}"
+    )
     for name, node in status["nodes"].items():
         extra = ""
         if node.get("role") == "slave":
@@ -99,6 +103,7 @@ def _print(status: dict[str, Any], as_json: bool, header: str) -> None:
             f" {node.get('role', '?'):<6}"
             f" offset={node.get('offset', '-')} keys={node.get('keys', '-')}{extra}"
         )
+    _print_shards(status.get("cluster"))
     for name, sentinel in status["sentinels"].items():
         click.echo(
             f"  sentinel {name:<8} {sentinel['front'] or '-':<21} primary={sentinel.get('primary')}"
@@ -112,3 +117,19 @@ def _print(status: dict[str, Any], as_json: bool, header: str) -> None:
                 f"  route {name:<14} {link['pair'] or 'local':<8} open={link.get('connections_open')}"
                 f" faults={faults}"
             )
+
+
+def _print_shards(view: dict[str, Any] | None) -> None:
+    """redis-cluster topologies: slots per primary (the primary's name heads its shard)."""
+    if not view:
+        return
+    click.echo(
+        f"  cluster state={view['state']} slots_ok={view['slots_ok']} (seen by {view['seen_by']})"
+    )
+    for primary, shard in view["shards"].items():
+        click.echo(
+            f"  shard of {primary:<8} slots={shard['slots']:<5} {','.join(shard['ranges'])}"
+            f" replicas={','.join(shard['replicas']) or '-'}"
+            f" config_epoch={shard['config_epoch']} store_epoch={shard['store_epoch'] or '-'}"
+            + (" FAILING" if shard["failing"] else "")
+        )

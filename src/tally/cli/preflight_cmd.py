@@ -6,7 +6,8 @@ The sizing flags kept their names; each states one ``ProfileParams`` figure (the
 --write-rate is write_rate_bytes_per_s, --partition-s partition_s_max, --bandwidth
 slowest_link_bytes_per_s, --dataset-bytes dataset_bytes_max (it was the measured dataset: the
 RDB file or used_memory still counts when larger), --safety-factor (new) safety_factor.
-``--topology FILE`` takes them all from a topology file's [params], links and nodes.
+``--topology FILE`` takes them all from a topology file's [params], links and nodes; alone
+(no --config, no --live) it checks the topology's placement rules (TP013).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tally.ops.preflight import (
     PreflightParams,
     check_config_file,
     check_live,
+    check_topology,
     has_errors,
 )
 from tally.ops.preflight.conf import parse_memory
@@ -177,8 +179,13 @@ def preflight(
 
     TP004 and TP005 use the hardened profile's formulas and figures (tally.ops.profiles):
     --topology takes them from a topology file, the flags state or override them."""
+    if config_path is None and live_url is None and topology_path is not None:
+        _topology_only(ctx, topology_path, as_json)
+        return
     if (config_path is None) == (live_url is None):
-        raise click.UsageError("give exactly one of --config FILE or --live URL")
+        raise click.UsageError(
+            "give exactly one of --config FILE or --live URL (or --topology FILE alone)"
+        )
     if live_url is not None and data_dir is not None:
         raise click.UsageError("--data-dir goes with --config; a live node reports its own dir")
     if slowest_link_bytes_per_s is not None and slowest_link_bytes_per_s <= 0:
@@ -193,6 +200,16 @@ def preflight(
     try:
         params = _params(topology_path, stated, replicas, _version(redis_version))
         findings = _run(config_path, data_dir, live_url, role, params)
+    except TallyError as exc:
+        click.echo(f"preflight: {exc}", err=True)
+        ctx.exit(EXIT_USAGE)
+    _print(findings, as_json)
+    ctx.exit(EXIT_ERRORS if has_errors(findings) else 0)
+
+
+def _topology_only(ctx: click.Context, topology_path: Path, as_json: bool) -> None:
+    try:
+        findings = check_topology(load_topology(topology_path))
     except TallyError as exc:
         click.echo(f"preflight: {exc}", err=True)
         ctx.exit(EXIT_USAGE)

@@ -149,11 +149,15 @@ def _set_with_retry(client: RedisCluster, key: str, value: str) -> None:
             time.sleep(0.2)
 
 
+@pytest.mark.parametrize("binary", BINARIES, ids=binary_id)
 def test_a_killed_shard_primary_is_replaced_by_its_replica_while_other_shards_serve(
-    tmp_path: Path,
+    binary: RedisBinary, tmp_path: Path
 ) -> None:
     topology: Topology = redis_cluster(tmp_path / "rc", replicas=2)
-    with Cluster(topology) as cluster, contextlib.closing(_client(cluster)) as client:
+    with (
+        Cluster(topology, binary=binary) as cluster,
+        contextlib.closing(_client(cluster)) as client,
+    ):
         keys = {p: _key_in(cluster, client, p) for p in ("a1", "b2", "c3")}
         for primary, key in keys.items():
             client.set(key, "before")

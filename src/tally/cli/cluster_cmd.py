@@ -12,6 +12,7 @@ from tally.cli.output import handles_errors, json_option
 from tally.errors import ConfigError
 from tally.ops.cluster import Cluster, read_state, state_path
 from tally.ops.cluster.status import cluster_status
+from tally.ops.preflight import check_topology
 from tally.ops.topology import PROFILES, Topology, load_topology
 
 topology_option = click.option(
@@ -49,8 +50,15 @@ def cluster() -> None:
 @json_option
 @handles_errors
 def up(topology_path: Path, base_dir: Path | None, profile: str | None, as_json: bool) -> None:
-    """Start every node, Sentinel and the proxy daemon; they keep running after this exits."""
-    running = Cluster(load(topology_path, base_dir), profile=profile, detach=True).start()
+    """Start every node, Sentinel and the proxy daemon; they keep running after this exits.
+    Placement findings (TP013) are reported on stderr, not refused: the lab runs such
+    topologies on purpose."""
+    topology = load(topology_path, base_dir)
+    for finding in check_topology(topology):
+        click.echo(
+            f"preflight {finding.rule_id} {finding.severity.value}: {finding.detail}", err=True
+        )
+    running = Cluster(topology, profile=profile, detach=True).start()
     status = cluster_status(running)
     if running.hub is not None and hasattr(running.hub, "close"):
         running.hub.close()

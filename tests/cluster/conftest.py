@@ -95,10 +95,11 @@ def redis_cluster(
     replicas: int = 1,
     nodes: list[dict[str, str]] | None = None,
     links: list[dict[str, Any]] | None = None,
+    clients_dc: str = "",
     **params: Any,
 ) -> Topology:
     """Three shards over three data centers (``cluster_nodes_spec``), fast timeouts."""
-    data = {
+    data: dict[str, Any] = {
         "kind": "redis-cluster",
         "name": "rc",
         "profile": profile,
@@ -108,6 +109,8 @@ def redis_cluster(
         "node": nodes if nodes is not None else cluster_nodes_spec(replicas),
         "link": links or [{"between": list(pair)} for pair in itertools.combinations(DCS, 2)],
     }
+    if clients_dc:
+        data["clients_dc"] = clients_dc
     return parse_topology(data, source="test")
 
 

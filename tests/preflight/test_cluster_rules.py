@@ -5,6 +5,7 @@ danger is first shown on real redis-server processes, then the rule catching its
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -276,6 +277,50 @@ def test_a_cluster_replica_without_replicaof_is_not_tp011(make_node: NodeFactory
 
 
 # -- TP013 ---------------------------------------------------------------------------------------
+def _failing_in_view_of(cluster: Cluster, asked: str) -> set[str]:
+    by_front = {h.front: name for name, h in cluster.nodes.items()}
+    return {str(by_front.get(v.address)) for v in cluster_nodes(cluster.nodes[asked]) if v.failing}
+
+
+def test_when_a_shard_has_replicas_only_in_its_primary_dc_losing_that_dc_leaves_it_down(
+    tmp_path: Path,
+) -> None:
+    """s1 = a1 + a1b, both in dc1. Cut dc1 off: the majority (b2, c3) marks a1 failed, and
+    a1b too, so no node of s1 is left to promote; s1's keys are unreachable for everyone
+    outside dc1 (MOVED to a1, whose routes are cut), while s2 serves. TP013 names s1."""
+    nodes = [
+        {"name": "a1", "dc": "dc1", "shard": "s1", "role": "primary"},
+        {"name": "a1b", "dc": "dc1", "shard": "s1", "role": "replica"},
+        {"name": "b2", "dc": "dc2", "shard": "s2", "role": "primary"},
+        {"name": "b3", "dc": "dc3", "shard": "s2", "role": "replica"},
+        {"name": "c3", "dc": "dc3", "shard": "s3", "role": "primary"},
+        {"name": "c2", "dc": "dc2", "shard": "s3", "role": "replica"},
+    ]
+    topology = redis_cluster(
+        tmp_path / "rc", nodes=nodes, clients_dc="dc2", cluster_node_timeout_ms=1000
+    )
+    assert [f.detail.split(":")[0] for f in check_topology(topology)] == ["Shard s1"]
+    with Cluster(topology) as cluster:
+        s1_key, s2_key = _key_for_shard(0), _key_for_shard(1)
+        cluster.isolate("dc1")
+        _until(
+            "b2 marks a1 and a1b failed",
+            lambda: {"a1", "a1b"} <= _failing_in_view_of(cluster, "b2"),
+        )
+        assert _owner_of_slot0(cluster, "b2") == "a1"  # nobody else can hold s1's slots
+        host, port = cluster.front("a1")  # what MOVED names; this client sits in dc2
+        outside = redis.Redis(host=host, port=port, password=cluster.password, socket_timeout=1.0)
+        with (
+            contextlib.closing(outside),
+            pytest.raises((redis.TimeoutError, redis.ConnectionError)),
+        ):
+            outside.get(s1_key)
+        b2 = cluster.nodes["b2"].client()
+        b2.set(s2_key, "served")  # the other shards keep serving
+        assert b2.get(s2_key) == b"served"
+    assert orphan_pids(str(tmp_path)) == []
+
+
 def test_a_shard_whose_replicas_share_its_primary_dc_is_tp013(tmp_path: Path) -> None:
     nodes = [
         {"name": "a1", "dc": "dc1", "shard": "s1", "role": "primary"},

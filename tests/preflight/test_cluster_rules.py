@@ -35,7 +35,13 @@ from tally.ops.preflight.settings import (
     PREFLIGHT_READS_7,
     PREFLIGHT_READS_CLUSTER,
 )
-from tally.ops.profiles import ClusterAnnounce, NodeRole, cluster_node_directives, node_directives
+from tally.ops.profiles import (
+    ClusterAnnounce,
+    NodeRole,
+    cluster_node_directives,
+    node_directives,
+    single_node_directives,
+)
 from tally.ops.topology import load_topology
 
 from ..cluster.conftest import BINARIES, binary_id, redis_cluster
@@ -101,6 +107,7 @@ def test_generated_cluster_configs_state_every_setting_preflight_reads(
         assert cluster_rules == (set() if profile == "hardened" else {"TP014"})
     # Every config, cluster or not, says whether it is one: no version default decides.
     assert node_directives(profile, binary, role, password=PASSWORD)["cluster-enabled"] == "no"
+    assert single_node_directives(binary)["cluster-enabled"] == "no"
 
 
 # -- TP014 ---------------------------------------------------------------------------------------

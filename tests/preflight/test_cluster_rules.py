@@ -359,3 +359,15 @@ def test_preflight_topology_alone_checks_the_placement_and_exits_1_on_tp013(
     assert [f["rule_id"] for f in json.loads(result.output)] == ["TP013"]
     good = CliRunner().invoke(preflight, ["--topology", str(EXAMPLE)])
     assert good.exit_code == 0, good.output
+
+
+def test_preflight_latency_flag_states_the_wan_for_tp012(tmp_path: Path) -> None:
+    conf = tmp_path / "redis.conf"
+    conf.write_text(
+        "cluster-enabled yes\ncluster-node-timeout 1000\ncluster-require-full-coverage no\n"
+        "min-replicas-to-write 1\nmin-replicas-max-lag 10\nrequirepass x\nbind 127.0.0.1\n"
+    )
+    fast = CliRunner().invoke(preflight, ["--config", str(conf), "--latency-ms", "5", "--json"])
+    slow = CliRunner().invoke(preflight, ["--config", str(conf), "--latency-ms", "300", "--json"])
+    assert "TP012" not in {f["rule_id"] for f in json.loads(fast.output)}
+    assert "TP012" in {f["rule_id"] for f in json.loads(slow.output)}

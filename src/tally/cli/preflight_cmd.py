@@ -140,6 +140,15 @@ def _figure(
     default=f"the topology's [params] or slowest link, else {LINK_ASSUMED_BYTES_PER_S}",
 )
 @click.option(
+    "--latency-ms",
+    "link_latency_ms",
+    type=click.IntRange(0, 10_000),
+    default=None,
+    help="One-way latency of the slowest link between data centers, for cluster nodes' "
+    "cluster-node-timeout (TP012) [default: the topology's, "
+    f"else {PreflightParams.link_latency_ms_max}].",
+)
+@click.option(
     "--replicas",
     type=click.IntRange(0, 1000),
     default=None,
@@ -170,6 +179,7 @@ def preflight(
     partition_s_max: float | None,
     safety_factor: float | None,
     slowest_link_bytes_per_s: int | None,
+    link_latency_ms: int | None,
     replicas: int | None,
     dataset_bytes_max: int | None,
     redis_version: str | None,
@@ -199,6 +209,8 @@ def preflight(
     }
     try:
         params = _params(topology_path, stated, replicas, _version(redis_version))
+        if link_latency_ms is not None:
+            params = dataclasses.replace(params, link_latency_ms_max=link_latency_ms)
         findings = _run(config_path, data_dir, live_url, role, params)
     except TallyError as exc:
         click.echo(f"preflight: {exc}", err=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from tally.errors import TallyError
 from tally.lab import report
 from tally.lab.checker import FIGURES
 from tally.lab.runner import BILLINGS, PROFILES, RunOptions, RunResult, run
@@ -95,21 +96,43 @@ def run_cmd(scenario: str, profile: str, billing: str, out: Path | None, seed: i
 
 
 @lab.command(name="compare")
-@click.argument("scenario")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory for both runs and the side-by-side report.")  # fmt: skip
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="SCENARIO: directory for both runs and the page (default "
+                   "lab-runs/compare-SCENARIO). DIR DIR...: the page (default lab-compare.html).")  # fmt: skip
 @_common
-def compare_cmd(scenario: str, out: Path | None, seed: int, time_scale: float,
+def compare_cmd(targets: tuple[str, ...], out: Path | None, seed: int, time_scale: float,
                 accounts: int | None, rate: float | None, duration: float | None,
                 dataset_mb: int | None, as_json: bool) -> None:  # fmt: skip
-    """Run SCENARIO as 2013/legacy and hardened/tally, and write one side-by-side report.
-    Exits 0 when the hardened/tally run held every invariant (the control is expected to fail),
-    2 when either run could not be set up."""
-    if scenario not in SCENARIOS:
-        click.echo(
-            f"error: unknown scenario {scenario!r}; one of: {', '.join(SCENARIOS)}", err=True
-        )
+    """`compare SCENARIO`: run it as 2013/legacy and hardened/tally and write one side-by-side
+    page; exits 0 when the hardened/tally run held every invariant (the control is expected to
+    fail), 2 when either run could not be set up.
+
+    `compare DIR_A DIR_B [...]`: one page from finished run directories (figures, invariants,
+    timelines on one time axis); exits 0, or 2 when a directory holds no finished run."""
+    if len(targets) == 1 and targets[0] in SCENARIOS:
+        _compare_scenario(targets[0], out, seed, time_scale, accounts, rate, duration,
+                          dataset_mb, as_json)  # fmt: skip
+        return
+    if len(targets) < 2:
+        click.echo(f"error: {targets[0]!r} is neither a scenario ({', '.join(SCENARIOS)}) nor "
+                   "one of two or more run directories", err=True)  # fmt: skip
         sys.exit(EXIT_USAGE)
+    try:
+        runs = [(Path(t), report.read_run(Path(t))) for t in targets]
+    except TallyError as exc:
+        click.echo(f"error: {exc}" + (f" ({exc.hint})" if exc.hint else ""), err=True)
+        sys.exit(EXIT_USAGE)
+    path = report.write_compare(out or Path("lab-compare.html"), runs)
+    if as_json:
+        click.echo(json.dumps({"report": str(path), "runs": [str(d) for d, _ in runs]}))
+    else:
+        click.echo(f"side by side: {path}")
+
+
+def _compare_scenario(scenario: str, out: Path | None, seed: int, time_scale: float,
+                      accounts: int | None, rate: float | None, duration: float | None,
+                      dataset_mb: int | None, as_json: bool) -> None:  # fmt: skip
     out = out or Path("lab-runs") / f"compare-{scenario}"
     results = []
     for profile, billing in (("2013", "legacy"), ("hardened", "tally")):
@@ -119,7 +142,7 @@ def compare_cmd(scenario: str, out: Path | None, seed: int, time_scale: float,
                                       dataset_mb)))  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     runs = [(r.out, r.report) for r in results]
-    path = report.write_compare(out, runs)
+    path = report.write_compare(out / "report.html", runs)
     combined = {"scenario": scenario, "runs": [r.report for r in results], "report": str(path)}
     (out / "report.json").write_text(json.dumps(combined, indent=2, default=str))
     if as_json:

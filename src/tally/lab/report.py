@@ -1,6 +1,8 @@
 """report.html: the run for people. Hand-made inline SVG (no plotting dependency): timelines of
 throughput, primary latency, replication state and errors, each with the fault markers; the
-figures and invariants tables. ``write_compare`` puts two runs side by side."""
+figures and invariants tables. ``write_compare`` puts runs side by side on one time axis (each
+run's seconds from its own start, over the longest run's span). The page loads nothing: no
+script, no external asset (a test opens it in headless Chromium with the network cut off)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from tally.errors import UsageError
 from tally.lab.checker import FIGURES, INVARIANTS, _jsonl
 
 BIN_S = 1.0
@@ -103,9 +106,10 @@ def _svg(title: str, end: float, lines: list[tuple[str, list[tuple[float, float]
     return "".join(parts)
 
 
-def plots(run_dir: Path) -> str:
+def plots(run_dir: Path, end: float | None = None) -> str:
+    """The run's timelines; ``end`` (seconds) sets a time axis shared with other runs."""
     s = series(run_dir)
-    end, marks = s["end"], s["marks"]
+    end, marks = max(s["end"], end or 0), s["marks"]
     bins = range(0, int(end) + 1)
     thr = [(k, [(float(b), float(s["counts"][k].get(b, 0))) for b in bins], COLOURS[k])
            for k in ("ok", "fail", "info")]  # fmt: skip
@@ -162,11 +166,11 @@ def _verdict(body: dict[str, Any]) -> str:
             f'{"every invariant held" if ok else "an invariant was violated"}</b></p>')  # fmt: skip
 
 
-def _column(run_dir: Path, body: dict[str, Any]) -> str:
+def _column(run_dir: Path, body: dict[str, Any], end: float | None = None) -> str:
     return "".join([
         f"<h2>{_esc(body.get('profile'))} profile, {_esc(body.get('billing'))} billing</h2>",
         _verdict(body), f"<p>reproduce: <code>{_esc(body.get('reproduce', ''))}</code></p>",
-        plots(run_dir), "<h3>Timeline</h3>", _timeline_table(body),
+        plots(run_dir, end), "<h3>Timeline</h3>", _timeline_table(body),
         f"<h3>Settle</h3><pre>{_esc(json.dumps(body.get('settle', {}), indent=1))}</pre>",
         f"<h3>Extras</h3><pre>{_esc(json.dumps(body.get('extras', {}), indent=1))}</pre>",
     ])  # fmt: skip
@@ -194,18 +198,37 @@ def write_html(run_dir: Path, body: dict[str, Any]) -> Path:
     return path
 
 
-def write_compare(out: Path, runs: list[tuple[Path, dict[str, Any]]]) -> Path:
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """A finished run's report.json, or UsageError saying what is missing."""
+    path = Path(run_dir) / "report.json"
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(
+            f"{run_dir} is not a lab run directory: cannot read {path.name} ({exc})",
+            hint="give directories written by `tally lab run ... --out DIR`",
+        ) from exc
+    if not isinstance(body, dict) or "figures" not in body:
+        raise UsageError(f"{path} holds no figures: the run did not finish")
+    return body
+
+
+def write_compare(path: Path, runs: list[tuple[Path, dict[str, Any]]]) -> Path:
+    """One page, ``path``: the runs' figures and invariants side by side, and their timelines
+    with fault markers on one time axis."""
     bodies = [b for _, b in runs]
-    scenario = bodies[0].get("scenario") if bodies else "?"
-    title = f"tally lab compare: {scenario}"
+    scenarios = sorted({str(b.get("scenario")) for b in bodies}) or ["?"]
+    title = f"tally lab compare: {' vs '.join(scenarios)}"
     tables = (
         "<h2>Figures</h2>"
         + _figures_table(bodies)
         + "<h2>Invariants</h2>"
         + _invariants_table(bodies)
     )
-    cols = "".join(f"<div class='col'>{_column(d, b)}</div>" for d, b in runs)
+    end = max((series(d)["end"] for d, _ in runs), default=1)
+    cols = "".join(f"<div class='col'>{_column(d, b, end)}</div>" for d, b in runs)
     page = _page(title, bodies[0].get("summary", "") if bodies else "", tables, cols)
-    path = Path(out) / "report.html"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path

@@ -128,15 +128,16 @@ def _print(status: dict[str, Any], as_json: bool, header: str) -> None:
 
 
 def _print_shards(view: dict[str, Any] | None) -> None:
-    """redis-cluster topologies: slots per primary (the primary's name heads its shard)."""
+    """redis-cluster topologies: per shard, the primary serving it now and its slots."""
     if not view:
         return
     click.echo(
         f"  cluster state={view['state']} slots_ok={view['slots_ok']} (seen by {view['seen_by']})"
     )
-    for primary, shard in view["shards"].items():
+    for name, shard in view["shards"].items():
         click.echo(
-            f"  shard of {primary:<8} slots={shard['slots']:<5} {','.join(shard['ranges'])}"
+            f"  shard {name:<6} primary={shard['primary']:<8} slots={shard['slots']:<5}"
+            f" {','.join(shard['ranges'])}"
             f" replicas={','.join(shard['replicas']) or '-'}"
             f" config_epoch={shard['config_epoch']} store_epoch={shard['store_epoch'] or '-'}"
             + (" FAILING" if shard["failing"] else "")

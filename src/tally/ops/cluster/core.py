@@ -247,6 +247,11 @@ class Cluster:
         their links)."""
         return [self.front(name) for name in self.sentinels]
 
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        """redis-cluster: every data node's front, what a cluster client is given (redis-py's
+        ``RedisCluster(startup_nodes=...)``); it learns the slot map from any one that answers."""
+        return [self.front(name) for name in self.nodes]
+
     def sentinel_target(self) -> SentinelTarget:
         """What ``tally.store.discovery`` needs to find this cluster's primary."""
         return SentinelTarget(

@@ -100,11 +100,13 @@ def cluster_status(cluster: Cluster) -> dict[str, Any]:
 
 
 def shard_status(cluster: Cluster) -> dict[str, Any]:
-    """The cluster as the first reachable node sees it: per primary (by topology name), its
-    slots, its replicas and Redis's ``config_epoch``. ``store_epoch`` is the place for the
+    """The cluster as the first reachable node sees it, per shard of the topology (``s1``...;
+    a failover changes the primary, not the shard): the primary serving its slots now, the
+    slots, the replicas and Redis's ``config_epoch``. ``store_epoch`` is the place for the
     shard's tally store epoch (invariant 6, one per shard); the store part fills it, until then
     it is None."""
     by_front = {h.front: name for name, h in cluster.nodes.items() if h.front}
+    shard_of = {n.name: n.shard for n in cluster.topology.nodes}
     for name, handle in cluster.nodes.items():
         try:
             views = cluster_nodes(handle)
@@ -112,16 +114,17 @@ def shard_status(cluster: Cluster) -> dict[str, Any]:
         except (redis.RedisError, OSError):
             continue
         return {
+            "startup_nodes": [f"{h}:{p}" for h, p in cluster.startup_nodes()],
             "seen_by": name,
             "state": info.get("cluster_state"),
             "slots_ok": int(info.get("cluster_slots_ok", 0)),
-            "shards": _shards(views, by_front),
+            "shards": _shards(views, by_front, shard_of),
         }
     return {"seen_by": None, "state": "unreachable", "slots_ok": 0, "shards": {}}
 
 
 def _shards(
-    views: list[ClusterNodeView], by_front: dict[tuple[str, int], str]
+    views: list[ClusterNodeView], by_front: dict[tuple[str, int], str], shard_of: dict[str, str]
 ) -> dict[str, dict[str, Any]]:
     def name(view: ClusterNodeView) -> str:
         return by_front.get(view.address, f"{view.address[0]}:{view.address[1]}")
@@ -130,11 +133,12 @@ def _shards(
     for view in sorted(views, key=lambda v: v.slots[0] if v.slots else (SLOTS_END, 0)):
         if not view.is_primary or not view.slots:
             continue
-        replicas = [name(v) for v in views if v.master_id == view.node_id]
-        shards[name(view)] = {
+        primary = name(view)
+        shards[shard_of.get(primary, primary)] = {
+            "primary": primary,
             "slots": view.slot_count,
             "ranges": [f"{a}-{b}" if a != b else str(a) for a, b in view.slots],
-            "replicas": replicas,
+            "replicas": [name(v) for v in views if v.master_id == view.node_id],
             "failing": view.failing,
             "config_epoch": view.config_epoch,
             "store_epoch": None,  # filled by the store part (per-shard epoch key)

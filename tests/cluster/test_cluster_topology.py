@@ -10,11 +10,12 @@ import pytest
 
 from tally.errors import ConfigError
 from tally.ops.binary import RedisBinary
+from tally.ops.cluster import Cluster
 from tally.ops.cluster.formation import SLOTS, parse_cluster_nodes, slot_ranges
 from tally.ops.profiles import ClusterAnnounce, cluster_node_directives
 from tally.ops.topology import load_topology, parse_topology
 
-from .conftest import cluster_nodes_spec
+from .conftest import cluster_nodes_spec, redis_cluster
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "topology-cluster-3dc.toml"
 
@@ -105,3 +106,12 @@ def test_cluster_directives_state_every_setting_and_only_names_the_version_knows
         cluster_node_directives("2013", binary, 21000, announce)["cluster-require-full-coverage"]
         == "yes"
     )
+
+
+def test_a_hardened_cluster_with_a_shard_that_could_never_write_is_refused_before_start(
+    tmp_path: Path,
+) -> None:
+    topology = redis_cluster(tmp_path / "rc", replicas=0)  # min_replicas_to_write stays 1
+    with pytest.raises(ConfigError, match="shard s1 has 0 replica"):
+        Cluster(topology)
+    assert not (tmp_path / "rc").exists()

@@ -184,4 +184,8 @@ def test_a_killed_shard_primary_is_replaced_by_its_replica_while_other_shards_se
         assert client.get(keys["a1"]) == b"after"
         shards = cluster_status(cluster)["cluster"]["shards"]
         assert shards["s1"]["primary"] == new_owner and shards["s1"]["failing"] is False
+        cluster.nodes["a1"].start()  # back with its nodes.conf: it follows the new primary
+        wait_cluster_ok(cluster)
+        shards = cluster_status(cluster)["cluster"]["shards"]
+        assert shards["s1"]["primary"] == new_owner and "a1" in shards["s1"]["replicas"]
     assert orphan_pids(str(tmp_path)) == []

@@ -204,6 +204,8 @@ class Cluster:
                 f"{self.topology.source}: the {self.topology.profile} profile runs Sentinel",
                 hint="declare one [[sentinel]] per data center",
             )
+        if self.topology.is_cluster and self.topology.profile == "hardened":
+            _check_shards_can_write(self.topology, self.params)
         self.detach = detach
         self.base_dir = self.topology.base_dir
         self.nodes: dict[str, ClusterNode] = {}
@@ -632,6 +634,20 @@ class Cluster:
     def primaries(self) -> list[ClusterNode]:
         """Every running node that answers ROLE ``master`` (one per shard in a redis-cluster)."""
         return [h for h in self.nodes.values() if h.is_running() and h.live_role() == "master"]
+
+
+def _check_shards_can_write(topology: Topology, params: ProfileParams) -> None:
+    """A shard with fewer replicas than ``min-replicas-to-write`` could never accept a write:
+    say so before starting anything, not after a sync timeout."""
+    for shard in topology.shards:
+        if len(shard.replicas) < params.min_replicas_to_write:
+            raise ConfigError(
+                f"{topology.source}: shard {shard.name} has {len(shard.replicas)} replica(s) "
+                f"but params.min_replicas_to_write = {params.min_replicas_to_write}: its "
+                "primary would refuse every write",
+                hint="add replicas (in other data centers: TP013) or lower "
+                "params.min_replicas_to_write",
+            )
 
 
 def _link_up_or_primary(handle: ClusterNode) -> bool:

@@ -12,6 +12,7 @@ from tally.errors import ConfigError
 from tally.ops.binary import RedisBinary
 from tally.ops.cluster import Cluster
 from tally.ops.cluster.formation import SLOTS, parse_cluster_nodes, slot_ranges
+from tally.ops.node import orphan_pids
 from tally.ops.profiles import ClusterAnnounce, cluster_node_directives
 from tally.ops.topology import load_topology, parse_topology
 
@@ -115,3 +116,12 @@ def test_a_hardened_cluster_with_a_shard_that_could_never_write_is_refused_befor
     with pytest.raises(ConfigError, match="shard s1 has 0 replica"):
         Cluster(topology)
     assert not (tmp_path / "rc").exists()
+
+
+def test_up_on_a_base_dir_of_an_earlier_cluster_is_refused_before_starting(tmp_path: Path) -> None:
+    topology = redis_cluster(tmp_path / "rc")
+    (tmp_path / "rc" / "b2").mkdir(parents=True)
+    (tmp_path / "rc" / "b2" / "nodes.conf").write_text("an earlier run\n")
+    with pytest.raises(ConfigError, match=r"earlier cluster's nodes.conf \(b2\)"):
+        Cluster(topology).start()
+    assert orphan_pids(str(tmp_path)) == []

@@ -299,6 +299,8 @@ class Cluster:
             )
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self._check_addresses()
+        if self.topology.is_cluster:
+            self._check_no_earlier_cluster()
         try:
             self._plan_processes()
             self._start_hub()
@@ -332,6 +334,20 @@ class Cluster:
                         hint="a cluster gives each data center its own loopback address "
                         "(127.0.k.1); on macOS add them with `sudo ifconfig lo0 alias 127.0.k.1`",
                     ) from exc
+
+    def _check_no_earlier_cluster(self) -> None:
+        """A redis-cluster is formed once: its nodes.conf names every node by the fronts of
+        that run, and a new ``up`` has new ports, so an old node could never rejoin (and a
+        fresh formation is refused: SET-CONFIG-EPOCH, ADDSLOTS). Refuse before starting."""
+        stale = [
+            n.name for n in self.topology.nodes if (self.base_dir / n.name / "nodes.conf").exists()
+        ]
+        if stale:
+            raise ConfigError(
+                f"{self.base_dir} holds an earlier cluster's nodes.conf ({', '.join(stale)})",
+                hint="starting a stopped redis-cluster in place is not supported yet; move the "
+                "base dir away (its data goes with it) or pass another --base-dir",
+            )
 
     def _redis_node(self, name: str, **kwargs: Any) -> RedisNode:
         return RedisNode(

@@ -124,7 +124,15 @@ def _my_id(handle: ClusterNode) -> str:
 
 
 def form_cluster(cluster: Cluster, *, timeout_s: float = FORM_TIMEOUT_S) -> None:
-    """Slots, MEET, REPLICATE, then wait for ``cluster_state:ok`` everywhere (module doc)."""
+    """Slots, MEET, REPLICATE, then wait for ``cluster_state:ok`` everywhere (module doc).
+    A refused step raises ``ProcessError`` naming it."""
+    try:
+        _form(cluster, timeout_s)
+    except (redis.RedisError, OSError) as exc:
+        raise ProcessError(f"cluster formation failed: {exc}") from exc
+
+
+def _form(cluster: Cluster, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     shards = cluster.topology.shards
     ids = {name: _my_id(handle) for name, handle in cluster.nodes.items()}

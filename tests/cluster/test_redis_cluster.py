@@ -79,8 +79,7 @@ def test_tally_forms_a_cluster_behind_the_fronts_and_stops_clean(
                 client.set(key, primary)
                 assert client.get(key) == primary.encode()
                 cluster.nodes[primary].client().execute_command("WAIT", 1, 5000)
-        # What tally generated passes live preflight (once the nodes hold data: an empty node
-        # with AOF on beside the dump.rdb a full sync wrote is what TP001 looks for).
+        # What tally generated passes live preflight, primaries and replicas.
         params = PreflightParams.for_topology(topology)
         for handle in cluster.nodes.values():
             findings = check_live(handle.client(), role=handle.role, params=params)

@@ -110,6 +110,20 @@ def test_generated_cluster_configs_state_every_setting_preflight_reads(
     assert single_node_directives(binary)["cluster-enabled"] == "no"
 
 
+def test_a_fresh_replica_with_aof_on_and_the_rdb_its_sync_wrote_is_not_tp001(
+    tmp_path: Path,
+) -> None:
+    """Control: such a replica (no keys, appendonly yes, a non-empty dump.rdb: the full sync
+    wrote it) drew TP001 live, so no freshly formed cluster passed live preflight."""
+    with Cluster(redis_cluster(tmp_path / "rc", replicas=1)) as cluster:
+        replica = cluster.nodes["a2"]
+        client = replica.client()
+        assert client.dbsize() == 0 and client.config_get("appendonly")["appendonly"] == "yes"
+        assert (replica.node.dir / "dump.rdb").stat().st_size > 0
+        assert "TP001" not in ids(check_live(client, role="replica"))
+    assert orphan_pids(str(tmp_path)) == []
+
+
 # -- TP014 ---------------------------------------------------------------------------------------
 def test_full_coverage_required_lets_one_dead_shard_stop_every_shard_and_tp014_catches_it(
     tmp_path: Path,

@@ -143,7 +143,9 @@ def _aof_would_load_nothing(ctx: Context) -> str | None:
     if not s.appendonly or data is None or data.rdb_bytes is None:
         return None
     if ctx.source == "live":
-        if s.keys_total:
+        # A replica in sync holds its primary's dataset, and the dump.rdb beside it is what its
+        # last full sync wrote there: no keys means none on the primary (TP001 asks it).
+        if s.keys_total or s.replica_link_up:
             return None
         return (
             f"The node runs with appendonly yes and no keys, while {data.rdb_path} holds "

@@ -83,6 +83,7 @@ class NodeSettings:
     cluster_node_timeout_ms: int = 15000
     cluster_require_full_coverage: bool = True
     min_replicas_max_lag_s: int = 10
+    replica_link_up: bool = False  # live only: a replica whose link to its primary is up
 
 
 def is_loopback(host: str) -> bool:
@@ -247,4 +248,5 @@ def from_live(
         cluster_node_timeout_ms=int(config.get("cluster-node-timeout", 15000)),
         cluster_require_full_coverage=config.get("cluster-require-full-coverage", "yes") == "yes",
         min_replicas_max_lag_s=int(config.get("min-replicas-max-lag", 10)),
+        replica_link_up=info.get("role") == "slave" and info.get("master_link_status") == "up",
     )

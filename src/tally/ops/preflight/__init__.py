@@ -25,7 +25,8 @@ check a self-contained file, or the live node) or a bad role raise ``ConfigError
 Rules (see ``rules.RULES`` for explanations and fixes):
 
     TP001 error    appendonly yes, no AOF, an RDB exists: Redis would start EMPTY (6.2 and 7.x
-                   layouts); live: AOF on, no keys, a non-empty dump.rdb beside it
+                   layouts); live: AOF on, no keys, a non-empty dump.rdb beside it (not on
+                   a replica whose link is up: it holds its primary's dataset)
     TP002 error    replicaof/slaveof on a node meant to be primary (live: role is replica)
     TP003 error    replicaof points at the node itself
     TP004 error    repl-backlog-size < write_rate_bytes_per_s x partition_s_max

@@ -16,7 +16,7 @@ from tally.ops.node import orphan_pids
 from tally.ops.profiles import ClusterAnnounce, cluster_node_directives
 from tally.ops.topology import load_topology, parse_topology
 
-from .conftest import cluster_nodes_spec, redis_cluster
+from .rc_topologies import cluster_nodes_spec, redis_cluster
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "topology-cluster-3dc.toml"
 

@@ -44,7 +44,7 @@ from tally.ops.profiles import (
 )
 from tally.ops.topology import load_topology
 
-from ..cluster.conftest import BINARIES, binary_id, redis_cluster
+from ..cluster.rc_topologies import BINARIES, binary_id, redis_cluster
 from .conftest import NodeFactory, ids
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "topology-cluster-3dc.toml"

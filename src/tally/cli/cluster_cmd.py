@@ -132,7 +132,8 @@ def _print_shards(view: dict[str, Any] | None) -> None:
     if not view:
         return
     click.echo(
-        f"  cluster state={view['state']} slots_ok={view['slots_ok']} (seen by {view['seen_by']})"
+        f"  cluster state={view['state']} slots_ok={view['slots_ok']} (seen by {view['seen_by']});"
+        f" clients start from {','.join(view.get('startup_nodes', [])) or '-'}"
     )
     for name, shard in view["shards"].items():
         click.echo(

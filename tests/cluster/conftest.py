@@ -1,4 +1,5 @@
-"""Small real topologies for cluster tests: three data centers, one node each."""
+"""Small real topologies for cluster tests: three data centers, one node each (redis-cluster
+topologies: ``rc_topologies``)."""
 
 from __future__ import annotations
 

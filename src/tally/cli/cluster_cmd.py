@@ -12,6 +12,7 @@ from tally.cli.output import handles_errors, json_option
 from tally.errors import ConfigError
 from tally.ops.cluster import Cluster, read_state, state_path
 from tally.ops.cluster.status import cluster_status
+from tally.ops.preflight import check_topology
 from tally.ops.topology import PROFILES, Topology, load_topology
 
 topology_option = click.option(
@@ -38,7 +39,8 @@ base_dir_option = click.option(
 
 @click.group(name="cluster")
 def cluster() -> None:
-    """Run a topology (nodes, Sentinels, fault proxies) as real processes on loopback."""
+    """Run a topology (nodes, Sentinels, fault proxies) as real processes on loopback; a
+    ``kind = "redis-cluster"`` topology is formed into a Redis Cluster (slots, replicas)."""
 
 
 @cluster.command(name="up")
@@ -48,8 +50,15 @@ def cluster() -> None:
 @json_option
 @handles_errors
 def up(topology_path: Path, base_dir: Path | None, profile: str | None, as_json: bool) -> None:
-    """Start every node, Sentinel and the proxy daemon; they keep running after this exits."""
-    running = Cluster(load(topology_path, base_dir), profile=profile, detach=True).start()
+    """Start every node, Sentinel and the proxy daemon; they keep running after this exits.
+    Placement findings (TP013) are reported on stderr, not refused: the lab runs such
+    topologies on purpose."""
+    topology = load(topology_path, base_dir)
+    for finding in check_topology(topology):
+        click.echo(
+            f"preflight {finding.rule_id} {finding.severity.value}: {finding.detail}", err=True
+        )
+    running = Cluster(topology, profile=profile, detach=True).start()
     status = cluster_status(running)
     if running.hub is not None and hasattr(running.hub, "close"):
         running.hub.close()
@@ -89,7 +98,10 @@ def _print(status: dict[str, Any], as_json: bool, header: str) -> None:
         return
     if header:
         click.echo(header)
-    click.echo(f"profile {status['profile']}; primary: {', '.join(status['primaries']) or '-'}")
+    click.echo(
+        f"{status.get('kind', 'replicated')}, profile {status['profile']};"
+        f" primaries: {', '.join(status['primaries']) or '-'}"
+    )
     for name, node in status["nodes"].items():
         extra = ""
         if node.get("role") == "slave":
@@ -99,6 +111,7 @@ def _print(status: dict[str, Any], as_json: bool, header: str) -> None:
             f" {node.get('role', '?'):<6}"
             f" offset={node.get('offset', '-')} keys={node.get('keys', '-')}{extra}"
         )
+    _print_shards(status.get("cluster"))
     for name, sentinel in status["sentinels"].items():
         click.echo(
             f"  sentinel {name:<8} {sentinel['front'] or '-':<21} primary={sentinel.get('primary')}"
@@ -112,3 +125,21 @@ def _print(status: dict[str, Any], as_json: bool, header: str) -> None:
                 f"  route {name:<14} {link['pair'] or 'local':<8} open={link.get('connections_open')}"
                 f" faults={faults}"
             )
+
+
+def _print_shards(view: dict[str, Any] | None) -> None:
+    """redis-cluster topologies: per shard, the primary serving it now and its slots."""
+    if not view:
+        return
+    click.echo(
+        f"  cluster state={view['state']} slots_ok={view['slots_ok']} (seen by {view['seen_by']});"
+        f" clients start from {','.join(view.get('startup_nodes', [])) or '-'}"
+    )
+    for name, shard in view["shards"].items():
+        click.echo(
+            f"  shard {name:<6} primary={shard['primary']:<8} slots={shard['slots']:<5}"
+            f" {','.join(shard['ranges'])}"
+            f" replicas={','.join(shard['replicas']) or '-'}"
+            f" config_epoch={shard['config_epoch']} store_epoch={shard['store_epoch'] or '-'}"
+            + (" FAILING" if shard["failing"] else "")
+        )

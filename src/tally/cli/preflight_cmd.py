@@ -6,7 +6,8 @@ The sizing flags kept their names; each states one ``ProfileParams`` figure (the
 --write-rate is write_rate_bytes_per_s, --partition-s partition_s_max, --bandwidth
 slowest_link_bytes_per_s, --dataset-bytes dataset_bytes_max (it was the measured dataset: the
 RDB file or used_memory still counts when larger), --safety-factor (new) safety_factor.
-``--topology FILE`` takes them all from a topology file's [params], links and nodes.
+``--topology FILE`` takes them all from a topology file's [params], links and nodes; alone
+(no --config, no --live) it checks the topology's placement rules (TP013).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tally.ops.preflight import (
     PreflightParams,
     check_config_file,
     check_live,
+    check_topology,
     has_errors,
 )
 from tally.ops.preflight.conf import parse_memory
@@ -138,6 +140,15 @@ def _figure(
     default=f"the topology's [params] or slowest link, else {LINK_ASSUMED_BYTES_PER_S}",
 )
 @click.option(
+    "--latency-ms",
+    "link_latency_ms",
+    type=click.IntRange(0, 10_000),
+    default=None,
+    help="One-way latency of the slowest link between data centers, for cluster nodes' "
+    "cluster-node-timeout (TP012) [default: the topology's, "
+    f"else {PreflightParams.link_latency_ms_max}].",
+)
+@click.option(
     "--replicas",
     type=click.IntRange(0, 1000),
     default=None,
@@ -168,6 +179,7 @@ def preflight(
     partition_s_max: float | None,
     safety_factor: float | None,
     slowest_link_bytes_per_s: int | None,
+    link_latency_ms: int | None,
     replicas: int | None,
     dataset_bytes_max: int | None,
     redis_version: str | None,
@@ -177,8 +189,13 @@ def preflight(
 
     TP004 and TP005 use the hardened profile's formulas and figures (tally.ops.profiles):
     --topology takes them from a topology file, the flags state or override them."""
+    if config_path is None and live_url is None and topology_path is not None:
+        _topology_only(ctx, topology_path, as_json)
+        return
     if (config_path is None) == (live_url is None):
-        raise click.UsageError("give exactly one of --config FILE or --live URL")
+        raise click.UsageError(
+            "give exactly one of --config FILE or --live URL (or --topology FILE alone)"
+        )
     if live_url is not None and data_dir is not None:
         raise click.UsageError("--data-dir goes with --config; a live node reports its own dir")
     if slowest_link_bytes_per_s is not None and slowest_link_bytes_per_s <= 0:
@@ -192,7 +209,19 @@ def preflight(
     }
     try:
         params = _params(topology_path, stated, replicas, _version(redis_version))
+        if link_latency_ms is not None:
+            params = dataclasses.replace(params, link_latency_ms_max=link_latency_ms)
         findings = _run(config_path, data_dir, live_url, role, params)
+    except TallyError as exc:
+        click.echo(f"preflight: {exc}", err=True)
+        ctx.exit(EXIT_USAGE)
+    _print(findings, as_json)
+    ctx.exit(EXIT_ERRORS if has_errors(findings) else 0)
+
+
+def _topology_only(ctx: click.Context, topology_path: Path, as_json: bool) -> None:
+    try:
+        findings = check_topology(load_topology(topology_path))
     except TallyError as exc:
         click.echo(f"preflight: {exc}", err=True)
         ctx.exit(EXIT_USAGE)

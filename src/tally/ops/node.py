@@ -65,6 +65,33 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_pair(host: str, offset: int) -> int:
+    """A free port ``p`` whose ``p + offset`` is free too, both below the ephemeral range (see
+    :func:`free_port`): a Redis 6.2 cluster node listens for its bus at data port + 10000 and
+    cannot be told otherwise."""
+    low, high = _listen_range()
+    high = min(high, 65536) - offset
+    if high <= low:
+        raise ProcessError(f"no port range below the ephemeral ports leaves room for +{offset}")
+    for _ in range(PORT_PICKS_MAX):
+        port = _random.randrange(low, high)
+        if port in _handed_out or port + offset in _handed_out:
+            continue
+        if _bindable(host, port) and _bindable(host, port + offset):
+            _handed_out.extend((port, port + offset))
+            return port
+    raise ProcessError(f"no free port pair (p, p + {offset}) on {host} in {PORT_PICKS_MAX} picks")
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _listen_range() -> tuple[int, int]:
     try:
         ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])

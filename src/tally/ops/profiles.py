@@ -61,10 +61,13 @@ BACKLOG_MIN_BYTES = 16 * KIB  # Redis's own minimum: the 2013 value
 BACKLOG_HARDENED_MIN_BYTES = 1 * MIB  # Redis's default; never size below it
 BUFFER_DEFAULT_HARD_BYTES = 256 * MIB  # Redis's default replica output-buffer hard limit
 BACKLOG_MAX_BYTES = 64 * 1024 * MIB  # a stated figure above this is a typo, not a plan
-RDB_SAVE_POINTS = ("3600 1", "300 100", "60 10000")  # Redis's default snapshot schedule
+RDB_SAVE_POINTS = ("3600 1", "300 100", "60 10000")
+CLUSTER_NODE_TIMEOUT_MS_MIN = 100  # below this, scheduling noise alone marks nodes failed
+CLUSTER_BUS_PORT_OFFSET = 10000  # Redis 6.2 always listens for the bus at data port + 10000  # Redis's default snapshot schedule
 #: Redis's own defaults, stated: every config tally generates names each setting preflight reads
 #: (``tally.ops.preflight.settings.PREFLIGHT_READS``), whatever the server version's default.
 STATED_DEFAULTS: dict[str, ConfigValue] = {
+    "cluster-enabled": "no",  # cluster_node_directives turns it on
     "maxmemory": 0,
     "repl-diskless-sync-delay": 5,
     "min-replicas-max-lag": 10,
@@ -91,6 +94,9 @@ class ProfileParams:
     sentinel_down_after_ms: int = 1500
     sentinel_failover_timeout_ms: int = 6000
     sentinel_quorum: int = 2
+    # redis-cluster topologies: a node not answering for this long is failed over. At most
+    # min_replicas_max_lag_s (preflight TP012 says why), far above the WAN round trip.
+    cluster_node_timeout_ms: int = 5000
 
     def __post_init__(self) -> None:
         positive = ("write_rate_bytes_per_s", "partition_s_max", "safety_factor")
@@ -101,6 +107,11 @@ class ProfileParams:
             raise ConfigError("params.safety_factor must be >= 1", hint="use e.g. 2")
         if self.min_replicas_max_lag_s < 1 or self.sentinel_quorum < 1:
             raise ConfigError("params.min_replicas_max_lag_s and sentinel_quorum must be >= 1")
+        if not CLUSTER_NODE_TIMEOUT_MS_MIN <= self.cluster_node_timeout_ms <= 3_600_000:
+            raise ConfigError(
+                f"params.cluster_node_timeout_ms = {self.cluster_node_timeout_ms}",
+                hint=f"use {CLUSTER_NODE_TIMEOUT_MS_MIN}..3600000 (Redis's default is 15000)",
+            )
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], *, source: str = "params") -> ProfileParams:
@@ -305,3 +316,63 @@ def sentinel_directives(
 
 def uses_sentinel(profile: str) -> bool:
     return profile == "hardened"
+
+
+# -- redis-cluster nodes -----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ClusterAnnounce:
+    """How every other node and client knows this node: its fronts in the fault proxy."""
+
+    ip: str
+    port: int
+    bus_port: int
+
+
+def cluster_node_directives(
+    profile: str,
+    binary: RedisBinary,
+    data_port: int,
+    announce: ClusterAnnounce,
+    *,
+    params: ProfileParams | None = None,
+) -> dict[str, ConfigValue]:
+    """What a node of a ``kind = "redis-cluster"`` topology adds to :func:`node_directives`.
+
+    Every setting the cluster's behaviour depends on is stated. ``hardened``:
+
+    * ``cluster-require-full-coverage no``: one shard without a primary stops only its own
+      slots; ``yes`` (Redis's default) makes every shard refuse (preflight TP014).
+    * ``cluster-node-timeout`` from ``params.cluster_node_timeout_ms`` (TP012).
+    * ``cluster-allow-replica-migration no``: replicas stay in the data centers the topology
+      put them in (TP013 checks that placement; migration would silently undo it).
+    * ``cluster-replica-validity-factor 1``: a replica cut off from its primary for longer than
+      about ``cluster-node-timeout`` + ``repl-ping-replica-period`` holds stale balances and is
+      not promoted (lost credits); a replica of a primary that just crashed is well inside it.
+    * ``cluster-allow-reads-when-down no``: a shard that is down answers nothing stale.
+
+    ``2013`` states Redis's own defaults (nothing sized, as in the incident's configuration).
+    The role never comes from the file (``replicaof`` makes a cluster node refuse to start);
+    tally sets it with ``CLUSTER REPLICATE`` and the node keeps it in ``cluster-config-file``.
+    """
+    params = params or ProfileParams()
+    hardened = profile == "hardened"
+    out: dict[str, ConfigValue] = {
+        "cluster-enabled": "yes",
+        "cluster-config-file": "nodes.conf",  # in the node's dir
+        "cluster-node-timeout": params.cluster_node_timeout_ms if hardened else 15000,
+        "cluster-require-full-coverage": "no" if hardened else "yes",
+        "cluster-replica-validity-factor": 1 if hardened else 10,
+        "cluster-migration-barrier": 1,
+        "cluster-allow-replica-migration": "no" if hardened else "yes",
+        "cluster-allow-reads-when-down": "no",
+        "cluster-replica-no-failover": "no",
+        "repl-ping-replica-period": 10,  # enters the replica validity bound above
+        "cluster-announce-ip": announce.ip,
+        "cluster-announce-port": announce.port,
+        "cluster-announce-bus-port": announce.bus_port,
+    }
+    if binary.at_least(7, 0):
+        # 6.2 has neither name; it listens at data port + 10000 and names nodes by IP.
+        out["cluster-port"] = data_port + CLUSTER_BUS_PORT_OFFSET
+        out["cluster-preferred-endpoint-type"] = "ip"
+    return out

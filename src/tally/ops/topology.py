@@ -28,6 +28,20 @@ A topology is TOML (see ``examples/topology-3dc.toml``)::
     bandwidth_bytes_per_s = 12_500_000   # 0 = unlimited
     latency_ms = 20
 
+A ``kind = "redis-cluster"`` topology (see ``examples/topology-cluster-3dc.toml``) is a Redis
+Cluster instead: at least :data:`CLUSTER_SHARDS_MIN` shards, every ``[[node]]`` names its
+``shard``, each shard has exactly one ``role = "primary"`` (the node that gets the shard's
+slots when tally forms the cluster) and its replicas; no ``[[sentinel]]`` (the cluster fails
+over by itself). Whether every primary has a replica in another data center is a preflight
+finding (TP013), not a parse error, so a file that lacks one can still be checked and run::
+
+    kind = "redis-cluster"
+    [[node]]
+    name = "a1"
+    dc = "dc1"
+    shard = "s1"
+    role = "primary"
+
 Every pair of data centers needs a link: after a failover the primary can sit in any of them.
 Traffic between processes in different data centers goes through the link's fault proxy
 (addressing: :mod:`tally.ops.cluster.core`).
@@ -49,6 +63,11 @@ from tally.errors import ConfigError
 
 ROLES = ("primary", "replica")
 PROFILES = ("2013", "hardened")
+KIND_REPLICATED = "replicated"  # one primary, its replicas, Sentinels (the default)
+KIND_CLUSTER = "redis-cluster"
+KINDS = (KIND_REPLICATED, KIND_CLUSTER)
+#: Fewer primaries cannot keep a majority of primaries when one fails: no failover.
+CLUSTER_SHARDS_MIN = 3
 NODES_MAX = 32
 DCS_MAX = 16
 LATENCY_MS_MAX = 10_000
@@ -60,6 +79,20 @@ class NodeSpec:
     name: str
     dc: str
     role: str  # "primary" or "replica": the role at first start
+    shard: str = ""  # redis-cluster topologies: the shard this node belongs to
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSpec:
+    """One shard of a redis-cluster topology: the primary at first start and its replicas."""
+
+    name: str
+    primary: NodeSpec
+    replicas: tuple[NodeSpec, ...]
+
+    @property
+    def nodes(self) -> tuple[NodeSpec, ...]:
+        return (self.primary, *self.replicas)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,16 +128,44 @@ class Topology:
     master_name: str = "tally"
     params: Mapping[str, Any] = field(default_factory=dict)
     source: str = "<memory>"
-    clients_dc: str = ""  # "" = the primary's data center
+    clients_dc: str = ""  # "" = the (first) primary's data center
+    kind: str = KIND_REPLICATED
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.kind == KIND_CLUSTER
 
     @property
     def client_dc(self) -> str:
         """The data center of clients that have no address of their own (tools, engines)."""
-        return self.clients_dc or self.primary.dc
+        return self.clients_dc or self.primaries[0].dc
 
     @property
     def primary(self) -> NodeSpec:
-        return next(n for n in self.nodes if n.role == "primary")
+        """The one primary of a replicated topology (a cluster has one per shard)."""
+        if self.is_cluster:
+            raise ConfigError(
+                f"{self.source}: a redis-cluster topology has one primary per shard",
+                hint="use Topology.primaries or Topology.shards",
+            )
+        return self.primaries[0]
+
+    @property
+    def primaries(self) -> tuple[NodeSpec, ...]:
+        return tuple(n for n in self.nodes if n.role == "primary")
+
+    @property
+    def shards(self) -> tuple[ShardSpec, ...]:
+        """redis-cluster: the shards in file order (slots are assigned in this order)."""
+        out = []
+        for primary in self.primaries:
+            replicas = tuple(n for n in self.replicas if n.shard == primary.shard)
+            out.append(ShardSpec(primary.shard, primary, replicas))
+        return tuple(out)
+
+    def shard_of(self, node_name: str) -> ShardSpec:
+        shard = self.node(node_name).shard
+        return next(s for s in self.shards if s.name == shard)
 
     @property
     def replicas(self) -> tuple[NodeSpec, ...]:
@@ -155,14 +216,21 @@ def parse_topology(
 ) -> Topology:
     _check_keys(source, "top level", data, _TOP_KEYS)
     name = _name(source, "name", data.get("name", "topology"))
+    kind = str(data.get("kind", KIND_REPLICATED))
+    _check_choice(source, "kind", kind, KINDS)
     profile = str(data.get("profile", "hardened"))
     _check_choice(source, "profile", profile, PROFILES)
     base_dir = Path(_required(source, "base_dir", data.get("base_dir")))
     if not base_dir.is_absolute():
         base_dir = (relative_to or Path.cwd()) / base_dir
     dcs = _parse_dcs(source, data.get("dc", []))
-    nodes = _parse_nodes(source, data.get("node", []), dcs)
+    nodes = _parse_nodes(source, data.get("node", []), dcs, kind)
     sentinels = _parse_sentinels(source, data.get("sentinel", []), dcs, nodes)
+    if kind == KIND_CLUSTER and sentinels:
+        raise ConfigError(
+            f"{source}: a redis-cluster topology has no [[sentinel]]",
+            hint="the cluster fails over by itself: remove the [[sentinel]] tables",
+        )
     links = _parse_links(source, data.get("link", []), dcs)
     params = data.get("params", {})
     if not isinstance(params, Mapping):
@@ -186,11 +254,13 @@ def parse_topology(
         dict(params),
         source,
         clients_dc,
+        kind,
     )
 
 
 _TOP_KEYS = {
     "name",
+    "kind",
     "profile",
     "base_dir",
     "master_name",
@@ -273,7 +343,9 @@ def _dc_of(source: str, where: str, table: Mapping[str, Any], dcs: tuple[str, ..
     return dc
 
 
-def _parse_nodes(source: str, raw: Any, dcs: tuple[str, ...]) -> tuple[NodeSpec, ...]:
+def _parse_nodes(
+    source: str, raw: Any, dcs: tuple[str, ...], kind: str = KIND_REPLICATED
+) -> tuple[NodeSpec, ...]:
     tables = _tables(source, "node", raw)
     if not 1 <= len(tables) <= NODES_MAX:
         raise ConfigError(
@@ -282,12 +354,16 @@ def _parse_nodes(source: str, raw: Any, dcs: tuple[str, ...]) -> tuple[NodeSpec,
     nodes = []
     for i, table in enumerate(tables):
         where = f"node[{i}]"
-        _check_keys(source, where, table, {"name", "dc", "role"})
+        _check_keys(source, where, table, {"name", "dc", "role", "shard"})
         role = str(table.get("role", "replica"))
         _check_choice(source, f"{where}.role", role, ROLES)
         name = _name(source, f"{where}.name", table.get("name"))
-        nodes.append(NodeSpec(name, _dc_of(source, where, table, dcs), role))
+        shard = _shard(source, where, table, kind)
+        nodes.append(NodeSpec(name, _dc_of(source, where, table, dcs), role, shard))
     _unique(source, "node", [n.name for n in nodes])
+    if kind == KIND_CLUSTER:
+        _check_shards(source, nodes)
+        return tuple(nodes)
     primaries = [n.name for n in nodes if n.role == "primary"]
     if len(primaries) != 1:
         raise ConfigError(
@@ -295,6 +371,37 @@ def _parse_nodes(source: str, raw: Any, dcs: tuple[str, ...]) -> tuple[NodeSpec,
             hint='give exactly one [[node]] role = "primary"; the others role = "replica"',
         )
     return tuple(nodes)
+
+
+def _shard(source: str, where: str, table: Mapping[str, Any], kind: str) -> str:
+    if kind != KIND_CLUSTER:
+        if "shard" in table:
+            raise ConfigError(
+                f"{source}: {where}.shard is set but kind is not {KIND_CLUSTER!r}",
+                hint=f'set kind = "{KIND_CLUSTER}" at the top, or remove shard',
+            )
+        return ""
+    return _name(source, f"{where}.shard", table.get("shard"))
+
+
+def _check_shards(source: str, nodes: list[NodeSpec]) -> None:
+    """Each shard exactly one primary; enough shards for a majority of primaries to survive
+    the loss of one (a failover needs that majority's votes)."""
+    shards = list(dict.fromkeys(n.shard for n in nodes))
+    for shard in shards:
+        primaries = [n.name for n in nodes if n.shard == shard and n.role == "primary"]
+        if len(primaries) != 1:
+            raise ConfigError(
+                f"{source}: shard {shard!r} has {len(primaries)} primaries "
+                f"({', '.join(primaries) or 'none'})",
+                hint='give each shard exactly one [[node]] role = "primary"',
+            )
+    if len(shards) < CLUSTER_SHARDS_MIN:
+        raise ConfigError(
+            f"{source}: {len(shards)} shard(s); a redis-cluster topology needs at least "
+            f"{CLUSTER_SHARDS_MIN}",
+            hint="with fewer primaries, losing one leaves no majority to elect its replica",
+        )
 
 
 def _parse_sentinels(

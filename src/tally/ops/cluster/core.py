@@ -15,6 +15,12 @@ Addressing (one address per process for everyone, the path depending on where th
   client's source address (``tally.ops.faultproxy.front``); a route between two data centers
   carries its topology link's latency and bandwidth cap, and ``partition(dc_a, dc_b)`` applies
   a fault to every route of that pair, both ways. Routes inside a data center carry no faults.
+* A ``kind = "redis-cluster"`` topology: each node has a second front for its cluster bus
+  (``<node>-bus``, routes ``<source dc>-to-<node>-bus``), announced with
+  ``cluster-announce-ip/port/bus-port``, so gossip, failure detection and failover votes cross
+  the same links and take the same faults as replication and clients; ``CLUSTER NODES`` and
+  MOVED replies name fronts only. The node's real bus port is its data port + 10000 (the only
+  choice on 6.2; 7.0 is told the same with ``cluster-port``). Formation: ``formation.py``.
 * Clients with no data-center address (an engine, a test, redis-py cannot pick a source
   address) count as sitting in ``topology.client_dc``. Operator tools (``ClusterNode.client``,
   status, the lab's monitor) use a process's REAL address and bypass the proxies: a partition
@@ -37,6 +43,7 @@ import redis
 
 from tally.errors import ConfigError, InfrastructureError, ProcessError, TallyError
 from tally.ops.binary import RedisBinary, find_redis_server
+from tally.ops.cluster.formation import form_cluster
 from tally.ops.cluster.hubd import start_hub_daemon, stop_hub_daemon
 from tally.ops.cluster.procs import command, pid_alive, stop_pid, wait_gone
 from tally.ops.cluster.state import (
@@ -48,10 +55,13 @@ from tally.ops.cluster.state import (
 )
 from tally.ops.faultproxy import FrontSpec, ProxyControl, ProxyHub
 from tally.ops.faultproxy import LinkSpec as ProxyLinkSpec
-from tally.ops.node import ConfigValue, RedisNode
+from tally.ops.node import ConfigValue, RedisNode, free_port_pair
 from tally.ops.profiles import (
+    CLUSTER_BUS_PORT_OFFSET,
+    ClusterAnnounce,
     NodeRole,
     ProfileParams,
+    cluster_node_directives,
     node_directives,
     sentinel_directives,
     uses_sentinel,
@@ -83,6 +93,7 @@ class ClusterNode:
         self.name, self.dc, self.node, self.role = name, dc, node, role
         self._attached_pid = pid  # a process an earlier `cluster up` started
         self.front: tuple[str, int] | None = None  # the address everyone else uses
+        self.bus_front: tuple[str, int] | None = None  # redis-cluster: its cluster bus front
 
     @property
     def pid(self) -> int | None:
@@ -187,12 +198,14 @@ class Cluster:
         )
         self.with_sentinels = (
             uses_sentinel(self.topology.profile) if sentinels is None else sentinels
-        )
+        ) and not self.topology.is_cluster  # a Redis Cluster fails over by itself
         if self.with_sentinels and not self.topology.sentinels:
             raise ConfigError(
                 f"{self.topology.source}: the {self.topology.profile} profile runs Sentinel",
                 hint="declare one [[sentinel]] per data center",
             )
+        if self.topology.is_cluster and self.topology.profile == "hardened":
+            _check_shards_can_write(self.topology, self.params)
         self.detach = detach
         self.base_dir = self.topology.base_dir
         self.nodes: dict[str, ClusterNode] = {}
@@ -235,6 +248,11 @@ class Cluster:
         """The Sentinels' fronts (a client in ``topology.client_dc`` reaches the others through
         their links)."""
         return [self.front(name) for name in self.sentinels]
+
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        """redis-cluster: every data node's front, what a cluster client is given (redis-py's
+        ``RedisCluster(startup_nodes=...)``); it learns the slot map from any one that answers."""
+        return [self.front(name) for name in self.nodes]
 
     def sentinel_target(self) -> SentinelTarget:
         """What ``tally.store.discovery`` needs to find this cluster's primary."""
@@ -281,6 +299,8 @@ class Cluster:
             )
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self._check_addresses()
+        if self.topology.is_cluster:
+            self._check_no_earlier_cluster()
         try:
             self._plan_processes()
             self._start_hub()
@@ -315,6 +335,20 @@ class Cluster:
                         "(127.0.k.1); on macOS add them with `sudo ifconfig lo0 alias 127.0.k.1`",
                     ) from exc
 
+    def _check_no_earlier_cluster(self) -> None:
+        """A redis-cluster is formed once: its nodes.conf names every node by the fronts of
+        that run, and a new ``up`` has new ports, so an old node could never rejoin (and a
+        fresh formation is refused: SET-CONFIG-EPOCH, ADDSLOTS). Refuse before starting."""
+        stale = [
+            n.name for n in self.topology.nodes if (self.base_dir / n.name / "nodes.conf").exists()
+        ]
+        if stale:
+            raise ConfigError(
+                f"{self.base_dir} holds an earlier cluster's nodes.conf ({', '.join(stale)})",
+                hint="starting a stopped redis-cluster in place is not supported yet; move the "
+                "base dir away (its data goes with it) or pass another --base-dir",
+            )
+
     def _redis_node(self, name: str, **kwargs: Any) -> RedisNode:
         return RedisNode(
             name=name,
@@ -327,7 +361,9 @@ class Cluster:
     def _plan_processes(self) -> None:
         for spec in self.topology.nodes:
             host = self.dc_address(spec.dc)
-            node = self._redis_node(spec.name, host=host, password=self.password)
+            # A cluster node's bus listens at data port + 10000: both must be free.
+            port = free_port_pair(host, CLUSTER_BUS_PORT_OFFSET) if self.topology.is_cluster else 0
+            node = self._redis_node(spec.name, host=host, port=port, password=self.password)
             self.nodes[spec.name] = ClusterNode(spec.name, spec.dc, node, spec.role)
         if self.with_sentinels:
             for s in self.topology.sentinels:
@@ -342,27 +378,35 @@ class Cluster:
             self.hub = ProxyHub().start()
 
     def _add_routes(self) -> None:
-        """Per process: one route from every data center, then its front (module doc)."""
-        hub = self._hub()
+        """Per process: one route from every data center, then its front (module doc); a
+        redis-cluster node gets the same again for its cluster bus."""
         for target in [*self.nodes.values(), *self.sentinels.values()]:
-            routes: dict[str, str] = {}
-            for src_dc in self.topology.dcs:
-                name = self.route_name(src_dc, target.name)
-                upstream = ProxyLinkSpec(
-                    name, target.node.host, target.port, listen_host=target.node.host, listen=False
-                )
-                hub.add_link(upstream)
-                routes[self.dc_address(src_dc)] = name
-                pair = self.topology.link(src_dc, target.dc).name if src_dc != target.dc else ""
-                self.routes[name] = RouteState(name, src_dc, target.name, pair, ("", 0))
-                if pair:
-                    self._link_faults(name, self.topology.link(src_dc, target.dc))
-            default = routes[self.dc_address(self.topology.client_dc)]
-            target.front = hub.add_front(
-                FrontSpec(target.name, default, routes, listen_host=target.node.host)
+            target.front = self._add_front(target, target.port, "")
+            if self.topology.is_cluster and target.role != "sentinel":
+                bus_port = target.port + CLUSTER_BUS_PORT_OFFSET
+                target.bus_front = self._add_front(target, bus_port, "-bus")
+
+    def _add_front(self, target: ClusterNode, port: int, suffix: str) -> tuple[str, int]:
+        hub = self._hub()
+        routes: dict[str, str] = {}
+        for src_dc in self.topology.dcs:
+            name = self.route_name(src_dc, target.name) + suffix
+            upstream = ProxyLinkSpec(
+                name, target.node.host, port, listen_host=target.node.host, listen=False
             )
-            for name in routes.values():
-                self.routes[name].listen = target.front
+            hub.add_link(upstream)
+            routes[self.dc_address(src_dc)] = name
+            pair = self.topology.link(src_dc, target.dc).name if src_dc != target.dc else ""
+            self.routes[name] = RouteState(name, src_dc, target.name, pair, ("", 0))
+            if pair:
+                self._link_faults(name, self.topology.link(src_dc, target.dc))
+        default = routes[self.dc_address(self.topology.client_dc)]
+        front = hub.add_front(
+            FrontSpec(target.name + suffix, default, routes, listen_host=target.node.host)
+        )
+        for name in routes.values():
+            self.routes[name].listen = front
+        return front
 
     def _link_faults(self, route: str, link: TopologyLink) -> None:
         hub = self._hub()
@@ -384,6 +428,8 @@ class Cluster:
         return out
 
     def directives_for(self, spec: NodeSpec) -> dict[str, ConfigValue]:
+        if self.topology.is_cluster:
+            return self._cluster_directives_for(spec)
         primary = self.topology.primary
         if spec.role == "primary":
             role = NodeRole(None, replicas_expected=len(self.topology.replicas))
@@ -405,12 +451,49 @@ class Cluster:
             "replica-announce-port": front_port,
         }
 
+    def _cluster_directives_for(self, spec: NodeSpec) -> dict[str, ConfigValue]:
+        """Every node starts as an empty primary (a file's ``replicaof`` would make a cluster
+        node refuse to start); formation gives it slots or a primary to replicate."""
+        handle = self.nodes[spec.name]
+        front_host, front_port = self.front(spec.name)
+        if handle.bus_front is None:
+            raise InfrastructureError(f"{spec.name} has no cluster bus front")
+        replicas = len(self.topology.shard_of(spec.name).replicas)
+        announce = ClusterAnnounce(front_host, front_port, handle.bus_front[1])
+        return {
+            **node_directives(
+                self.topology.profile,
+                self.binary,
+                NodeRole(None, replicas_expected=replicas),
+                params=self.params,
+                password=self.password,
+                slowest_link_bytes_per_s=self.slowest_link_bytes_per_s(),
+            ),
+            **cluster_node_directives(
+                self.topology.profile, self.binary, handle.port, announce, params=self.params
+            ),
+            **self._addressing(handle),
+            "replica-announce-ip": front_host,
+            "replica-announce-port": front_port,
+        }
+
     def _start_nodes(self) -> None:
+        if self.topology.is_cluster:
+            self._start_cluster_nodes()
+            return
         ordered = [self.topology.primary, *self.topology.replicas]
         for spec in ordered:
             handle = self.nodes[spec.name]
             handle.node.directives.update(self.directives_for(spec))
             handle.start()
+        self.wait_replicas_in_sync()
+
+    def _start_cluster_nodes(self) -> None:
+        for spec in self.topology.nodes:
+            handle = self.nodes[spec.name]
+            handle.node.directives.update(self.directives_for(spec))
+            handle.start()
+        form_cluster(self)
         self.wait_replicas_in_sync()
 
     def sentinel_directives_for(self, handle: ClusterNode) -> dict[str, ConfigValue]:
@@ -505,6 +588,7 @@ class Cluster:
                 dict(h.node.directives),
                 h.node.host,
                 h.front,
+                h.bus_front,
             )
             for kind, handles in (("node", self.nodes), ("sentinel", self.sentinels))
             for h in handles.values()
@@ -550,6 +634,7 @@ class Cluster:
             handles = cluster.nodes if p.kind == "node" else cluster.sentinels
             handles[p.name] = ClusterNode(p.name, p.dc, node, p.role or "sentinel", p.pid)
             handles[p.name].front = p.front
+            handles[p.name].bus_front = p.bus_front
         cluster.routes = {r.name: r for r in state.routes}
         cluster.hub_pid, cluster.hub_control_port = state.hub_pid, state.hub_control_port
         if state.hub_control_port is not None and state.hub_pid and pid_alive(state.hub_pid):
@@ -559,10 +644,26 @@ class Cluster:
     # -- queries -------------------------------------------------------------------------------
     def primary(self) -> ClusterNode | None:
         """The running node that answers ROLE ``master`` (the first, if several do)."""
-        for handle in self.nodes.values():
-            if handle.is_running() and handle.live_role() == "master":
-                return handle
-        return None
+        primaries = self.primaries()
+        return primaries[0] if primaries else None
+
+    def primaries(self) -> list[ClusterNode]:
+        """Every running node that answers ROLE ``master`` (one per shard in a redis-cluster)."""
+        return [h for h in self.nodes.values() if h.is_running() and h.live_role() == "master"]
+
+
+def _check_shards_can_write(topology: Topology, params: ProfileParams) -> None:
+    """A shard with fewer replicas than ``min-replicas-to-write`` could never accept a write:
+    say so before starting anything, not after a sync timeout."""
+    for shard in topology.shards:
+        if len(shard.replicas) < params.min_replicas_to_write:
+            raise ConfigError(
+                f"{topology.source}: shard {shard.name} has {len(shard.replicas)} replica(s) "
+                f"but params.min_replicas_to_write = {params.min_replicas_to_write}: its "
+                "primary would refuse every write",
+                hint="add replicas (in other data centers: TP013) or lower "
+                "params.min_replicas_to_write",
+            )
 
 
 def _link_up_or_primary(handle: ClusterNode) -> bool:

@@ -28,6 +28,7 @@ class ProcessState:
     directives: dict[str, ConfigValue] = field(default_factory=dict)
     host: str = "127.0.0.1"  # the real address (its data center's loopback address)
     front: tuple[str, int] | None = None  # the address everyone else uses
+    bus_front: tuple[str, int] | None = None  # redis-cluster nodes: their cluster bus front
 
 
 @dataclass
@@ -60,7 +61,7 @@ class ClusterState:
             if raw.get("version") != STATE_VERSION:
                 raise ValueError(f"state version {raw.get('version')} != {STATE_VERSION}")
             processes = [
-                ProcessState(**{**p, "front": tuple(p["front"]) if p.get("front") else None})
+                ProcessState(**{**p, **{k: _address(p.get(k)) for k in ("front", "bus_front")}})
                 for p in raw.pop("processes")
             ]
             routes = [RouteState(**{**r, "listen": tuple(r["listen"])}) for r in raw.pop("routes")]
@@ -71,6 +72,10 @@ class ClusterState:
                 hint="stop leftover processes by hand (their pids are in the file), "
                 "then delete the file",
             ) from exc
+
+
+def _address(raw: Any) -> tuple[str, int] | None:
+    return (str(raw[0]), int(raw[1])) if raw else None
 
 
 def state_path(base_dir: Path) -> Path:

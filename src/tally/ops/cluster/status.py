@@ -1,4 +1,5 @@
-"""What ``tally cluster status`` shows: roles, replication offsets and lag, links, Sentinels."""
+"""What ``tally cluster status`` shows: roles, replication offsets and lag, links, Sentinels;
+for a redis-cluster topology also its shards (slots per primary, replicas, epochs)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import redis
 
 from tally.errors import TallyError
 from tally.ops.cluster.core import Cluster, ClusterNode
+from tally.ops.cluster.formation import ClusterNodeView, cluster_info, cluster_nodes
 from tally.ops.cluster.procs import command
 
 
@@ -76,13 +78,13 @@ def link_status(cluster: Cluster) -> dict[str, Any]:
 def cluster_status(cluster: Cluster) -> dict[str, Any]:
     nodes = {name: node_status(h) for name, h in cluster.nodes.items()}
     primaries = [n for n, s in nodes.items() if s.get("role") == "master"]
-    if len(primaries) == 1:
-        # Lag in bytes of replication stream behind the primary.
-        top = nodes[primaries[0]]["offset"]
-        for status in nodes.values():
-            if status.get("role") == "slave":
-                status["lag_bytes"] = max(0, top - status["offset"])
-    return {
+    # Lag in bytes of replication stream behind its own primary, found by the front it names.
+    offsets = {nodes[n]["front"]: nodes[n]["offset"] for n in primaries}
+    for status in nodes.values():
+        if status.get("role") == "slave" and status.get("master") in offsets:
+            status["lag_bytes"] = max(0, offsets[status["master"]] - status["offset"])
+    out: dict[str, Any] = {
+        "kind": cluster.topology.kind,
         "profile": cluster.topology.profile,
         "primaries": primaries,
         "nodes": nodes,
@@ -92,3 +94,56 @@ def cluster_status(cluster: Cluster) -> dict[str, Any]:
         },
         "links": link_status(cluster),
     }
+    if cluster.topology.is_cluster:
+        out["cluster"] = shard_status(cluster)
+    return out
+
+
+def shard_status(cluster: Cluster) -> dict[str, Any]:
+    """The cluster as the first reachable node sees it, per shard of the topology (``s1``...;
+    a failover changes the primary, not the shard): the primary serving its slots now, the
+    slots, the replicas and Redis's ``config_epoch``. ``store_epoch`` is the place for the
+    shard's tally store epoch (invariant 6, one per shard); the store part fills it, until then
+    it is None."""
+    by_front = {h.front: name for name, h in cluster.nodes.items() if h.front}
+    shard_of = {n.name: n.shard for n in cluster.topology.nodes}
+    for name, handle in cluster.nodes.items():
+        try:
+            views = cluster_nodes(handle)
+            info = cluster_info(handle)
+        except (redis.RedisError, OSError):
+            continue
+        return {
+            "startup_nodes": [f"{h}:{p}" for h, p in cluster.startup_nodes()],
+            "seen_by": name,
+            "state": info.get("cluster_state"),
+            "slots_ok": int(info.get("cluster_slots_ok", 0)),
+            "shards": _shards(views, by_front, shard_of),
+        }
+    return {"seen_by": None, "state": "unreachable", "slots_ok": 0, "shards": {}}
+
+
+def _shards(
+    views: list[ClusterNodeView], by_front: dict[tuple[str, int], str], shard_of: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    def name(view: ClusterNodeView) -> str:
+        return by_front.get(view.address, f"{view.address[0]}:{view.address[1]}")
+
+    shards: dict[str, dict[str, Any]] = {}
+    for view in sorted(views, key=lambda v: v.slots[0] if v.slots else (SLOTS_END, 0)):
+        if not view.is_primary or not view.slots:
+            continue
+        primary = name(view)
+        shards[shard_of.get(primary, primary)] = {
+            "primary": primary,
+            "slots": view.slot_count,
+            "ranges": [f"{a}-{b}" if a != b else str(a) for a, b in view.slots],
+            "replicas": [name(v) for v in views if v.master_id == view.node_id],
+            "failing": view.failing,
+            "config_epoch": view.config_epoch,
+            "store_epoch": None,  # filled by the store part (per-shard epoch key)
+        }
+    return shards
+
+
+SLOTS_END = 16384

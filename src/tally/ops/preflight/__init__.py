@@ -7,6 +7,7 @@ Public API (stable)::
     check_config_file(path, *, role="primary", params=PreflightParams(), data_dir=None)
         -> list[Finding]
     check_live(client, *, role="primary", params=PreflightParams()) -> list[Finding]
+    check_topology(topology) -> list[Finding]          # placement rules (TP013)
     has_errors(findings) -> bool
     Finding(rule_id, severity, title, detail, fix)      # severity: Severity.ERROR|WARNING|INFO
     PreflightParams(sizing=ProfileParams(...), slowest_link_bytes_per_s, replicas_expected,
@@ -24,7 +25,8 @@ check a self-contained file, or the live node) or a bad role raise ``ConfigError
 Rules (see ``rules.RULES`` for explanations and fixes):
 
     TP001 error    appendonly yes, no AOF, an RDB exists: Redis would start EMPTY (6.2 and 7.x
-                   layouts); live: AOF on, no keys, a non-empty dump.rdb beside it
+                   layouts); live: AOF on, no keys, a non-empty dump.rdb beside it (not on
+                   a replica whose link is up: it holds its primary's dataset)
     TP002 error    replicaof/slaveof on a node meant to be primary (live: role is replica)
     TP003 error    replicaof points at the node itself
     TP004 error    repl-backlog-size < write_rate_bytes_per_s x partition_s_max
@@ -36,7 +38,18 @@ Rules (see ``rules.RULES`` for explanations and fixes):
     TP008 error    primary with >= 2 replicas and no diskless sync with a delay
     TP009 warning  primary without min-replicas-to-write
     TP010 error    bound beyond loopback without a password
-    TP011 warning  node meant to be a replica without replicaof
+    TP011 warning  node meant to be a replica without replicaof (not on cluster nodes: their
+                   role lives in the cluster config file)
+
+Cluster nodes (``cluster-enabled yes``; TP001 and TP003 apply to them unchanged, TP002 fires
+on any replicaof in a cluster node's file, which redis-server refuses to start with):
+
+    TP012 error    cluster-node-timeout above min-replicas-max-lag (an isolated primary keeps
+                   acknowledging writes past the stated loss bound), or not above 4 x the
+                   slowest link's one-way latency (warning: x safety_factor): failovers
+                   with no fault
+    TP013 error    (topology) a shard's primary has no replica in another data center
+    TP014 error    cluster-require-full-coverage yes: one shard's loss stops every shard
 """
 
 from __future__ import annotations
@@ -57,6 +70,7 @@ from tally.ops.preflight.rules import (
     PreflightParams,
     Rule,
     Severity,
+    check_topology,
     evaluate,
 )
 from tally.ops.preflight.settings import (
@@ -78,6 +92,7 @@ __all__ = [
     "Severity",
     "check_config_file",
     "check_live",
+    "check_topology",
     "has_errors",
     "parse_conf",
     "split_args",

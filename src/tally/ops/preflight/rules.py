@@ -6,6 +6,7 @@ parameters) and returns a detail sentence when it fires, or None.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -32,6 +33,7 @@ ROLES = ("primary", "replica")
 
 
 LINK_ASSUMED_BYTES_PER_S = 12_500_000  # no link stated, no topology: 100 Mbit/s between DCs
+LINK_ASSUMED_LATENCY_MS = 50  # no topology: a continental WAN, one way
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class PreflightParams:
     slowest_link_bytes_per_s: int = LINK_ASSUMED_BYTES_PER_S
     replicas_expected: int = 2
     redis_version: tuple[int, int] | None = None  # default: the redis-server tally would run
+    #: One-way latency of the slowest link between data centers (TP012: the cluster bus's
+    #: PING/PONG must come back well within cluster-node-timeout).
+    link_latency_ms_max: int = LINK_ASSUMED_LATENCY_MS
 
     @property
     def link_bytes_per_s(self) -> int:
@@ -78,7 +83,12 @@ class PreflightParams:
                 topology.params, source=f"{topology.source} [params]"
             )
         rates = [lk.bandwidth_bytes_per_s for lk in topology.links if lk.bandwidth_bytes_per_s]
-        return cls(sizing, min(rates, default=0), len(topology.replicas))
+        latency = max((lk.latency_ms for lk in topology.links), default=0)
+        if topology.is_cluster:  # a cluster's primaries each serve their own shard's replicas
+            replicas = max(len(shard.replicas) for shard in topology.shards)
+        else:
+            replicas = len(topology.replicas)
+        return cls(sizing, min(rates, default=0), replicas, link_latency_ms_max=latency)
 
 
 @dataclass(frozen=True)
@@ -133,7 +143,9 @@ def _aof_would_load_nothing(ctx: Context) -> str | None:
     if not s.appendonly or data is None or data.rdb_bytes is None:
         return None
     if ctx.source == "live":
-        if s.keys_total:
+        # A replica in sync holds its primary's dataset, and the dump.rdb beside it is what its
+        # last full sync wrote there: no keys means none on the primary (TP001 asks it).
+        if s.keys_total or s.replica_link_up:
             return None
         return (
             f"The node runs with appendonly yes and no keys, while {data.rdb_path} holds "
@@ -149,6 +161,17 @@ def _aof_would_load_nothing(ctx: Context) -> str | None:
 
 def _replicaof_on_primary(ctx: Context) -> str | None:
     target = ctx.settings.replicaof
+    if ctx.settings.cluster_enabled:
+        # A cluster node's role comes from the cluster (CLUSTER REPLICATE, nodes.conf, its
+        # failovers), never from the file: redis-server refuses to start with replicaof in
+        # cluster mode, whatever role the node is meant to have. Live, roles move with every
+        # failover; the cluster's own view (`tally cluster status`) says who serves which slots.
+        if ctx.source == "live" or target is None:
+            return None
+        return (
+            f"This cluster node has replicaof {target[0]}:{target[1]}: in cluster mode "
+            "redis-server refuses to start with it."
+        )
     if ctx.role != "primary" or target is None:
         return None
     where = "is a replica of" if ctx.source == "live" else "has replicaof"
@@ -278,9 +301,53 @@ def _open_without_auth(ctx: Context) -> str | None:
 
 
 def _replica_without_primary(ctx: Context) -> str | None:
+    if ctx.settings.cluster_enabled:
+        return None  # a cluster replica's primary is in its cluster-config-file (TP002)
     if ctx.role != "replica" or ctx.settings.replicaof is not None:
         return None
     return "This node is meant to be a replica but has no replicaof."
+
+
+def cluster_node_timeout_need_ms(link_latency_ms: int, margin: float = 1.0) -> int:
+    """What ``cluster-node-timeout`` must exceed over a link of this one-way latency: a node
+    that has no PONG after half the timeout drops and reconnects the link, and one with no PONG
+    after the whole timeout is suspected failed; a PONG takes a round trip (2 x latency). So
+    the half timeout must exceed a round trip: timeout > 4 x latency (x ``margin``)."""
+    return math.ceil(4 * link_latency_ms * margin)
+
+
+def _cluster_node_timeout(ctx: Context) -> tuple[Severity, str] | None:
+    s, p = ctx.settings, ctx.params
+    if not s.cluster_enabled:
+        return None
+    timeout, latency = s.cluster_node_timeout_ms, p.link_latency_ms_max
+    lag_ms = s.min_replicas_max_lag_s * 1000
+    if s.min_replicas_to_write and timeout > lag_ms:
+        return Severity.ERROR, (
+            f"cluster-node-timeout is {timeout} ms, above min-replicas-max-lag "
+            f"{s.min_replicas_max_lag_s} s: a primary isolated together with a replica in its "
+            f"own data center keeps that replica's ACKs and stops writing only when it sees "
+            f"itself in the minority, after {timeout} ms; what it acknowledged until then, the "
+            "failover on the other side loses, beyond the bound min-replicas-max-lag states."
+        )
+    need = cluster_node_timeout_need_ms(latency)
+    margin = cluster_node_timeout_need_ms(latency, p.sizing.safety_factor)
+    severity = _short_of(need, margin, timeout)
+    if severity is None:
+        return None
+    return severity, (
+        f"cluster-node-timeout is {timeout} ms; over the slowest link ({latency} ms one way, "
+        f"a PONG takes {2 * latency} ms) it must exceed {need} ms, {margin} ms with "
+        f"safety_factor {p.sizing.safety_factor:g}: below that, healthy nodes are marked "
+        "failed and their replicas promoted with no fault at all."
+    )
+
+
+def _full_coverage_required(ctx: Context) -> str | None:
+    s = ctx.settings
+    if not s.cluster_enabled or not s.cluster_require_full_coverage:
+        return None
+    return "cluster-require-full-coverage is yes."
 
 
 RULES: tuple[Rule, ...] = (
@@ -384,7 +451,61 @@ RULES: tuple[Rule, ...] = (
         "Add replicaof <primary-host> <port> (and masterauth) to the replica's config.",
         _replica_without_primary,
     ),
+    Rule(
+        "TP012",
+        Severity.ERROR,
+        "cluster-node-timeout does not fit min-replicas-max-lag and the WAN",
+        "It decides both when the cluster fails a node over and how long an isolated primary "
+        "keeps acknowledging writes.",
+        "Set cluster-node-timeout (params.cluster_node_timeout_ms) at most min-replicas-max-lag "
+        "x 1000 and above 4 x the slowest link's one-way latency x safety_factor; if both cannot "
+        "hold, raise min-replicas-max-lag (a larger stated loss bound) or shorten the links.",
+        _cluster_node_timeout,
+    ),
+    Rule(
+        "TP013",
+        Severity.ERROR,
+        "a cluster primary without a replica in another data center",
+        "(Topology rule.) When that data center is lost or cut off, no replica can win a "
+        "failover (a replica there is cut off from the majority too), so the shard's slots "
+        "stay down until the data center is back.",
+        "Give every shard at least one replica in another data center (the hardened example "
+        "gives each two, one per other data center).",
+        lambda ctx: None,  # a topology check: see check_topology
+    ),
+    Rule(
+        "TP014",
+        Severity.ERROR,
+        "cluster-require-full-coverage yes",
+        "While any slot has no serving primary, every node of the cluster refuses every "
+        "command: one shard's loss stops all shards' accounts.",
+        "Set cluster-require-full-coverage no: the lost shard's slots fail alone; tally's "
+        "per-shard epoch and health keep the other shards correct.",
+        _full_coverage_required,
+    ),
 )
+
+
+def check_topology(topology: Topology) -> list[Finding]:
+    """The topology-level rules (TP013) on a topology file's placement of nodes."""
+    if not topology.is_cluster:
+        return []
+    rule = next(r for r in RULES if r.rule_id == "TP013")
+    findings = []
+    for shard in topology.shards:
+        primary = shard.primary
+        if any(r.dc != primary.dc for r in shard.replicas):
+            continue
+        where = ", ".join(f"{r.name} ({r.dc})" for r in shard.replicas) or "no replica at all"
+        detail = (
+            f"Shard {shard.name}: primary {primary.name} is in {primary.dc}; its replicas: {where}."
+        )
+        findings.append(
+            Finding(
+                rule.rule_id, rule.severity, rule.title, f"{detail} {rule.explanation}", rule.fix
+            )
+        )
+    return findings
 
 
 def evaluate(ctx: Context) -> list[Finding]:

@@ -34,6 +34,15 @@ PREFLIGHT_READS = (
     "appendfilename",
 )
 PREFLIGHT_READS_7 = ("appenddirname",)
+#: Read as well on every node (``cluster-enabled``: whether the cluster rules apply) and by the
+#: cluster rules TP012 and TP014; every generated config states ``cluster-enabled`` and a
+#: cluster node's config all of them (tests/preflight/test_cluster_rules.py).
+PREFLIGHT_READS_CLUSTER = (
+    "cluster-enabled",
+    "cluster-node-timeout",
+    "cluster-require-full-coverage",
+    "min-replicas-max-lag",
+)
 
 DEFAULT_SAVE = ((3600, 1), (300, 100), (60, 10000))
 DEFAULT_REPLICA_OBL = (256 * 1024**2, 64 * 1024**2, 60)
@@ -69,6 +78,12 @@ class NodeSettings:
     used_memory_bytes: int | None = None  # live only
     keys_total: int | None = None  # live only
     connected_replicas: int | None = None  # live only
+    # Cluster mode (Redis's defaults when unstated; tally states them: PREFLIGHT_READS_CLUSTER).
+    cluster_enabled: bool = False
+    cluster_node_timeout_ms: int = 15000
+    cluster_require_full_coverage: bool = True
+    min_replicas_max_lag_s: int = 10
+    replica_link_up: bool = False  # live only: a replica whose link to its primary is up
 
 
 def is_loopback(host: str) -> bool:
@@ -183,6 +198,10 @@ def from_conf(conf: RedisConf, data_dir: Path | None, version: tuple[int, int]) 
         diskless_delay_s=conf.integer("repl-diskless-sync-delay", 5),
         min_replicas_to_write=conf.integer("min-replicas-to-write", 0),
         data=data_facts(data_dir, FileNames.of(conf.value), version),
+        cluster_enabled=conf.flag("cluster-enabled", False),
+        cluster_node_timeout_ms=conf.integer("cluster-node-timeout", 15000),
+        cluster_require_full_coverage=conf.flag("cluster-require-full-coverage", True),
+        min_replicas_max_lag_s=conf.integer("min-replicas-max-lag", 10),
     )
 
 
@@ -225,4 +244,9 @@ def from_live(
         used_memory_bytes=int(info.get("used_memory", 0)) or None,
         keys_total=keys,
         connected_replicas=int(info.get("connected_slaves", 0)),
+        cluster_enabled=config.get("cluster-enabled") == "yes",
+        cluster_node_timeout_ms=int(config.get("cluster-node-timeout", 15000)),
+        cluster_require_full_coverage=config.get("cluster-require-full-coverage", "yes") == "yes",
+        min_replicas_max_lag_s=int(config.get("min-replicas-max-lag", 10)),
+        replica_link_up=info.get("role") == "slave" and info.get("master_link_status") == "up",
     )

@@ -204,14 +204,14 @@ def _recharge_extension(dep: Any, probe: Any, gateway_url: str | None, metrics_d
     (that runs once, in the parent); its waits and circuit come from the parent's export."""
     from tally.api.routes.recharges import RechargeExtension
     from tally.billing import recharge as rc
+    from tally.bootstrap import recharging
     from tally.gateway.client import HttpGateway, SimulatorAdmin
     from tally.gateway.records import Record
 
     if gateway_url is None:
         return RechargeExtension(rc.RechargeService(dep.engine))
     gateway = HttpGateway(gateway_url)
-    health = rc.RedisHealth(dep.store.client, dep.layout, dep.ledger)
-    wiring = rc.build(dep.engine, gateway, health)
+    wiring = recharging(dep, gateway)  # the one composition root (its probe follows failovers)
 
     def records() -> list[Record]:
         """The gateway's own records (the simulator exports them), for remediation."""

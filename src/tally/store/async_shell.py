@@ -35,7 +35,7 @@ from redis.backoff import NoBackoff
 
 from tally.domain.limits import SCRIPT_BATCH_MAX
 from tally.domain.transfers import TransferResult
-from tally.errors import InvariantViolation, StoreBackpressure, StoreError
+from tally.errors import ConfigError, InvariantViolation, StoreBackpressure, StoreError
 from tally.store.errors import translate
 from tally.store.redis_store import Applied, RedisStore
 from tally.store.transfer_codec import RawTransfer, Reply, Settled
@@ -192,7 +192,7 @@ class Coalescer:
         self, shell: AsyncTransfers, *, batch_max: int = BATCH_MAX, queue_max: int = QUEUE_MAX
     ) -> None:
         if not 1 <= batch_max <= SCRIPT_BATCH_MAX or queue_max < batch_max:
-            raise ValueError("need 1 <= batch_max <= SCRIPT_BATCH_MAX and queue_max >= batch_max")
+            raise ConfigError("need 1 <= batch_max <= SCRIPT_BATCH_MAX and queue_max >= batch_max")
         self.shell = shell
         self.batch_max = batch_max
         self.queue_max = queue_max

@@ -16,7 +16,7 @@ from tally.domain.accounts import Account, AccountState, AccountStatus
 from tally.domain.limits import IDEMPOTENCY_WINDOW_MS_MAX
 from tally.domain.results import Result
 from tally.domain.transfers import TransferResult
-from tally.errors import ConfigError, InvariantViolation, StoreError, StoreLost
+from tally.errors import ConfigError, InvariantViolation, StoreError, StoreLost, UsageError
 from tally.store import scripts
 from tally.store.errors import translate
 from tally.store.keys import KeyLayout
@@ -64,7 +64,6 @@ class RedisStore:
                 f"idempotency window must be 0 (forever) or up to {IDEMPOTENCY_WINDOW_MS_MAX} "
                 f"ms, got {idempotency_window_ms}"
             )
-        self.idempotency_window_ms = idempotency_window_ms
         self.client = client
         self._rediscover = rediscover
         self._primary_moved = primary_moved
@@ -76,6 +75,15 @@ class RedisStore:
         self._sha = {name: scripts.script(name).sha for name in scripts.ALL}
         #: The transfer call's encoding and reply parsing, shared with the async shell.
         self.codec = TransferCodec(layout, epoch_id, idempotency_window_ms)
+
+    @property
+    def idempotency_window_ms(self) -> int:
+        """The codec's (one value: it encodes the window into every transfer call)."""
+        return self.codec.idempotency_window_ms
+
+    @idempotency_window_ms.setter
+    def idempotency_window_ms(self, value: int) -> None:
+        self.codec.idempotency_window_ms = value
 
     def set_epoch(self, epoch_id: str) -> None:
         """After a rebuild the ledger names a new epoch; only then may this store write again."""
@@ -210,7 +218,7 @@ class RedisStore:
         """``op`` ``rule`` (value: threshold, '' = autopay off), ``close`` or ``open`` (value:
         recharge id). See ``lua/recharge.lua``."""
         if op not in MARKER_OPS:
-            raise ValueError(f"unknown recharge marker op {op!r}")
+            raise UsageError(f"unknown recharge marker op {op!r}")
         shard = self.layout.shard_of(account_id)
         keys = [self.layout.epoch(shard), self.layout.account(shard, account_id)]
         (reply,) = self._run([("recharge", keys, [self._epoch_value, op, value])])

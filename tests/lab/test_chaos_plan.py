@@ -1,0 +1,67 @@
+"""The chaos schedule: seeded (the same seed gives the same schedule), bounded concurrency, no
+two faults sharing one heal overlap, every fault healed before the quiet tail; the liveness rule
+judges only what was invoked after the heal."""
+
+from __future__ import annotations
+
+import pytest
+
+from tally.lab.chaos import (
+    QUIET_S,
+    RESOURCE,
+    liveness,
+    plan,
+)
+
+NODES, DCS = ("r1", "r2", "r3"), ("dc1", "dc2", "dc3")
+
+
+def _plan(seed: int, faults_max: int = 2, duration_s: float = 120.0):  # type: ignore[no-untyped-def]
+    return plan(seed, duration_s, faults_max, nodes=NODES, primary="r1", dcs=DCS)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_a_schedule_is_bounded_healed_and_never_lets_one_heal_end_another_fault(seed: int) -> None:
+    p = _plan(seed, faults_max=1 + seed % 3)
+    assert p.windows, "a 120 s run gets faults"
+    assert p.healed_at_s <= 120.0 - QUIET_S + 1e-9
+    for t in {w.start_s for w in p.windows}:
+        active = [w for w in p.windows if w.start_s <= t < w.end_s]
+        assert len(active) <= p.faults_max
+        resources = [RESOURCE[w.kind] for w in active]
+        assert len(resources) == len(set(resources))
+    assert all(w.end_s > w.start_s for w in p.windows)
+
+
+def test_the_same_seed_gives_the_same_schedule_and_another_seed_another() -> None:
+    assert _plan(7).schedule() == _plan(7).schedule()
+    assert _plan(7).schedule() != _plan(8).schedule()
+
+
+def test_every_fault_step_has_its_heal_in_the_steps() -> None:
+    p = _plan(3, faults_max=3)
+    steps = p.steps()
+    assert [s.at_s for s in steps] == sorted(s.at_s for s in steps)
+    assert sum(1 for s in steps if s.fault) == len(p.windows)
+
+
+def test_a_run_too_short_for_a_fault_and_the_quiet_tail_is_refused() -> None:
+    with pytest.raises(ValueError, match="duration"):
+        _plan(1, duration_s=QUIET_S)
+
+
+def _op(op: int, t_invoke: int, kind: str, t_done: int) -> list[dict[str, object]]:
+    return [
+        {"op": op, "type": "invoke", "t_ms": t_invoke},
+        {"op": op, "type": kind, "t_ms": t_done},
+    ]
+
+
+def test_liveness_judges_requests_after_the_heal_only_and_needs_an_answer_in_time() -> None:
+    history = _op(1, 100, "info", 9_000) + _op(2, 1_000, "ok", 1_050) + _op(3, 1_100, "ok", 1_200)
+    held = liveness(history, since_ms=1_000, bound_s=1.0)
+    assert held.held and held.judged == 2 and held.worst_s == pytest.approx(0.1)
+    slow = liveness(history + _op(4, 2_000, "ok", 4_000), since_ms=1_000, bound_s=1.0)
+    assert not slow.held and slow.slow == [4]
+    unanswered = liveness(history + _op(5, 2_000, "fail", 2_010), since_ms=1_000, bound_s=1.0)
+    assert not unanswered.held and unanswered.incomplete == [5]

@@ -270,3 +270,24 @@ def test_f8_a_freeze_with_a_reason_stops_every_charge_and_resumes_cleanly(
     assert runner.invoke(cli, ["freeze", "off", *conn]).exit_code == 0
     complete_all(r)
     assert len(charges(simulator)) == 1 and balance(dep) == 2000
+
+
+def test_f7_remediation_leaves_a_charge_whose_saga_is_still_running_to_the_saga(
+    dep: Deployment, gateway: HttpGateway, simulator: SimulatorProcess, settings: Settings
+) -> None:
+    """Seen in CI: remediation on a live deployment judged a charge between the gateway's answer
+    and its credit as 'without credit'. The saga (its completer) finishes it."""
+    from .conftest import Crash, Faults
+
+    r = wire(dep, gateway, fault=Faults("after_charge"))
+    open_customer(r, dep)
+    opened = dep.engine.debit("u1", "acme", 600)
+    with pytest.raises(Crash):
+        r.service.notice("acme", 600, opened)
+    assert len(charges(simulator)) == 1  # the card is charged, no credit yet
+    report = remediate(settings, simulator, "dry-run")
+    assert report["actions"] == [] and report["charges_in_flight"] == 1
+    complete_all(r)
+    assert balance(dep) == 2000
+    after = remediate(settings, simulator, "dry-run")
+    assert after["actions"] == [] and after["charges_in_flight"] == 0

@@ -57,6 +57,7 @@ class RemediationReport:
     charges_without_credit: int = 0
     duplicate_charges: int = 0
     wrongful_suspensions: int = 0
+    charges_in_flight: int = 0  # their recharge saga is still running: left to it
     unattributed_charges: list[str] = field(default_factory=list)
     actions: list[Action] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -102,6 +103,7 @@ class Remediator:
     def run(self, records: Iterable[Record], *, apply: bool) -> RemediationReport:
         live, seen = _live_charges(records)
         report = RemediationReport(applied=apply, charges_seen=seen)
+        live = self._settled(live, report)
         by_account: dict[str, list[Record]] = defaultdict(list)
         for rec in live:
             account = rec.metadata.get("account", "")
@@ -129,6 +131,20 @@ class Remediator:
             for action in report.pending:
                 self._apply(action, report)
         return report
+
+    def _settled(self, live: list[Record], report: RemediationReport) -> list[Record]:
+        """Charges whose recharge saga has not reached its outcome are the saga's (its completer
+        credits or refunds them, under the same ids): judging them now would race it, and on a
+        live deployment a charge between the gateway's answer and its credit is normal."""
+        out = []
+        for rec in live:
+            key = rec.idempotency_key
+            rc = self.book.get(key) if is_valid_id(key) else None
+            if rc is not None and not rc.phase.is_outcome:
+                report.charges_in_flight += 1
+                continue
+            out.append(rec)
+        return out
 
     def _charge_actions(
         self,

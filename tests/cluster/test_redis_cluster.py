@@ -22,8 +22,9 @@ from tally.ops.cluster.status import cluster_status
 from tally.ops.node import orphan_pids
 from tally.ops.preflight import PreflightParams, check_live, has_errors
 from tally.ops.topology import Topology
+from tests.binaries import BINARIES, binary_id
 
-from .rc_topologies import BINARIES, binary_id, redis_cluster
+from .rc_topologies import redis_cluster
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "topology-cluster-3dc.toml"
 CLUSTER_CLI = "from tally.cli.cluster_cmd import cluster; cluster()"

@@ -43,8 +43,9 @@ from tally.ops.profiles import (
     single_node_directives,
 )
 from tally.ops.topology import load_topology
+from tests.binaries import BINARIES, binary_id
 
-from ..cluster.rc_topologies import BINARIES, binary_id, redis_cluster
+from ..cluster.rc_topologies import redis_cluster
 from .conftest import NodeFactory, ids
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "topology-cluster-3dc.toml"

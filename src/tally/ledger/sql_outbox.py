@@ -111,25 +111,18 @@ def emit(
         raise UsageError(f"an event source is 1..{SOURCE_LEN} characters")
     if conn.dialect.name == "postgresql":
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_OUTBOX_LOCK})
+    event_id, at_ms = EVENT_ID_PREFIX + uuid.uuid4().hex, now_ms()
     row = {
-        "event_id": EVENT_ID_PREFIX + uuid.uuid4().hex,
+        "event_id": event_id,
         "type": kind.value,
         "source": source,
         "account_id": account_id,
         "data": text,
-        "created_at_ms": now_ms(),
+        "created_at_ms": at_ms,
     }
     inserted = conn.execute(sa.insert(events).values(**row)).inserted_primary_key
     assert inserted is not None
-    return StoredEvent(
-        int(inserted[0]),
-        row["event_id"],
-        kind.value,
-        source,
-        account_id,
-        text,
-        int(row["created_at_ms"]),
-    )
+    return StoredEvent(int(inserted[0]), event_id, kind.value, source, account_id, text, at_ms)
 
 
 def events_after(
@@ -201,7 +194,11 @@ def note_balances(conn: Connection, account_ids: Iterable[str]) -> int:
             .values(below=low, updated_at_ms=now_ms())
         ).rowcount
         if flipped and low:
-            data = {"account_id": account_id, "balance_minor": balance, "threshold_minor": threshold}
+            data = {
+                "account_id": account_id,
+                "balance_minor": balance,
+                "threshold_minor": threshold,
+            }
             emit(conn, EventType.balance_low, data, account_id=account_id)
             emitted += 1
     return emitted

@@ -14,6 +14,8 @@ Every method of ``WebhookBook`` is one transaction.
 from __future__ import annotations
 
 import json
+import secrets
+import uuid
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from tally.domain.events import check_secret, check_types, check_url, new_secret
 from tally.ledger.schema import BigId, metadata
 from tally.ledger.sql_outbox import StoredEvent, events, events_after, last_cursor
 from tally.ledger.sqlutil import insert_ignore, now_ms
@@ -33,6 +36,7 @@ STATE_LEN = 16
 ERROR_LEN_MAX = 300
 ENDPOINTS_MAX = 1000
 PAGE_MAX = 1000
+SECRET_BYTES_DEFAULT = 32
 
 webhook_endpoints = sa.Table(
     "webhook_endpoints",
@@ -136,6 +140,20 @@ class WebhookBook:
         self.ledger = ledger
 
     # -- endpoints -------------------------------------------------------------------------------
+    def register(
+        self, url: str, event_types: Sequence[str] | None, secret: str | None = None
+    ) -> tuple[Endpoint, str]:
+        """Check the definition (``EndpointRefused`` with a stable code, nothing written), then
+        create the endpoint with the caller's secret or a new random one; returns both."""
+        checked_url = check_url(url)
+        types = check_types(None if event_types is None else list(event_types))
+        signing = new_secret(secrets.token_bytes(SECRET_BYTES_DEFAULT))
+        if secret is not None:
+            signing = check_secret(secret)
+        names = None if types is None else [t.value for t in types]
+        endpoint = self.create("we_" + uuid.uuid4().hex, checked_url, signing, names)
+        return endpoint, signing
+
     def create(
         self, endpoint_id: str, url: str, secret: str, event_types: Sequence[str] | None
     ) -> Endpoint:
@@ -196,9 +214,7 @@ class WebhookBook:
             if not page:
                 return 0
             wanted = [
-                e
-                for e in page
-                if endpoint.event_types is None or e.type in endpoint.event_types
+                e for e in page if endpoint.event_types is None or e.type in endpoint.event_types
             ]
             ts = now_ms()
             rows = [
@@ -339,9 +355,7 @@ class WebhookBook:
         with self.ledger.transaction() as conn:
             by_state = {
                 str(s): int(n)
-                for s, n in conn.execute(
-                    sa.select(d.state, sa.func.count()).group_by(d.state)
-                )
+                for s, n in conn.execute(sa.select(d.state, sa.func.count()).group_by(d.state))
             }
             attempts = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(d.attempts), 0)))
             oldest = conn.execute(

@@ -16,7 +16,7 @@ from alembic import op
 
 # Registers the tables on ``schema.metadata`` (they are defined beside their queries), so the
 # schema-vs-migrations comparison sees them in every process that migrated.
-import tally.ledger.sql_outbox  # noqa: F401
+import tally.ledger.sql_outbox
 import tally.ledger.sql_webhooks  # noqa: F401
 
 revision = "0005"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import click
 
@@ -71,7 +72,7 @@ def add(url: str, types: tuple[str, ...], as_json: bool, **conn: str | None) -> 
             data = {"error": exc.code, "message": str(exc.args[0])}
             emit(as_json, data, f"refused: {exc.code}: {exc.args[0]}")
             raise SystemExit(EXIT_REFUSED) from None
-    data = {
+    data: dict[str, Any] = {
         "id": endpoint.id,
         "url": endpoint.url,
         "event_types": list(types) or None,

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from tally.cli.context import connection_options, settings_from
-from tally.cli.output import EXIT_REFUSED, emit, handles_errors, json_option
+from tally.cli.output import EXIT_ERROR, EXIT_REFUSED, emit, handles_errors, json_option
 from tally.domain.events import EndpointRefused, EventType
 from tally.ledger import sql_outbox
 from tally.ledger.sql_ledger import SqlLedger
@@ -69,9 +69,9 @@ def add(url: str, types: tuple[str, ...], as_json: bool, **conn: str | None) -> 
         try:
             endpoint, secret = WebhookBook(ledger).register(url, list(types) or None)
         except EndpointRefused as exc:
-            data = {"error": exc.code, "message": str(exc.args[0])}
-            emit(as_json, data, f"refused: {exc.code}: {exc.args[0]}")
-            raise SystemExit(EXIT_REFUSED) from None
+            refused = {"error": exc.code, "message": str(exc.args[0])}
+            emit(as_json, refused, f"error: {exc.code}: {exc.args[0]}")
+            raise SystemExit(EXIT_ERROR) from None
     data: dict[str, Any] = {
         "id": endpoint.id,
         "url": endpoint.url,

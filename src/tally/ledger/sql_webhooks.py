@@ -206,7 +206,7 @@ class WebhookBook:
             return done.rowcount == 1
 
     # -- the delivery queue ------------------------------------------------------------------------
-    def fan_out(self, endpoint: Endpoint, *, limit: int) -> int:
+    def fan_out(self, endpoint: Endpoint, *, limit: int, due_at_ms: int | None = None) -> int:
         """Queue the endpoint's next events (after ``fanned_through``, bounded) as deliveries.
         Idempotent: a second worker doing the same queues nothing twice."""
         with self.ledger.transaction(write=True) as conn:
@@ -223,7 +223,7 @@ class WebhookBook:
                     "event_seq": e.cursor,
                     "state": "pending",
                     "attempts": 0,
-                    "next_attempt_at_ms": ts,
+                    "next_attempt_at_ms": ts if due_at_ms is None else due_at_ms,
                     "created_at_ms": ts,
                     "updated_at_ms": ts,
                 }

@@ -120,7 +120,7 @@ class DeliveryWorker:
         """Queue new events for every endpoint, then send what is due. Returns attempts made."""
         sent = 0
         for endpoint in self.book.active(limit=self.options.endpoints_per_round):
-            self.book.fan_out(endpoint, limit=FAN_OUT_LIMIT)
+            self.book.fan_out(endpoint, limit=FAN_OUT_LIMIT, due_at_ms=self.clock_ms())
             if not self.book.lease(endpoint.id, self.owner, self.options.lease_ms):
                 continue  # another worker has it: one in flight per endpoint
             try:

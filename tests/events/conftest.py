@@ -33,6 +33,9 @@ def outbox(ledger: SqlLedger, type_: str | None = None) -> list[StoredEvent]:
     return [e for e in found if type_ is None or e.type == type_]
 
 
+STALL_S_MAX = 60
+
+
 @dataclass
 class Receiver:
     """Answers ``status_for(n)`` to the n-th request (0-based); records every request whose
@@ -43,6 +46,11 @@ class Receiver:
     received: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     requests: int = 0
+    #: The request with this index is recorded, then not answered until ``release`` is set
+    #: (``stalled`` says it arrived): the sender is blocked mid-request, e.g. to be killed.
+    stall_at: int | None = None
+    stalled: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
 
@@ -71,6 +79,9 @@ class Receiver:
             self.received.append(
                 {"headers": headers, "event": event, "status": status, "body": body}
             )
+        if n == self.stall_at:
+            self.stalled.set()
+            self.release.wait(STALL_S_MAX)
         return status
 
 
@@ -100,6 +111,7 @@ def receiver() -> Iterator[Receiver]:
     try:
         yield r
     finally:
+        r.release.set()
         r.server.shutdown()
         r.server.server_close()
         thread.join(10)

@@ -65,7 +65,10 @@ def test_an_endpoint_receives_signed_events_and_the_pull_api_has_the_same(
     ]
     pulled = _events(api, start)
     assert pulled["items"] == sent  # the same events, the same ids and cursors
-    assert _events(api, pulled["next_cursor"]) == {"items": [], "next_cursor": pulled["next_cursor"]}
+    assert _events(api, pulled["next_cursor"]) == {
+        "items": [],
+        "next_cursor": pulled["next_cursor"],
+    }
     only = _events(api, start, type="billing.unfrozen")["items"]
     assert [e["type"] for e in only] == ["billing.unfrozen"]
     deliveries = api.get(f"/v1/webhook-endpoints/{endpoint['id']}/deliveries").json()["items"]
@@ -88,8 +91,14 @@ def test_an_endpoint_receives_signed_events_and_the_pull_api_has_the_same(
         ({"url": "https://user:pw@example.invalid/hook"}, "webhook_url_invalid"),
         ({"url": "not a url"}, "webhook_url_invalid"),
         ({"url": "http://127.0.0.1/h", "secret": "whsec_c2hvcnQ="}, "webhook_secret_invalid"),
-        ({"url": "http://127.0.0.1/h", "secret": "plain-secret-without-prefix"}, "webhook_secret_invalid"),
-        ({"url": "http://127.0.0.1/h", "secret": "whsec_!!!notbase64!!!"}, "webhook_secret_invalid"),
+        (
+            {"url": "http://127.0.0.1/h", "secret": "plain-secret-without-prefix"},
+            "webhook_secret_invalid",
+        ),
+        (
+            {"url": "http://127.0.0.1/h", "secret": "whsec_!!!notbase64!!!"},
+            "webhook_secret_invalid",
+        ),
         ({"url": "http://127.0.0.1/h", "event_types": ["account.exploded"]}, "event_types_invalid"),
         ({"url": "http://127.0.0.1/h", "event_types": []}, "event_types_invalid"),
         ({"url": 5}, "invalid_request"),
@@ -105,7 +114,9 @@ def test_bad_endpoint_definitions_are_400_problems_and_write_nothing(
 
 def test_a_caller_given_secret_of_the_right_size_is_accepted(api: httpx.Client) -> None:
     secret = "whsec_" + "QUJD" * 8  # 24 bytes
-    answer = api.post("/v1/webhook-endpoints", json={"url": "https://x.invalid/h", "secret": secret})
+    answer = api.post(
+        "/v1/webhook-endpoints", json={"url": "https://x.invalid/h", "secret": secret}
+    )
     assert answer.status_code == 201 and answer.json()["secret"] == secret
 
 
@@ -138,7 +149,9 @@ def test_webhook_endpoints_take_an_admin_key_and_events_a_service_key(
 ) -> None:
     with shared_served.client(_service_key(shared_served)) as service:
         _problem(service.get("/v1/webhook-endpoints"), 403, "forbidden")
-        _problem(service.post("/v1/webhook-endpoints", json={"url": "http://x/h"}), 403, "forbidden")
+        _problem(
+            service.post("/v1/webhook-endpoints", json={"url": "http://x/h"}), 403, "forbidden"
+        )
         assert service.get("/v1/events").status_code == 200
     with httpx.Client(base_url=shared_served.url, trust_env=False) as anonymous:
         _problem(anonymous.get("/v1/events"), 401, "unauthenticated")

@@ -164,6 +164,10 @@ def test_the_backoff_doubles_up_to_its_cap_with_bounded_jitter() -> None:
 
 
 def test_delivery_options_are_bounded() -> None:
-    for bad in ({"timeout_s": 0}, {"attempts_max": 0}, {"backoff_base_ms": 10, "backoff_cap_ms": 5}):
+    for bad in (
+        {"timeout_s": 0},
+        {"attempts_max": 0},
+        {"backoff_base_ms": 10, "backoff_cap_ms": 5},
+    ):
         with pytest.raises(ConfigError):
             DeliveryOptions(**bad)  # type: ignore[arg-type]

@@ -131,7 +131,14 @@ def test_unknown_and_malformed_endpoint_ids(api: httpx.Client) -> None:
 
 
 def test_bad_pull_parameters_are_400(api: httpx.Client) -> None:
-    for params in ({"after": -1}, {"limit": 0}, {"limit": 1001}, {"type": "nope"}, {"after": "x"}):
+    for params in (
+        {"after": -1},
+        {"after": 2**70},
+        {"limit": 0},
+        {"limit": 1001},
+        {"type": "nope"},
+        {"after": "x"},
+    ):
         _problem(api.get("/v1/events", params=params), 400, "invalid_request")
 
 

@@ -31,7 +31,9 @@ def events() -> None:
 
 
 @events.command("list")
-@click.option("--after", default=0, type=click.IntRange(0), help="Cursor of the last seen.")
+@click.option(
+    "--after", default=0, type=click.IntRange(0, sql_outbox.CURSOR_MAX), help="Last cursor seen."
+)
 @click.option("--limit", default=100, type=click.IntRange(1, sql_outbox.PAGE_MAX))
 @click.option("--type", "types", multiple=True, type=click.Choice([t.value for t in EventType]))
 @connection_options

@@ -38,6 +38,8 @@ TYPE_LEN = 32
 SOURCE_LEN = 200
 EVENT_ID_LEN = 40
 PAGE_MAX = 1000
+#: Cursors fit a signed 64-bit column with room to spare.
+CURSOR_MAX = 2**62
 #: Any constant: serialises outbox writers on PostgreSQL (see the module docstring).
 PG_OUTBOX_LOCK = 0x7A11E0
 
@@ -130,6 +132,8 @@ def events_after(
 ) -> list[StoredEvent]:
     if not 1 <= limit <= PAGE_MAX:
         raise UsageError(f"limit must be 1..{PAGE_MAX}")
+    if not 0 <= after <= CURSOR_MAX:
+        raise UsageError(f"a cursor is 0..{CURSOR_MAX}")
     query = sa.select(events).where(events.c.id > after)
     if types is not None:
         query = query.where(events.c.type.in_(list(types)))

@@ -54,7 +54,9 @@ router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[Depends(s
 @router.get("", name="events_list", response_model=EventsPage, responses=problems())
 def list_events(
     request: Request,
-    after: Annotated[int, Query(ge=0, description="the cursor of the last event seen")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=sql_outbox.CURSOR_MAX, description="the last cursor seen")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 100,
     type_: Annotated[
         list[EventType] | None, Query(alias="type", description="only these types")

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import random
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ TIMEOUT_S_DEFAULT = 5.0
 ENDPOINTS_PER_ROUND = 100
 EVENTS_PER_ENDPOINT = 20
 FAN_OUT_LIMIT = 500
+#: A round starts no new endpoint after this long, so it ends within about this plus one
+#: request timeout even when many endpoints hang (and ``tally serve`` stops promptly).
+ROUND_S_MAX = 10.0
 USER_AGENT = "tally-webhooks/1"
 
 
@@ -119,19 +123,24 @@ class DeliveryWorker:
     def run_once(self) -> int:
         """Queue new events for every endpoint, then send what is due. Returns attempts made."""
         sent = 0
+        deadline = time.monotonic() + ROUND_S_MAX
         for endpoint in self.book.active(limit=self.options.endpoints_per_round):
+            if time.monotonic() > deadline:
+                break  # the rest next round
             self.book.fan_out(endpoint, limit=FAN_OUT_LIMIT, due_at_ms=self.clock_ms())
             if not self.book.lease(endpoint.id, self.owner, self.options.lease_ms):
                 continue  # another worker has it: one in flight per endpoint
             try:
-                sent += self._drive(endpoint)
+                sent += self._drive(endpoint, deadline)
             finally:
                 self.book.release(endpoint.id, self.owner)
         return sent
 
-    def _drive(self, endpoint: Endpoint) -> int:
+    def _drive(self, endpoint: Endpoint, deadline: float) -> int:
         sent = 0
         for _ in range(self.options.events_per_endpoint):
+            if time.monotonic() > deadline:
+                break
             head = self.book.head(endpoint.id)
             if head is None:
                 break

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import time
 
+from tally.domain.limits import IDEMPOTENCY_WINDOW_MS_MAX, occurred_bounds_ms
+from tally.domain.results import Result
+from tally.domain.transfers import TransferResult
 from tally.store.keys import KeyLayout
 from tally.store.redis_store import RedisStore
 
@@ -73,3 +76,121 @@ def test_memory_is_flat_once_the_window_is_full(store: RedisStore, layout: KeyLa
     assert live[2:] == [2 * per_window] * 4  # the window is full: the oldest drop whole
     steady = memory[2:]
     assert max(steady) - min(steady) < 0.1 * (memory[1] - memory[0]) * 2
+
+
+# -- the age guard: outside the window a transfer is refused by its occurred_at, never applied ---
+GUARDED_WINDOW_MS = 70_000  # margin 10 s: accepted ages up to 60 s; future up to 5 s
+AGE_MAX_MS, SKEW_MS = occurred_bounds_ms(GUARDED_WINDOW_MS)
+SLACK_MS = 2_000  # the "inside" probes stay inside while the call takes less than this
+
+
+def _server_ms(store: RedisStore) -> int:
+    seconds, micros = store.client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _journal_lines(store: RedisStore, layout: KeyLayout) -> int:
+    return sum(int(store.client.xlen(key)) for key in layout.journals())
+
+
+def test_the_window_bounds_leave_a_margin_above_the_future_skew() -> None:
+    """What the safety argument needs (README): accepted age + future skew < window."""
+    assert (AGE_MAX_MS, SKEW_MS) == (60_000, 5_000)
+    for window_ms in (1_000, 60_000, 604_800_000, IDEMPOTENCY_WINDOW_MS_MAX):
+        age_max_ms, skew_ms = occurred_bounds_ms(window_ms)
+        assert 0 < age_max_ms + skew_ms < window_ms
+    assert occurred_bounds_ms(0) == (0, 0)
+
+
+def test_an_event_older_than_the_window_allows_is_refused_and_writes_nothing(
+    store: RedisStore, layout: KeyLayout
+) -> None:
+    """Just outside (1 ms older than accepted, by the server's clock) and too far ahead: a
+    definite refusal with the account's balance, no record, no journal line, no balance change;
+    just inside on both sides: applied. Without the guard in transfer.lua the two refusals are
+    applied (ok) and the test fails at the first assertion."""
+    open_account(store, "acme", limit=1000)
+    store.idempotency_window_ms = GUARDED_WINDOW_MS
+    store.apply([("warm", "d", "acme", 1, "")])  # starts the generations' clock
+    lines = _journal_lines(store, layout)
+    now = _server_ms(store)
+    refused = store.apply(
+        [
+            ("old", "d", "acme", 5, "", now - AGE_MAX_MS - 1),
+            ("ahead", "d", "acme", 5, "", now + SKEW_MS + SLACK_MS),
+        ]
+    ).results
+    assert refused == [
+        TransferResult("old", Result.occurred_outside_window, -1),
+        TransferResult("ahead", Result.occurred_in_future, -1),
+    ]
+    assert {"old", "ahead"}.isdisjoint(_records(store, layout))
+    assert _journal_lines(store, layout) == lines
+    now = _server_ms(store)
+    inside = store.apply(
+        [
+            ("edge-old", "d", "acme", 5, "", now - AGE_MAX_MS + SLACK_MS),
+            ("edge-ahead", "d", "acme", 5, "", now + SKEW_MS - SLACK_MS),
+        ]
+    ).results
+    assert inside == [
+        TransferResult("edge-old", Result.ok, -6),
+        TransferResult("edge-ahead", Result.ok, -11),
+    ]
+
+
+def test_an_exact_replay_returns_the_first_outcome_whatever_its_occurred_at(
+    store: RedisStore, layout: KeyLayout
+) -> None:
+    """The record is looked up before the age: a replay (the record still there) answers its
+    first outcome even when its occurred_at is now outside the accepted range, or is absent, and
+    a conflicting replay still answers its conflict. With the age checked first the replays
+    below would be refused (occurred_outside_window) and the test fails."""
+    open_account(store, "acme", limit=1000)
+    store.idempotency_window_ms = GUARDED_WINDOW_MS
+    now = _server_ms(store)
+    first = store.apply([("t1", "d", "acme", 7, "", now - AGE_MAX_MS + SLACK_MS)]).results[0]
+    assert first == TransferResult("t1", Result.ok, -7)
+    again = store.apply(
+        [
+            ("t1", "d", "acme", 7, "", now - AGE_MAX_MS - 1),
+            ("t1", "d", "acme", 7, "", 0),
+            ("t1", "d", "acme", 7, ""),
+            ("t1", "d", "acme", 8, "", 0),
+        ]
+    ).results
+    assert again == [first._replace(replayed=True)] * 3 + [
+        TransferResult("t1", Result.exists_with_different_amount, None, True)
+    ]
+    assert store.read_accounts(["acme"])["acme"].balance_minor == -7  # type: ignore[union-attr]
+
+
+def test_a_replay_after_its_record_is_dropped_is_refused_never_applied_twice(
+    store: RedisStore, layout: KeyLayout
+) -> None:
+    """The whole defence on the server's real clock with a short window (1.4 s): a debit, then
+    calls that turn the window over until its record is gone; at every step the same debit
+    with its original occurred_at either replays its first outcome (record still there) or is
+    refused (occurred_outside_window) -- the balance moves once. Without the guard, the replay
+    after the record is dropped debits again and the test fails."""
+    open_account(store, "acme", limit=1000)
+    window_ms = 1_400
+    store.idempotency_window_ms = window_ms
+    occurred = _server_ms(store)
+    first = store.apply([("t1", "d", "acme", 7, "", occurred)]).results[0]
+    assert first == TransferResult("t1", Result.ok, -7)
+    answers, ticks = set(), 0
+    for step in range(40):  # bounded: the record is gone after two turnovers (about 3 windows)
+        time.sleep(window_ms / 4000)
+        store.apply([(f"tick-{step}-{s}", "c", "acme", 1, "") for s in range(40)])
+        ticks += 40  # touches every tx shard, so each one turns over when its window is up
+        gone = "t1" not in _records(store, layout)
+        again = store.apply([("t1", "d", "acme", 7, "", occurred)]).results[0]
+        if gone:
+            assert again == TransferResult("t1", Result.occurred_outside_window, ticks - 7)
+            answers.add(again.result)
+            break
+        assert again == first._replace(replayed=True)
+        answers.add(again.result)
+    assert answers == {Result.ok, Result.occurred_outside_window}, answers
+    assert store.read_accounts(["acme"])["acme"].balance_minor == ticks - 7  # type: ignore[union-attr]

@@ -4,10 +4,15 @@ whole, so Redis memory is bounded by rate x window instead of growing with histo
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+import pytest
+
+from tally.config import Settings, parse_window_s
 from tally.domain.limits import IDEMPOTENCY_WINDOW_MS_MAX, occurred_bounds_ms
 from tally.domain.results import Result
 from tally.domain.transfers import TransferResult
+from tally.errors import ConfigError
 from tally.store.keys import KeyLayout
 from tally.store.redis_store import RedisStore
 
@@ -194,3 +199,25 @@ def test_a_replay_after_its_record_is_dropped_is_refused_never_applied_twice(
         answers.add(again.result)
     assert answers == {Result.ok, Result.occurred_outside_window}, answers
     assert store.read_accounts(["acme"])["acme"].balance_minor == ticks - 7  # type: ignore[union-attr]
+
+
+def test_the_window_comes_from_the_environment_seven_days_by_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def resolved(text: str | None) -> int:
+        if text is None:
+            monkeypatch.delenv("TALLY_IDEMPOTENCY_WINDOW_S", raising=False)
+        else:
+            monkeypatch.setenv("TALLY_IDEMPOTENCY_WINDOW_S", text)
+        return Settings.resolve(redis_url="redis://h:1/0", home=str(tmp_path)).idempotency_window_ms
+
+    assert resolved(None) == 7 * 86_400_000
+    assert resolved("0") == 0  # forever
+    assert resolved(" 60 ") == 60_000
+    assert resolved(str(366 * 86_400)) == IDEMPOTENCY_WINDOW_MS_MAX
+
+
+@pytest.mark.parametrize("text", ["59", "1", str(366 * 86_400 + 1), "-5", "1.5", "7d", "", "²"])
+def test_a_window_out_of_bounds_or_not_whole_seconds_is_a_config_error(text: str) -> None:
+    with pytest.raises(ConfigError, match="TALLY_IDEMPOTENCY_WINDOW_S"):
+        parse_window_s(text)

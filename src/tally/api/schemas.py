@@ -16,7 +16,7 @@ from pydantic import (
     field_validator,
 )
 
-from tally.domain.limits import AMOUNT_MINOR_MAX, BALANCE_MINOR_MAX, ID_LEN_MAX
+from tally.domain.limits import AMOUNT_MINOR_MAX, BALANCE_MINOR_MAX, ID_LEN_MAX, OCCURRED_AT_MS_MAX
 from tally.domain.money import CURRENCY_EXPONENTS
 from tally.domain.transfers import parse_occurred_at
 from tally.errors import UsageError
@@ -74,6 +74,9 @@ OCCURRED_AT_DESCRIPTION = (
 )
 
 
+OccurredAtMs = Annotated[StrictInt, Field(ge=0, le=OCCURRED_AT_MS_MAX)]
+
+
 def occurred_at_ms(value: int | str) -> int:
     try:
         return parse_occurred_at(value)
@@ -86,7 +89,7 @@ class DebitIn(Strict):
     account_id: Id
     amount_minor: AmountMinor
     currency: Currency | None = Field(None, description="checked against the account's if given")
-    occurred_at: StrictInt | Annotated[str, StringConstraints(max_length=40)] | None = Field(
+    occurred_at: OccurredAtMs | Annotated[str, StringConstraints(max_length=40)] | None = Field(
         None, description=OCCURRED_AT_DESCRIPTION
     )
 

@@ -40,9 +40,9 @@ local t = tonumber(ARGV[4])
 local m = tonumber(ARGV[5])
 local window = tonumber(ARGV[6])
 local age_max, skew_max = tonumber(ARGV[7]), tonumber(ARGV[8])
-local W = 7  -- fields per transfer
+local F = 7  -- fields per transfer
 local base = 8 + m
-local n = (#ARGV - base) / W
+local n = (#ARGV - base) / F
 local CHUNK = 500
 
 -- The generations of each tx shard this call touches; rotates those a window old. Rotation is
@@ -77,7 +77,7 @@ end
 
 local groups = {}
 for i = 1, n do
-  local x = tonumber(ARGV[base + (i - 1) * W + 6])
+  local x = tonumber(ARGV[base + (i - 1) * F + 6])
   local g = groups[x]
   if not g then g = {}; groups[x] = g end
   g[#g + 1] = i
@@ -86,7 +86,7 @@ local prior = {}
 for x, g in pairs(groups) do
   for s = 1, #g, CHUNK do
     local ids = {}
-    for j = s, math.min(s + CHUNK - 1, #g) do ids[#ids + 1] = ARGV[base + (g[j] - 1) * W + 1] end
+    for j = s, math.min(s + CHUNK - 1, #g) do ids[#ids + 1] = ARGV[base + (g[j] - 1) * F + 1] end
     local got = redis.call('HMGET', cur_tx[x], unpack(ids))
     local missing, at = {}, {}
     for j = 1, #got do
@@ -162,7 +162,7 @@ end
 local out = {'K'}
 local recs, lines, seen, opened = {}, {}, {}, {}
 for i = 1, n do
-  local o = base + (i - 1) * W
+  local o = base + (i - 1) * F
   local tid, kind, ai = ARGV[o + 1], ARGV[o + 2], tonumber(ARGV[o + 3])
   local amt_text, cur, x = ARGV[o + 4], ARGV[o + 5], tonumber(ARGV[o + 6])
   local amt = tonumber(amt_text)

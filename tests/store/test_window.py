@@ -221,3 +221,24 @@ def test_the_window_comes_from_the_environment_seven_days_by_default(
 def test_a_window_out_of_bounds_or_not_whole_seconds_is_a_config_error(text: str) -> None:
     with pytest.raises(ConfigError, match="TALLY_IDEMPOTENCY_WINDOW_S"):
         parse_window_s(text)
+
+
+def test_records_stay_bounded_over_many_short_windows_on_the_servers_real_clock(
+    store: RedisStore, layout: KeyLayout
+) -> None:
+    """A 0.5 s window, 14 rounds of 500 new debits at least 0.3 s apart (every tx shard touched
+    each round): a record lives at most 2 windows plus 2 gaps between calls, so no more than 6
+    rounds' records are ever held, while 7,000 were written. Slower rounds only lower the bound
+    (fewer rounds fit in the lifetime). Without the turnover every record stays and the
+    assertion fails at round 7."""
+    open_account(store, "acme", limit=10**12)
+    window_ms, per_round, gap_s = 500, 500, 0.3
+    store.idempotency_window_ms = window_ms
+    held = []
+    for r in range(14):
+        started = time.perf_counter()
+        store.apply([(f"r{r}-{i}", "d", "acme", 1, "") for i in range(per_round)])
+        held.append(len(_records(store, layout)))
+        assert held[-1] <= 6 * per_round, held
+        time.sleep(max(0.0, gap_s - (time.perf_counter() - started)))
+    assert store.read_accounts(["acme"])["acme"].balance_minor == -14 * per_round  # type: ignore[union-attr]

@@ -82,6 +82,9 @@ def test_two_workers_share_one_port_and_the_background_work_runs_once(tmp_path: 
         assert counted is not None and float(counted.group(1)) == debits, "every worker counted"
         assert served.stop() == 0
         assert re.search(r"stopped \(drained=\d+", served.output())
+        # uvicorn re-raises the SIGTERM it caught: a worker must not die of it (-15) before its
+        # async pool, listener and deployment are closed.
+        assert "HTTP workers stopped (exit codes [0, 0])" in served.output(), served.output()
         with SqlLedger.open(f"sqlite:///{served.home / 'ledger.sqlite3'}") as ledger:
             page = ledger.transfers_page(account, after=None, limit=1000)
             assert sum(1 for t in page.items if t.id.startswith("d-")) == debits, "all drained"

@@ -30,9 +30,7 @@ import httpx
 import redis
 import uvicorn
 
-from tally.api import ApiContext, create_app
-from tally.api.metrics import FailoverCollector
-from tally.api.routes.events import EventsExtension
+from tally.api import create_app
 from tally.api.routes.recharges import RechargeExtension
 from tally.billing import recharge as rc
 from tally.bootstrap import Deployment, _safe, open_deployment, recharging, redis_client
@@ -46,8 +44,8 @@ from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.node import RedisNode
 from tally.ops.preflight import PreflightParams, Severity, check_live
 from tally.service import embedded
+from tally.service.api_wiring import ApiParts, build_api, serve_uvicorn
 from tally.service.delivery import DeliveryWorker, delivery_owner
-from tally.service.fast_debit import AsyncDebits
 from tally.service.health import HealthProbe, ReadinessBounds
 from tally.service.http_workers import (
     EXPORT_PACE_S,
@@ -311,18 +309,11 @@ class Service:
 
     _restarts = 0
 
-    def context(self) -> ApiContext:
+    def api(self) -> ApiParts:
+        """The API's context, wired by the one function the worker processes use too."""
         assert self.dep is not None and self.probe is not None
-        return ApiContext(
-            engine=self.dep.engine,
-            ledger=self.dep.ledger,
-            keys=ApiKeyStore(self.dep.ledger),
-            readiness=self.probe,
-            admin=self.operations,
-            extensions=[self.recharge_extension(), EventsExtension(self.dep.ledger)],
-            async_debit=AsyncDebits(self.dep.engine).debit,
-            collectors=[FailoverCollector(self.failovers)] if self.failovers else [],
-            webhook_hosts=self.dep.settings.webhook_hosts,
+        return build_api(
+            self.dep, self.probe, self.operations, self.recharge_extension(), self.failovers
         )
 
     def recharge_extension(self) -> RechargeExtension:
@@ -354,8 +345,9 @@ class Service:
                 self.probe.stopping.set()
 
     def _serve_here(self, sock: socket.socket, on_listening: Callable[[], None] | None) -> None:
+        parts = self.api()
         config = uvicorn.Config(
-            create_app(self.context()),
+            create_app(parts.context),
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=GRACEFUL_S,
@@ -369,7 +361,7 @@ class Service:
         _quiet_signals()
         watcher = threading.Thread(target=self._announce, args=(on_listening,), daemon=True)
         watcher.start()
-        self.server.run(sockets=[sock])
+        serve_uvicorn(self.server, sock, parts.debits)  # closes the async pool when stopped
 
     def _serve_processes(
         self, sock: socket.socket, on_listening: Callable[[], None] | None
@@ -418,7 +410,9 @@ class Service:
             if self.probe is not None:
                 self.probe.stopping.set()
             _quiet_signals()  # a second Ctrl-C must not cut the workers' or the drain's stop short
-            processes.stop(GRACEFUL_S + 5)
+            codes = processes.stop(GRACEFUL_S + 5)
+            # 0 each: a worker closed its async pool, listener and deployment before it exited.
+            self.say(f"HTTP workers stopped (exit codes {codes})")
 
     def _announce(self, on_listening: Callable[[], None] | None) -> None:
         server = self.server

@@ -11,9 +11,11 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tally.ledger.sql_api_keys import ApiKeyStore, Scope
 from tally.ledger.sql_ledger import SqlLedger
+from tally.service.api_wiring import granian_available
 from tally.service.http_workers import listening_socket
 from tests.serve.harness import Served
 
@@ -47,8 +49,16 @@ def _fresh_connections(url: str, key: str, path: str, n: int) -> list[int]:
     return statuses
 
 
-def test_two_workers_share_one_port_and_the_background_work_runs_once(tmp_path: Path) -> None:
-    served = Served(tmp_path / "home", extra_args=["--no-gateway", "--workers", "2"])
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+def test_two_workers_share_one_port_and_the_background_work_runs_once(
+    tmp_path: Path, server: str
+) -> None:
+    """Under granian too (each worker binds the port with SO_REUSEPORT): same composition."""
+    if server == "granian" and not granian_available():
+        pytest.skip("granian (the `bench` extra) is not installed")
+    served = Served(
+        tmp_path / "home", extra_args=["--no-gateway", "--workers", "2", "--server", server]
+    )
     served.start()
     try:
         assert served.process is not None

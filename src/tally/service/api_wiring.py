@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from tally.api.context import Extension
 from tally.api.metrics import FailoverCollector
 from tally.api.routes.events import EventsExtension
 from tally.bootstrap import Deployment
+from tally.errors import ConfigError
 from tally.ledger.sql_api_keys import ApiKeyStore
 from tally.service.fast_debit import AsyncDebits
 from tally.service.health import HealthProbe
@@ -81,4 +83,82 @@ def serve_uvicorn(
             await debits.close()
 
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+        runner.run(serve_then_close())
+
+
+SERVERS = ("uvicorn", "granian")
+
+
+def granian_available() -> bool:
+    try:
+        import granian  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require_server(name: str) -> None:
+    """A clear error when the chosen HTTP server cannot run here."""
+    if name not in SERVERS:
+        raise ConfigError(f"unknown HTTP server {name!r}", hint=f"one of: {', '.join(SERVERS)}")
+    if name == "granian" and not granian_available():
+        raise ConfigError(
+            "granian is not installed",
+            hint="install the optional benchmark extra: `uv sync --extra bench`",
+        )
+
+
+def serve_granian(
+    app: Any,
+    host: str,
+    port: int,
+    debits: AsyncDebits,
+    *,
+    loop: str = "uvloop",
+    on_server: Callable[[Any], None] | None = None,
+) -> None:
+    """Serve ``app`` with granian's embedded server (one Rust HTTP worker on this process's
+    event loop) until SIGINT/SIGTERM, then close ``debits`` on the same loop.
+
+    Granian binds its listener itself; on Linux it sets SO_REUSEPORT, so N worker processes
+    each serving this way share the port (the kernel spreads connections over them) the way
+    they share ``listening_socket`` under uvicorn. ``ASGINL``: no lifespan, as with uvicorn's
+    ``lifespan="off"``. On SIGTERM granian stops accepting and lets in-flight requests finish.
+    """
+    import signal
+
+    from granian.constants import Interfaces
+    from granian.server.embed import Server
+
+    async def serve_then_close() -> None:
+        server = Server(
+            app,
+            address=host,
+            port=port,
+            interface=Interfaces.ASGINL,
+            log_enabled=False,
+            backlog=2048,
+        )
+        running = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        here = threading.current_thread() is threading.main_thread()  # signals: main thread only
+        previous = {sig: signal.getsignal(sig) for sig in signals} if here else {}
+        for sig in previous:
+            running.add_signal_handler(sig, server.stop)
+        try:
+            if on_server is not None:
+                on_server(server)
+            await server.serve()
+        finally:
+            for sig, handler in previous.items():  # back to the caller's (a soft one, while
+                running.remove_signal_handler(sig)  # the deployment stops and drains)
+                signal.signal(sig, handler)
+            await debits.close()
+
+    factory: Any = None
+    if loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(serve_then_close())

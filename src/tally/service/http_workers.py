@@ -141,16 +141,20 @@ class WorkerSpec:
     graceful_s: float
     metrics_dir: str
     parent_pid: int
+    #: "uvicorn" (on the parent's socket) or "granian" (binds host:port itself, SO_REUSEPORT).
+    server: str = "uvicorn"
+    host: str = "127.0.0.1"
+    port: int = 0
 
 
-def worker_main(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
+def worker_main(spec: WorkerSpec, sock: socket.socket | None, index: int) -> None:
     """One HTTP worker process: its own connections, the shared socket, no background work."""
     die_with_parent(spec.parent_pid)
     import uvicorn
 
     from tally.api import create_app
     from tally.bootstrap import open_deployment
-    from tally.service.api_wiring import build_api, serve_uvicorn
+    from tally.service.api_wiring import build_api, serve_granian, serve_uvicorn
     from tally.service.health import HealthProbe
     from tally.service.operations import Operations
     from tally.service.workers import DrainService
@@ -166,6 +170,13 @@ def worker_main(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
         extension = _recharge_extension(dep, probe, spec.gateway_url, Path(spec.metrics_dir))
         gateway = extension.gateway
         parts = build_api(dep, probe, operations, extension, failovers)
+        if spec.server == "granian":
+            serve_granian(
+                create_app(parts.context), spec.host, spec.port, parts.debits, loop=spec.loop
+            )
+            probe.stopping.set()
+            return
+        assert sock is not None
         config = uvicorn.Config(
             create_app(parts.context),
             log_level="warning",
@@ -227,7 +238,7 @@ def _recharge_extension(dep: Any, probe: Any, gateway_url: str | None, metrics_d
 class WorkerProcesses:
     """The parent's side: start, watch (restart a worker that died, bounded), stop."""
 
-    def __init__(self, spec: WorkerSpec, sock: socket.socket, count: int) -> None:
+    def __init__(self, spec: WorkerSpec, sock: socket.socket | None, count: int) -> None:
         if not 1 <= count <= WORKERS_MAX:
             raise ValueError(f"workers must be 1..{WORKERS_MAX}")
         self.spec, self.sock, self.count = spec, sock, count

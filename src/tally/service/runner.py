@@ -44,7 +44,13 @@ from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.node import RedisNode
 from tally.ops.preflight import PreflightParams, Severity, check_live
 from tally.service import embedded
-from tally.service.api_wiring import ApiParts, build_api, serve_uvicorn
+from tally.service.api_wiring import (
+    ApiParts,
+    build_api,
+    require_server,
+    serve_granian,
+    serve_uvicorn,
+)
 from tally.service.delivery import DeliveryWorker, delivery_owner
 from tally.service.health import HealthProbe, ReadinessBounds
 from tally.service.http_workers import (
@@ -97,6 +103,8 @@ class ServeOptions:
     loop: str = "uvloop"  # or "asyncio"
     #: HTTP worker processes; 1 serves in this process (see service/http_workers.py).
     workers: int = 1
+    #: "uvicorn" (default: chosen by measurement, README) or "granian" (the `bench` extra).
+    server: str = "uvicorn"
 
 
 def _is_empty(client: redis.Redis) -> bool:
@@ -333,19 +341,33 @@ class Service:
     # -- serve ---------------------------------------------------------------------------------
     def serve(self, on_listening: Callable[[], None] | None = None) -> None:
         """Blocks until SIGINT/SIGTERM, then returns with in-flight requests finished."""
-        sock = listening_socket(self.options.host, self.options.port)
+        require_server(self.options.server)
+        granian = self.options.server == "granian"  # it binds itself, in each process
+        sock = None if granian else listening_socket(self.options.host, self.options.port)
         try:
             if self.options.workers > 1:
                 self._serve_processes(sock, on_listening)
             else:
                 self._serve_here(sock, on_listening)
         finally:
-            sock.close()
+            if sock is not None:
+                sock.close()
             if self.probe is not None:
                 self.probe.stopping.set()
 
-    def _serve_here(self, sock: socket.socket, on_listening: Callable[[], None] | None) -> None:
+    def _serve_here(
+        self, sock: socket.socket | None, on_listening: Callable[[], None] | None
+    ) -> None:
         parts = self.api()
+        if sock is None:  # granian
+            _quiet_signals()  # what it restores once stopped: soft, while stop() drains
+            watcher = threading.Thread(target=self._announce_answering, args=(on_listening,))
+            watcher.daemon = True
+            watcher.start()
+            app = create_app(parts.context)
+            opts = self.options
+            serve_granian(app, opts.host, opts.port, parts.debits, loop=opts.loop)
+            return
         config = uvicorn.Config(
             create_app(parts.context),
             log_level="warning",
@@ -364,7 +386,7 @@ class Service:
         serve_uvicorn(self.server, sock, parts.debits)  # closes the async pool when stopped
 
     def _serve_processes(
-        self, sock: socket.socket, on_listening: Callable[[], None] | None
+        self, sock: socket.socket | None, on_listening: Callable[[], None] | None
     ) -> None:
         """N HTTP worker processes on this socket; background work stays here (once)."""
         assert self.dep is not None
@@ -377,6 +399,9 @@ class Service:
             graceful_s=GRACEFUL_S,
             metrics_dir=str(prepare_metrics_dir(self.options.home)),
             parent_pid=os.getpid(),
+            server=self.options.server,
+            host=self.options.host,
+            port=self.options.port,
         )
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -413,6 +438,17 @@ class Service:
             codes = processes.stop(GRACEFUL_S + 5)
             # 0 each: a worker closed its async pool, listener and deployment before it exited.
             self.say(f"HTTP workers stopped (exit codes {codes})")
+
+    def _announce_answering(self, on_listening: Callable[[], None] | None) -> None:
+        for _ in range(600):  # bounded: 60 s
+            if self.probe is not None and self.probe.stopping.is_set():
+                return
+            if _answers(self.url):
+                self.say(f"tally is serving at {self.url} with granian (Ctrl-C stops it)")
+                if on_listening is not None:
+                    on_listening()
+                return
+            threading.Event().wait(0.1)
 
     def _announce(self, on_listening: Callable[[], None] | None) -> None:
         server = self.server

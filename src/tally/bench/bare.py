@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tally.service.http_protocol import http_impl as protocol
 from tally.service.http_workers import die_with_parent, listening_socket
 
 
@@ -81,7 +82,12 @@ def _serve(sock: socket.socket, http_impl: str, loop: str, parent_pid: int = 0) 
     if parent_pid:
         die_with_parent(parent_pid)
     config = uvicorn.Config(
-        app, http=http_impl, loop=loop, log_level="warning", access_log=False, lifespan="off"
+        app,
+        http=protocol(http_impl),
+        loop=loop,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
     )
     uvicorn.Server(config).run(sockets=[sock])
 

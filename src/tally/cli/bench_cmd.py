@@ -89,7 +89,12 @@ def debits(
     default=None,
     help="tally serve --workers (default: its default, the number of cores).",
 )
-@click.option("--http", "http_impl", type=click.Choice(["httptools", "h11"]), default="httptools")
+@click.option(
+    "--http",
+    "http_impl",
+    type=click.Choice(["httptools", "httptools-split", "h11"]),
+    default="httptools",
+)
 @click.option("--loop", type=click.Choice(["uvloop", "asyncio"]), default="uvloop")
 @click.option(
     "--generator",

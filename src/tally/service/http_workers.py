@@ -156,6 +156,7 @@ def worker_main(spec: WorkerSpec, sock: socket.socket | None, index: int) -> Non
     from tally.bootstrap import open_deployment
     from tally.service.api_wiring import build_api, serve_granian, serve_uvicorn
     from tally.service.health import HealthProbe
+    from tally.service.http_protocol import http_impl
     from tally.service.operations import Operations
     from tally.service.workers import DrainService
 
@@ -183,7 +184,7 @@ def worker_main(spec: WorkerSpec, sock: socket.socket | None, index: int) -> Non
             access_log=False,
             timeout_graceful_shutdown=int(spec.graceful_s),
             lifespan="off",
-            http=spec.http,
+            http=http_impl(spec.http),
             loop=spec.loop,
         )
         server = uvicorn.Server(config)

@@ -53,6 +53,7 @@ from tally.service.api_wiring import (
 )
 from tally.service.delivery import DeliveryWorker, delivery_owner
 from tally.service.health import HealthProbe, ReadinessBounds
+from tally.service.http_protocol import http_impl
 from tally.service.http_workers import (
     EXPORT_PACE_S,
     WorkerProcesses,
@@ -374,7 +375,7 @@ class Service:
             access_log=False,
             timeout_graceful_shutdown=GRACEFUL_S,
             lifespan="off",
-            http=self.options.http,
+            http=http_impl(self.options.http),
             loop=self.options.loop,
         )
         self.server = uvicorn.Server(config)

@@ -103,3 +103,34 @@ def test_a_response_leaves_in_one_write_and_every_byte_arrives(
     assert len(WRITES) == 3 * writes_per_response, WRITES
     if writes_per_response == 1:
         assert all(w.startswith(b"HTTP/1.1 201") and w.endswith(BODY) for w in WRITES)
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def test_a_reply_leaves_when_its_body_is_written_not_at_the_end_of_the_turn() -> None:
+    """64 replies resolved in one loop turn each leave as soon as complete (holding them all to
+    the end of the turn made tally slower at 64 in flight); a lone write leaves at the turn's
+    end."""
+    from tally.service.http_protocol import _OneWriteTransport
+
+    async def scenario() -> None:
+        sink = _Sink()
+        t = _OneWriteTransport(sink, asyncio.get_running_loop())  # type: ignore[arg-type]
+        t.write(b"HEAD1")
+        t.write(b"BODY1")
+        assert sink.writes == [b"HEAD1BODY1"], "sent at the body write, in this turn"
+        t.write(b"HEAD2")
+        assert sink.writes == [b"HEAD1BODY1"], "a head alone is held..."
+        await asyncio.sleep(0)
+        assert sink.writes == [b"HEAD1BODY1", b"HEAD2"], "...until the end of the turn"
+
+    asyncio.run(scenario())

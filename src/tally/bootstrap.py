@@ -24,11 +24,15 @@ from tally.config import Settings
 from tally.errors import ConfigError, LedgerNotInitialised
 from tally.gateway.port import Gateway
 from tally.ledger.sql_ledger import SqlLedger
+from tally.store.cluster_store import ClusterStore
 from tally.store.discovery import (
+    CLUSTER_SCHEME,
     PrimaryLocator,
     SentinelTarget,
     SwitchMaster,
     SwitchMasterListener,
+    cluster_client,
+    parse_cluster_target,
     parse_target,
 )
 from tally.store.keys import KeyLayout
@@ -60,14 +64,20 @@ def redis_client(url: str, settings: Settings) -> redis.Redis:
 class Deployment:
     settings: Settings
     ledger: SqlLedger
-    store: RedisStore
+    store: RedisStore | ClusterStore
     layout: KeyLayout
     engine: Engine
 
     @property
     def client(self) -> redis.Redis:
-        """The current primary's client (it changes after a Sentinel failover)."""
-        return self.store.client
+        """The current primary's client (it changes after a Sentinel failover). On a Redis
+        Cluster: redis-py's ``RedisCluster`` (the journal/drain/reconcile processes do not run
+        on a cluster yet; ``is_cluster`` tells)."""
+        return self.store.client  # type: ignore[return-value]
+
+    @property
+    def is_cluster(self) -> bool:
+        return isinstance(self.store, ClusterStore)
 
     def drainer(self, **options: Any) -> Drainer:
         """A drainer with this deployment's replica fence (``Settings.drain_replicas``), so
@@ -114,6 +124,10 @@ def open_deployment(settings: Settings) -> Deployment:
                 f"the ledger at {_safe(settings.ledger_url)} has no epoch yet"
             )
         url = settings.require_redis_url()
+        layout = KeyLayout(epoch.namespace, epoch.shards)
+        if url.startswith(CLUSTER_SCHEME):
+            store: RedisStore | ClusterStore = cluster_store(url, settings, layout, epoch.epoch_id)
+            return Deployment(settings, ledger, store, layout, Engine(store, ledger))
         rediscover, primary_moved = None, None
         if url.startswith("sentinel://"):
             locator = primary_locator(url, settings)
@@ -121,7 +135,6 @@ def open_deployment(settings: Settings) -> Deployment:
             primary_moved = locator.primary_moved
         else:
             client = redis_client(url, settings)
-        layout = KeyLayout(epoch.namespace, epoch.shards)
         store = RedisStore(
             client,
             layout,
@@ -136,6 +149,25 @@ def open_deployment(settings: Settings) -> Deployment:
         ledger.close()
         raise
     return Deployment(settings, ledger, store, layout, Engine(store, ledger))
+
+
+def cluster_store(url: str, settings: Settings, layout: KeyLayout, epoch_id: str) -> ClusterStore:
+    """The store over a Redis Cluster (``redis+cluster://``), with the settings' timeouts, pool
+    bound, durability (``WAIT`` per shard) and idempotency window."""
+    client = cluster_client(
+        parse_cluster_target(url),
+        socket_timeout_s=settings.redis_socket_timeout_ms / 1000,
+        connect_timeout_s=settings.redis_connect_timeout_ms / 1000,
+        max_connections=settings.redis_pool_max,
+    )
+    return ClusterStore(
+        client,
+        layout,
+        epoch_id,
+        wait_replicas=settings.wait_replicas,
+        wait_timeout_ms=settings.wait_timeout_ms,
+        idempotency_window_ms=settings.idempotency_window_ms,
+    )
 
 
 def _safe(url: str) -> str:
@@ -159,7 +191,7 @@ def recharging(
     and a health probe), built here and only here: ``tally serve``, the CLI and the lab wire it
     the same way. The probe asks the store's CURRENT client, so after a Sentinel failover the
     gate sees the new primary (it used to keep the client it was built with)."""
-    health = FollowingHealth(lambda: RedisHealth(dep.store.client, dep.layout, dep.ledger, bounds))
+    health = FollowingHealth(lambda: RedisHealth(dep.client, dep.layout, dep.ledger, bounds))
     return recharge.build(
         dep.engine,
         gateway,

@@ -37,7 +37,9 @@ from tally.store.discovery import (
 )
 from tally.store.keys import KeyLayout
 from tally.store.redis_store import RedisStore
+from tally.sync.cluster_init import init_cluster_store
 from tally.sync.drainer import Drainer
+from tally.sync.rebuild import RebuildReport, init_store
 
 
 def redis_client(url: str, settings: Settings) -> redis.Redis:
@@ -73,7 +75,7 @@ class Deployment:
         """The current primary's client (it changes after a Sentinel failover). On a Redis
         Cluster: redis-py's ``RedisCluster`` (the journal/drain/reconcile processes do not run
         on a cluster yet; ``is_cluster`` tells)."""
-        return self.store.client  # type: ignore[return-value]
+        return self.store.client
 
     @property
     def is_cluster(self) -> bool:
@@ -97,7 +99,10 @@ class Deployment:
         return SwitchMasterListener(target, on_event=on_event).start()
 
     def close(self) -> None:
-        self.client.close()
+        if isinstance(self.store, ClusterStore):
+            self.store.close()  # its workers too
+        else:
+            self.client.close()
         self.ledger.close()
 
     def __enter__(self) -> Deployment:
@@ -168,6 +173,22 @@ def cluster_store(url: str, settings: Settings, layout: KeyLayout, epoch_id: str
         wait_timeout_ms=settings.wait_timeout_ms,
         idempotency_window_ms=settings.idempotency_window_ms,
     )
+
+
+def initialise_store(settings: Settings, layout: KeyLayout, ledger: SqlLedger) -> RebuildReport:
+    """``tally init``: the first epoch on an empty store, a single primary or a Redis Cluster."""
+    url = settings.require_redis_url()
+    if url.startswith(CLUSTER_SCHEME):
+        store = cluster_store(url, settings, layout, "")
+        try:
+            return init_cluster_store(store.cluster, layout, ledger)
+        finally:
+            store.close()
+    client = redis_client(url, settings)
+    try:
+        return init_store(client, layout, ledger)
+    finally:
+        client.close()
 
 
 def _safe(url: str) -> str:

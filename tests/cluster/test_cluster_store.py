@@ -17,6 +17,8 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from tally.bootstrap import initialise_store, open_deployment
+from tally.config import Settings
 from tally.domain.accounts import Account, AccountStatus
 from tally.domain.results import Result
 from tally.domain.transfers import TransferResult
@@ -26,6 +28,8 @@ from tally.errors import (
     StoreOutcomeUnknown,
     StoreUnavailable,
 )
+from tally.ledger.sql_epochs import AlreadyInitialised
+from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.binary import RedisBinary
 from tally.ops.cluster import Cluster
 from tally.ops.cluster.formation import wait_cluster_ok
@@ -45,11 +49,11 @@ _names = itertools.count()
 @dataclass
 class Rig:
     cluster: Cluster
-    client: RedisCluster
+    rc: RedisCluster
     store: ClusterStore
 
     def owner(self, shard: int) -> tuple[str, int]:
-        node = self.client.get_node_from_key(LAYOUT.epoch(shard))
+        node = self.rc.get_node_from_key(LAYOUT.epoch(shard))
         return (node.host, node.port)
 
     def name_of(self, address: tuple[str, int]) -> str:
@@ -106,11 +110,11 @@ def _id(rig: Rig, account: str, *, same_shard: bool = False, on: tuple[str, int]
 
 
 def _record(rig: Rig, tid: str) -> bytes | None:
-    return rig.client.hget(LAYOUT.tx_for(tid), tid)  # type: ignore[return-value]
+    return rig.rc.hget(LAYOUT.tx_for(tid), tid)  # type: ignore[return-value]
 
 
 def _lines(rig: Rig, shard: int, tid: str) -> int:
-    entries = rig.client.xrange(LAYOUT.journal(shard))
+    entries = rig.rc.xrange(LAYOUT.journal(shard))
     return sum(
         1
         for _, fields in entries
@@ -341,4 +345,49 @@ def test_a_shard_primary_restarted_empty_refuses_its_accounts_while_others_serve
     (ok,) = rig.store.apply([(tid_on_b, "d", b, 1, "")]).results
     assert ok == TransferResult(tid_on_b, Result.ok, 99, False)
     lost = [s for s in range(LAYOUT.shards) if rig.owner(s) == lost_owner]
-    stamp_shard_epochs(rig.client, LAYOUT, EPOCH, lost)  # leave the rig as it was
+    stamp_shard_epochs(rig.rc, LAYOUT, EPOCH, lost)  # leave the rig as it was
+
+
+@pytest.mark.parametrize("binary", BINARIES, ids=binary_id)
+def test_init_and_the_engine_through_the_composition_root_on_a_cluster_url(
+    binary: RedisBinary, tmp_path: Path, sqlite_ledger_url: str
+) -> None:
+    """``redis+cluster://`` through ``bootstrap``: init stamps every shard's epoch and journal
+    on an empty cluster (and refuses a second time); ``open_deployment`` gives an engine on a
+    ClusterStore; credits, debits across slots and a replay go through it, and the ledger's
+    current epoch is the one every shard holds."""
+    topology = redis_cluster(tmp_path / "rc", replicas=1)
+    with Cluster(topology, binary=binary) as cluster:
+        nodes = ",".join(f"{h}:{p}" for h, p in cluster.startup_nodes())
+        url = f"redis+cluster://:{cluster.password}@{nodes}"
+        settings = Settings.resolve(
+            redis_url=url, ledger_url=sqlite_ledger_url, home=str(tmp_path / "home")
+        )
+        layout = KeyLayout(settings.namespace, settings.shards)
+        with SqlLedger.open(settings.ledger_url) as ledger:
+            report = initialise_store(settings, layout, ledger)
+            with pytest.raises(AlreadyInitialised):
+                initialise_store(settings, layout, ledger)
+        with open_deployment(settings) as dep:
+            assert dep.is_cluster and isinstance(dep.store, ClusterStore)
+            client = dep.store.cluster
+            assert {client.get(layout.epoch(s)) for s in range(layout.shards)} == {
+                layout.epoch_value(report.epoch_id).encode()
+            }
+            assert {int(client.xlen(k)) for k in layout.journals()} == {0}
+            acct = "acct-e2e"
+            assert dep.engine.create_account(Account(acct, "EUR", 0, AccountStatus.active)) is (
+                Result.ok
+            )
+            credit = dep.engine.credit("e2e-credit", acct, 500, "EUR")
+            assert (credit.result, credit.balance_minor) == (Result.ok, 500)
+            tid = next(
+                f"e2e-{n}"
+                for n in range(10_000)
+                if client.get_node_from_key(layout.tx_for(f"e2e-{n}"))
+                != client.get_node_from_key(layout.account_key(acct))
+            )
+            first = dep.engine.debit(tid, acct, 120)
+            assert first == TransferResult(tid, Result.ok, 380, False)
+            assert dep.engine.debit(tid, acct, 120) == first._replace(replayed=True)
+            assert dep.engine.accounts([acct])[acct].balance_minor == 380  # type: ignore[union-attr]

@@ -134,7 +134,9 @@ class ClusterStore:
             )
         if not 1 <= workers <= WORKERS_MAX:
             raise ConfigError(f"workers must be 1..{WORKERS_MAX}, got {workers}")
-        self.client = client
+        #: redis-py's cluster client (typed; ``client`` is the same, for code shared with the
+        #: single store)
+        self.cluster = client
         self.layout = layout
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
@@ -146,6 +148,13 @@ class ClusterStore:
         #: finalize calls that failed (the transfers stand; their reservations stay pending
         #: until a retry of the same id completes them)
         self.finalize_failures = 0
+
+    @property
+    def client(self) -> Any:
+        """The cluster client, untyped on purpose: code written for one primary (drain,
+        reconcile, rebuild) reaches it through ``Deployment.client`` and does not run on a
+        cluster yet (``Deployment.is_cluster`` tells; README, "Scale-out on Redis Cluster")."""
+        return self.cluster
 
     @property
     def idempotency_window_ms(self) -> int:
@@ -171,7 +180,7 @@ class ClusterStore:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        self.client.close()
+        self.cluster.close()
 
     def load_scripts(self) -> None:
         for node in self._primaries():
@@ -180,7 +189,7 @@ class ClusterStore:
     # -- the exchange with the primaries -------------------------------------------------------
     def _primaries(self) -> list[ClusterNode]:
         try:
-            return list(_any(self.client).get_primaries())
+            return list(_any(self.cluster).get_primaries())
         except redis.RedisError as exc:
             raise translate(exc, sent=False) from exc
 
@@ -195,19 +204,19 @@ class ClusterStore:
     def _connection(self, node: ClusterNode) -> redis.Redis:
         conn: redis.Redis | None = node.redis_connection
         if conn is None:
-            conn = _any(self.client).get_redis_connection(node)
+            conn = _any(self.cluster).get_redis_connection(node)
         assert conn is not None
         return conn
 
     def _refresh(self) -> None:
         self._stale.clear()
         try:
-            self.client.nodes_manager.initialize()
+            self.cluster.nodes_manager.initialize()
         except redis.RedisError as exc:
             raise translate(exc, sent=False) from exc
 
     def _node_for(self, call: _Call, ask: tuple[str, int] | None) -> ClusterNode | None:
-        client = _any(self.client)
+        client = _any(self.cluster)
         node: ClusterNode | None
         if ask is not None:
             node = client.get_node(host=ask[0], port=ask[1])

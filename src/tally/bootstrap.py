@@ -37,6 +37,7 @@ from tally.store.discovery import (
 )
 from tally.store.keys import KeyLayout
 from tally.store.redis_store import RedisStore
+from tally.sync.cluster_drain import ClusterDrainer
 from tally.sync.cluster_init import init_cluster_store
 from tally.sync.drainer import Drainer
 from tally.sync.rebuild import RebuildReport, init_store
@@ -86,6 +87,8 @@ class Deployment:
         nothing only the primary holds is settled; ``options`` go to ``Drainer``."""
         options.setdefault("replicas", self.settings.drain_replicas_effective)
         options.setdefault("fence_timeout_ms", self.settings.drain_fence_timeout_ms)
+        if isinstance(self.store, ClusterStore):
+            return ClusterDrainer(self.store.client, self.layout, self.ledger, **options)
         return Drainer(self.client, self.layout, self.ledger, **options)
 
     def watch_failovers(

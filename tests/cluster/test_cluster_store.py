@@ -36,6 +36,7 @@ from tally.ops.cluster.formation import wait_cluster_ok
 from tally.store.cluster_store import ClusterStore, stamp_shard_epochs
 from tally.store.discovery import ClusterTarget, cluster_client, parse_target
 from tally.store.keys import KeyLayout
+from tally.sync.cluster_drain import ClusterDrainer
 from tests.binaries import BINARIES, binary_id
 
 from .rc_topologies import redis_cluster
@@ -391,3 +392,29 @@ def test_init_and_the_engine_through_the_composition_root_on_a_cluster_url(
             assert first == TransferResult(tid, Result.ok, 380, False)
             assert dep.engine.debit(tid, acct, 120) == first._replace(replayed=True)
             assert dep.engine.accounts([acct])[acct].balance_minor == 380  # type: ignore[union-attr]
+            # The drainer reads every shard's journal from its primary, fences each primary it
+            # read from with WAIT on one connection, settles exactly once and trims.
+            drainer = dep.drainer(replicas=1, fence_timeout_ms=500)
+            assert isinstance(drainer, ClusterDrainer)
+            assert drainer.run_once() == 2  # the credit's entry and the debit's
+            assert drainer.stats.last_fence_acked == 1 and drainer.stats.fenced == 0
+            assert drainer.run_once() == 0
+            assert dep.ledger.balances([acct]) == {acct: 380}
+            assert {int(client.xlen(k)) for k in layout.journals()} == {0}
+            assert dep.engine.debit(tid, acct, 120) == first._replace(replayed=True)
+            assert drainer.run_once() == 0  # a replay writes no journal line
+            # The fence is the account shard's primary's: its replica stopped, nothing settles.
+            owner = client.get_node_from_key(layout.account_key(acct))
+            primary = next(n for n, h in cluster.nodes.items() if h.front == (owner.host, owner.port))
+            replicas = [n for n in cluster.nodes if n[0] == primary[0] and n != primary]
+            assert dep.engine.debit(f"{tid}-2", acct, 80).result is Result.ok
+            for name in replicas:
+                cluster.nodes[name].pause()
+            try:
+                assert drainer.run_once() == 0
+                assert (drainer.stats.fenced, drainer.stats.last_fence_acked) == (1, 0)
+            finally:
+                for name in replicas:
+                    cluster.nodes[name].resume()
+            assert drainer.run_once() == 1
+            assert dep.ledger.balances([acct]) == {acct: 300}

@@ -37,6 +37,7 @@ from tally.store.cluster_store import ClusterStore, stamp_shard_epochs
 from tally.store.discovery import ClusterTarget, cluster_client, parse_target
 from tally.store.keys import KeyLayout
 from tally.sync.cluster_drain import ClusterDrainer
+from tally.sync.reconcile import reconcile
 from tests.binaries import BINARIES, binary_id
 
 from .rc_topologies import redis_cluster
@@ -418,3 +419,13 @@ def test_init_and_the_engine_through_the_composition_root_on_a_cluster_url(
                     cluster.nodes[name].resume()
             assert drainer.run_once() == 1
             assert dep.ledger.balances([acct]) == {acct: 300}
+            # Reconcile compares each shard on its primary at its own journal position.
+            report = reconcile(dep.client, layout, dep.ledger)
+            assert (report.ok, report.accounts_checked, report.undrained_lines) == (True, 1, 0)
+            assert dep.engine.debit(f"{tid}-3", acct, 50).result is Result.ok
+            report = reconcile(dep.client, layout, dep.ledger)
+            assert (report.ok, report.undrained_lines) == (True, 1)  # journaled, not drained
+            client.hset(layout.account_key(acct), "bal", 999)
+            report = reconcile(dep.client, layout, dep.ledger)
+            assert not report.ok
+            assert [(d.account, d.reason) for d in report.drift] == [(acct, "balance")]

@@ -20,6 +20,7 @@ import redis
 
 from tally.ledger.models import Epoch
 from tally.store.errors import translated
+from tally.sync.cluster_route import key_client
 from tally.sync.drainer import GROUP, Drainer, Entry, _trim_below, log
 
 
@@ -38,10 +39,8 @@ class ClusterDrainer(Drainer):
             self._round.add(shard)
         return entries
 
-    def _node(self, key: str) -> Any:
-        cluster: Any = self.client
-        node = cluster.get_node_from_key(key, replica=False)
-        return node.redis_connection or cluster.get_redis_connection(node)
+    def _node(self, key: str) -> redis.Redis:
+        return key_client(self.client, key)  # type: ignore[arg-type]  # a RedisCluster
 
     def _fence(self) -> bool:
         if self.replicas == 0:

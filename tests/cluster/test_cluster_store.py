@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from zlib import crc32
 
 import pytest
 import redis
@@ -43,6 +45,7 @@ from tests.binaries import BINARIES, binary_id
 from .rc_topologies import redis_cluster
 
 EPOCH = "e1"
+TALLY_CLI = "from tally.cli.main import main; main()"
 FAILOVER_TIMEOUT_S = 60.0
 LAYOUT = KeyLayout("tally", 16)
 _names = itertools.count()
@@ -79,7 +82,9 @@ def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
 
 def _account(
-    rig: Rig, *, not_with: frozenset[tuple[str, int]] | set[tuple[str, int]] = frozenset(),
+    rig: Rig,
+    *,
+    not_with: frozenset[tuple[str, int]] | set[tuple[str, int]] = frozenset(),
     balance: int = 0,
 ) -> str:
     """A new account, active, EUR, on a primary other than those in ``not_with``."""
@@ -94,7 +99,9 @@ def _account(
     return aid
 
 
-def _id(rig: Rig, account: str, *, same_shard: bool = False, on: tuple[str, int] | None = None) -> str:
+def _id(
+    rig: Rig, account: str, *, same_shard: bool = False, on: tuple[str, int] | None = None
+) -> str:
     """A transfer id whose shard is on another primary than ``account``'s (or the same shard)."""
     acct_shard = LAYOUT.shard_of(account)
     for _ in range(10_000):
@@ -136,7 +143,12 @@ def test_the_cluster_url_parses_and_bad_ones_are_refused() -> None:
     ConfigError, never a guess."""
     target = parse_target("redis+cluster://:s%40cret@10.0.0.1:7000,10.0.0.2:7001")
     assert target == ClusterTarget((("10.0.0.1", 7000), ("10.0.0.2", 7001)), "s@cret")
-    for bad in ("redis+cluster://", "redis+cluster://h:7000/0", "redis+cluster://h:x", "redis+cluster://h:70000"):
+    for bad in (
+        "redis+cluster://",
+        "redis+cluster://h:7000/0",
+        "redis+cluster://h:x",
+        "redis+cluster://h:70000",
+    ):
         with pytest.raises(ConfigError):
             parse_target(bad)
 
@@ -303,7 +315,10 @@ def test_a_killed_shard_primary_stops_only_its_shard_and_writes_resume_after_fai
         while results is None:
             try:
                 results = rig.store.apply(
-                    [(on_victim_tid, "d", on_victim, 10, ""), (id_on_victim, "d", elsewhere, 10, "")]
+                    [
+                        (on_victim_tid, "d", on_victim, 10, ""),
+                        (id_on_victim, "d", elsewhere, 10, ""),
+                    ]
                 ).results
             except (StoreUnavailable, StoreOutcomeUnknown, redis.RedisError):
                 if time.monotonic() > deadline:
@@ -406,7 +421,9 @@ def test_init_and_the_engine_through_the_composition_root_on_a_cluster_url(
             assert drainer.run_once() == 0  # a replay writes no journal line
             # The fence is the account shard's primary's: its replica stopped, nothing settles.
             owner = client.get_node_from_key(layout.account_key(acct))
-            primary = next(n for n, h in cluster.nodes.items() if h.front == (owner.host, owner.port))
+            primary = next(
+                n for n, h in cluster.nodes.items() if h.front == (owner.host, owner.port)
+            )
             replicas = [n for n in cluster.nodes if n[0] == primary[0] and n != primary]
             assert dep.engine.debit(f"{tid}-2", acct, 80).result is Result.ok
             for name in replicas:
@@ -429,3 +446,45 @@ def test_init_and_the_engine_through_the_composition_root_on_a_cluster_url(
             report = reconcile(dep.client, layout, dep.ledger)
             assert not report.ok
             assert [(d.account, d.reason) for d in report.drift] == [(acct, "balance")]
+
+
+def test_the_cli_takes_a_cluster_url_from_init_to_reconcile(
+    tmp_path: Path, sqlite_ledger_url: str
+) -> None:
+    """``tally init|account|credit|debit|balance|drain|reconcile --redis-url
+    redis+cluster://...``: the CLI goes through the composition root like the library; a debit
+    retried with the same id is a replay; drain settles each transfer once; reconcile agrees."""
+    topology = redis_cluster(tmp_path / "rc", replicas=1)
+    with Cluster(topology, binary=next(b for b in BINARIES if isinstance(b, RedisBinary))) as rc:
+        nodes = ",".join(f"{h}:{p}" for h, p in rc.startup_nodes())
+        conn = [
+            "--redis-url",
+            f"redis+cluster://:{rc.password}@{nodes}",
+            "--ledger-url",
+            sqlite_ledger_url,
+            "--home",
+            str(tmp_path / "home"),
+        ]
+
+        def tally(*args: str) -> dict[str, object]:
+            done = subprocess.run(
+                [sys.executable, "-c", TALLY_CLI, *args, *conn, "--json"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, (args, done.stdout, done.stderr)
+            return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+        tally("init")
+        tally("account", "create", "cli-acct", "--currency", "EUR")
+        tally("credit", "cli-acct", "10.00", "--id", "cli-c1")
+        first = tally("debit", "cli-acct", "2.50", "--id", "cli-d1")
+        again = tally("debit", "cli-acct", "2.50", "--id", "cli-d1")
+        assert again == {**first, "replayed": True}
+        tally("drain")
+        report = tally("reconcile")
+        assert (report["accounts_drifted"], report["accounts_checked"]) == (0, 1)
+        assert report["undrained_lines"] == 0
+        balance = tally("balance", "cli-acct")
+        assert balance["balance_minor"] == 750

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from tally.billing.engine import PENDING_CREDITS_BATCH_MAX
-from tally.bootstrap import Deployment, initialise_store, redis_client
+from tally.bootstrap import Deployment, initialise_store
 from tally.cli.context import connection_options, deployment, settings_from
 from tally.cli.output import EXIT_REFUSED, emit, handles_errors, json_option
 from tally.ledger.sql_ledger import SqlLedger

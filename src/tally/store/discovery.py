@@ -145,7 +145,7 @@ def parse_target(text: str) -> Target:
             raise ConfigError(
                 f"not a Redis URL: {text!r}",
                 hint="use redis://host:port/db, sentinel://host:port,host:port/master or "
-            "redis+cluster://host:port,host:port",
+                "redis+cluster://host:port,host:port",
             )
         return text
     parts = urlsplit(text)

@@ -217,7 +217,9 @@ def _ledger_pass(
             shard = layout.shard_of(account.id)
             buffers[shard].append(account)
             if len(buffers[shard]) >= batch:
-                _check_batch(client(shard), layout, ledger, epoch, shard, buffers.pop(shard), report)
+                _check_batch(
+                    client(shard), layout, ledger, epoch, shard, buffers.pop(shard), report
+                )
         after = page[-1].id
     for shard, accounts in sorted(buffers.items()):
         _check_batch(client(shard), layout, ledger, epoch, shard, accounts, report)

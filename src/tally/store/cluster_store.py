@@ -408,7 +408,8 @@ class ClusterStore:
                 results[order[k]] = sub_results[k]
                 if failure is not None:
                     errors[order[k]] = failure
-        finals = [i for i in order if i in set(cross) and errors[i] is None]
+        crossing = set(cross)
+        finals = [i for i in order if i in crossing and errors[i] is None]
         if finals:
             self._finalize(transfers, finals, results)
         return acked

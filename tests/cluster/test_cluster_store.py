@@ -283,6 +283,34 @@ def test_a_pending_reservation_with_other_parameters_is_a_conflict(rig: Rig) -> 
     assert _balance(rig, a) == 100
 
 
+def test_wait_counts_each_primarys_own_replicas_on_the_connection_that_wrote(rig: Rig) -> None:
+    """``WAIT`` per primary, on the connection that sent the writes: with one primary's replicas
+    stopped, a batch touching it reports 0 replicas acknowledged (a WAIT on another connection
+    would count them at once), while a batch on the other primaries reports theirs."""
+    a = _account(rig, balance=10)
+    a_owner = rig.owner(LAYOUT.shard_of(a))
+    b = _account(rig, not_with={a_owner}, balance=10)
+    store = ClusterStore(rig.rc, LAYOUT, EPOCH, wait_replicas=1, wait_timeout_ms=300)
+    try:
+        same_a, same_b = _id(rig, a, same_shard=True), _id(rig, b, same_shard=True)
+        assert rig.owner(LAYOUT.shard_of(same_b)) != a_owner
+        primary = rig.name_of(a_owner)
+        replicas = [n for n in rig.cluster.nodes if n[0] == primary[0] and n != primary]
+        assert replicas
+        for name in replicas:
+            rig.cluster.nodes[name].pause()
+        try:
+            paused = store.apply([(same_a, "d", a, 1, "")])
+            served = store.apply([(same_b, "d", b, 1, "")])
+        finally:
+            for name in replicas:
+                rig.cluster.nodes[name].resume()
+        assert paused.replicas_acked == 0 and paused.results[0].result is Result.ok
+        assert served.replicas_acked is not None and served.replicas_acked >= 1
+    finally:
+        store.close(client=False)  # the rig's client is shared
+
+
 def test_a_killed_shard_primary_stops_only_its_shard_and_writes_resume_after_failover(
     rig: Rig,
 ) -> None:

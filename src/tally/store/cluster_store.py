@@ -178,9 +178,11 @@ class ClusterStore:
         self._refresh()
         return True
 
-    def close(self) -> None:
+    def close(self, *, client: bool = True) -> None:
+        """Stop the workers; ``client``: close the cluster client too (False: it is shared)."""
         self._pool.shutdown(wait=True)
-        self.cluster.close()
+        if client:
+            self.cluster.close()
 
     def load_scripts(self) -> None:
         for node in self._primaries():

@@ -283,6 +283,27 @@ def test_a_pending_reservation_with_other_parameters_is_a_conflict(rig: Rig) -> 
     assert _balance(rig, a) == 100
 
 
+def test_a_stale_slot_map_is_followed_through_moved_and_a_repeated_id_replays(rig: Rig) -> None:
+    """The client believes another primary owns the shards' slots: that node answers MOVED
+    (it ran nothing), the store refreshes the map and runs the calls on the owner, once; a
+    batch repeating an id answers the repeat as a replay of the first, applied once."""
+    a = _account(rig, balance=100)
+    tid = _id(rig, a)
+    nodes = rig.rc.nodes_manager
+    wrong = next(
+        n for n in rig.rc.get_primaries() if (n.host, n.port) != rig.owner(LAYOUT.shard_of(a))
+    )
+    nodes.slots_cache[rig.rc.keyslot(LAYOUT.account_key(a))] = [wrong]
+    results = rig.store.apply([(tid, "d", a, 10, ""), (tid, "d", a, 10, "")]).results
+    assert results == [
+        TransferResult(tid, Result.ok, 90, False),
+        TransferResult(tid, Result.ok, 90, True),
+    ]
+    assert rig.rc.get_node_from_key(LAYOUT.account_key(a)).name != wrong.name  # refreshed
+    assert _balance(rig, a) == 90
+    assert _lines(rig, LAYOUT.shard_of(a), tid) == 1
+
+
 def test_wait_counts_each_primarys_own_replicas_on_the_connection_that_wrote(rig: Rig) -> None:
     """``WAIT`` per primary, on the connection that sent the writes: with one primary's replicas
     stopped, a batch touching it reports 0 replicas acknowledged (a WAIT on another connection

@@ -106,8 +106,8 @@ class FakeStore:
         self._check()
         return holds.view(self.holds, hold_id, self._now_ms())
 
-    def sweep_holds(self, shard: int, limit: int = holds.HOLD_SWEEP_MAX) -> int:
-        """The fake has one shard: every due hold, at most ``limit``."""
+    def sweep_holds(self, limit: int = holds.HOLD_SWEEP_MAX) -> int:
+        """The fake has one shard: due holds, at most ``limit``."""
         self._check()
         now, released = self._now_ms(), 0
         for hold_id in list(self.holds.holds):

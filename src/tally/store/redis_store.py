@@ -324,7 +324,13 @@ class RedisStore:
             return _bare(hold_id, HoldCode.hold_not_found)
         return self._hold("get", hold_id, account_id, 0, 0)
 
-    def sweep_holds(self, shard: int, limit: int = HOLD_SWEEP_MAX) -> int:
+    def sweep_holds(self, limit: int = HOLD_SWEEP_MAX) -> int:
+        """One bounded sweep of every shard: ``sweep_shard`` each; returns holds released."""
+        if not 1 <= limit <= HOLD_SWEEP_MAX:
+            raise UsageError(f"sweep limit must be 1..{HOLD_SWEEP_MAX}, got {limit}")
+        return sum(self.sweep_shard(shard, limit) for shard in range(self.layout.shards))
+
+    def sweep_shard(self, shard: int, limit: int = HOLD_SWEEP_MAX) -> int:
         """Release the shard's expired holds among its ``limit`` earliest expiries (hold_sweep.lua
         decides by the server's clock); returns how many it released."""
         if not 1 <= limit <= HOLD_SWEEP_MAX:

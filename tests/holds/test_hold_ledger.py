@@ -67,9 +67,7 @@ def test_the_ledger_shows_each_holds_life_and_balances_derived_from_it(dep: Depl
     assert ledger.balance_of("alice") == 75, "the capture is a debit posting"
     assert ledger.held(["alice"]) == {"alice": 20}
     with ledger.transaction() as conn:
-        events = sorted(
-            conn.execute(sa.select(hold_events.c.hold_id, hold_events.c.event)).all()
-        )
+        events = sorted(conn.execute(sa.select(hold_events.c.hold_id, hold_events.c.event)).all())
     assert events == [
         ("h1", "captured"),
         ("h1", "placed"),
@@ -131,7 +129,7 @@ def test_a_rebuild_restores_holds_with_their_expiry_and_replays(dep: Deployment)
     assert state is not None and (state.balance_minor, state.held_minor) == (75, 20)
     assert eng.debit("big", "alice", 56).result is Result.insufficient_funds
     shard = dep.layout.shard_of("alice")
-    assert dep.client.zscore(dep.layout.hold_expiries(shard), "alice|h4") == before[
-        "h4"
-    ].expires_at_ms
+    assert (
+        dep.client.zscore(dep.layout.hold_expiries(shard), "alice|h4") == before["h4"].expires_at_ms
+    )
     assert reconcile(dep.client, dep.layout, dep.ledger).ok

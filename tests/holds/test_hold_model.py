@@ -90,7 +90,11 @@ def test_random_hold_operations_match_the_reference_model(
             _, hid, aid, amount, ein = operation
             got = store.place_hold(hid, aid, amount, ein)
             want = holds.place(model, hb, hid, aid, amount, ein, now)
-            if got.expires_at_ms is not None and not got.replayed and got.code is not holds.HoldCode.hold_id_conflict:
+            if (
+                got.expires_at_ms is not None
+                and not got.replayed
+                and got.code is not holds.HoldCode.hold_id_conflict
+            ):
                 hb.holds[hid].expires_at_ms = got.expires_at_ms  # the server's clock decides
                 want = want._replace(expires_at_ms=got.expires_at_ms)
                 wait_past(client, got.expires_at_ms if ein == SHORT_MS else 0)

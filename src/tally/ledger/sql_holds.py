@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -168,8 +169,8 @@ def _record(conn: Connection, line: HoldLine, ts: int) -> None:
         record_hold_expired(conn, line, ts)
 
 
-def _same(stored: sa.Row[tuple[object, ...]], line: HoldLine) -> bool:
-    return (stored.account_id, int(stored.amount_minor), int(stored.result)) == (  # type: ignore[call-overload]
+def _same(stored: Any, line: HoldLine) -> bool:
+    return (stored.account_id, int(stored.amount_minor), int(stored.result)) == (
         line.account_id,
         line.amount_minor,
         line.result,
@@ -204,7 +205,7 @@ def apply_hold_lines(
 
 
 # -- reading -----------------------------------------------------------------------------------
-def _hold(row: sa.Row[tuple[object, ...]], after: dict[str, tuple[int | None, int | None]]) -> LedgerHold:
+def _hold(row: sa.Row[Any], after: dict[str, tuple[int | None, int | None]]) -> LedgerHold:
     m = row._mapping
     return LedgerHold(
         hold_id=m["hold_id"],
@@ -223,7 +224,9 @@ def _hold(row: sa.Row[tuple[object, ...]], after: dict[str, tuple[int | None, in
     )
 
 
-def _afters(conn: Connection, ids: Sequence[str]) -> dict[str, dict[str, tuple[int | None, int | None]]]:
+def _afters(
+    conn: Connection, ids: Sequence[str]
+) -> dict[str, dict[str, tuple[int | None, int | None]]]:
     out: dict[str, dict[str, tuple[int | None, int | None]]] = {}
     for part in chunks(sorted(set(ids))):
         query = sa.select(E.hold_id, E.event, E.balance_after_minor, E.held_after_minor).where(
@@ -267,7 +270,7 @@ def held(conn: Connection, ids: Collection[str]) -> dict[str, int]:
     return out
 
 
-def _in_view(epoch_id: str, upto: StreamId, table: sa.Table) -> sa.ColumnElement[bool]:
+def _in_view(epoch_id: str, upto: StreamId, table: sa.FromClause) -> sa.ColumnElement[bool]:
     c = table.c
     return sa.or_(
         c.epoch_id != epoch_id,

@@ -268,7 +268,6 @@ class RedisStore:
                 found[aid] = None if cur is None else _state(aid, cur, st, lim, bal, hd)
         return {aid: found[aid] for aid in ids}
 
-
     # -- holds (lua/hold.lua) -----------------------------------------------------------------
     def _hold_account(self, hold_id: str, op: str, account_id: str = "") -> str | None:
         """The account a hold id is bound to (``claim`` binds it first): hold_route.lua."""
@@ -279,7 +278,9 @@ class RedisStore:
             raise StoreLost(f"dataset epoch missing or not {self.epoch_id}")
         return reply[1].decode() if isinstance(reply[1], bytes) else None
 
-    def _hold(self, op: str, hold_id: str, account_id: str, amount: int, expires_in_ms: int) -> HoldOutcome:
+    def _hold(
+        self, op: str, hold_id: str, account_id: str, amount: int, expires_in_ms: int
+    ) -> HoldOutcome:
         shard = self.layout.shard_of(account_id)
         keys = [
             self.layout.epoch(shard),
@@ -289,7 +290,13 @@ class RedisStore:
             self.layout.hold_expiries(shard),
         ]
         args: list[str | int] = [
-            self._epoch_value, self.epoch_id, op, hold_id, account_id, amount, expires_in_ms
+            self._epoch_value,
+            self.epoch_id,
+            op,
+            hold_id,
+            account_id,
+            amount,
+            expires_in_ms,
         ]
         (reply,) = self._run([("hold", keys, args)])
         return _hold_outcome(hold_id, reply, self.epoch_id, shard)
@@ -337,7 +344,8 @@ class RedisStore:
             raise UsageError(f"sweep limit must be 1..{HOLD_SWEEP_MAX}, got {limit}")
         index = self.layout.hold_expiries(shard)
         try:
-            members = [m.decode() for m in self.client.zrange(index, 0, limit - 1)]
+            raw: list[bytes] = self.client.zrange(index, 0, limit - 1)  # type: ignore[assignment]
+            members = [m.decode() for m in raw]
         except redis.RedisError as exc:
             raise translate(exc, sent=False) from exc
         if not members:

@@ -91,9 +91,7 @@ def place(body: HoldCreate, request: Request) -> JSONResponse:
     return respond(request, o, 201)
 
 
-@router.post(
-    "/{hold_id}/capture", name="hold_capture", responses=_responses(200, 404, 409, 422)
-)
+@router.post("/{hold_id}/capture", name="hold_capture", responses=_responses(200, 404, 409, 422))
 def capture(hold_id: HoldId, body: HoldCapture, request: Request) -> JSONResponse:
     """SINGLE capture: ``amount_minor`` (at most the held amount) becomes a debit, the rest is
     released. The same capture again replays it; 409 ``hold_already_captured`` (another amount

@@ -10,6 +10,7 @@ import pytest
 
 from tally.domain.holds import HOLD_EXPIRES_S_MAX
 from tests.serve.harness import Served
+from tests.waiting import wait_for
 
 ACCOUNT = "acct-holds"
 PROBLEM = "application/problem+json"
@@ -157,3 +158,17 @@ def test_a_debit_sees_the_available_balance(api: httpx.Client) -> None:
     _problem(api.post("/v1/debits", json=debit), 402, "insufficient_funds")
     assert api.post("/v1/holds/http-d1/void").status_code == 200
     assert api.post("/v1/debits", json={**debit, "transfer_id": "http-d-debit2"}).status_code == 201
+
+
+def test_an_untouched_expired_hold_is_released_by_the_served_sweeper_and_never_captured(
+    api: httpx.Client,
+) -> None:
+    """``tally serve`` runs the sweeper: a 1 s hold nobody touches is released (held back to
+    where it was, with no request naming it); a capture afterwards is 409 ``hold_expired``."""
+    before = _account(api)
+    assert _place(api, "http-x1", 7, expires_in_s=1).status_code == 201
+    assert _account(api)[1] == before[1] + 7
+    wait_for(lambda: _account(api) == before, "the sweeper released the expired hold")
+    _problem(api.post("/v1/holds/http-x1/capture", json={"amount_minor": 7}), 409, "hold_expired")
+    assert api.get("/v1/holds/http-x1").json()["status"] == "expired"
+    assert _account(api) == before

@@ -348,8 +348,7 @@ class RedisStore:
             members = [m.decode() for m in raw]
         except redis.RedisError as exc:
             raise translate(exc, sent=False) from exc
-        if not members:
-            return 0
+        # The script runs even with no candidate: a lost dataset is reported, not skipped.
         keys = [self.layout.epoch(shard), self.layout.journal(shard), index]
         for member in members:
             account_id, _, hold_id = member.partition("|")

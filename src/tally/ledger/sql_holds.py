@@ -13,7 +13,7 @@ conflict, recorded in ``journal_conflicts`` and never applied.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 
 from tally.domain.holds import HoldStatus, capture_transfer_id
 from tally.ledger.models import HoldLine, Position, RejectedLine, StreamId
-from tally.ledger.schema import ID_LEN, STATUS_LEN, BigId, metadata
+from tally.ledger.schema import ID_LEN, STATUS_LEN, BigId, metadata, recharges
 from tally.ledger.sql_accounts import check_page_limit
 from tally.ledger.sqlutil import chunks, insert_ignore, now_ms
 
@@ -97,6 +97,8 @@ class LedgerHold:
     closed_at_ms: int | None
     #: (event -> (balance after, held after)) of its events, for a rebuild's exact replays
     after: dict[str, tuple[int | None, int | None]]
+    #: the auto-recharge its capture opened
+    recharge_id: str | None = None
 
 
 # -- applying journal lines --------------------------------------------------------------------
@@ -254,7 +256,22 @@ def holds_after(conn: Connection, after: str | None, limit: int) -> list[LedgerH
         query.order_by(H.hold_id).limit(check_page_limit(limit, PAGE_LIMIT_MAX))
     ).all()
     afters = _afters(conn, [r.hold_id for r in rows])
-    return [_hold(r, afters.get(r.hold_id, {})) for r in rows]
+    opened = _opened_by(conn, [r.capture_transfer_id for r in rows if r.capture_transfer_id])
+    return [
+        replace(_hold(r, afters.get(r.hold_id, {})), recharge_id=opened.get(r.capture_transfer_id))
+        for r in rows
+    ]
+
+
+def _opened_by(conn: Connection, capture_ids: Sequence[str]) -> dict[str, str]:
+    """capture debit id -> the recharge it opened (``recharges.opened_by``)."""
+    out: dict[str, str] = {}
+    for part in chunks(sorted(set(capture_ids))):
+        query = sa.select(recharges.c.opened_by, recharges.c.id).where(
+            recharges.c.opened_by.in_(part)
+        )
+        out.update({by: rid for by, rid in conn.execute(query)})
+    return out
 
 
 def held(conn: Connection, ids: Collection[str]) -> dict[str, int]:

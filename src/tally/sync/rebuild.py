@@ -239,7 +239,7 @@ def _load_transfers(
 
 def _hold_fields(h: LedgerHold) -> dict[str, str | int]:
     """A hold's record as lua/hold.lua keeps it, so replays after the rebuild answer as before
-    (the recharge a capture opened is not restored: a replayed capture shows none)."""
+    (with the recharge a capture opened, once the journal carried it to the ledger)."""
     fields: dict[str, str | int] = {
         "a": h.account_id,
         "amt": h.amount_minor,
@@ -252,6 +252,8 @@ def _hold_fields(h: LedgerHold) -> dict[str, str | int]:
     }
     if h.captured_minor is not None:
         fields["cap"] = h.captured_minor
+    if h.recharge_id is not None:
+        fields["rc"] = h.recharge_id
     for event, (bal_f, held_f) in (("placed", ("pb", "ph")), ("captured", ("cb", "ch")),
                                    ("voided", ("vb", "vh"))):  # fmt: skip
         bal, held = h.after.get(event, (None, None))

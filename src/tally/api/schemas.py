@@ -289,3 +289,67 @@ class HoldOut(BaseModel):
     held_minor: int | None = Field(description="the account's held sum right after it")
     capture_transfer_id: str | None = Field(description="the debit the capture booked")
     recharge_id: str | None = Field(description="the auto-recharge the capture opened")
+
+
+# -- events and webhooks -----------------------------------------------------------------------
+class EventOut(BaseModel):
+    id: str = Field(description="stable event id (evt_…): the webhook-id; dedupe on it")
+    cursor: int = Field(description="position in the outbox: pass as ?after= to read on")
+    type: str
+    timestamp: str
+    data: dict[str, Any]
+
+
+class EventsPage(BaseModel):
+    items: list[EventOut]
+    next_cursor: int = Field(description="the last item's cursor (or ?after= when empty)")
+
+
+class WebhookEndpointIn(Strict):
+    url: str = Field(min_length=1, max_length=2048, description="http(s) URL receiving POSTs")
+    event_types: list[str] | None = Field(
+        default=None, description="only these event types (default: every type)"
+    )
+    secret: str | None = Field(
+        default=None,
+        max_length=100,
+        description="whsec_ + base64 of 24..64 bytes; default: a new random secret",
+    )
+
+
+class WebhookEndpointOut(BaseModel):
+    id: str
+    url: str
+    event_types: list[str] | None
+    created_at_ms: int
+    secret: str | None = Field(
+        default=None, description="the signing secret: only in the answer to POST"
+    )
+
+
+class WebhookEndpointsPage(BaseModel):
+    items: list[WebhookEndpointOut]
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: int
+    event_cursor: int
+    state: str = Field(description="pending | delivered | dead (dead letter)")
+    attempts: int
+    next_attempt_at_ms: int
+    last_status: int | None
+    last_error: str | None
+
+
+class WebhookDeliveriesPage(BaseModel):
+    items: list[WebhookDeliveryOut]
+
+
+class BalanceAlertIn(Strict):
+    threshold_minor: Annotated[StrictInt, Field(ge=-BALANCE_MINOR_MAX, le=BALANCE_MINOR_MAX)]
+
+
+class BalanceAlertOut(BaseModel):
+    account_id: str
+    threshold_minor: int
+    below: bool

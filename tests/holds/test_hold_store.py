@@ -4,6 +4,8 @@ behaviour of every hold script, and bad input refused before anything is written
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tally.billing.engine import Engine
@@ -138,3 +140,35 @@ def test_bad_input_is_refused_by_the_engine_before_the_store(store: RedisStore) 
             call()
     assert store.get_hold("h").code is HoldCode.hold_not_found
     assert engine.place_hold("h", "a", 5, 1000).code is HoldCode.ok
+
+
+def test_every_hold_script_call_touches_the_keys_of_one_logical_shard(
+    store: RedisStore, layout: KeyLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A later Redis Cluster store can run each call on one node: the route call uses the hold
+    id's shard, every other call the account's (where the hold record lives)."""
+    _funded(store)
+    calls: list[tuple[str, list[str]]] = []
+    real = store._run
+
+    def spy(batch: Any, **kw: Any) -> Any:
+        batch = list(batch)
+        calls.extend((name, keys) for name, keys, _ in batch)
+        return real(batch, **kw)
+
+    monkeypatch.setattr(store, "_run", spy)
+    placed = store.place_hold("h-shard", "a", 10, 1)
+    assert placed.expires_at_ms is not None
+    wait_past(store.client, placed.expires_at_ms)
+    store.get_hold("h-shard")
+    store.capture_hold("h-shard", 5)
+    store.sweep_holds()
+    account_tag = layout.tag(layout.shard_of("a"))
+    assert {name for name, _ in calls} == {"hold_route", "hold", "hold_sweep"}
+    for name, keys in calls:
+        tags = {key.split("}")[0] + "}" for key in keys}
+        assert len(tags) == 1, (name, keys)
+        if name == "hold":
+            assert tags == {account_tag}
+        if name == "hold_route":
+            assert tags == {layout.tag(layout.shard_of("h-shard"))}

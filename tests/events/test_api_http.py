@@ -90,6 +90,8 @@ def test_an_endpoint_receives_signed_events_and_the_pull_api_has_the_same(
         ({"url": "http:///no-host"}, "webhook_url_invalid"),
         ({"url": "https://user:pw@example.invalid/hook"}, "webhook_url_invalid"),
         ({"url": "not a url"}, "webhook_url_invalid"),
+        # The suite's egress policy (tests/conftest.py) reaches the served child:
+        ({"url": "https://hooks.example.com/tally"}, "webhook_url_not_allowed"),
         ({"url": "http://127.0.0.1/h", "secret": "whsec_c2hvcnQ="}, "webhook_secret_invalid"),
         (
             {"url": "http://127.0.0.1/h", "secret": "plain-secret-without-prefix"},

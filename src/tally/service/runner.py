@@ -271,7 +271,11 @@ class Service:
         its state is in the ledger, and a lease per endpoint keeps one request in flight per
         endpoint even with several ``tally serve`` on one ledger."""
         assert self.dep is not None
-        self.delivery = DeliveryWorker(self.dep.ledger, owner=delivery_owner(self.options.home))
+        self.delivery = DeliveryWorker(
+            self.dep.ledger,
+            owner=delivery_owner(self.options.home),
+            hosts=self.dep.settings.webhook_hosts,
+        )
         self.workers.append(
             Worker("webhooks", self.delivery.run_once, pace_s=0.1, idle_s=0.5, busy_at=50)
         )
@@ -328,6 +332,7 @@ class Service:
             extensions=[self.recharge_extension(), EventsExtension(self.dep.ledger)],
             async_debit=AsyncDebits(self.dep.engine).debit,
             collectors=[FailoverCollector(self.failovers)] if self.failovers else [],
+            webhook_hosts=self.dep.settings.webhook_hosts,
         )
 
     def recharge_extension(self) -> RechargeExtension:

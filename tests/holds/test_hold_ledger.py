@@ -10,6 +10,7 @@ from tally.bootstrap import Deployment
 from tally.domain.accounts import Account
 from tally.domain.holds import HoldCode, HoldStatus, capture_transfer_id
 from tally.domain.results import Result
+from tally.ledger import sql_outbox
 from tally.ledger.journal import parse_hold_line
 from tally.ledger.models import LineBatch, Position, StreamId
 from tally.ledger.sql_holds import hold_events
@@ -79,6 +80,31 @@ def test_the_ledger_shows_each_holds_life_and_balances_derived_from_it(dep: Depl
     ]
     report = reconcile(dep.client, dep.layout, dep.ledger)
     assert report.ok, report.drift
+
+
+def test_an_expired_hold_has_exactly_one_hold_expired_event_written_with_its_drain(
+    dep: Deployment,
+) -> None:
+    """The expiry reaches dependents: one ``hold.expired`` (and none for the captured, voided
+    and open holds), in the drain's transaction; draining the journal again adds none."""
+    _life(dep)
+    drain_all(dep)
+    with dep.ledger.transaction() as conn:
+        found = sql_outbox.events_after(conn, 0, sql_outbox.PAGE_MAX)
+    expired = [e for e in found if e.type == "hold.expired"]
+    assert [(e.account_id, e.source) for e in expired] == [("alice", "hold:h3")]
+    assert expired[0].payload()["data"] == {
+        "hold_id": "h3",
+        "account_id": "alice",
+        "amount_minor": 10,
+        "currency": "USD",
+        "expired_at_ms": expired[0].payload()["data"]["expired_at_ms"],
+        "held_after_minor": 20,  # h4 is still open
+    }
+    drain_all(dep)
+    with dep.ledger.transaction() as conn:
+        again = sql_outbox.events_after(conn, 0, sql_outbox.PAGE_MAX)
+    assert len([e for e in again if e.type == "hold.expired"]) == 1
 
 
 def test_reconcile_counts_undrained_hold_lines_and_finds_a_held_drift(dep: Deployment) -> None:

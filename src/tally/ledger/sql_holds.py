@@ -19,7 +19,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from tally.domain.events import EventType
 from tally.domain.holds import HoldStatus, capture_transfer_id
+from tally.ledger import sql_outbox
 from tally.ledger.models import HoldLine, Position, RejectedLine, StreamId
 from tally.ledger.schema import ID_LEN, STATUS_LEN, BigId, metadata, recharges
 from tally.ledger.sql_accounts import check_page_limit
@@ -140,18 +142,35 @@ def _record_placed(conn: Connection, line: HoldLine, ts: int) -> None:
     insert_ignore(conn, holds, [row], ["hold_id"])
 
 
-def _close(conn: Connection, line: HoldLine, ts: int, **values: object) -> None:
-    conn.execute(
+def _close(conn: Connection, line: HoldLine, ts: int, **values: object) -> bool:
+    """True when this line closed an open hold (False: it was not open in the ledger)."""
+    done = conn.execute(
         holds.update()
         .where(H.hold_id == line.hold_id, H.status == HoldStatus.open.value)
         .values(status=line.event, closed_at_ms=line.ts_ms, updated_at_ms=ts, **values)
     )
+    return bool(done.rowcount)
 
 
 def record_hold_expired(conn: Connection, line: HoldLine, ts: int) -> None:
     """THE place a hold's expiry reaches the ledger of record (once per hold: its event row is
-    new). Its amount is released; no money moves. Events for dependents hook in here."""
-    _close(conn, line, ts)
+    new). Its amount is released; no money moves. Its ``hold.expired`` event is written here,
+    in the drain's transaction, so the event and the ledger's record of the expiry are one."""
+    if _close(conn, line, ts):
+        sql_outbox.emit(
+            conn,
+            EventType.hold_expired,
+            {
+                "hold_id": line.hold_id,
+                "account_id": line.account_id,
+                "amount_minor": line.amount_minor,
+                "currency": line.currency,
+                "expired_at_ms": line.ts_ms,
+                "held_after_minor": line.held_after_minor,
+            },
+            account_id=line.account_id,
+            source=f"hold:{line.hold_id}",
+        )
 
 
 def _record(conn: Connection, line: HoldLine, ts: int) -> None:

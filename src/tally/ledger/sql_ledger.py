@@ -13,10 +13,19 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from tally.domain.accounts import Account, AccountStatus, SystemAccount
+from tally.domain.events import EventType
 from tally.domain.results import Result
 from tally.domain.transfers import Transfer
 from tally.errors import LedgerError, LedgerNotInitialised
-from tally.ledger import sql_accounts, sql_apply, sql_balances, sql_epochs, sql_intents
+from tally.ledger import (
+    sql_accounts,
+    sql_apply,
+    sql_balances,
+    sql_epochs,
+    sql_holds,
+    sql_intents,
+    sql_outbox,
+)
 from tally.ledger.engine import WRITE_OPTION, create_ledger_engine, is_sqlite_memory
 from tally.ledger.migrate import is_up_to_date, upgrade
 from tally.ledger.models import (
@@ -46,6 +55,14 @@ def _translate(exc: SQLAlchemyError) -> LedgerError:
     if any(marker in text for marker in _MISSING_SCHEMA):
         return LedgerNotInitialised(f"the ledger schema is missing: {text[:200]}")
     return LedgerError(f"ledger database error: {type(exc).__name__}: {text[:300]}")
+
+
+def status_event(status: AccountStatus) -> EventType:
+    return {
+        AccountStatus.active: EventType.account_reinstated,
+        AccountStatus.suspended: EventType.account_suspended,
+        AccountStatus.closed: EventType.account_closed,
+    }[status]
 
 
 class SqlLedger:
@@ -156,9 +173,20 @@ class SqlLedger:
         with self.transaction() as conn:
             return sql_accounts.get_accounts(conn, ids)
 
-    def set_status(self, account_id: str, status: AccountStatus) -> Result:
+    def set_status(
+        self, account_id: str, status: AccountStatus, *, cause: str = "operator"
+    ) -> Result:
+        """The status and, when it changed, its outbox event, in one transaction."""
         with self.transaction(write=True) as conn:
-            return sql_accounts.set_status(conn, account_id, status)
+            result, before = sql_accounts.change_status(conn, account_id, status)
+            if before is not None:
+                sql_outbox.emit(
+                    conn,
+                    status_event(AccountStatus(status)),
+                    {"account_id": account_id, "cause": cause, "from": before.value},
+                    account_id=account_id,
+                )
+            return result
 
     def set_credit_limit(self, account_id: str, limit_minor: int) -> Result:
         with self.transaction(write=True) as conn:
@@ -276,3 +304,35 @@ class SqlLedger:
             if not sql_balances.has_lines_beyond(conn, epoch_id=epoch_id, shard=shard, upto=upto):
                 return {}
             return sql_balances.sums_beyond(conn, epoch_id=epoch_id, shard=shard, upto=upto)
+
+    # -- holds (sql_holds) ---------------------------------------------------------------------
+    def get_hold(self, hold_id: str) -> sql_holds.LedgerHold | None:
+        with self.transaction() as conn:
+            return sql_holds.get_hold(conn, hold_id)
+
+    def holds_after(self, after: str | None, limit: int) -> list[sql_holds.LedgerHold]:
+        with self.transaction() as conn:
+            return sql_holds.holds_after(conn, after, limit)
+
+    def count_holds(self) -> int:
+        with self.transaction() as conn:
+            return sql_balances.count_rows(conn, sql_holds.holds)
+
+    def held(self, ids: Collection[str]) -> dict[str, int]:
+        """The sum of each account's open holds, as drained."""
+        with self.transaction(snapshot=True) as conn:
+            return sql_holds.held(conn, ids)
+
+    def held_view_as_of(
+        self,
+        ids: Sequence[str],
+        *,
+        epoch_id: str,
+        upto: StreamId,
+        probe: Sequence[tuple[str, str]],
+    ) -> tuple[dict[str, int], set[tuple[str, str]]]:
+        """For reconcile, in ONE snapshot: held sums as of stream id ``upto``, and which of the
+        (hold id, event) pairs read from the journal are already stored."""
+        with self.transaction(snapshot=True) as conn:
+            view = sql_holds.held_as_of(conn, ids, epoch_id=epoch_id, upto=upto)
+            return view, sql_holds.stored_events(conn, probe)

@@ -22,7 +22,8 @@ from tally.domain.accounts import Account
 from tally.domain.results import Result
 from tally.domain.transfers import TransferKind
 from tally.errors import ConfigError, LedgerNotInitialised, StoreLost, UsageError
-from tally.ledger.models import DrainedLine, Epoch, StreamId
+from tally.ledger.journal import parse_hold_lines
+from tally.ledger.models import DrainedLine, Epoch, HoldLine, StreamId
 from tally.ledger.sql_accounts import LIST_LIMIT_MAX
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.errors import text, translated
@@ -30,6 +31,7 @@ from tally.store.keys import KeyLayout
 from tally.sync.cluster_route import Route, primary_clients, route
 from tally.sync.redis_scan import (
     account_key_pattern,
+    journal_entries_upto,
     journal_lines_upto,
     parse_account_key,
     scan_keys,
@@ -37,7 +39,7 @@ from tally.sync.redis_scan import (
 
 BATCH_MAX = 5000
 DRIFT_LISTED_MAX = 10_000
-_FIELDS = ("cur", "st", "lim", "bal")
+_FIELDS = ("cur", "st", "lim", "bal", "hd")  # hd: open holds' sum (absent: 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,7 @@ class Drift:
     undrained_minor: int
     diff_minor: int  # redis - (ledger + undrained)
     #: balance | missing_in_redis | missing_in_ledger | attributes | wrong_shard | ledger_ahead
+    #: | held (the open holds' sum, so the available balance, differs)
     reason: str
 
 
@@ -101,7 +104,7 @@ class ReconcileReport:
 
 @dataclass(frozen=True, slots=True)
 class _Snapshot:
-    fields: dict[str, tuple[str | None, ...]]  # account -> (cur, st, lim, bal)
+    fields: dict[str, tuple[str | None, ...]]  # account -> (cur, st, lim, bal, hd)
     upto: StreamId
 
 
@@ -140,8 +143,46 @@ def _undrained(
     return out
 
 
+def _undrained_holds(
+    client: redis.Redis,
+    layout: KeyLayout,
+    ledger: SqlLedger,
+    shard: int,
+    epoch: Epoch,
+    snap: _Snapshot,
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Holds: (held as of P by the ledger, + the hold lines up to P not yet stored) per account.
+    A placed (ok) line adds its amount; a closing line (captured, voided, expired) releases the
+    hold's placed amount (from the journal or the ledger)."""
+    lines: dict[tuple[str, str], HoldLine] = {}
+    for stream_id, fields in journal_entries_upto(client, layout, shard, snap.upto):
+        if fields.get("e") != epoch.epoch_id:
+            continue
+        for line, _pos in parse_hold_lines(shard, stream_id, fields):
+            if line.account_id in snap.fields:
+                lines.setdefault((line.hold_id, line.event), line)
+    view, stored = ledger.held_view_as_of(
+        list(snap.fields), epoch_id=epoch.epoch_id, upto=snap.upto, probe=list(lines)
+    )
+    pending: dict[str, int] = defaultdict(int)
+    for (hold_id, event), line in lines.items():
+        if (hold_id, event) in stored:
+            continue
+        if event == "placed":
+            pending[line.account_id] += line.amount_minor if line.result == 0 else 0
+            continue
+        placed = lines.get((hold_id, "placed"))
+        if placed is not None:
+            amount = placed.amount_minor
+        else:
+            known = ledger.get_hold(hold_id)
+            amount = known.amount_minor if known is not None else 0
+        pending[line.account_id] -= amount
+    return view, pending
+
+
 def _attributes_differ(account: Account, fields: tuple[str | None, ...]) -> bool:
-    cur, st, lim, _bal = fields
+    cur, st, lim, _bal, _hd = fields
     return (cur, st, lim) != (
         account.currency,
         account.status.code,
@@ -173,6 +214,7 @@ def _check_batch(
             report.undrained_minor_by_currency[cur] = report.undrained_minor_by_currency.get(
                 cur, 0
             ) + _signed(d)
+    held_view, held_pending = _undrained_holds(client, layout, ledger, shard, epoch, snap)
     for account in accounts:
         report.accounts_checked += 1
         fields, pending = snap.fields[account.id], undrained[account.id]
@@ -196,6 +238,21 @@ def _check_batch(
             )
         elif _attributes_differ(account, fields):
             report.add(Drift(account.id, redis_bal, view[account.id], pending, 0, "attributes"))
+        else:
+            # holds: the available balance (balance - held + limit) agrees when held does too
+            redis_held = int(fields[4]) if fields[4] is not None else 0
+            expected_held = held_view[account.id] + held_pending[account.id]
+            if redis_held != expected_held:
+                report.add(
+                    Drift(
+                        account.id,
+                        redis_bal,
+                        view[account.id],
+                        pending,
+                        expected_held - redis_held,  # available: redis - expected
+                        "held",
+                    )
+                )
 
 
 def _ledger_pass(

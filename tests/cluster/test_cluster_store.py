@@ -22,6 +22,7 @@ from redis.cluster import RedisCluster
 from tally.bootstrap import initialise_store, open_deployment
 from tally.config import Settings
 from tally.domain.accounts import Account, AccountStatus
+from tally.domain.holds import HoldCode, HoldStatus
 from tally.domain.results import Result
 from tally.domain.transfers import TransferResult
 from tally.errors import (
@@ -72,13 +73,27 @@ def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     with Cluster(topology, binary=binary) as cluster:
         target = ClusterTarget(tuple(cluster.startup_nodes()), password=cluster.password)
         client = cluster_client(target, socket_timeout_s=5.0)
-        stamp_shard_epochs(client, LAYOUT, EPOCH)
+        _stamp(client)
         store = ClusterStore(client, LAYOUT, EPOCH, wait_replicas=1, wait_timeout_ms=5000)
         store.load_scripts()
         try:
             yield Rig(cluster, client, store)
         finally:
             store.close()
+
+
+def _stamp(client: RedisCluster) -> None:
+    """Stamp every shard; a freshly formed cluster on a loaded 2-core machine may still flap
+    (node timeout 2 s): bounded retries while it says CLUSTERDOWN."""
+    deadline = time.monotonic() + FAILOVER_TIMEOUT_S
+    while True:
+        try:
+            stamp_shard_epochs(client, LAYOUT, EPOCH)
+            return
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _account(
@@ -302,6 +317,27 @@ def test_a_stale_slot_map_is_followed_through_moved_and_a_repeated_id_replays(ri
     assert rig.rc.get_node_from_key(LAYOUT.account_key(a)).name != wrong.name  # refreshed
     assert _balance(rig, a) == 90
     assert _lines(rig, LAYOUT.shard_of(a), tid) == 1
+
+
+def test_holds_work_with_the_hold_id_on_another_primary_than_its_account(rig: Rig) -> None:
+    """Holds on a cluster: the id's route in the hold id's shard, the hold beside the balance
+    (each call one slot); a debit sees the available balance; a capture books the debit; the
+    same hold id on another account is a conflict."""
+    a = _account(rig, balance=100)
+    other = _account(rig, balance=100)
+    hid = _id(rig, a)
+    placed = rig.store.place_hold(hid, a, 60, 60_000)
+    assert (placed.code, placed.status, placed.held_minor) == (HoldCode.ok, HoldStatus.open, 60)
+    assert rig.store.place_hold(hid, other, 60, 60_000).code is HoldCode.hold_id_conflict
+    (refused,) = rig.store.apply([(_id(rig, a), "d", a, 50, "")]).results
+    assert refused.result is Result.insufficient_funds  # 100 - 60 held
+    captured = rig.store.capture_hold(hid, 60)
+    assert (captured.code, captured.status) == (HoldCode.ok, HoldStatus.captured)
+    assert rig.store.get_hold(hid).status is HoldStatus.captured
+    state = rig.store.read_accounts([a])[a]
+    assert state is not None and state.balance_minor == 40
+    assert rig.store.get_hold(f"{hid}-none").code is HoldCode.hold_not_found
+    assert rig.store.sweep_holds() == 0
 
 
 def test_wait_counts_each_primarys_own_replicas_on_the_connection_that_wrote(rig: Rig) -> None:

@@ -41,6 +41,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
 
 from tally.domain.accounts import Account, AccountState
+from tally.domain.holds import HOLD_SWEEP_MAX, HoldCode, HoldOutcome
 from tally.domain.limits import IDEMPOTENCY_WINDOW_MS_MAX, SCRIPT_BATCH_MAX, occurred_bounds_ms
 from tally.domain.results import Result
 from tally.domain.transfers import TransferResult
@@ -48,6 +49,7 @@ from tally.errors import (
     ConfigError,
     InvariantViolation,
     StoreError,
+    StoreBackpressure,
     StoreLost,
     StoreOutcomeUnknown,
     StoreUnavailable,
@@ -56,7 +58,15 @@ from tally.errors import (
 from tally.store import scripts
 from tally.store.errors import is_noscript, translate
 from tally.store.keys import KeyLayout
-from tally.store.redis_store import MARKER_OPS, Applied, RawTransfer, RechargeMarker, _state
+from tally.store.redis_store import (
+    MARKER_OPS,
+    Applied,
+    RawTransfer,
+    RechargeMarker,
+    _bare,
+    _hold_outcome,
+    _state,
+)
 from tally.store.transfer_codec import Settled, TransferCall, TransferCodec
 
 __all__ = ["ClusterStore"]
@@ -567,9 +577,98 @@ class ClusterStore:
             if outcome[0] == b"L":
                 raise StoreLost(f"shard {shard}: dataset epoch missing or not {self.epoch_id}")
             for n, aid in enumerate(group):
-                cur, st, lim, bal = outcome[1 + 4 * n : 5 + 4 * n]
-                found[aid] = None if cur is None else _state(aid, cur, st, lim, bal)
+                cur, st, lim, bal, hd = outcome[1 + 5 * n : 6 + 5 * n]
+                found[aid] = None if cur is None else _state(aid, cur, st, lim, bal, hd)
         return {aid: found[aid] for aid in ids}
+
+    # -- holds (lua/hold*.lua: every call inside one shard, as on one primary) -----------------
+    def _hold_account(self, hold_id: str, op: str, account_id: str = "") -> str | None:
+        """The account a hold id is bound to, in the HOLD id's shard (hold_route.lua)."""
+        shard = self.layout.shard_of(hold_id)
+        keys = [self.layout.epoch(shard), self.layout.hold_routes(shard)]
+        reply = self._run_one(
+            _Call("hold_route", keys, [self._epoch_value, op, hold_id, account_id])
+        )
+        if reply[0] == b"L":
+            raise StoreLost(f"shard {shard}: dataset epoch missing or not {self.epoch_id}")
+        return reply[1].decode() if isinstance(reply[1], bytes) else None
+
+    def _hold(
+        self, op: str, hold_id: str, account_id: str, amount: int, expires_in_ms: int
+    ) -> HoldOutcome:
+        shard = self.layout.shard_of(account_id)
+        keys = [
+            self.layout.epoch(shard),
+            self.layout.journal(shard),
+            self.layout.account(shard, account_id),
+            self.layout.hold(shard, hold_id),
+            self.layout.hold_expiries(shard),
+        ]
+        args: list[str | int] = [
+            self._epoch_value,
+            self.epoch_id,
+            op,
+            hold_id,
+            account_id,
+            amount,
+            expires_in_ms,
+        ]
+        return _hold_outcome(
+            hold_id, self._run_one(_Call("hold", keys, args)), self.epoch_id, shard
+        )
+
+    def place_hold(
+        self, hold_id: str, account_id: str, amount_minor: int, expires_in_ms: int
+    ) -> HoldOutcome:
+        bound = self._hold_account(hold_id, "claim", account_id)
+        if bound != account_id:
+            return _bare(hold_id, HoldCode.hold_id_conflict)
+        return self._hold("place", hold_id, account_id, amount_minor, expires_in_ms)
+
+    def capture_hold(self, hold_id: str, amount_minor: int) -> HoldOutcome:
+        account_id = self._hold_account(hold_id, "find")
+        if account_id is None:
+            return _bare(hold_id, HoldCode.hold_not_found)
+        return self._hold("capture", hold_id, account_id, amount_minor, 0)
+
+    def void_hold(self, hold_id: str) -> HoldOutcome:
+        account_id = self._hold_account(hold_id, "find")
+        if account_id is None:
+            return _bare(hold_id, HoldCode.hold_not_found)
+        return self._hold("void", hold_id, account_id, 0, 0)
+
+    def get_hold(self, hold_id: str) -> HoldOutcome:
+        account_id = self._hold_account(hold_id, "find")
+        if account_id is None:
+            return _bare(hold_id, HoldCode.hold_not_found)
+        return self._hold("get", hold_id, account_id, 0, 0)
+
+    def sweep_holds(self, limit: int = HOLD_SWEEP_MAX) -> int:
+        if not 1 <= limit <= HOLD_SWEEP_MAX:
+            raise UsageError(f"sweep limit must be 1..{HOLD_SWEEP_MAX}, got {limit}")
+        return sum(self.sweep_shard(shard, limit) for shard in range(self.layout.shards))
+
+    def sweep_shard(self, shard: int, limit: int = HOLD_SWEEP_MAX) -> int:
+        if not 1 <= limit <= HOLD_SWEEP_MAX:
+            raise UsageError(f"sweep limit must be 1..{HOLD_SWEEP_MAX}, got {limit}")
+        index = self.layout.hold_expiries(shard)
+        try:
+            raw: list[bytes] = self.cluster.zrange(index, 0, limit - 1)  # type: ignore[assignment]
+        except redis.RedisError as exc:
+            raise translate(exc, sent=False) from exc
+        members = [m.decode() for m in raw]
+        keys = [self.layout.epoch(shard), self.layout.journal(shard), index]
+        for member in members:
+            account_id, _, hold_id = member.partition("|")
+            keys += [self.layout.account(shard, account_id), self.layout.hold(shard, hold_id)]
+        reply = self._run_one(
+            _Call("hold_sweep", keys, [self._epoch_value, self.epoch_id, *members])
+        )
+        if reply[0] == b"L":
+            raise StoreLost(f"shard {shard}: dataset epoch missing or not {self.epoch_id}")
+        if reply[0] == b"F":
+            raise StoreBackpressure(f"shard {shard}: journal holds {reply[1]} entries")
+        return int(reply[1])
 
 
 def _segments(transfers: Sequence[RawTransfer]) -> list[list[int]]:
@@ -603,6 +702,8 @@ def stamp_shard_epochs(
     try:
         for shard in range(layout.shards) if shards is None else shards:
             client.set(layout.epoch(shard), value)
+    except ClusterDownError as exc:
+        raise StoreUnavailable(f"the cluster is down: {exc}") from exc
     except redis.RedisError as exc:
         raise translate(exc, sent=True) from exc
 

@@ -48,8 +48,8 @@ from tally.domain.transfers import TransferResult
 from tally.errors import (
     ConfigError,
     InvariantViolation,
-    StoreError,
     StoreBackpressure,
+    StoreError,
     StoreLost,
     StoreOutcomeUnknown,
     StoreUnavailable,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -166,6 +167,16 @@ def test_the_cluster_url_parses_and_bad_ones_are_refused() -> None:
     ):
         with pytest.raises(ConfigError):
             parse_target(bad)
+
+
+def test_no_reachable_cluster_node_is_store_unavailable_not_a_redis_py_exception() -> None:
+    """redis-py raises ``RedisClusterException`` (not a ``RedisError``) when no startup node
+    answers: the adapter reports tally's ``StoreUnavailable``."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: connections are refused
+        with pytest.raises(StoreUnavailable):
+            cluster_client(ClusterTarget((("127.0.0.1", port),)), connect_timeout_s=0.5)
 
 
 def test_cross_slot_credit_debit_replays_whole_first_outcome_and_conflicts(rig: Rig) -> None:

@@ -38,7 +38,13 @@ from zlib import crc32
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    RedisClusterException,
+    TryAgainError,
+)
 
 from tally.domain.accounts import Account, AccountState
 from tally.domain.holds import HOLD_SWEEP_MAX, HoldCode, HoldOutcome
@@ -202,16 +208,16 @@ class ClusterStore:
     def _primaries(self) -> list[ClusterNode]:
         try:
             return list(_any(self.cluster).get_primaries())
-        except redis.RedisError as exc:
-            raise translate(exc, sent=False) from exc
+        except (redis.RedisError, RedisClusterException) as exc:
+            raise cluster_error(exc, sent=False) from exc
 
     def _load_on(self, node: ClusterNode) -> None:
-        conn = self._connection(node)
         try:
+            conn = self._connection(node)
             for name in CLUSTER_SCRIPTS:
                 _execute(conn, "SCRIPT", "LOAD", scripts.script(name).source)
-        except redis.RedisError as exc:
-            raise translate(exc, sent=False) from exc
+        except (redis.RedisError, RedisClusterException) as exc:
+            raise cluster_error(exc, sent=False) from exc
 
     def _connection(self, node: ClusterNode) -> redis.Redis:
         conn: redis.Redis | None = node.redis_connection
@@ -224,8 +230,9 @@ class ClusterStore:
         self._stale.clear()
         try:
             self.cluster.nodes_manager.initialize()
-        except redis.RedisError as exc:
-            raise translate(exc, sent=False) from exc
+        except (redis.RedisError, RedisClusterException) as exc:
+            self._stale.set()
+            raise cluster_error(exc, sent=False) from exc
 
     def _node_for(self, call: _Call, ask: tuple[str, int] | None) -> ClusterNode | None:
         client = _any(self.cluster)
@@ -252,8 +259,8 @@ class ClusterStore:
             for i, ask in pending.items():
                 try:
                     node = self._node_for(calls[i], ask)
-                except redis.RedisError as exc:
-                    outcomes[i] = translate(exc, sent=False)
+                except (redis.RedisError, RedisClusterException) as exc:
+                    outcomes[i] = cluster_error(exc, sent=False)
                     continue
                 if node is None:
                     outcomes[i] = StoreUnavailable(f"no primary serves {calls[i].keys[0]}")
@@ -322,12 +329,12 @@ class ClusterStore:
     ) -> tuple[list[object], int | None]:
         """Send every call, then read every reply; a reply that is a Redis error is returned.
         A connection lost midway: the replies read stand, the others are unknown."""
-        pool = self._connection(node).connection_pool
         try:
+            pool = self._connection(node).connection_pool
             conn = pool.get_connection()
-        except redis.RedisError as exc:
+        except (redis.RedisError, RedisClusterException) as exc:
             self._stale.set()
-            raise translate(exc, sent=False) from exc
+            raise cluster_error(exc, sent=False) from exc
         replies: list[object] = []
         acked: int | None = None
         sent = False
@@ -654,8 +661,8 @@ class ClusterStore:
         index = self.layout.hold_expiries(shard)
         try:
             raw: list[bytes] = self.cluster.zrange(index, 0, limit - 1)  # type: ignore[assignment]
-        except redis.RedisError as exc:
-            raise translate(exc, sent=False) from exc
+        except (redis.RedisError, RedisClusterException) as exc:
+            raise cluster_error(exc, sent=False) from exc
         members = [m.decode() for m in raw]
         keys = [self.layout.epoch(shard), self.layout.journal(shard), index]
         for member in members:
@@ -669,6 +676,16 @@ class ClusterStore:
         if reply[0] == b"F":
             raise StoreBackpressure(f"shard {shard}: journal holds {reply[1]} entries")
         return int(reply[1])
+
+
+def cluster_error(exc: Exception, *, sent: bool) -> StoreError:
+    """redis-py's cluster errors in tally's tree: CLUSTERDOWN, an uncovered slot or no
+    reachable node (``RedisClusterException``, not a ``RedisError``) are ``StoreUnavailable``."""
+    if isinstance(exc, ClusterDownError | RedisClusterException):
+        return StoreUnavailable(f"the cluster cannot serve: {exc}")
+    if isinstance(exc, redis.RedisError):
+        return translate(exc, sent=sent)
+    raise InvariantViolation(f"not a Redis error: {exc!r}") from exc
 
 
 def _segments(transfers: Sequence[RawTransfer]) -> list[list[int]]:
@@ -702,10 +719,8 @@ def stamp_shard_epochs(
     try:
         for shard in range(layout.shards) if shards is None else shards:
             client.set(layout.epoch(shard), value)
-    except ClusterDownError as exc:
-        raise StoreUnavailable(f"the cluster is down: {exc}") from exc
-    except redis.RedisError as exc:
-        raise translate(exc, sent=True) from exc
+    except (redis.RedisError, RedisClusterException) as exc:
+        raise cluster_error(exc, sent=True) from exc
 
 
 def _execute(client: Any, *args: object) -> Any:

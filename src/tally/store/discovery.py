@@ -32,6 +32,7 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from tally.errors import ConfigError, StoreReadOnly, StoreUnavailable
@@ -131,7 +132,7 @@ def cluster_client(
             require_full_coverage=False,
             dynamic_startup_nodes=False,
         )
-    except redis.RedisError as exc:
+    except (redis.RedisError, RedisClusterException) as exc:
         raise StoreUnavailable(f"no cluster node answered: {exc}") from exc
 
 

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from tally.ledger.models import Epoch
+from tally.store.cluster_store import cluster_error
 from tally.store.errors import translated
 from tally.sync.cluster_route import key_client
 from tally.sync.drainer import GROUP, Drainer, Entry, _trim_below, log
@@ -30,8 +32,14 @@ class ClusterDrainer(Drainer):
     _round: set[int]
 
     def run_once(self, limit: int = 1000) -> int:
+        """As ``Drainer.run_once``; redis-py's cluster-level failures (no reachable node, an
+        uncovered slot: not ``RedisError``s) leave as ``StoreUnavailable``, so ``run`` paces
+        and retries them like any infrastructure error."""
         self._round = set()
-        return super().run_once(limit)
+        try:
+            return super().run_once(limit)
+        except RedisClusterException as exc:
+            raise cluster_error(exc, sent=False) from exc
 
     def _read_shard(self, shard: int, epoch: Epoch, count: int) -> list[Entry]:
         entries = super()._read_shard(shard, epoch, count)

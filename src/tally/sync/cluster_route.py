@@ -9,8 +9,9 @@ from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
-from tally.store.errors import translated
+from tally.store.cluster_store import cluster_error
 from tally.store.keys import KeyLayout
 
 #: The client to use for one shard.
@@ -29,9 +30,11 @@ def _node_client(cluster: Any, node: Any) -> redis.Redis:
 def key_client(cluster: RedisCluster, key: str) -> redis.Redis:
     """The plain client of the primary serving ``key``'s slot."""
     any_cluster: Any = cluster
-    with translated("cluster slot map"):
+    try:
         node = any_cluster.get_node_from_key(key, replica=False)
-    return _node_client(cluster, node)
+        return _node_client(cluster, node)
+    except (redis.RedisError, RedisClusterException) as exc:
+        raise cluster_error(exc, sent=False) from exc
 
 
 def route(client: redis.Redis | RedisCluster, layout: KeyLayout) -> Route:
@@ -47,6 +50,7 @@ def primary_clients(client: redis.Redis | RedisCluster) -> list[redis.Redis]:
     if not isinstance(client, RedisCluster):
         return [client]
     any_cluster: Any = client
-    with translated("cluster primaries"):
-        nodes = any_cluster.get_primaries()
-    return [_node_client(client, n) for n in nodes]
+    try:
+        return [_node_client(client, n) for n in any_cluster.get_primaries()]
+    except (redis.RedisError, RedisClusterException) as exc:
+        raise cluster_error(exc, sent=False) from exc

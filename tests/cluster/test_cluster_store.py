@@ -223,9 +223,10 @@ def test_same_shard_transfers_are_one_call_and_mix_with_cross_ones(rig: Rig) -> 
     results = rig.store.apply(
         [(cross, "d", acct, 20, ""), (same, "d", acct, 40, ""), (f"{same}x", "c", acct, 1, "")]
     ).results
-    assert [(r.transfer_id, r.result) for r in results][:2] == [
-        (cross, Result.ok),
-        (same, Result.insufficient_funds),
+    assert results == [
+        TransferResult(cross, Result.ok, 30, False),
+        TransferResult(same, Result.insufficient_funds, 30, False),
+        TransferResult(f"{same}x", Result.ok, 31, False),
     ]
     assert _record(rig, same) == f"d|{acct}|40|EUR|7|30".encode()
 

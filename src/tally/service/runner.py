@@ -35,6 +35,7 @@ from tally.api.routes.recharges import RechargeExtension
 from tally.billing import recharge as rc
 from tally.bootstrap import Deployment, _safe, open_deployment, recharging, redis_client
 from tally.config import Settings
+from tally.domain.holds import HOLD_SWEEP_MAX
 from tally.errors import ConfigError, InfrastructureError, StoreLost, TallyError
 from tally.gateway.client import HttpGateway, SimulatorAdmin
 from tally.gateway.process import SimulatorProcess
@@ -66,9 +67,11 @@ from tally.service.operations import Operations, reapply_credits
 from tally.service.workers import (
     DRAIN_LIMIT,
     DRAIN_PACE_S,
+    HOLD_SWEEP_IDLE_S,
     DrainService,
     Worker,
     credit_applier,
+    hold_sweeper,
 )
 from tally.store.discovery import SwitchMaster, SwitchMasterListener
 from tally.store.epoch import read_epochs
@@ -204,6 +207,13 @@ class Service:
         self.workers = [
             Worker("drainer", drain.run_once, pace_s=DRAIN_PACE_S, idle_s=0.1, busy_at=DRAIN_LIMIT),
             Worker("credits", credit_applier(self.dep), pace_s=0.5, idle_s=1.0),
+            Worker(
+                "holds",
+                hold_sweeper(self.dep),
+                pace_s=HOLD_SWEEP_IDLE_S,
+                idle_s=HOLD_SWEEP_IDLE_S,
+                busy_at=HOLD_SWEEP_MAX,
+            ),
         ]
         self._recharging()
         self._delivery()

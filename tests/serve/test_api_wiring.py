@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 import threading
 
+import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
+from tally.errors import ConfigError
 from tally.service import api_wiring, http_workers, runner
 from tally.service.api_wiring import serve_uvicorn
 from tally.service.http_workers import listening_socket
@@ -78,3 +80,26 @@ def test_one_function_builds_the_api_context_for_both_ways_of_serving() -> None:
         assert "AsyncDebits(" not in source, module.__name__
         assert "serve_uvicorn(" in source, module.__name__
     assert "ApiContext(" in inspect.getsource(api_wiring)
+
+
+def test_granian_missing_or_an_unknown_server_is_a_clear_error_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """granian is an optional extra: without it `--server granian` names the extra to install
+    (a ConfigError with a stable code), and an unknown server is refused the same way."""
+    monkeypatch.setattr(api_wiring, "granian_available", lambda: False)
+    with pytest.raises(ConfigError) as missing:
+        api_wiring.require_server("granian")
+    assert "--extra bench" in missing.value.hint
+    with pytest.raises(ConfigError):
+        api_wiring.require_server("gunicorn")
+    api_wiring.require_server("uvicorn")  # always there
+
+
+def test_bench_http_refuses_an_unknown_server_without_starting_anything() -> None:
+    from click.testing import CliRunner
+
+    from tally.cli.bench_cmd import bench
+
+    result = CliRunner().invoke(bench, ["http", "--server", "uvicorn,gunicorn"])
+    assert result.exit_code == 2 and "--server" in result.output

@@ -106,6 +106,9 @@ def serve(
     stops accepting, finishes in-flight requests, drains the journal and stops everything."""
     if redis_url and redis_sentinel:
         raise click.UsageError("give --redis-url or --redis-sentinel, not both")
+    from tally.service.api_wiring import require_server
+
+    require_server(server)  # granian is an optional extra: say so before anything starts
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )

@@ -29,9 +29,10 @@ from tally.ops.ballast import incompressible
 from tally.ops.cluster import Cluster, ClusterNode
 from tally.ops.node import ConfigValue
 from tally.ops.topology import Topology, parse_topology
+from tally.store.keys import SHARDS_DEFAULT
 
 NAMESPACE = "tally"
-SHARDS = 8
+SHARDS = SHARDS_DEFAULT  # what `tally serve` initialises a new deployment with
 BALLAST_VALUE_BYTES = 1000
 BALLAST_PIPELINE = 1000
 DATASET_BYTES_MAX = 2_000_000_000

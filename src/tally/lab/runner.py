@@ -192,9 +192,13 @@ def _run(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, out: Path) ->
     verdict = checker.check_dir(out)
     body.update(verdict.to_dict())
     body["ok"] = verdict.ok
+    clean = body.get("settle", {}).get("serve_clean_exit", True)
+    if not clean:  # a serve that did not stop cleanly on SIGINT is a failed run too
+        body["ok"] = False
+        body["serve_exit"] = body["settle"].get("serve_exit_codes")
     if scenario.name == chaos.CHAOS:
-        body["ok"] = _judge_chaos(opts, body, out) and verdict.ok
-    body["exit_code"] = 0 if verdict.ok else 1
+        body["ok"] = _judge_chaos(opts, body, out) and body["ok"]
+    body["exit_code"] = 0 if body["ok"] else 1
     body["seconds_total"] = round(time.monotonic() - started, 1)
     (out / "report.json").write_text(json.dumps(body, indent=2, default=str))
     report.write_html(out, body)
@@ -364,7 +368,8 @@ def _body(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, rig: Rig,
             "redis": binary.version_text,
             "python": platform.python_version(),
         },
-        "ledger": "ledger.sqlite3",
+        "ledger": {"kind": "sqlite", "path": "ledger.sqlite3",
+                   "shared_by": [s.name for s in getattr(billing, "serves", [])] or ["lab"]},  # fmt: skip
         "workload": {**asdict(spec), **asdict(workload.stats)},
         "topology": {
             "nodes": list(rig.nodes),

@@ -30,7 +30,8 @@ from tally.errors import TallyError, UsageError
 from tally.gateway.faults import Faults
 from tally.lab import chaos, checker, report
 from tally.lab.billing import BillingSystem, make_billing
-from tally.lab.history import HistoryWriter, now_ms
+from tally.lab.figures import lab_figures
+from tally.lab.history import HistoryWriter, now_ms, read_history
 from tally.lab.monitor import Monitor
 from tally.lab.pinger import PingerProcess
 from tally.lab.rig import LAB_PARAMS, NAMESPACE, SHARDS, Rig, RigSpec
@@ -191,6 +192,7 @@ def _run(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, out: Path) ->
         rig.simulator.export_jsonl(out / "gateway.jsonl")
     verdict = checker.check_dir(out)
     body.update(verdict.to_dict())
+    body["figures"].update(_lab_figures(out, body))
     body["ok"] = verdict.ok
     clean = body.get("settle", {}).get("serve_clean_exit", True)
     if not clean:  # a serve that did not stop cleanly on SIGINT is a failed run too
@@ -203,6 +205,17 @@ def _run(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, out: Path) ->
     (out / "report.json").write_text(json.dumps(body, indent=2, default=str))
     report.write_html(out, body)
     return RunResult(body["exit_code"], body, out)
+
+
+def _lab_figures(out: Path, body: dict[str, Any]) -> dict[str, Any]:
+    history_path = out / "history.jsonl"
+    return lab_figures(
+        monitor=checker._jsonl(out / "monitor.jsonl"),
+        gateway=checker._jsonl(out / "gateway.jsonl"),
+        events=checker._jsonl(out / "events.jsonl"),
+        history=read_history(history_path) if history_path.is_file() else [],
+        serve_starts=dict(body.get("settle", {}).get("serve_starts") or {}),
+    )
 
 
 def _judge_chaos(opts: RunOptions, body: dict[str, Any], out: Path) -> bool:

@@ -201,6 +201,91 @@ GATEWAY_TIMEOUT_AFTER_COMMIT = Scenario(
     subject_shows=(("cards_charged_more_than_once", "==", 0), ("charges_without_credit", "==", 0)),
 )
 
+FAILOVER_THEN_RECHARGE = Scenario(
+    "failover-then-recharge",
+    "SIGKILL on the primary; Sentinel promotes a replica. The `tally serve` processes must "
+    "follow the failover and keep charging cards for recharges, without a restart (the defect "
+    "issue 13 names: a recharge health probe that kept the client it was built with reported "
+    "store_not_primary for good). 2013: no Sentinel, the operator starts the primary again.",
+    PRIMARY_CRASH.steps,
+    duration_s=36,
+    control_shows=(("debits_acknowledged_lost", ">=", 1),),
+    subject_shows=(
+        ("charges_after_failover", ">=", 1),
+        ("serve_restarts", "==", 0),
+        ("debits_acknowledged_lost", "==", 0),
+    ),
+    subject_fails_over=True,
+)
+
+SERVE_CRASH_MID_RECHARGE = Scenario(
+    "serve-crash-mid-recharge",
+    "The gateway holds every charge's answer for 3 s after committing it; serve-dc2 is stalled "
+    "(SIGSTOP) so serve-dc1's completer makes the charges, and serve-dc1 is killed -9 the moment "
+    "the simulator's records show a charge it has not answered: between the charge and its "
+    "credit. dc2 resumes and dc1 is started again with the same command line: the saga must "
+    "find the charge by its key and credit it once, never charge again. The control has no "
+    "service to kill: the held answers outlast its 2 s gateway timeout, it charges blindly.",
+    (
+        _fault(5, "serve", action="pause", dc="dc2"),
+        _fault(5, "gateway_faults", timeout_after_commit=1.0, timeout_mode="delay",
+               timeout_delay_ms=3000),  # fmt: skip
+        _fault(5.2, "serve_kill_mid_charge", dc="dc1"),
+        _fault(13, "gateway_faults", timeout_after_commit=0.0),
+        _op(13, "serve", action="resume", dc="dc2"),
+        _op(15, "serve", action="start", dc="dc1"),
+    ),
+    duration_s=30,
+    control_shows=(("charges_without_credit", ">=", 1),),
+    subject_shows=(
+        ("serve_killed_mid_charge", ">=", 1),
+        ("cards_charged_more_than_once", "==", 0),
+        ("charges_without_credit", "==", 0),
+        ("payments_lost", "==", 0),
+    ),
+)
+
+RETRY_THROUGH_OTHER_DC = Scenario(
+    "retry-through-other-dc",
+    "serve-dc1 is stalled (SIGSTOP) for 8 s, past its callers' 3 s timeout: every call in "
+    "flight there has an unknown outcome and is retried with the same transfer id through "
+    "serve-dc2; when dc1 resumes it answers the stale requests too. Every transfer must be "
+    "applied once (no id answered differently, balances equal to the ledger).",
+    (_fault(6, "serve", action="pause", dc="dc1"), _fault(14, "serve", action="resume", dc="dc1")),
+    duration_s=26,
+    control_note="the control runs in the lab process: there is no service process to stall "
+    "and no second entry point, so its calls never time out here",
+    subject_shows=(
+        ("ids_retried_through_other_dc", ">=", 1),
+        ("accounts_drifted", "==", 0),
+        ("debits_acknowledged_lost", "==", 0),
+    ),
+)
+
+ACCOUNT_CLOSED_MID_RECHARGE = Scenario(
+    "account-closed-mid-recharge",
+    "The gateway holds charge answers for 3 s while an operator closes accounts whose "
+    "recharge is in flight (found through the recharges API): the charge must not be credited "
+    "twice, nor lost, nor the card charged again for a closed account.",
+    (
+        _fault(5, "gateway_faults", timeout_after_commit=1.0, timeout_mode="delay",
+               timeout_delay_ms=3000),  # fmt: skip
+        _op(6, "close_account", account="mid-recharge"),
+        _op(8, "close_account", account="mid-recharge"),
+        _op(10, "close_account", account="mid-recharge"),
+        _fault(14, "gateway_faults", timeout_after_commit=0.0),
+    ),
+    duration_s=26,
+    control_note="2013 had no account close: legacy keeps charging and crediting; the held "
+    "answers are what gateway-timeout-after-commit shows for the control",
+    subject_shows=(
+        ("accounts_closed", ">=", 1),
+        ("cards_charged_more_than_once", "==", 0),
+        ("payments_lost", "==", 0),
+        ("accounts_drifted", "==", 0),
+    ),
+)
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -212,5 +297,9 @@ SCENARIOS: dict[str, Scenario] = {
         PRIMARY_PAUSE,
         OUTPUT_BUFFER_LOOP,
         GATEWAY_TIMEOUT_AFTER_COMMIT,
+        FAILOVER_THEN_RECHARGE,
+        SERVE_CRASH_MID_RECHARGE,
+        RETRY_THROUGH_OTHER_DC,
+        ACCOUNT_CLOSED_MID_RECHARGE,
     )
 }

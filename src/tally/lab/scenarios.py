@@ -270,9 +270,7 @@ ACCOUNT_CLOSED_MID_RECHARGE = Scenario(
     (
         _fault(5, "gateway_faults", timeout_after_commit=1.0, timeout_mode="delay",
                timeout_delay_ms=3000),  # fmt: skip
-        _op(6, "close_account", account="mid-recharge"),
-        _op(8, "close_account", account="mid-recharge"),
-        _op(10, "close_account", account="mid-recharge"),
+        *(_op(at, "close_account", account="mid-recharge") for at in range(6, 14)),
         _fault(14, "gateway_faults", timeout_after_commit=0.0),
     ),
     duration_s=26,

@@ -179,12 +179,12 @@ class ServeProcess:
 
 
 def lab_processes(marker: str) -> list[int]:
-    """Processes (other than this one) whose command line names ``marker`` or whose working
+    """Processes (other than this one and its parent) whose command line names ``marker`` or whose working
     directory lies under it: a lab run's serve processes name their run directory in
     ``--home``; for the test that nothing is left after a run."""
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit() or int(entry.name) in (os.getpid(), os.getppid()):
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")

@@ -34,9 +34,9 @@ def bind_outgoing(address: str) -> None:
     original_ex = socket.socket.connect_ex
 
     def _bind(sock: socket.socket) -> None:
-        if sock.family == socket.AF_INET and sock.type == socket.SOCK_STREAM:
-            if sock.getsockname()[1] == 0:
-                sock.bind((address, 0))
+        stream = sock.family == socket.AF_INET and sock.type == socket.SOCK_STREAM
+        if stream and sock.getsockname()[1] == 0:
+            sock.bind((address, 0))
 
     def connect(self: socket.socket, target: object) -> None:
         _bind(self)

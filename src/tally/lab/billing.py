@@ -20,21 +20,17 @@ from typing import Any, Protocol
 
 import redis
 
-from tally.billing.recharge import Circuit, Recharging
-from tally.billing.recharge.remediation import Remediator
-from tally.bootstrap import Deployment, open_deployment, recharging
+from tally.bootstrap import Deployment, open_deployment
 from tally.config import Settings
 from tally.domain.accounts import Account, SystemAccount
-from tally.domain.recharge import RechargeRule
-from tally.errors import InfrastructureError, StoreOutcomeUnknown, TallyError
+from tally.errors import StoreOutcomeUnknown, TallyError
 from tally.gateway.client import HttpGateway
-from tally.gateway.records import open_records
 from tally.lab.legacy import LegacyBilling, LegacyPlan
 from tally.lab.rig import NAMESPACE, SHARDS, Rig
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.keys import KeyLayout
 from tally.sync.drainer import Drainer
-from tally.sync.rebuild import init_store, inspect_dataset, rebuild
+from tally.sync.rebuild import init_store, inspect_dataset
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +56,7 @@ class BillingSystem(Protocol):
     name: str
 
     def open_accounts(self, accounts: list[AccountSpec]) -> None: ...
+
     entry_points: tuple[str, ...]
 
     def debit(self, tid: str, account: str, amount_minor: int, via: int = 0) -> Completion: ...

@@ -381,8 +381,11 @@ def _body(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, rig: Rig,
             "redis": binary.version_text,
             "python": platform.python_version(),
         },
-        "ledger": {"kind": "sqlite", "path": "ledger.sqlite3",
-                   "shared_by": [s.name for s in getattr(billing, "serves", [])] or ["lab"]},  # fmt: skip
+        "ledger": {
+            "kind": "sqlite",
+            "path": "ledger.sqlite3",
+            "shared_by": [s.name for s in getattr(billing, "serves", [])] or ["lab"],
+        },
         "workload": {**asdict(spec), **asdict(workload.stats)},
         "topology": {
             "nodes": list(rig.nodes),

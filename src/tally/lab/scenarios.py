@@ -228,8 +228,13 @@ SERVE_CRASH_MID_RECHARGE = Scenario(
     "service to kill: the held answers outlast its 2 s gateway timeout, it charges blindly.",
     (
         _fault(5, "serve", action="pause", dc="dc2"),
-        _fault(5, "gateway_faults", timeout_after_commit=1.0, timeout_mode="delay",
-               timeout_delay_ms=3000),  # fmt: skip
+        _fault(
+            5,
+            "gateway_faults",
+            timeout_after_commit=1.0,
+            timeout_mode="delay",
+            timeout_delay_ms=3000,
+        ),
         _fault(5.2, "serve_kill_mid_charge", dc="dc1"),
         _fault(13, "gateway_faults", timeout_after_commit=0.0),
         _op(13, "serve", action="resume", dc="dc2"),
@@ -268,8 +273,13 @@ ACCOUNT_CLOSED_MID_RECHARGE = Scenario(
     "recharge is in flight (found through the recharges API): the charge must not be credited "
     "twice, nor lost, nor the card charged again for a closed account.",
     (
-        _fault(5, "gateway_faults", timeout_after_commit=1.0, timeout_mode="delay",
-               timeout_delay_ms=3000),  # fmt: skip
+        _fault(
+            5,
+            "gateway_faults",
+            timeout_after_commit=1.0,
+            timeout_mode="delay",
+            timeout_delay_ms=3000,
+        ),
         *(_op(at, "close_account", account="mid-recharge") for at in range(6, 14)),
         _fault(14, "gateway_faults", timeout_after_commit=0.0),
     ),

@@ -92,7 +92,7 @@ class ServeProcess:
         with open(self.log_path, "ab") as log:
             log.write(f"$ {' '.join(self.argv())}\n".encode())
             log.flush()
-            self.process = subprocess.Popen(  # noqa: S603 - our own CLI, argv list
+            self.process = subprocess.Popen(
                 self.argv(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, start_new_session=True,
             )  # fmt: skip

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from tally.errors import InfrastructureError, ProcessError
 from tally.lab.billing import CURRENCY, AccountSpec, Completion
 from tally.lab.rig import Rig
 from tally.lab.serve import ServeProcess
@@ -81,7 +82,7 @@ def _unknown(exc: BaseException) -> Completion:
 
 class ServeBilling:
     name = "tally"
-    entry_points = SERVE_DCS
+    entry_points: tuple[str, ...] = SERVE_DCS
 
     def __init__(self, rig: Rig) -> None:
         self.rig = rig
@@ -113,7 +114,7 @@ class ServeBilling:
         first.start()
         key = first.admin_key()
         if key is None:
-            raise RuntimeError(f"{first.name} printed no admin key; see {first.log_path}")
+            raise ProcessError(f"{first.name} printed no admin key; see {first.log_path}")
         self.key = key
         for other in self.serves[1:]:
             other.start()
@@ -154,7 +155,7 @@ class ServeBilling:
             for method, path, body in calls:
                 r = self._call(0, method, path, body, timeout=OPERATOR_TIMEOUT_S)
                 if r.status_code >= 300:
-                    raise RuntimeError(f"{method} {path}: {r.status_code} {r.text[:200]}")
+                    raise ProcessError(f"{method} {path}: {r.status_code} {r.text[:200]}")
 
     def debit(self, tid: str, account: str, amount_minor: int, via: int = 0) -> Completion:
         body = {"transfer_id": tid, "account_id": account, "amount_minor": amount_minor}
@@ -227,7 +228,7 @@ class ServeBilling:
                 return r.status_code, r.json()
             except ValueError:
                 return r.status_code, r.text[:300]
-        raise RuntimeError(f"no serve answered {method} {path}: {last}")
+        raise InfrastructureError(f"no serve answered {method} {path}: {last}")
 
     def operator(self, action: str) -> str:
         if action == "freeze":
@@ -303,7 +304,7 @@ class ServeBilling:
             path = "/v1/recharges?limit=500" + (f"&after={after}" if after else "")
             try:
                 status, body = self._admin("GET", path)
-            except RuntimeError:
+            except InfrastructureError:
                 return None
             if status != 200 or not isinstance(body, dict):
                 return None
@@ -332,7 +333,7 @@ class ServeBilling:
             if unfinished == 0:
                 break
             time.sleep(SETTLE_PACE_S)
-        with contextlib.suppress(RuntimeError):
+        with contextlib.suppress(InfrastructureError):
             self._admin("POST", "/v1/admin/drain")
         for serve in self.serves:
             self.exit_codes[serve.name] = serve.interrupt()

@@ -308,7 +308,9 @@ class Operator:
                 done = billing.serve_action("kill", dc)
                 return f"{done} while charge {charge} awaited its answer"
             self.stop.wait(0.2)
-        return f"no held charge within {wait_s * self.scale:.0f}s: {billing.serve_action('kill', dc)}"
+        return (
+            f"no held charge within {wait_s * self.scale:.0f}s: {billing.serve_action('kill', dc)}"
+        )
 
     def _held_charge(self, since_ms: int) -> str | None:
         with contextlib.closing(self.rig.simulator.admin()) as admin:

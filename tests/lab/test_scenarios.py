@@ -27,6 +27,7 @@ CI_SIZE: dict[str, tuple[float, int, float, float | None, int | None]] = {
     "serve-crash-mid-recharge": (0.6, 40, 60.0, None, 2),
     "retry-through-other-dc": (0.5, 40, 60.0, None, 2),
     "account-closed-mid-recharge": (0.5, 40, 60.0, None, 2),
+    "serve-partitions": (0.6, 40, 60.0, None, 2),
 }
 #: Sentinel's down-after (5 s) and min-replicas-max-lag (10 s) are real seconds: a fault that
 #: must outlast them keeps its length

@@ -41,6 +41,11 @@ def _common(func: Any) -> Any:
                           "adds about 25 s to every full sync (and to setup); a sync that outlasts "
                           "the run shows as storm_window.replicas_back false. `tally bench storm` "
                           "measures F1 on its own."),
+        click.option("--ledger-url", default=None,
+                     help="A PostgreSQL server (postgresql://user@host:5432/db): the run's ledger "
+                          "is a fresh database there, which each serve reaches through a proxy "
+                          "link (a partition can cut it), dropped once the run is checked. "
+                          "Default: a SQLite file in the run directory."),
         click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout."),
     ]  # fmt: skip
     for option in reversed(options):
@@ -81,7 +86,7 @@ def lab() -> None:
 @_common
 def run_cmd(scenario: str, profile: str, billing: str, out: Path | None, seed: int,
             time_scale: float, accounts: int | None, rate: float | None, duration: float | None,
-            dataset_mb: int | None, as_json: bool) -> None:  # fmt: skip
+            dataset_mb: int | None, ledger_url: str | None, as_json: bool) -> None:  # fmt: skip
     """Run SCENARIO once and check it: exit 0 all invariants held, 1 one violated, 2 error."""
     if scenario not in SCENARIOS:
         click.echo(
@@ -90,7 +95,7 @@ def run_cmd(scenario: str, profile: str, billing: str, out: Path | None, seed: i
         sys.exit(EXIT_USAGE)
     out = out or Path("lab-runs") / f"{scenario}-{profile}-{billing}"
     result = run(RunOptions(scenario, profile, billing, seed, out, time_scale, accounts, rate,
-                            duration, _progress, dataset_mb))  # fmt: skip
+                            duration, _progress, dataset_mb, ledger_url=ledger_url))  # fmt: skip
     click.echo(json.dumps(result.report, indent=2, default=str) if as_json else _summary(result))
     sys.exit(result.exit_code)
 
@@ -103,7 +108,7 @@ def run_cmd(scenario: str, profile: str, billing: str, out: Path | None, seed: i
 @_common
 def compare_cmd(targets: tuple[str, ...], out: Path | None, seed: int, time_scale: float,
                 accounts: int | None, rate: float | None, duration: float | None,
-                dataset_mb: int | None, as_json: bool) -> None:  # fmt: skip
+                dataset_mb: int | None, ledger_url: str | None, as_json: bool) -> None:  # fmt: skip
     """`compare SCENARIO`: run it as 2013/legacy and hardened/tally and write one side-by-side
     page; exits 0 when the hardened/tally run held every invariant (the control is expected to
     fail), 2 when either run could not be set up.
@@ -112,7 +117,7 @@ def compare_cmd(targets: tuple[str, ...], out: Path | None, seed: int, time_scal
     timelines on one time axis); exits 0, or 2 when a directory holds no finished run."""
     if len(targets) == 1 and targets[0] in SCENARIOS:
         _compare_scenario(targets[0], out, seed, time_scale, accounts, rate, duration,
-                          dataset_mb, as_json)  # fmt: skip
+                          dataset_mb, ledger_url, as_json)  # fmt: skip
         return
     if len(targets) < 2:
         click.echo(f"error: {targets[0]!r} is neither a scenario ({', '.join(SCENARIOS)}) nor "
@@ -132,14 +137,14 @@ def compare_cmd(targets: tuple[str, ...], out: Path | None, seed: int, time_scal
 
 def _compare_scenario(scenario: str, out: Path | None, seed: int, time_scale: float,
                       accounts: int | None, rate: float | None, duration: float | None,
-                      dataset_mb: int | None, as_json: bool) -> None:  # fmt: skip
+                      dataset_mb: int | None, ledger_url: str | None, as_json: bool) -> None:  # fmt: skip
     out = out or Path("lab-runs") / f"compare-{scenario}"
     results = []
     for profile, billing in (("2013", "legacy"), ("hardened", "tally")):
         _progress(f"== {scenario}: {profile} profile, {billing} billing ==")
         results.append(run(RunOptions(scenario, profile, billing, seed, out / f"{profile}-{billing}",
                                       time_scale, accounts, rate, duration, _progress,
-                                      dataset_mb)))  # fmt: skip
+                                      dataset_mb, ledger_url=ledger_url)))  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     runs = [(r.out, r.report) for r in results]
     path = report.write_compare(out / "report.html", runs)

@@ -32,6 +32,7 @@ from tally.lab import chaos, checker, report
 from tally.lab.billing import BillingSystem, make_billing
 from tally.lab.figures import lab_figures
 from tally.lab.history import HistoryWriter, now_ms, read_history
+from tally.lab.ledger_db import LabLedger, is_postgres
 from tally.lab.monitor import Monitor
 from tally.lab.pinger import PingerProcess
 from tally.lab.rig import LAB_PARAMS, NAMESPACE, SHARDS, Rig, RigSpec
@@ -69,6 +70,7 @@ class RunOptions:
     progress: Progress = field(default=lambda _: None, repr=False)
     dataset_mb: int | None = None  # ballast on the primary (default: the scenario's, 16 MB)
     faults_max: int = 2  # chaos: faults active at once
+    ledger_url: str | None = None  # PostgreSQL server for the ledger (None: a SQLite file)
 
     def validate(self) -> Scenario:
         if self.scenario == chaos.CHAOS:
@@ -82,6 +84,9 @@ class RunOptions:
             raise UsageError(f"unknown billing {self.billing!r}", hint="legacy or tally")
         if not TIME_SCALE_MIN <= self.time_scale <= TIME_SCALE_MAX:
             raise UsageError(f"--time-scale must be {TIME_SCALE_MIN}..{TIME_SCALE_MAX}")
+        if self.ledger_url is not None and not is_postgres(self.ledger_url):
+            raise UsageError("--ledger-url must be a postgresql:// URL",
+                             hint="without it the ledger is a SQLite file in the run directory")  # fmt: skip
         if self.dataset_mb is not None and not 0 <= self.dataset_mb <= DATASET_MB_MAX:
             raise UsageError(f"--dataset-mb must be 0..{DATASET_MB_MAX}",
                              hint="the ballast is held in memory by every node")  # fmt: skip
@@ -99,6 +104,8 @@ class RunOptions:
                    else f"tally lab run {self.scenario}")  # fmt: skip
         parts = [f"{command} --profile {self.profile} --billing {self.billing}",
                  f"--seed {self.seed} --out {self.out} --time-scale {self.time_scale}"]  # fmt: skip
+        if self.ledger_url is not None:
+            parts.append(f"--ledger-url {self.ledger_url}")
         for flag, value in (("--accounts", self.accounts), ("--rate", self.rate),
                             ("--duration", self.duration), ("--dataset-mb", self.dataset_mb)):  # fmt: skip
             if value is not None:
@@ -179,7 +186,20 @@ def _run(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, out: Path) ->
     say(f"starting {opts.profile} topology (3 DCs, {rig_spec.dataset_bytes // 1_000_000} MB "
         f"ballast, WAN {rig_spec.wan_bytes_per_s // 1000} kB/s) and the gateway simulator")  # fmt: skip
     started = time.monotonic()
-    with Rig(out, rig_spec, gateway_faults=_gateway_faults(opts.seed, accounts)) as rig:
+    ledger = LabLedger.postgres(opts.ledger_url) if opts.ledger_url else LabLedger.sqlite(out)
+    try:
+        return _run_on(opts, scenario, spec, out, accounts, rig_spec, duration_s, started, ledger)
+    finally:
+        with contextlib.suppress(TallyError):  # a database left behind is not a failed run
+            ledger.drop()
+
+
+def _run_on(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, out: Path,
+            accounts: list[Any], rig_spec: RigSpec, duration_s: float, started: float,
+            ledger: LabLedger) -> RunResult:  # fmt: skip
+    say = opts.progress
+    faults = _gateway_faults(opts.seed, accounts)
+    with Rig(out, rig_spec, gateway_faults=faults, ledger=ledger) as rig:
         say(f"up in {time.monotonic() - started:.1f}s; opening {len(accounts)} accounts "
             f"({opts.billing} billing)")  # fmt: skip
         billing = make_billing(opts.billing, rig)
@@ -256,6 +276,7 @@ def _write_setup(out: Path, opts: RunOptions, scenario: Scenario, spec: Workload
     setup = {
         "scenario": scenario.name, "profile": opts.profile, "billing": opts.billing,
         "seed": opts.seed, "currency": "USD", "debits_lost_bound": bound,
+        "ledger_url": rig.ledger_url(),
         "accounts": [asdict(a) for a in accounts],
         "workload": asdict(spec),
     }  # fmt: skip

@@ -294,6 +294,30 @@ ACCOUNT_CLOSED_MID_RECHARGE = Scenario(
     ),
 )
 
+SERVE_PARTITIONS = Scenario(
+    "serve-partitions",
+    "Each serve is cut from one thing it needs: serve-dc2 from the gateway and serve-dc1 from "
+    "the ledger of record (with a PostgreSQL ledger; a SQLite file has no link to cut) for 8 s, "
+    "then serve-dc2 from the primary for 6 s. Callers retry unknown outcomes through the other "
+    "data center; recharges wait or go through the other serve; nothing is lost or doubled.",
+    (
+        _fault(5, "cut_serve", dc="dc2", target="gateway", mode="drop"),
+        _fault(5, "cut_serve", dc="dc1", target="ledger", mode="drop"),
+        _fault(13, "heal"),
+        _fault(15, "cut_serve", dc="dc2", target="primary", mode="refuse"),
+        _fault(21, "heal"),
+    ),
+    duration_s=30,
+    control_note="the control runs in the lab process: no serve to cut",
+    subject_shows=(
+        ("cards_charged_more_than_once", "==", 0),
+        ("charges_without_credit", "==", 0),
+        ("payments_lost", "==", 0),
+        ("debits_acknowledged_lost", "==", 0),
+        ("accounts_drifted", "==", 0),
+    ),
+)
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -309,5 +333,6 @@ SCENARIOS: dict[str, Scenario] = {
         SERVE_CRASH_MID_RECHARGE,
         RETRY_THROUGH_OTHER_DC,
         ACCOUNT_CLOSED_MID_RECHARGE,
+        SERVE_PARTITIONS,
     )
 }

@@ -93,7 +93,7 @@ class ServeBilling:
             self.serves.append(ServeProcess(
                 name=f"serve-{dc}", dc=dc, host=host, port=free_port(host),
                 home=rig.out_dir / "serve" / dc, redis_url=redis_url,
-                ledger_url=rig.ledger_url(), gateway_url=rig.simulator.url,
+                ledger_url=rig.serve_ledger_url(dc), gateway_url=rig.serve_gateway_url(dc),
                 source_address=host, skip_preflight=not rig.hardened,
             ))  # fmt: skip
         self.key = ""

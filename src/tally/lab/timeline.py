@@ -28,6 +28,9 @@ Actions (``Operator``):
     serve_kill_mid_charge(dc)    kill -9 that serve as soon as the gateway simulator has
                                  recorded a charge it has not answered yet (a delayed response):
                                  the crash between the charge and its credit
+    cut_serve(dc, target, mode)  partition the serve of a data center from ``ledger``, ``gateway``
+                                 (its own links) or ``primary`` (its DC's route to the primary);
+                                 ``heal`` clears it
     close_account(account)       an operator closes an account (recharges in flight must not
                                  credit it, nor charge its card again)
 """
@@ -319,6 +322,11 @@ class Operator:
                         and record.status == "succeeded" and record.response_fault):  # fmt: skip
                     return str(record.idempotency_key)
         return None
+
+    def do_cut_serve(self, dc: str, target: str, mode: str = "drop") -> str:
+        if self._serve_billing() is None:
+            return f"cut serve {dc}: {self.billing.name} runs in the lab process (no serve)"
+        return f"serve-{dc} cut from {target} ({mode}): {self.rig.cut_serve(dc, target, mode)}"
 
     def do_close_account(self, account: str) -> str:
         close = getattr(self.billing, "close_account", None)

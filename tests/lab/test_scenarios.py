@@ -88,3 +88,43 @@ def test_unmet_names_each_missed_expectation() -> None:
         "full_syncs >= 2 (got 1)"
     ]
     assert unmet(figures, (("missing", "<=", 0),)) == ["missing <= 0 (got None)"]
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(600)
+def test_a_postgresql_ledger_is_a_fresh_database_each_serve_reaches_through_its_own_link(
+    tmp_path: Path,
+) -> None:
+    """Item 2 of issue 13: given a PostgreSQL server, the run's ledger is a database made for
+    it; every serve reaches it through a proxy link (so cut_serve ledger cuts it), the checker
+    reads it, report.json says postgresql, and the database is gone after the check."""
+    import sqlalchemy as sa
+
+    from tests.conftest import postgres_url
+
+    base = postgres_url()
+    if base is None:
+        pytest.skip("set TALLY_TEST_POSTGRES_URL to run PostgreSQL tests")
+    out = tmp_path / "run"
+    options = RunOptions("serve-partitions", "hardened", "tally", 3, out, 0.6, 40, 60.0,
+                         dataset_mb=2, ledger_url=base)  # fmt: skip
+    result = run(options)
+    assert orphan_pids(str(tmp_path)) == [] and lab_processes(str(tmp_path)) == []
+    assert result.exit_code == 0, result.report.get("error") or result.report["invariants"]
+    ledger = result.report["ledger"]
+    assert ledger["kind"] == "postgresql" and ledger["through_proxy"] is True
+    cut = [e for e in result.report["timeline"] if e["action"] == "cut_serve"]
+    assert any(e["ok"] and "serve-dc1-to-ledger" in e["detail"] for e in cut), cut
+    assert result.report["figures"]["accounts_drifted"] == 0
+    assert result.report["invariants"]["3_balance_equals_ledger"]["held"]
+    argv = (out / "serve" / "serve-dc1.log").read_text().splitlines()[0]
+    assert f"/{ledger['database']}" in argv and "postgresql://" in argv
+    engine = sa.create_engine("postgresql+psycopg://" + base.split("://", 1)[1])
+    try:
+        with engine.connect() as conn:
+            left = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": ledger["database"]}
+            ).all()
+    finally:
+        engine.dispose()
+    assert left == []

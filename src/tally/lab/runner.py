@@ -141,7 +141,7 @@ def run(opts: RunOptions) -> RunResult:
     out.mkdir(parents=True, exist_ok=True)
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
-    for leftover in ("gateway", "cluster", "home"):
+    for leftover in ("gateway", "cluster", "home", "serve"):
         shutil.rmtree(out / leftover, ignore_errors=True)
     handler = logging.FileHandler(out / "lab.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(name)s: %(message)s"))

@@ -84,6 +84,11 @@ class ServeProcess:
         return self.process is not None and self.process.poll() is None
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        self.launch()
+        self.wait_ready(timeout_s)
+
+    def launch(self) -> None:
+        """The process, without waiting for it to answer (``wait_ready``)."""
         if self.is_running():
             return
         self.home.mkdir(parents=True, exist_ok=True)
@@ -98,6 +103,9 @@ class ServeProcess:
             )  # fmt: skip
         self.starts += 1
         self.paused = False
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -118,6 +126,18 @@ class ServeProcess:
         except httpx.HTTPError:
             return False
         return r.status_code == 200
+
+    def wait_printed(self, pattern: re.Pattern[str], timeout_s: float = START_TIMEOUT_S) -> bool:
+        """Until the process's output shows ``pattern`` (False: it exited or the time ran out)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if pattern.search(self.log_path.read_text(errors="replace")):
+                    return True
+            if not self.is_running():
+                return False
+            time.sleep(POLL_S)
+        return False
 
     def admin_key(self) -> str | None:
         """The key the first start printed (the deployment's first serve prints it once)."""
@@ -155,10 +175,18 @@ class ServeProcess:
     def interrupt(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
         """Ctrl-C, as an operator stops it: in-flight requests finish, the journal drains, the
         process exits. Its exit code (None: it had to be killed after ``timeout_s``)."""
+        self.send_interrupt()
+        return self.wait_exit(timeout_s)
+
+    def send_interrupt(self) -> None:
+        if self.process is not None:
+            self.resume()
+            self._signal(signal.SIGINT)
+
+    def wait_exit(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        """After ``send_interrupt``: the exit code, or None when it had to be killed."""
         if self.process is None:
             return None
-        self.resume()
-        self._signal(signal.SIGINT)
         try:
             code: int | None = int(self.process.wait(timeout_s))
         except subprocess.TimeoutExpired:

@@ -29,7 +29,7 @@ import httpx
 from tally.errors import InfrastructureError, ProcessError
 from tally.lab.billing import CURRENCY, AccountSpec, Completion
 from tally.lab.rig import Rig
-from tally.lab.serve import ServeProcess
+from tally.lab.serve import ADMIN_KEY, ServeProcess
 from tally.ops.node import free_port
 
 #: the caller's patience: a serve stopped past this is an unknown outcome, retried elsewhere
@@ -109,15 +109,20 @@ class ServeBilling:
         raise KeyError(f"no serve in {dc!r}: the lab runs {', '.join(SERVE_DCS)}")
 
     def start(self) -> None:
-        """dc1 first (it initialises the deployment and prints the admin key), then dc2."""
+        """dc1 first: it initialises the deployment and prints the admin key; the others are
+        launched as soon as it has (two first starts would both initialise), and all answer."""
         first = self.serves[0]
-        first.start()
+        first.launch()
+        first.wait_printed(ADMIN_KEY)
         key = first.admin_key()
         if key is None:
+            first.wait_ready()  # raises with the reason when it exited
             raise ProcessError(f"{first.name} printed no admin key; see {first.log_path}")
         self.key = key
         for other in self.serves[1:]:
-            other.start()
+            other.launch()
+        for serve in self.serves:
+            serve.wait_ready()
 
     def _client(self) -> httpx.Client:
         client: httpx.Client | None = getattr(self._local, "client", None)
@@ -335,8 +340,10 @@ class ServeBilling:
             time.sleep(SETTLE_PACE_S)
         with contextlib.suppress(InfrastructureError):
             self._admin("POST", "/v1/admin/drain")
+        for serve in self.serves:  # both at once: each drains on its way out
+            serve.send_interrupt()
         for serve in self.serves:
-            self.exit_codes[serve.name] = serve.interrupt()
+            self.exit_codes[serve.name] = serve.wait_exit()
         return {
             "rounds": rounds,
             "unfinished_recharges": unfinished,

@@ -342,8 +342,22 @@ def suspended_accounts(a: Artefacts) -> set[str]:
     return out
 
 
+#: a decline the card itself caused; velocity_limit is the issuer reacting to the charges (the
+#: 2013 double charges tripped it): not the customer's funding failure
+FUNDING_DECLINES = ("card_declined", "insufficient_funds")
+
+
 def wrongful_suspensions(a: Artefacts) -> list[str]:
+    """Suspended accounts whose card neither declines by the run's setup nor was declined by
+    the gateway for the card's own reasons (a chaos run makes sound cards decline for a while:
+    suspending those is what the rule asks for, not a wrongful suspension)."""
     declining = {acc["id"] for acc in a.setup.get("accounts", []) if acc.get("declines")}
+    card_owner = {acc.get("card"): acc["id"] for acc in a.setup.get("accounts", [])}
+    for record in a.gateway:
+        if record.get("status") == "declined" and record.get("reason") in FUNDING_DECLINES:
+            owner = card_owner.get(record.get("card"))
+            if owner is not None:
+                declining.add(owner)
     return sorted(acc for acc in suspended_accounts(a) if acc not in declining)
 
 

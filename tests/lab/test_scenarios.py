@@ -28,6 +28,8 @@ CI_SIZE: dict[str, tuple[float, int, float, float | None, int | None]] = {
     "retry-through-other-dc": (0.5, 40, 60.0, None, 2),
     "account-closed-mid-recharge": (0.5, 40, 60.0, None, 2),
     "serve-partitions": (0.6, 40, 60.0, None, 2),
+    # its claim is a loss beyond the bound (rate x (max-lag + 2 s)): the cut must outlast that
+    "primary-dc-partition-no-min-replicas": (1.0, 40, 60.0, None, 2),
 }
 #: Sentinel's down-after (5 s) and min-replicas-max-lag (10 s) are real seconds: a fault that
 #: must outlast them keeps its length

@@ -204,7 +204,9 @@ def _run_on(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, out: Path,
             f"({opts.billing} billing)")  # fmt: skip
         billing = make_billing(opts.billing, rig)
         try:
+            opened = time.monotonic()
             billing.open_accounts(accounts)
+            say(f"accounts open in {time.monotonic() - opened:.1f}s")
             _write_setup(out, opts, scenario, spec, accounts, rig)
             body = _drive(opts, scenario, spec, accounts, rig, billing, duration_s, out)
         finally:

@@ -58,6 +58,8 @@ BIN_MS = 500
 WRITE_FS = ("debit", "credit", "topup")
 MONEY_IN_FS = ("credit", "topup")
 CREDIT_META_KEYS = ("credit_id", "transfer_id", "recharge_id")
+#: a decline the card itself caused; velocity_limit is the issuer reacting to the charges (the
+#: 2013 double charges tripped it): not the customer's funding failure
 FUNDING_DECLINES = ("card_declined", "insufficient_funds", "expired_card")
 SCAN_COUNT = 1000
 STORE_KEYS_MAX = 5_000_000
@@ -340,11 +342,6 @@ def suspended_accounts(a: Artefacts) -> set[str]:
     out |= {acc for acc, st in a.ledger.statuses.items() if st == "suspended"}
     out |= {acc for acc, h in (a.store.get("accounts") or {}).items() if h.get("st") == "s"}
     return out
-
-
-#: a decline the card itself caused; velocity_limit is the issuer reacting to the charges (the
-#: 2013 double charges tripped it): not the customer's funding failure
-FUNDING_DECLINES = ("card_declined", "insufficient_funds")
 
 
 def wrongful_suspensions(a: Artefacts) -> list[str]:

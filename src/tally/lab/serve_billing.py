@@ -22,6 +22,7 @@ import contextlib
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -39,6 +40,7 @@ SERVE_DCS = ("dc1", "dc2")
 DAILY_CAP_MINOR = 10_000_000
 DECLINES_MAX = 2
 SETTLE_S_MAX = 90.0
+OPEN_WORKERS = 8
 SETTLE_PACE_S = 0.5
 PAGES_MAX = 200
 #: 503 codes that say the request was refused before anything was written
@@ -98,6 +100,7 @@ class ServeBilling:
             ))  # fmt: skip
         self.key = ""
         self._local = threading.local()
+        self._clients: list[httpx.Client] = []  # every thread's client, closed by close()
         self.operator_log: list[dict[str, Any]] = []
         self.exit_codes: dict[str, int | None] = {}
 
@@ -136,8 +139,6 @@ class ServeBilling:
         return client
 
     def _all_clients(self) -> list[httpx.Client]:
-        if not hasattr(self, "_clients"):
-            self._clients: list[httpx.Client] = []
         return self._clients
 
     def _call(self, via: int, method: str, path: str, body: Any = None,
@@ -147,20 +148,28 @@ class ServeBilling:
 
     # -- the caller ----------------------------------------------------------------------------
     def open_accounts(self, accounts: list[AccountSpec]) -> None:
+        """Start the serves, then each account through the API as a client would (create, fund,
+        give it its card and rule), ``OPEN_WORKERS`` accounts at a time."""
         self.start()
-        for a in accounts:
-            calls: list[tuple[str, str, dict[str, Any]]] = [
-                ("POST", "/v1/accounts", {"id": a.id, "currency": CURRENCY}),
-                ("PUT", f"/v1/accounts/{a.id}/recharge-rule", _rule(a)),
-            ]
-            if a.initial_minor:
-                calls.insert(1, ("POST", "/v1/credits", {
-                    "transfer_id": f"seed-{a.id}", "account_id": a.id,
-                    "amount_minor": a.initial_minor, "currency": CURRENCY}))  # fmt: skip
-            for method, path, body in calls:
-                r = self._call(0, method, path, body, timeout=OPERATOR_TIMEOUT_S)
-                if r.status_code >= 300:
-                    raise ProcessError(f"{method} {path}: {r.status_code} {r.text[:200]}")
+        with ThreadPoolExecutor(OPEN_WORKERS, thread_name_prefix="lab-open") as pool:
+            for done in pool.map(self._open_one, accounts):
+                if done is not None:
+                    raise ProcessError(done)
+
+    def _open_one(self, a: AccountSpec) -> str | None:
+        calls: list[tuple[str, str, dict[str, Any]]] = [
+            ("POST", "/v1/accounts", {"id": a.id, "currency": CURRENCY}),
+            ("PUT", f"/v1/accounts/{a.id}/recharge-rule", _rule(a)),
+        ]
+        if a.initial_minor:
+            calls.insert(1, ("POST", "/v1/credits", {
+                "transfer_id": f"seed-{a.id}", "account_id": a.id,
+                "amount_minor": a.initial_minor, "currency": CURRENCY}))  # fmt: skip
+        for method, path, body in calls:
+            r = self._call(0, method, path, body, timeout=OPERATOR_TIMEOUT_S)
+            if r.status_code >= 300:
+                return f"{method} {path}: {r.status_code} {r.text[:200]}"
+        return None
 
     def debit(self, tid: str, account: str, amount_minor: int, via: int = 0) -> Completion:
         body = {"transfer_id": tid, "account_id": account, "amount_minor": amount_minor}

@@ -77,6 +77,10 @@ def test_every_scenario_runs_in_both_profiles_and_is_checked(
         settle = result.report["settle"]
         assert settle["serve_clean_exit"], settle["serve_exit_codes"]  # SIGINT: exit 0
         assert result.report["ledger"]["shared_by"] == ["serve-dc1", "serve-dc2"]
+        for k, dc in enumerate(("dc1", "dc2"), 1):  # what an operator types, in its DC
+            argv = (out / "serve" / f"serve-{dc}.log").read_text().splitlines()[0]
+            assert " -m tally serve " in argv and "--redis-url sentinel://" in argv, argv
+            assert f"--source-address 127.0.{k}.1 " in argv, argv
 
 
 def test_every_scenario_states_what_its_control_must_show_or_why_nothing() -> None:

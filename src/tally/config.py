@@ -7,7 +7,8 @@ TALLY_HOME          where local state lives (default: ./.tally)
 TALLY_NAMESPACE     key prefix in Redis (default: tally)
 TALLY_SHARDS        logical shards, fixed at `tally init` (default: 16)
 TALLY_IDEMPOTENCY_WINDOW_S  how long Redis keeps each transfer id's record (exact replays), in
-                    seconds; 0 (the default) keeps them forever (see the README on the window)
+                    seconds: default 604800 (7 days); 0 keeps them forever; else 60 .. 366 days.
+                    Transfers whose occurred_at is older than 6/7 of it are refused (README)
 TALLY_DRAIN_REPLICAS  replicas that must hold a journal entry before the drainer settles it in
                     the ledger: a whole number, or `auto` (the default): 1 for a sentinel://
                     URL (a deployment with replicas to fail over to), else 0 (a single node)
@@ -24,7 +25,9 @@ from tally.domain.limits import (
     DRAIN_FENCE_TIMEOUT_MS_DEFAULT,
     DRAIN_FENCE_TIMEOUT_MS_MAX,
     DRAIN_REPLICAS_MAX,
+    IDEMPOTENCY_WINDOW_MS_DEFAULT,
     IDEMPOTENCY_WINDOW_MS_MAX,
+    IDEMPOTENCY_WINDOW_MS_MIN,
 )
 from tally.errors import ConfigError
 from tally.store.keys import SHARDS_DEFAULT
@@ -62,8 +65,9 @@ class Settings:
     #: How long one drain round waits for them (WAIT); below the socket timeout.
     drain_fence_timeout_ms: int = DRAIN_FENCE_TIMEOUT_MS_DEFAULT
     #: Transfer-id records are kept this long in Redis (two generations dropped whole); 0 keeps
-    #: them forever. Outside the window a replay is NOT recognised by the store (README).
-    idempotency_window_ms: int = 0
+    #: them forever. Outside the window the store refuses transfers by their occurred_at, so a
+    #: replay is never applied twice (README, "Idempotency window").
+    idempotency_window_ms: int = IDEMPOTENCY_WINDOW_MS_DEFAULT
 
     def __post_init__(self) -> None:
         replicas = self.drain_replicas
@@ -111,7 +115,11 @@ class Settings:
             drain_replicas=parse_drain_replicas(
                 os.environ.get("TALLY_DRAIN_REPLICAS", DRAIN_REPLICAS_AUTO)
             ),
-            idempotency_window_ms=parse_window_s(os.environ.get("TALLY_IDEMPOTENCY_WINDOW_S", "0")),
+            idempotency_window_ms=parse_window_s(
+                os.environ.get(
+                    "TALLY_IDEMPOTENCY_WINDOW_S", str(IDEMPOTENCY_WINDOW_MS_DEFAULT // 1000)
+                )
+            ),
         )
 
     def require_redis_url(self) -> str:
@@ -141,9 +149,12 @@ def parse_window_s(text: str) -> int:
     if not value.isdigit() or not value.isascii():
         raise ConfigError(f"TALLY_IDEMPOTENCY_WINDOW_S must be whole seconds, got {text!r}")
     window_ms = int(value) * 1000
-    if window_ms > IDEMPOTENCY_WINDOW_MS_MAX:
+    if window_ms and not IDEMPOTENCY_WINDOW_MS_MIN <= window_ms <= IDEMPOTENCY_WINDOW_MS_MAX:
         raise ConfigError(
-            f"TALLY_IDEMPOTENCY_WINDOW_S is above {IDEMPOTENCY_WINDOW_MS_MAX // 1000}"
+            f"TALLY_IDEMPOTENCY_WINDOW_S must be 0 (forever) or "
+            f"{IDEMPOTENCY_WINDOW_MS_MIN // 1000}..{IDEMPOTENCY_WINDOW_MS_MAX // 1000} seconds, "
+            f"got {value}",
+            hint="a window shorter than a minute would refuse ordinary client clock drift",
         )
     return window_ms
 

@@ -6,9 +6,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tally.domain.accounts import Account, AccountStatus
+from tally.domain.limits import occurred_bounds_ms
 from tally.domain.rules import (
     AccountBook,
     Books,
+    WindowClock,
     apply_transfer,
     recharge_id_for,
     recharge_marker,
@@ -68,8 +70,21 @@ def test_random_operations_match_the_reference_model(
     }
 
 
-# -- idempotency window extension: records survive one turnover, and are gone after two ------
+# -- idempotency window extension: records survive one turnover, and are gone after two; the ----
+# -- age guard refuses ids without a record by their occurred_at (server clock) ------------------
 WINDOW_MS = 3_600_000  # long: the test turns the window over itself, by its generation keys
+AGE_MAX_MS, SKEW_MS = occurred_bounds_ms(WINDOW_MS)
+#: occurred_at relative to the server's clock read just before the batch: None (now), just
+#: inside / just outside the oldest accepted age, just inside / outside the future bound. The
+#: "inside" ones keep 60 s of slack for the call; "just outside" is 1 ms (the script's clock
+#: reads later than the test's, which only moves the event further out).
+OCCURRED = {
+    "now": None,
+    "old-in": -AGE_MAX_MS + 60_000,
+    "old-out": -AGE_MAX_MS - 1,
+    "ahead-in": SKEW_MS - 60_000,
+    "ahead-out": SKEW_MS + 60_000,
+}
 windowed_ops = st.lists(
     st.one_of(
         st.just("rotate"),
@@ -79,10 +94,22 @@ windowed_ops = st.lists(
             st.sampled_from([*ACCOUNTS, "missing"]),
             st.integers(min_value=1, max_value=60),
             st.sampled_from(["", "USD"]),
+            st.sampled_from(sorted(OCCURRED)),
         ),
     ),
     max_size=40,
 )
+
+
+def _server_ms(store: RedisStore) -> int:
+    seconds, micros = store.client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _at(op: tuple, now_ms: int) -> tuple:
+    """The op with its occurred_at made absolute (or left out: the event occurred now)."""
+    offset = OCCURRED[op[5]]
+    return op[:5] if offset is None else (*op[:5], now_ms + offset)
 
 
 def _one_id_per_tx_shard(layout: KeyLayout, tag: int) -> list[str]:
@@ -115,7 +142,9 @@ def test_replays_across_window_turnovers_match_the_reference_model(
     store: RedisStore, layout: KeyLayout, operations: list, cuts: list[int]
 ) -> None:
     """Inside the window (the current or the previous generation) a replay returns the first
-    outcome; after two turnovers the record is gone from the store (``rotate_records``)."""
+    outcome, whatever its occurred_at; after two turnovers the record is gone from the store
+    (``rotate_records``); an id without a record whose occurred_at is just outside the accepted
+    range is refused and leaves nothing (no record: a later send inside the range applies)."""
     store.client.flushall()
     stamp_epoch(store.client, layout)
     store.idempotency_window_ms = WINDOW_MS
@@ -135,7 +164,11 @@ def test_replays_across_window_turnovers_match_the_reference_model(
         while pos < len(operations) and len(batch) < size and operations[pos] != "rotate":
             batch.append(operations[pos])
             pos += 1
-        assert store.apply(batch).results == [apply_transfer(model, *op) for op in batch]
+        now = _server_ms(store)
+        sent = [_at(op, now) for op in batch]
+        clock = WindowClock(now, WINDOW_MS)
+        expected = [apply_transfer(model, *op, clock=clock) for op in sent]
+        assert store.apply(sent).results == expected
         cut += 1
     held = {f.decode() for s in range(layout.shards) for g in (0, 1)
             for f in store.client.hkeys(layout.tx_generation(s, g))}  # fmt: skip

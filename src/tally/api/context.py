@@ -74,7 +74,7 @@ class ApiContext:
     body_bytes_max: int = 1_048_576
     #: A single debit without a thread hop (``Engine.debit``'s semantics); None: the engine in a
     #: worker thread.
-    async_debit: Callable[[str, str, int, str], Awaitable[TransferResult]] | None = None
+    async_debit: Callable[[str, str, int, str, int | None], Awaitable[TransferResult]] | None = None
     #: Seconds a verified API key is cached (a revocation takes at most this long).
     key_cache_s: float = 5.0
     #: More Prometheus collectors for /metrics (e.g. Sentinel failovers).

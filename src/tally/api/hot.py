@@ -89,7 +89,11 @@ class HotDebits:
         assert self.context.async_debit is not None
         try:
             r = await self.context.async_debit(
-                body.transfer_id, body.account_id, body.amount_minor, body.currency or ""
+                body.transfer_id,
+                body.account_id,
+                body.amount_minor,
+                body.currency or "",
+                body.occurred_at_ms,
             )
         except TallyError as exc:
             response = await problems.on_tally_error(request, exc)

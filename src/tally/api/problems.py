@@ -8,7 +8,9 @@ Status codes (the contract):
     404 account_not_found, not_found
     409 exists_with_different_* (a transfer or account id reused with other parameters)
     413 body_too_large      415 unsupported_media_type
-    422 account_not_active, currency_mismatch, balance_limit_exceeded (business refusals)
+    422 account_not_active, currency_mismatch, balance_limit_exceeded (business refusals),
+        occurred_outside_window, occurred_in_future (the idempotency window's age guard:
+        nothing was written, and unlike the others these are not recorded with the id)
     503 store_lost, store_unavailable, store_read_only, store_loading, store_not_enough_replicas,
         store_backpressure, outcome_unknown, ledger_unavailable, not_ready (with Retry-After)
 
@@ -58,6 +60,8 @@ RESULT_STATUS: dict[Result, int] = {
     Result.balance_limit_exceeded: 422,
     Result.id_invalid: 400,
     Result.store_lost: 503,
+    Result.occurred_outside_window: 422,
+    Result.occurred_in_future: 422,
 }
 
 

@@ -6,10 +6,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    field_validator,
+)
 
-from tally.domain.limits import AMOUNT_MINOR_MAX, BALANCE_MINOR_MAX, ID_LEN_MAX
+from tally.domain.limits import AMOUNT_MINOR_MAX, BALANCE_MINOR_MAX, ID_LEN_MAX, OCCURRED_AT_MS_MAX
 from tally.domain.money import CURRENCY_EXPONENTS
+from tally.domain.transfers import parse_occurred_at
+from tally.errors import UsageError
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$"
 BATCH_ITEMS_MAX = 1000
@@ -56,11 +66,43 @@ class AccountsPage(BaseModel):
 
 
 # -- transfers -------------------------------------------------------------------------------
+OCCURRED_AT_DESCRIPTION = (
+    "when the usage happened: epoch milliseconds or an RFC 3339 time with an offset. Absent: "
+    "now, by the store's clock. Send the same value on every retry: a retry later than the "
+    "idempotency window after the first attempt is exact only with it (README). Refused with "
+    "occurred_outside_window when older than the window allows, occurred_in_future when ahead"
+)
+
+
+OccurredAtMs = Annotated[StrictInt, Field(ge=0, le=OCCURRED_AT_MS_MAX)]
+
+
+def occurred_at_ms(value: int | str) -> int:
+    try:
+        return parse_occurred_at(value)
+    except UsageError as exc:  # pydantic turns a ValueError into a 400 invalid_request
+        raise ValueError(str(exc)) from None
+
+
 class DebitIn(Strict):
     transfer_id: Id = Field(description="unique forever; a replay returns the first outcome")
     account_id: Id
     amount_minor: AmountMinor
     currency: Currency | None = Field(None, description="checked against the account's if given")
+    occurred_at: OccurredAtMs | Annotated[str, StringConstraints(max_length=40)] | None = Field(
+        None, description=OCCURRED_AT_DESCRIPTION
+    )
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _occurred_at(cls, value: int | str | None) -> int | None:
+        return None if value is None else occurred_at_ms(value)
+
+    @property
+    def occurred_at_ms(self) -> int | None:
+        """Epoch ms after validation (the validator converts an RFC 3339 time)."""
+        value = self.occurred_at
+        return value if value is None or isinstance(value, int) else occurred_at_ms(value)
 
 
 class CreditIn(Strict):
@@ -206,3 +248,67 @@ class ReadinessOut(BaseModel):
     ready: bool
     reason: str | None
     checks: dict[str, CheckOut]
+
+
+# -- events and webhooks -----------------------------------------------------------------------
+class EventOut(BaseModel):
+    id: str = Field(description="stable event id (evt_…): the webhook-id; dedupe on it")
+    cursor: int = Field(description="position in the outbox: pass as ?after= to read on")
+    type: str
+    timestamp: str
+    data: dict[str, Any]
+
+
+class EventsPage(BaseModel):
+    items: list[EventOut]
+    next_cursor: int = Field(description="the last item's cursor (or ?after= when empty)")
+
+
+class WebhookEndpointIn(Strict):
+    url: str = Field(min_length=1, max_length=2048, description="http(s) URL receiving POSTs")
+    event_types: list[str] | None = Field(
+        default=None, description="only these event types (default: every type)"
+    )
+    secret: str | None = Field(
+        default=None,
+        max_length=100,
+        description="whsec_ + base64 of 24..64 bytes; default: a new random secret",
+    )
+
+
+class WebhookEndpointOut(BaseModel):
+    id: str
+    url: str
+    event_types: list[str] | None
+    created_at_ms: int
+    secret: str | None = Field(
+        default=None, description="the signing secret: only in the answer to POST"
+    )
+
+
+class WebhookEndpointsPage(BaseModel):
+    items: list[WebhookEndpointOut]
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: int
+    event_cursor: int
+    state: str = Field(description="pending | delivered | dead (dead letter)")
+    attempts: int
+    next_attempt_at_ms: int
+    last_status: int | None
+    last_error: str | None
+
+
+class WebhookDeliveriesPage(BaseModel):
+    items: list[WebhookDeliveryOut]
+
+
+class BalanceAlertIn(Strict):
+    threshold_minor: Annotated[StrictInt, Field(ge=-BALANCE_MINOR_MAX, le=BALANCE_MINOR_MAX)]
+
+
+class BalanceAlertOut(BaseModel):
+    account_id: str
+    threshold_minor: int
+    below: bool

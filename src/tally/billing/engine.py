@@ -25,7 +25,7 @@ from tally.errors import (
 )
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.port import BalanceStore
-from tally.store.redis_store import Applied, RechargeMarker
+from tally.store.redis_store import Applied, RawTransfer, RechargeMarker
 
 T = TypeVar("T")
 
@@ -129,13 +129,22 @@ class Engine:
 
     # -- debits --------------------------------------------------------------------------------
     def debit(
-        self, transfer_id: str, account_id: str, amount_minor: int, currency: str = ""
+        self,
+        transfer_id: str,
+        account_id: str,
+        amount_minor: int,
+        currency: str = "",
+        occurred_at_ms: int | None = None,
     ) -> TransferResult:
-        raw = raw_transfer("d", transfer_id, account_id, amount_minor, currency)
+        """``occurred_at_ms``: when the usage happened (epoch ms); None: now, by the store
+        server's clock. A retry more than the idempotency window after the first attempt must
+        pass the original one, or it is a new debit (README, "Idempotency window")."""
+        raw = raw_transfer("d", transfer_id, account_id, amount_minor, currency, occurred_at_ms)
         return self._guarded(lambda: self.store.apply([raw])).results[0]
 
     def debit_many(self, items: Iterable[Sequence[object]]) -> Applied:
-        """Many debits, one result each, in order; thousands per script call."""
+        """Many debits, one result each, in order; thousands per script call. An item is
+        ``(transfer_id, account_id, amount_minor[, currency[, occurred_at_ms]])``."""
         raws = raw_transfers("d", items)
         return self._guarded(lambda: self.store.apply(raws))
 
@@ -148,11 +157,17 @@ class Engine:
         currency: str,
         source: SystemAccount = SystemAccount.adjustments,
     ) -> CreditOutcome:
-        raw = raw_transfer("c", transfer_id, account_id, amount_minor, currency)
+        raw_transfer("c", transfer_id, account_id, amount_minor, currency)  # validates
         transfer = Transfer(transfer_id, TransferKind.credit, account_id, amount_minor, currency)
-        conflict = self.ledger.record_credit_intent(transfer, source).conflict
-        if conflict is not None:
-            return CreditOutcome(transfer_id, conflict, None, replayed=True)
+        recorded = self.ledger.record_credit_intent(transfer, source)
+        if recorded.conflict is not None:
+            return CreditOutcome(transfer_id, recorded.conflict, None, replayed=True)
+        # The credit occurred when its intent was first recorded (the ledger keeps intents
+        # forever): a retry after the window is refused by the age guard, never applied again.
+        # No intent but no conflict: the id was drained as a transfer long ago. 0 (1970) lets
+        # the store replay its record if it still has it and refuse it otherwise.
+        occurred = 0 if recorded.intent is None else recorded.intent.created_at_ms
+        raw = raw_transfer("c", transfer_id, account_id, amount_minor, currency, occurred)
         try:
             result = self._guarded(lambda: self.store.apply([raw])).results[0]
         except StoreError:
@@ -170,7 +185,9 @@ class Engine:
         )
         if not intents:
             return 0
-        raws = [(i.id, "c", i.account_id, i.amount_minor, i.currency) for i in intents]
+        raws: list[RawTransfer] = [
+            (i.id, "c", i.account_id, i.amount_minor, i.currency, i.created_at_ms) for i in intents
+        ]
         applied = self._guarded(lambda: self.store.apply(raws))
         for result in applied.results:
             self._settle_if_refused_by_id(result)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from tally.domain.ids import id_fullmatch, is_valid_id
-from tally.domain.limits import AMOUNT_MINOR_MAX, BATCH_MAX
+from tally.domain.limits import AMOUNT_MINOR_MAX, BATCH_MAX, OCCURRED_AT_MS_MAX
 from tally.domain.money import CURRENCY_EXPONENTS
 from tally.errors import (
     InvalidAmount,
@@ -16,8 +16,9 @@ from tally.errors import (
 )
 from tally.store.redis_store import RawTransfer
 
-#: (transfer id, account id, amount_minor) or (transfer id, account id, amount_minor, currency)
-DebitItem = tuple[str, str, int] | tuple[str, str, int, str]
+#: (transfer id, account id, amount_minor[, currency[, occurred_at_ms]]); occurred_at_ms None or
+#: absent: now, by the Redis server's clock (README, "Idempotency window")
+DebitItem = tuple[str, str, int] | tuple[str, str, int, str] | tuple[str, str, int, str, int | None]
 
 
 def raw_transfers(kind: str, items: Iterable[Sequence[object]]) -> list[RawTransfer]:
@@ -29,14 +30,18 @@ def raw_transfers(kind: str, items: Iterable[Sequence[object]]) -> list[RawTrans
         if n >= BATCH_MAX:
             raise UsageError(f"a batch holds at most {BATCH_MAX} transfers")
         size = len(item)
+        occurred: object = None
         if size == 3:
             tid, aid, amount = item
             currency: object = ""
         elif size == 4:
             tid, aid, amount, currency = item
+        elif size == 5:
+            tid, aid, amount, currency, occurred = item
         else:
             raise UsageError(
-                f"item {n}: expected (transfer_id, account_id, amount_minor[, currency])"
+                f"item {n}: expected (transfer_id, account_id, amount_minor[, currency"
+                "[, occurred_at_ms]])"
             )
         if (
             type(tid) is not str
@@ -47,16 +52,28 @@ def raw_transfers(kind: str, items: Iterable[Sequence[object]]) -> list[RawTrans
             or not 0 < amount <= AMOUNT_MINOR_MAX
             or type(currency) is not str
             or (currency != "" and currency not in CURRENCY_EXPONENTS)
+            or not (occurred is None or _occurred_ok(occurred))
         ):
-            raw_transfer(kind, tid, aid, amount, currency, where=f"item {n}: ")  # raises, clearly
+            raw_transfer(kind, tid, aid, amount, currency, occurred, where=f"item {n}: ")  # raises
             raise InvariantViolation(f"item {n} failed the fast check but passed the full one")
         accounts_ok.add(aid)
-        out.append((tid, kind, aid, amount, currency))
+        out.append((tid, kind, aid, amount, currency, occurred))  # type: ignore[arg-type]
     return out
 
 
+def _occurred_ok(occurred: object) -> bool:
+    return type(occurred) is int and 0 <= occurred <= OCCURRED_AT_MS_MAX
+
+
 def raw_transfer(
-    kind: str, tid: object, aid: object, amount: object, currency: object, *, where: str = ""
+    kind: str,
+    tid: object,
+    aid: object,
+    amount: object,
+    currency: object,
+    occurred_at_ms: object = None,
+    *,
+    where: str = "",
 ) -> RawTransfer:
     if not is_valid_id(tid):
         raise InvalidId(f"{where}transfer id {str(tid)[:80]!r} is not a valid id")
@@ -68,4 +85,9 @@ def raw_transfer(
         )
     if type(currency) is not str or (currency != "" and currency not in CURRENCY_EXPONENTS):
         raise UnknownCurrency(f"{where}unknown currency {str(currency)[:8]!r}")
-    return (tid, kind, aid, amount, currency)  # type: ignore[return-value]
+    if occurred_at_ms is not None and not _occurred_ok(occurred_at_ms):
+        raise UsageError(
+            f"{where}occurred_at_ms {str(occurred_at_ms)[:40]!r} is not epoch milliseconds "
+            f"0..{OCCURRED_AT_MS_MAX}"
+        )
+    return (tid, kind, aid, amount, currency, occurred_at_ms)  # type: ignore[return-value]

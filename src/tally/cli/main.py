@@ -52,6 +52,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "remediate",
         "Find and fix charges without credit, duplicates.",
     ),
+    "events": ("tally.cli.events_cmd", "events", "Events for dependents, from the outbox."),
+    "webhook": ("tally.cli.events_cmd", "webhook", "Webhook endpoints: add, list, remove."),
     "apikey": ("tally.cli.apikey_cmd", "apikey", "API keys for the HTTP API."),
     "local": ("tally.cli.local_cmd", "local", "A local redis-server for tally (loopback)."),
     "cluster": ("tally.cli.cluster_cmd", "cluster", "Run a multi-DC topology for real."),

@@ -12,6 +12,7 @@ from tally.cli.output import EXIT_REFUSED, emit, handles_errors, json_option
 from tally.domain.accounts import Account, AccountStatus, SystemAccount
 from tally.domain.money import format_amount, parse_amount
 from tally.domain.results import Result
+from tally.domain.transfers import parse_occurred_at
 
 
 def _currency_of(dep: Deployment, account_id: str, as_json: bool) -> str:
@@ -34,14 +35,31 @@ def _finish(result: Result) -> None:
 @click.argument("account")
 @click.argument("amount")
 @click.option("--id", "transfer_id", required=True, help="Client-chosen transfer id (idempotency).")
+@click.option(
+    "--occurred-at",
+    "occurred_at",
+    default=None,
+    help="When the usage happened: epoch ms or RFC 3339 with an offset. Default: now (the "
+    "store's clock). Pass the original value when retrying later than the idempotency window.",
+)
 @connection_options
 @json_option
 @handles_errors
-def debit(account: str, amount: str, transfer_id: str, as_json: bool, **conn: str | None) -> None:
+def debit(
+    account: str,
+    amount: str,
+    transfer_id: str,
+    occurred_at: str | None,
+    as_json: bool,
+    **conn: str | None,
+) -> None:
     """Debit AMOUNT (a decimal in the account's currency, e.g. 12.34) from ACCOUNT."""
+    occurred_ms = None if occurred_at is None else parse_occurred_at(occurred_at)
     with deployment(**conn) as dep:
         currency = _currency_of(dep, account, as_json)
-        r = dep.engine.debit(transfer_id, account, parse_amount(amount, currency), currency)
+        r = dep.engine.debit(
+            transfer_id, account, parse_amount(amount, currency), currency, occurred_ms
+        )
         data = {"result": r.result.name, "balance_minor": r.balance_minor, "replayed": r.replayed}
         shown = (
             ""

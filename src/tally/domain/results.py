@@ -24,6 +24,10 @@ class Result(IntEnum):
     balance_limit_exceeded = 12
     id_invalid = 13
     store_lost = 14
+    # The idempotency window's age guard (README): refused, nothing written, no record, no
+    # journal line. Numbered apart so codes other extensions add can take 15.. in order.
+    occurred_outside_window = 30
+    occurred_in_future = 31
 
     @property
     def is_success(self) -> bool:

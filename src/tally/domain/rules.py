@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from tally.domain.accounts import AccountStatus
-from tally.domain.limits import AMOUNT_MINOR_MAX, BALANCE_MINOR_MAX
+from tally.domain.limits import AMOUNT_MINOR_MAX, BALANCE_MINOR_MAX, occurred_bounds_ms
 from tally.domain.results import Result
 from tally.domain.transfers import TransferResult
 
@@ -43,6 +43,28 @@ class Books:
     records: dict[str, Record] = field(default_factory=dict)
     #: The idempotency window's previous generation (``rotate_records``): still replayed.
     previous: dict[str, Record] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowClock:
+    """What the script reads for the age guard: the Redis server's clock and the window."""
+
+    now_ms: int
+    window_ms: int
+
+
+def occurred_guard(occurred_at_ms: int | None, clock: WindowClock | None) -> Result | None:
+    """The window's age guard: a refusal code, or None when the transfer may be decided. Asked
+    only for an id without a record (a replay answers first, whatever its occurred_at).
+    ``occurred_at_ms`` None: the event occurred now, by the server's clock (always inside)."""
+    if clock is None or occurred_at_ms is None or clock.window_ms <= 0:
+        return None
+    age_max_ms, skew_ms = occurred_bounds_ms(clock.window_ms)
+    if occurred_at_ms < clock.now_ms - age_max_ms:
+        return Result.occurred_outside_window
+    if occurred_at_ms > clock.now_ms + skew_ms:
+        return Result.occurred_in_future
+    return None
 
 
 def rotate_records(books: Books) -> None:
@@ -125,14 +147,25 @@ def recharge_marker(books: Books, account_id: str, op: str, value: str) -> tuple
 
 
 def apply_transfer(
-    books: Books, transfer_id: str, kind: str, account_id: str, amount: int, currency: str
+    books: Books,
+    transfer_id: str,
+    kind: str,
+    account_id: str,
+    amount: int,
+    currency: str,
+    occurred_at_ms: int | None = None,
+    clock: WindowClock | None = None,
 ) -> TransferResult:
-    """Apply one transfer (kind ``d`` or ``c``; currency '' means the account's own)."""
+    """Apply one transfer (kind ``d`` or ``c``; currency '' means the account's own).
+    ``clock``: the window's age guard applies (None: no window, records kept forever)."""
     rec = books.records.get(transfer_id) or books.previous.get(transfer_id)
     if rec is not None:
         code, bal = _replay(rec, kind, account_id, amount, currency)
         return TransferResult(transfer_id, code, bal, True)
     book = books.accounts.get(account_id)
+    refused = occurred_guard(occurred_at_ms, clock)
+    if refused is not None:  # nothing written: no record, no balance change, no journal line
+        return TransferResult(transfer_id, refused, book.balance_minor if book else None)
     code = _decide(book, kind, amount, currency)
     if code is Result.ok and book is not None:
         book.balance_minor += -amount if kind == "d" else amount

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import NamedTuple
 
 from tally.domain.accounts import SystemAccount
 from tally.domain.ids import check_id
+from tally.domain.limits import OCCURRED_AT_MS_MAX
 from tally.domain.money import check_amount_minor, check_currency
 from tally.domain.results import Result
+from tally.errors import UsageError
 
 
 class TransferKind(StrEnum):
@@ -61,3 +64,24 @@ def counterparty(kind: TransferKind, currency: str, source: SystemAccount | None
     if kind is TransferKind.debit:
         return SystemAccount.usage_revenue.account_id(currency)
     return (source or SystemAccount.card_clearing).account_id(currency)
+
+
+def parse_occurred_at(value: int | str) -> int:
+    """A transfer's occurred_at as epoch ms, from epoch ms (an int, or all digits) or an RFC 3339
+    time with an offset (a bare local time is ambiguous). Raises ``UsageError``."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
+        value = int(value)
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value) if len(value) <= 40 else None
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None or "T" not in value.upper():
+            raise UsageError(
+                f"occurred_at {value[:40]!r} is neither epoch milliseconds nor an RFC 3339 time "
+                "with an offset (e.g. 2026-12-04T06:00:00Z)"
+            )
+        value = int(moment.timestamp() * 1000)  # float seconds are exact to about 1 µs here
+    if type(value) is not int or not 0 <= value <= OCCURRED_AT_MS_MAX:
+        raise UsageError(f"occurred_at must be 0..{OCCURRED_AT_MS_MAX} epoch ms, got {value!r}")
+    return value

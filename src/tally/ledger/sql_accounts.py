@@ -104,6 +104,29 @@ def set_status(conn: Connection, account_id: str, status: AccountStatus) -> Resu
     return _update(conn, account_id, status=AccountStatus(status).value)
 
 
+def change_status(
+    conn: Connection, account_id: str, status: AccountStatus
+) -> tuple[Result, AccountStatus | None]:
+    """``set_status`` that also says what it changed: (result, the status before) when the
+    status changed, (result, None) when it was already ``status`` (a compare-and-set, so two
+    concurrent changes cannot both see themselves as the change)."""
+    before = get_account(conn, account_id)
+    if before is None or before.status is AccountStatus(status):
+        return set_status(conn, account_id, status), None
+    done = conn.execute(
+        sa.update(accounts)
+        .where(
+            accounts.c.id == account_id,
+            accounts.c.kind == CUSTOMER,
+            accounts.c.status == before.status.value,
+        )
+        .values(status=AccountStatus(status).value, updated_at_ms=now_ms())
+    )
+    if done.rowcount == 1:
+        return Result.ok, before.status
+    return set_status(conn, account_id, status), None
+
+
 def set_credit_limit(conn: Connection, account_id: str, limit_minor: int) -> Result:
     return _update(conn, account_id, credit_limit_minor=check_limit_minor(limit_minor))
 

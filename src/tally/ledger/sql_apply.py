@@ -27,7 +27,7 @@ from tally.domain.accounts import SystemAccount
 from tally.domain.results import Result
 from tally.domain.transfers import TransferKind
 from tally.errors import LedgerNotInitialised, StoreLost, UsageError
-from tally.ledger import sql_recharge
+from tally.ledger import sql_outbox, sql_recharge
 from tally.ledger.journal import LINES_PER_ENTRY_MAX, format_line
 from tally.ledger.models import (
     ApplyReport,
@@ -297,6 +297,8 @@ def _apply_staged(conn: Connection, batch: LineBatch) -> tuple[int, int, list[Re
     conflicts = [] if inserted == len(rows) else _staged_conflicts(conn, batch)
     stage.drop(conn, checkfirst=False)
     sql_recharge.record_openings(conn, _openings(rows))
+    if inserted:  # balance.low crossings, in the same transaction as the lines that crossed
+        sql_outbox.note_balances(conn, {row[_ACCOUNT] for row in rows})
     settled = settle(conn, _settlements(conn, intents))
     return inserted, len(rows) - inserted - len(conflicts), conflicts, settled
 

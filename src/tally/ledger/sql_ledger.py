@@ -13,10 +13,18 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from tally.domain.accounts import Account, AccountStatus, SystemAccount
+from tally.domain.events import EventType
 from tally.domain.results import Result
 from tally.domain.transfers import Transfer
 from tally.errors import LedgerError, LedgerNotInitialised
-from tally.ledger import sql_accounts, sql_apply, sql_balances, sql_epochs, sql_intents
+from tally.ledger import (
+    sql_accounts,
+    sql_apply,
+    sql_balances,
+    sql_epochs,
+    sql_intents,
+    sql_outbox,
+)
 from tally.ledger.engine import WRITE_OPTION, create_ledger_engine, is_sqlite_memory
 from tally.ledger.migrate import is_up_to_date, upgrade
 from tally.ledger.models import (
@@ -46,6 +54,14 @@ def _translate(exc: SQLAlchemyError) -> LedgerError:
     if any(marker in text for marker in _MISSING_SCHEMA):
         return LedgerNotInitialised(f"the ledger schema is missing: {text[:200]}")
     return LedgerError(f"ledger database error: {type(exc).__name__}: {text[:300]}")
+
+
+def status_event(status: AccountStatus) -> EventType:
+    return {
+        AccountStatus.active: EventType.account_reinstated,
+        AccountStatus.suspended: EventType.account_suspended,
+        AccountStatus.closed: EventType.account_closed,
+    }[status]
 
 
 class SqlLedger:
@@ -156,9 +172,20 @@ class SqlLedger:
         with self.transaction() as conn:
             return sql_accounts.get_accounts(conn, ids)
 
-    def set_status(self, account_id: str, status: AccountStatus) -> Result:
+    def set_status(
+        self, account_id: str, status: AccountStatus, *, cause: str = "operator"
+    ) -> Result:
+        """The status and, when it changed, its outbox event, in one transaction."""
         with self.transaction(write=True) as conn:
-            return sql_accounts.set_status(conn, account_id, status)
+            result, before = sql_accounts.change_status(conn, account_id, status)
+            if before is not None:
+                sql_outbox.emit(
+                    conn,
+                    status_event(AccountStatus(status)),
+                    {"account_id": account_id, "cause": cause, "from": before.value},
+                    account_id=account_id,
+                )
+            return result
 
     def set_credit_limit(self, account_id: str, limit_minor: int) -> Result:
         with self.transaction(write=True) as conn:

@@ -15,9 +15,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tally.domain.accounts import is_system_account_id
+from tally.domain.events import EventType, wait_reason
 from tally.domain.recharge import DAY_MS, RechargePhase, RechargeRule
 from tally.domain.results import Result
 from tally.errors import LedgerError
+from tally.ledger import sql_outbox
 from tally.ledger.models import JournalLine
 from tally.ledger.schema import (
     account_events,
@@ -177,17 +179,47 @@ def advance(
 
 
 def record_success(conn: Connection, rc: Recharge) -> bool:
-    """credited -> succeeded and the rule's decline count back to zero."""
+    """credited -> succeeded, the rule's decline count back to zero, and ``recharge.succeeded``."""
     if not advance(conn, rc.id, [RechargePhase.credited], RechargePhase.succeeded):
         return False
     cond = recharge_rules.c.account_id == rc.account_id
     conn.execute(sa.update(recharge_rules).where(cond).values(consecutive_declines=0))
+    data = {
+        "recharge_id": rc.id,
+        "account_id": rc.account_id,
+        "amount_minor": rc.amount_minor,
+        "currency": rc.currency,
+        "charge_id": rc.charge_id,
+    }
+    sql_outbox.emit(
+        conn,
+        EventType.recharge_succeeded,
+        data,
+        account_id=rc.account_id,
+        source=recharge_source(rc.id),
+    )
     return True
+
+
+def recharge_source(recharge_id: str) -> str:
+    """The outbox ``source`` of a recharge's outcome: one outcome event per recharge."""
+    return f"recharge:{recharge_id}"
+
+
+def account_event_source(event_id: int) -> str:
+    return f"account_event:{event_id}"
+
+
+ACCOUNT_EVENT_TYPES = {
+    "suspended": EventType.account_suspended,
+    "reinstated": EventType.account_reinstated,
+}
 
 
 def add_event(
     conn: Connection, account_id: str, action: str, cause: str, recharge_id: str | None
-) -> None:
+) -> int:
+    """The account event and its outbox event, in the caller's transaction."""
     row = {
         "account_id": account_id,
         "action": action,
@@ -195,7 +227,18 @@ def add_event(
         "recharge_id": recharge_id,
         "at_ms": now_ms(),
     }
-    conn.execute(sa.insert(account_events).values(**row))
+    inserted = conn.execute(sa.insert(account_events).values(**row)).inserted_primary_key
+    assert inserted is not None
+    event_id = int(inserted[0])
+    data = {"account_id": account_id, "cause": cause, "recharge_id": recharge_id}
+    sql_outbox.emit(
+        conn,
+        ACCOUNT_EVENT_TYPES[action],
+        data,
+        account_id=account_id,
+        source=account_event_source(event_id),
+    )
+    return event_id
 
 
 def last_event(conn: Connection, account_id: str) -> AccountEvent | None:
@@ -367,8 +410,20 @@ class RechargeLedger:
             values["last_error"] = error[:ERROR_LEN_MAX]
         if attempt:
             values["attempts"] = recharges.c.attempts + 1
+        cols = recharges.c
         with self.ledger.transaction(write=True) as conn:
-            conn.execute(sa.update(recharges).where(recharges.c.id == recharge_id).values(**values))
+            if wait_reason is not None:
+                # A waiting episode starts when a recharge that was not waiting waits (the
+                # compare-and-set on NULL); every later poll of the same wait only updates it.
+                started = conn.execute(
+                    sa.update(recharges)
+                    .where(cols.id == recharge_id, cols.wait_reason.is_(None))
+                    .values(**values)
+                ).rowcount
+                if started:
+                    _waiting(conn, recharge_id, wait_reason)
+                    return
+            conn.execute(sa.update(recharges).where(cols.id == recharge_id).values(**values))
 
     def finish(self, recharge_id: str) -> bool:
         """The Redis marker is closed: release the account's slot; the recharge is done."""
@@ -415,20 +470,33 @@ class RechargeLedger:
                 )
             cond = recharge_rules.c.account_id == rc.account_id
             conn.execute(sa.update(recharge_rules).where(cond).values(**values))
+            suspended = False
             if suspend:
-                conn.execute(
-                    sa.update(accounts)
-                    .where(accounts.c.id == rc.account_id, accounts.c.status == "active")
-                    .values(status="suspended", updated_at_ms=ts)
+                suspended = bool(
+                    conn.execute(
+                        sa.update(accounts)
+                        .where(accounts.c.id == rc.account_id, accounts.c.status == "active")
+                        .values(status="suspended", updated_at_ms=ts)
+                    ).rowcount
                 )
-                event = {
-                    "account_id": rc.account_id,
-                    "action": "suspended",
-                    "cause": "funding_failure",
-                    "recharge_id": rc.id,
-                    "at_ms": ts,
-                }
-                conn.execute(sa.insert(account_events).values(**event))
+                add_event(conn, rc.account_id, "suspended", "funding_failure", rc.id)
+            data = {
+                "recharge_id": rc.id,
+                "account_id": rc.account_id,
+                "amount_minor": rc.amount_minor,
+                "currency": rc.currency,
+                "reason": reason,
+                "consecutive_declines": consecutive,
+                "autopay_disabled": disable,
+                "account_suspended": suspended,
+            }
+            sql_outbox.emit(
+                conn,
+                EventType.recharge_failed,
+                data,
+                account_id=rc.account_id,
+                source=recharge_source(rc.id),
+            )
             return True
 
     def record_success(self, rc: Recharge) -> bool:
@@ -450,11 +518,15 @@ class RechargeLedger:
     def set_freeze(self, frozen: bool, reason: str, actor: str = "operator") -> FreezeState:
         state = FreezeState(frozen, reason[:2000], actor[:80], now_ms())
         with self.ledger.transaction(write=True) as conn:
-            conn.execute(
+            inserted = conn.execute(
                 sa.insert(billing_freeze).values(
                     frozen=state.frozen, reason=state.reason, actor=state.actor, at_ms=state.at_ms
                 )
-            )
+            ).inserted_primary_key
+            assert inserted is not None
+            kind = EventType.billing_frozen if frozen else EventType.billing_unfrozen
+            data = {"reason": state.reason, "actor": state.actor}
+            sql_outbox.emit(conn, kind, data, source=f"freeze:{int(inserted[0])}")
         return state
 
     def freeze_state(self) -> FreezeState:
@@ -562,6 +634,20 @@ class RechargeLedger:
                     .where(remediations.c.id == action_id)
                     .values(state=row["state"], detail=detail, updated_at_ms=ts)
                 )
+
+
+def _waiting(conn: Connection, recharge_id: str, detail: str) -> None:
+    rc = get_recharge(conn, recharge_id)
+    if rc is None:
+        return
+    data = {
+        "recharge_id": rc.id,
+        "account_id": rc.account_id,
+        "phase": rc.phase.value,
+        "reason": wait_reason(detail).value,
+        "detail": detail[:ERROR_LEN_MAX],
+    }
+    sql_outbox.emit(conn, EventType.recharge_waiting, data, account_id=rc.account_id)
 
 
 def iter_pages(

@@ -12,7 +12,7 @@ it when the block raises (a crash, a bug, a store error raised inside it).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -20,7 +20,8 @@ from sqlalchemy.engine import Connection
 from tally.domain.accounts import Account, AccountStatus
 from tally.domain.recharge import RechargePhase
 from tally.domain.results import Result
-from tally.ledger import sql_accounts, sql_recharge
+from tally.ledger import sql_accounts, sql_outbox, sql_recharge
+from tally.ledger.sql_outbox import StoredEvent
 from tally.ledger.sql_recharge import AccountEvent, Recharge
 
 
@@ -40,7 +41,20 @@ class LedgerUnit:
     def add_event(
         self, account_id: str, action: str, cause: str, recharge_id: str | None = None
     ) -> None:
+        """The account event and its outbox event (``account.suspended`` / ``reinstated``)."""
         sql_recharge.add_event(self.conn, account_id, action, cause, recharge_id)
+
+    # -- events for dependents -------------------------------------------------------------------
+    def emit(
+        self,
+        type_: str,
+        data: Mapping[str, Any],
+        *,
+        account_id: str | None = None,
+        source: str | None = None,
+    ) -> StoredEvent:
+        """An outbox event in this unit's transaction (see ``tally.ledger.sql_outbox.emit``)."""
+        return sql_outbox.emit(self.conn, type_, data, account_id=account_id, source=source)
 
     def last_event(self, account_id: str) -> AccountEvent | None:
         return sql_recharge.last_event(self.conn, account_id)

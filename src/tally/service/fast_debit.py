@@ -56,13 +56,20 @@ class AsyncDebits:
         self.recoveries = 0
 
     async def debit(
-        self, transfer_id: str, account_id: str, amount_minor: int, currency: str = ""
+        self,
+        transfer_id: str,
+        account_id: str,
+        amount_minor: int,
+        currency: str = "",
+        occurred_at_ms: int | None = None,
     ) -> TransferResult:
-        raw = raw_transfer("d", transfer_id, account_id, amount_minor, currency)  # validates
+        raw = raw_transfer(  # validates
+            "d", transfer_id, account_id, amount_minor, currency, occurred_at_ms
+        )
         batcher = self.batcher
         if batcher is None:  # not a Redis store (the in-memory fake): the engine, off the loop
             return await run_in_threadpool(
-                self.engine.debit, transfer_id, account_id, amount_minor, currency
+                self.engine.debit, transfer_id, account_id, amount_minor, currency, occurred_at_ms
             )
         seen = self._state()
         try:

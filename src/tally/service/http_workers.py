@@ -150,6 +150,7 @@ def worker_main(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
 
     from tally.api import ApiContext, create_app
     from tally.api.metrics import FailoverCollector
+    from tally.api.routes.events import EventsExtension
     from tally.bootstrap import open_deployment
     from tally.ledger.sql_api_keys import ApiKeyStore
     from tally.service.fast_debit import AsyncDebits
@@ -173,7 +174,7 @@ def worker_main(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
             keys=ApiKeyStore(dep.ledger),
             readiness=probe,
             admin=operations,
-            extensions=[extension],
+            extensions=[extension, EventsExtension(dep.ledger)],
             async_debit=AsyncDebits(dep.engine).debit,
             collectors=[FailoverCollector(failovers)] if failovers else [],
         )

@@ -32,6 +32,7 @@ import uvicorn
 
 from tally.api import ApiContext, create_app
 from tally.api.metrics import FailoverCollector
+from tally.api.routes.events import EventsExtension
 from tally.api.routes.recharges import RechargeExtension
 from tally.billing import recharge as rc
 from tally.bootstrap import Deployment, _safe, open_deployment, recharging, redis_client
@@ -45,6 +46,7 @@ from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.node import RedisNode
 from tally.ops.preflight import PreflightParams, Severity, check_live
 from tally.service import embedded
+from tally.service.delivery import DeliveryWorker, delivery_owner
 from tally.service.fast_debit import AsyncDebits
 from tally.service.health import HealthProbe, ReadinessBounds
 from tally.service.http_workers import (
@@ -197,6 +199,7 @@ class Service:
             Worker("credits", credit_applier(self.dep), pace_s=0.5, idle_s=1.0),
         ]
         self._recharging()
+        self._delivery()
         if self.node is not None:
             self.workers.append(Worker("supervisor", self._supervise, idle_s=0.5))
         for worker in self.workers:
@@ -253,6 +256,18 @@ class Service:
             )
         )
 
+    def _delivery(self) -> None:
+        """Webhook delivery, once per deployment (here, never in the HTTP worker processes):
+        its state is in the ledger, and a lease per endpoint keeps one request in flight per
+        endpoint even with several ``tally serve`` on one ledger."""
+        assert self.dep is not None
+        self.delivery = DeliveryWorker(self.dep.ledger, owner=delivery_owner(self.options.home))
+        self.workers.append(
+            Worker("webhooks", self.delivery.run_once, pace_s=0.1, idle_s=0.5, busy_at=50)
+        )
+
+    delivery: DeliveryWorker | None = None
+
     def gateway_records(self) -> list[Record]:
         """The gateway's own records (the simulator exports them), for remediation."""
         url = self.gateway_url
@@ -300,7 +315,7 @@ class Service:
             keys=ApiKeyStore(self.dep.ledger),
             readiness=self.probe,
             admin=self.operations,
-            extensions=[self.recharge_extension()],
+            extensions=[self.recharge_extension(), EventsExtension(self.dep.ledger)],
             async_debit=AsyncDebits(self.dep.engine).debit,
             collectors=[FailoverCollector(self.failovers)] if self.failovers else [],
         )
@@ -436,6 +451,9 @@ class Service:
         if self.gateway is not None:
             with contextlib.suppress(Exception):
                 self.gateway.close()
+        if self.delivery is not None:
+            with contextlib.suppress(Exception):
+                self.delivery.close()
         if self.simulator is not None:
             self.simulator.stop()
         if self.node is not None:

@@ -24,7 +24,7 @@ from tally.store.transfer_codec import RawTransfer, TransferCall, TransferCodec
 
 __all__ = ["Applied", "RawTransfer", "RechargeMarker", "RedisStore"]
 
-_RESULTS = tuple(Result)
+_RESULTS = {int(r): r for r in Result}  # not contiguous (30, 31: the age guard)
 
 
 @dataclass(frozen=True, slots=True)

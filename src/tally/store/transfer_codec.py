@@ -27,7 +27,7 @@ from zlib import crc32
 
 import redis
 
-from tally.domain.limits import SCRIPT_BATCH_MAX
+from tally.domain.limits import SCRIPT_BATCH_MAX, occurred_bounds_ms
 from tally.domain.results import Result
 from tally.domain.transfers import TransferResult
 from tally.errors import InvariantViolation, StoreBackpressure, StoreError, StoreLost
@@ -35,13 +35,15 @@ from tally.store import scripts
 from tally.store.errors import is_noscript, translate
 from tally.store.keys import KeyLayout
 
-#: (transfer id, kind letter 'd'|'c', account id, amount_minor, currency or '' for "the account's")
-RawTransfer = tuple[str, str, str, int, str]
+#: (transfer id, kind letter 'd'|'c', account id, amount_minor, currency or '' for "the account's"
+#: [, occurred_at_ms]): without occurred_at_ms (or with None) the event occurred now, by the
+#: Redis server's clock, which is always inside the window (README, "Idempotency window").
+RawTransfer = tuple[str, str, str, int, str] | tuple[str, str, str, int, str, int | None]
 
 #: What came back for one call: the script's array, or the redis error it raised.
 Reply = list[Any] | redis.RedisError
 
-_RESULTS = tuple(Result)
+_RESULTS = {int(r): r for r in Result}  # codes are not contiguous (30, 31: the age guard)
 
 
 @dataclass(slots=True)
@@ -149,7 +151,9 @@ class TransferCodec:
         tx_index: dict[int, int] = {}
         body: list[str | int] = []
         for i in chunk:
-            tid, kind, aid, amount, currency = transfers[i]
+            t = transfers[i]
+            tid, kind, aid, amount, currency = t[:5]
+            occurred = t[5] if len(t) == 6 else None
             ai = account_index.get(aid)
             if ai is None:
                 ai = account_index[aid] = len(account_index) + 1
@@ -157,19 +161,21 @@ class TransferCodec:
             xi = tx_index.get(tx_shard)
             if xi is None:
                 xi = tx_index[tx_shard] = len(tx_index) + 1
-            body += (tid, kind, ai, amount, currency, xi)
+            body += (tid, kind, ai, amount, currency, xi, "" if occurred is None else occurred)
         prefix = self._account_prefix[shard]
         keys = [self._epoch_keys[shard], self._journal_keys[shard]]
         for x in tx_index:
             keys += tx_keys[x]
         keys += [prefix + aid for aid in account_index]
+        window_ms = self.idempotency_window_ms
         args: list[str | int] = [
             self._epoch_value,
             self.epoch_id,
             now_ms,
             len(tx_index),
             len(account_index),
-            self.idempotency_window_ms,
+            window_ms,
+            *occurred_bounds_ms(window_ms),
         ]
         args += account_index
         args += body

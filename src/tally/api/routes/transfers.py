@@ -93,7 +93,13 @@ async def debit(
     id was used with other parameters, 422 other refusals (account not active, currency)."""
     _check_key(idempotency_key, body.transfer_id)
     context = ctx(request)
-    args = (body.transfer_id, body.account_id, body.amount_minor, body.currency or "")
+    args = (
+        body.transfer_id,
+        body.account_id,
+        body.amount_minor,
+        body.currency or "",
+        body.occurred_at_ms,
+    )
     if context.async_debit is not None:
         r = await context.async_debit(*args)
     else:  # the hot path's fallback: the engine off the event loop
@@ -132,7 +138,10 @@ def credit(
 @router.post("/debits/batch", name="debit_batch", response_model=BatchOut, responses=problems())
 def debit_batch(body: BatchIn, request: Request) -> JSONResponse:
     """Up to 1000 debits in one request, one result each, in order; each idempotent by id."""
-    items = [(d.transfer_id, d.account_id, d.amount_minor, d.currency or "") for d in body.debits]
+    items = [
+        (d.transfer_id, d.account_id, d.amount_minor, d.currency or "", d.occurred_at_ms)
+        for d in body.debits
+    ]
     applied = ctx(request).engine.debit_many(items)
     results = [
         out("debit", d, r.result, r.balance_minor)

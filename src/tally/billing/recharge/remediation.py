@@ -252,8 +252,11 @@ class Remediator:
 
     def _execute(self, action: Action) -> tuple[bool, str]:
         if action.kind == "reinstate":
-            self.engine.set_status(action.account_id, AccountStatus.active)
-            self.book.add_event(action.account_id, "reinstated", "remediation")
+            # The status and its event (with the outbox event) in one transaction, then Redis.
+            with self.engine.ledger.unit() as uow:
+                uow.set_status(action.account_id, AccountStatus.active)
+                uow.add_event(action.account_id, "reinstated", "remediation")
+            self.engine.mirror_account(action.account_id)
             return True, "reinstated"
         assert action.charge_id is not None and action.amount_minor is not None
         if action.kind == "refund":

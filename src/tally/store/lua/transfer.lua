@@ -6,8 +6,11 @@
 --   hash of generation 0, its tx hash of generation 1   KEYS[3+3t..2+3t+m] account hashes
 -- ARGV[1] expected epoch value   ARGV[2] epoch id (journal)   ARGV[3] now_ms   ARGV[4] t
 -- ARGV[5] m   ARGV[6] idempotency window in ms (0: records are kept forever)
--- ARGV[7..6+m] account ids, then 6 per transfer: id, kind (d|c), account index 1..m,
---   amount_minor, currency ('' = the account's own currency), tx shard index 1..t
+-- ARGV[7] oldest accepted occurred_at age in ms   ARGV[8] furthest accepted future in ms
+--   (both from domain.limits.occurred_bounds_ms; unused when the window is 0)
+-- ARGV[9..8+m] account ids, then 7 per transfer: id, kind (d|c), account index 1..m,
+--   amount_minor, currency ('' = the account's own currency), tx shard index 1..t,
+--   occurred_at ms ('' = now by the server's clock)
 -- Returns {'L'} store lost, {'F', len} journal full, or {'K', code, balance|nil, replayed, ...}
 --   followed by a pair (transfer index, recharge id) per recharge this call opened.
 --
@@ -17,6 +20,11 @@
 -- the background) and becomes the new current one. A record is written to the current
 -- generation, so it is dropped no sooner than one window after it was written: every replay
 -- inside the window finds it. Lookups read both generations.
+-- Age guard: an id WITHOUT a record whose occurred_at is older than ARGV[7] or more than ARGV[8]
+-- ahead, by the same server clock, is refused (codes 30 / 31): nothing written, no record, no
+-- journal line. ARGV[7] < window - ARGV[8], so every id accepted now, if it was ever applied,
+-- was applied less than a window ago and its record is still here (README). The record is
+-- looked up FIRST: an exact replay returns the first outcome whatever its occurred_at.
 --
 -- Auto-recharge: an account hash with 'rt' (threshold, present while autopay is on) and no 'ro'
 -- (open recharge id) opens one recharge when a debit (ok or insufficient_funds) leaves the
@@ -31,8 +39,10 @@ if jlen >= @JOURNAL_MAX@ then return {'F', jlen} end
 local t = tonumber(ARGV[4])
 local m = tonumber(ARGV[5])
 local window = tonumber(ARGV[6])
-local base = 6 + m
-local n = (#ARGV - base) / 6
+local age_max, skew_max = tonumber(ARGV[7]), tonumber(ARGV[8])
+local F = 7  -- fields per transfer
+local base = 8 + m
+local n = (#ARGV - base) / F
 local CHUNK = 500
 
 -- The generations of each tx shard this call touches; rotates those a window old. Rotation is
@@ -67,7 +77,7 @@ end
 
 local groups = {}
 for i = 1, n do
-  local x = tonumber(ARGV[base + (i - 1) * 6 + 6])
+  local x = tonumber(ARGV[base + (i - 1) * F + 6])
   local g = groups[x]
   if not g then g = {}; groups[x] = g end
   g[#g + 1] = i
@@ -76,7 +86,7 @@ local prior = {}
 for x, g in pairs(groups) do
   for s = 1, #g, CHUNK do
     local ids = {}
-    for j = s, math.min(s + CHUNK - 1, #g) do ids[#ids + 1] = ARGV[base + (g[j] - 1) * 6 + 1] end
+    for j = s, math.min(s + CHUNK - 1, #g) do ids[#ids + 1] = ARGV[base + (g[j] - 1) * F + 1] end
     local got = redis.call('HMGET', cur_tx[x], unpack(ids))
     local missing, at = {}, {}
     for j = 1, #got do
@@ -121,6 +131,16 @@ local function replay(rec, kind, aid, amt, cur)
   return tonumber(rcode), (rbal ~= '' and tonumber(rbal)) or false
 end
 
+-- The age guard (domain.rules.occurred_guard): nil when the transfer may be decided.
+local function too_old_or_new(occ_text)
+  if not server_ms or occ_text == '' then return nil end
+  local occ = tonumber(occ_text)
+  if occ == nil or not string.find(occ_text, '^%d+$') then return 30 end
+  if occ < server_ms - age_max then return 30 end
+  if occ > server_ms + skew_max then return 31 end
+  return nil
+end
+
 local function apply(a, kind, amt, amt_text, cur)
   if not a then return 8 end
   if cur ~= '' and a.cur ~= cur then return 10 end
@@ -142,21 +162,21 @@ end
 local out = {'K'}
 local recs, lines, seen, opened = {}, {}, {}, {}
 for i = 1, n do
-  local o = base + (i - 1) * 6
+  local o = base + (i - 1) * F
   local tid, kind, ai = ARGV[o + 1], ARGV[o + 2], tonumber(ARGV[o + 3])
   local amt_text, cur, x = ARGV[o + 4], ARGV[o + 5], tonumber(ARGV[o + 6])
   local amt = tonumber(amt_text)
-  local aid = ARGV[6 + ai]
+  local aid = ARGV[8 + ai]
   local rec = seen[tid] or prior[i]
   if rec then
     local code, bal = replay(rec, kind, aid, amt, cur)
     out[#out + 1] = code; out[#out + 1] = bal; out[#out + 1] = 1
   else
     local a = load(ai)
-    local code = apply(a, kind, amt, amt_text, cur)
+    local code = too_old_or_new(ARGV[o + 7]) or apply(a, kind, amt, amt_text, cur)
     local bal = a and a.bal or false
     out[#out + 1] = code; out[#out + 1] = bal; out[#out + 1] = 0
-    if code ~= 11 then
+    if code ~= 11 and code ~= 30 and code ~= 31 then
       -- The currency as SENT ('' = the account's own): a replay compares with what the client
       -- sent, so a refused currency_mismatch replays as itself, and the ledger records it so.
       local rc = (cur ~= '' and cur) or (a and a.cur) or ''

@@ -22,6 +22,10 @@ from tally.sync.rebuild import init_store
 from tests.serve.harness import Served, gateway_pids
 
 POSTGRES_ENV = "TALLY_TEST_POSTGRES_URL"
+#: The tests never send a webhook off this machine (schemathesis registers endpoints it makes
+#: up): every process they start inherits this egress policy (``config.MACHINE_VARS``).
+LOOPBACK_HOSTS = "127.0.0.1,localhost,::1"
+os.environ["TALLY_WEBHOOK_HOSTS"] = LOOPBACK_HOSTS
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tally.domain.events import EndpointRefused, parse_hosts
 from tally.domain.limits import (
     DRAIN_FENCE_TIMEOUT_MS_DEFAULT,
     DRAIN_FENCE_TIMEOUT_MS_MAX,
@@ -35,7 +36,9 @@ from tally.store.keys import SHARDS_DEFAULT
 LOCAL_STATE = "local.json"
 DRAIN_REPLICAS_AUTO = "auto"
 #: Variables that describe this machine (which redis-server it runs), not a deployment.
-MACHINE_VARS = frozenset({"TALLY_REDIS_SERVER"})
+#: Settings of the machine rather than of one deployment, kept for child processes: the
+#: redis-server binary CI chose, and where this machine lets webhooks go.
+MACHINE_VARS = frozenset({"TALLY_REDIS_SERVER", "TALLY_WEBHOOK_HOSTS"})
 
 
 def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -68,6 +71,8 @@ class Settings:
     #: them forever. Outside the window the store refuses transfers by their occurred_at, so a
     #: replay is never applied twice (README, "Idempotency window").
     idempotency_window_ms: int = IDEMPOTENCY_WINDOW_MS_DEFAULT
+    #: The only hosts webhooks may be sent to (``TALLY_WEBHOOK_HOSTS``); None: any host.
+    webhook_hosts: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         replicas = self.drain_replicas
@@ -120,6 +125,7 @@ class Settings:
                     "TALLY_IDEMPOTENCY_WINDOW_S", str(IDEMPOTENCY_WINDOW_MS_DEFAULT // 1000)
                 )
             ),
+            webhook_hosts=parse_webhook_hosts(os.environ.get("TALLY_WEBHOOK_HOSTS")),
         )
 
     def require_redis_url(self) -> str:
@@ -172,3 +178,12 @@ def local_redis_url(home: Path) -> str | None:
     if not isinstance(url, str):
         raise ConfigError(f"{state}: redis_url must be a string")
     return url
+
+
+def parse_webhook_hosts(text: str | None) -> frozenset[str] | None:
+    try:
+        return parse_hosts(text)
+    except EndpointRefused as exc:
+        raise ConfigError(
+            str(exc.args[0]), hint="e.g. TALLY_WEBHOOK_HOSTS=hooks.example.com"
+        ) from None

@@ -21,7 +21,7 @@ def test_webhook_add_list_remove_and_events_list(sqlite_ledger_url: str, tmp_pat
     with SqlLedger.open(sqlite_ledger_url) as ledger, ledger.unit() as uow:
         uow.emit("billing.frozen", {"reason": "r", "actor": "a"}, source="freeze:1")
     code, out = _run(
-        ["webhook", "add", "https://hooks.invalid/t", "--type", "billing.frozen"],
+        ["webhook", "add", "http://127.0.0.1:9/t", "--type", "billing.frozen"],
         sqlite_ledger_url,
         tmp_path,
     )
@@ -46,5 +46,15 @@ def test_webhook_add_refuses_a_non_http_url_with_its_code_and_writes_nothing(
     SqlLedger.open(sqlite_ledger_url).close()
     code, out = _run(["webhook", "add", "file:///etc/passwd"], sqlite_ledger_url, tmp_path)
     assert code == 2 and json.loads(out)["error"] == "webhook_url_invalid"
+    code, out = _run(["webhook", "list"], sqlite_ledger_url, tmp_path)
+    assert json.loads(out)["items"] == []
+
+
+def test_webhook_add_keeps_to_the_egress_policy(sqlite_ledger_url: str, tmp_path: Path) -> None:
+    """The CLI registers through the same check as the API (TALLY_WEBHOOK_HOSTS, set to
+    loopback for the suite by tests/conftest.py): refused with its code, nothing written."""
+    SqlLedger.open(sqlite_ledger_url).close()  # the schema, as `tally init` makes it
+    code, out = _run(["webhook", "add", "https://hooks.example.com/t"], sqlite_ledger_url, tmp_path)
+    assert code != 0 and json.loads(out)["error"] == "webhook_url_not_allowed", out
     code, out = _run(["webhook", "list"], sqlite_ledger_url, tmp_path)
     assert json.loads(out)["items"] == []

@@ -15,7 +15,7 @@ from tally.api.context import ApiContext
 from tally.api.hot import HotDebits
 from tally.api.limits import BodyLimitMiddleware
 from tally.api.metrics import ApiMetrics, MetricsMiddleware, ReadinessCollector
-from tally.api.routes import accounts, admin, docs, health, transfers
+from tally.api.routes import accounts, admin, docs, health, holds, transfers
 from tally.errors import TallyError
 
 DESCRIPTION = """Prepaid balances, debits and credits over HTTP.
@@ -38,7 +38,7 @@ def create_app(context: ApiContext) -> FastAPI:
     for collector in context.collectors:
         metrics.add(collector)
     app.state.metrics = metrics
-    for router in (health.router, accounts.router, transfers.router, admin.router):
+    for router in (health.router, accounts.router, transfers.router, holds.router, admin.router):
         app.include_router(router)
     docs.mount(app)
     for extension in context.extensions:

@@ -77,5 +77,7 @@ class ApiContext:
     async_debit: Callable[[str, str, int, str, int | None], Awaitable[TransferResult]] | None = None
     #: Seconds a verified API key is cached (a revocation takes at most this long).
     key_cache_s: float = 5.0
+    #: Where webhook endpoints may point (``Settings.webhook_hosts``); None: any host.
+    webhook_hosts: frozenset[str] | None = None
     #: More Prometheus collectors for /metrics (e.g. Sentinel failovers).
     collectors: list[Collector] = field(default_factory=list)

@@ -14,6 +14,9 @@ Status codes (the contract):
     503 store_lost, store_unavailable, store_read_only, store_loading, store_not_enough_replicas,
         store_backpressure, outcome_unknown, ledger_unavailable, not_ready (with Retry-After)
 
+Holds (``routes/holds.py``): 402 insufficient_funds, 404 hold_not_found, 409 hold_id_conflict,
+hold_expired, hold_already_captured, hold_voided, 422 capture_exceeds_hold.
+
 Refusals of a transfer are recorded with its id: a replay returns the same status and body.
 """
 

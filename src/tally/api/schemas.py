@@ -16,6 +16,7 @@ from pydantic import (
     field_validator,
 )
 
+from tally.domain.holds import HOLD_EXPIRES_S_MAX
 from tally.domain.limits import AMOUNT_MINOR_MAX, BALANCE_MINOR_MAX, ID_LEN_MAX, OCCURRED_AT_MS_MAX
 from tally.domain.money import CURRENCY_EXPONENTS
 from tally.domain.transfers import parse_occurred_at
@@ -56,6 +57,11 @@ class AccountOut(BaseModel):
     credit_limit_minor: int
     balance_minor: int
     balance: str = Field(description="the balance as a decimal in the account's currency")
+    held_minor: int = Field(0, description="the sum of the account's open holds")
+    available_minor: int = Field(
+        0,
+        description="what debits and new holds may use: balance - open holds + credit limit",
+    )
     #: Filled by extensions (e.g. the recharge rule and state) once they are installed.
     extensions: dict[str, Any] = Field(default_factory=dict)
 
@@ -248,6 +254,41 @@ class ReadinessOut(BaseModel):
     ready: bool
     reason: str | None
     checks: dict[str, CheckOut]
+
+
+# -- holds -----------------------------------------------------------------------------------
+ExpiresInS = Annotated[StrictInt, Field(ge=1, le=HOLD_EXPIRES_S_MAX)]
+
+
+class HoldCreate(Strict):
+    hold_id: Id = Field(description="unique forever; a replay returns the first outcome")
+    account_id: Id
+    amount_minor: AmountMinor = Field(description="reserved from the available balance")
+    expires_in_s: ExpiresInS = Field(
+        description=f"seconds until the hold expires (1..{HOLD_EXPIRES_S_MAX}, 7 days) by the "
+        "store's clock; an expired hold is released and can never be captured"
+    )
+
+
+class HoldCapture(Strict):
+    amount_minor: AmountMinor = Field(
+        description="at most the held amount; ONE capture per hold: the rest is released"
+    )
+
+
+class HoldOut(BaseModel):
+    hold_id: str
+    account_id: str
+    status: Literal["open", "captured", "voided", "expired", "refused"]
+    result: str = Field(description="the outcome's code name: ok, or why it was refused")
+    result_code: int
+    amount_minor: int = Field(description="the held amount")
+    captured_minor: int | None
+    expires_at_ms: int = Field(description="the expiry, ms since the epoch, store's clock")
+    balance_minor: int | None = Field(description="the balance right after the first application")
+    held_minor: int | None = Field(description="the account's held sum right after it")
+    capture_transfer_id: str | None = Field(description="the debit the capture booked")
+    recharge_id: str | None = Field(description="the auto-recharge the capture opened")
 
 
 # -- events and webhooks -----------------------------------------------------------------------

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from tally.billing.validate import raw_transfer, raw_transfers
+from tally.domain import holds
 from tally.domain.accounts import Account, AccountState, AccountStatus, SystemAccount
+from tally.domain.ids import check_id
+from tally.domain.money import check_amount_minor
 from tally.domain.results import Result
 from tally.domain.transfers import Transfer, TransferKind, TransferResult
 from tally.errors import (
@@ -147,6 +150,37 @@ class Engine:
         ``(transfer_id, account_id, amount_minor[, currency[, occurred_at_ms]])``."""
         raws = raw_transfers("d", items)
         return self._guarded(lambda: self.store.apply(raws))
+
+    # -- holds (domain.holds): store first, like debits; the journal takes them to the ledger --
+    def place_hold(
+        self, hold_id: str, account_id: str, amount_minor: int, expires_in_ms: int
+    ) -> holds.HoldOutcome:
+        """Reserve ``amount_minor`` of the account's available balance for ``expires_in_ms``
+        (by the store's clock). Bad input raises a ``UsageError`` before anything is written."""
+        holds.check_hold_id(hold_id)
+        check_id(account_id, "account id")
+        check_amount_minor(amount_minor)
+        holds.check_expires_in_ms(expires_in_ms)
+        return self._guarded(
+            lambda: self.store.place_hold(hold_id, account_id, amount_minor, expires_in_ms)
+        )
+
+    def capture_hold(self, hold_id: str, amount_minor: int) -> holds.HoldOutcome:
+        holds.check_hold_id(hold_id)
+        check_amount_minor(amount_minor)
+        return self._guarded(lambda: self.store.capture_hold(hold_id, amount_minor))
+
+    def void_hold(self, hold_id: str) -> holds.HoldOutcome:
+        holds.check_hold_id(hold_id)
+        return self._guarded(lambda: self.store.void_hold(hold_id))
+
+    def get_hold(self, hold_id: str) -> holds.HoldOutcome:
+        holds.check_hold_id(hold_id)
+        return self._guarded(lambda: self.store.get_hold(hold_id))
+
+    def sweep_holds(self, limit: int = holds.HOLD_SWEEP_MAX) -> int:
+        """One bounded pass of the expiry sweeper over every shard: released holds."""
+        return self._guarded(lambda: self.store.sweep_holds(limit))
 
     # -- credits (money in: ledger first) ------------------------------------------------------
     def credit(

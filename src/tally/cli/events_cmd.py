@@ -67,9 +67,12 @@ def webhook() -> None:
 @handles_errors
 def add(url: str, types: tuple[str, ...], as_json: bool, **conn: str | None) -> None:
     """Register URL; prints its signing secret (shown once)."""
+    hosts = settings_from(
+        conn.get("redis_url"), conn.get("ledger_url"), conn.get("home")
+    ).webhook_hosts
     with _ledger(conn) as ledger:
         try:
-            endpoint, secret = WebhookBook(ledger).register(url, list(types) or None)
+            endpoint, secret = WebhookBook(ledger).register(url, list(types) or None, hosts=hosts)
         except EndpointRefused as exc:
             refused = {"error": exc.code, "message": str(exc.args[0])}
             emit(as_json, refused, f"error: {exc.code}: {exc.args[0]}")

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Credit an account: ledger first, then the store.",
     ),
     "balance": ("tally.cli.transfers_cmd", "balance", "An account's balance and status."),
+    "hold": ("tally.cli.hold_cmd", "hold", "Balance holds: place, capture, void, show."),
     "init": (
         "tally.cli.admin_cmd",
         "init",

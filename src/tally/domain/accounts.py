@@ -58,3 +58,10 @@ class AccountState:
 
     account: Account
     balance_minor: int
+    #: The sum of the account's open holds (``domain.holds``).
+    held_minor: int = 0
+
+    @property
+    def available_minor(self) -> int:
+        """What a debit or a new hold may use: balance - open holds + credit limit."""
+        return self.balance_minor - self.held_minor + self.account.credit_limit_minor

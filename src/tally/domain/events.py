@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import random
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -142,6 +143,36 @@ def check_url(url: str) -> str:
     if any(ch.isspace() or ord(ch) < 32 for ch in url):
         raise EndpointRefused("webhook_url_invalid", "no whitespace or control characters")
     return url
+
+
+HOST_PATTERN = re.compile(r"[a-z0-9.:-]{1,253}")
+
+
+def parse_hosts(text: str | None) -> frozenset[str] | None:
+    """``TALLY_WEBHOOK_HOSTS``: the hosts (names or IP addresses, comma separated) webhooks may
+    be sent to. Unset or empty: any host. Hosts are compared as written in the URL, lowercased."""
+    if text is None or not text.strip():
+        return None
+    hosts = frozenset(h.strip().lower().strip("[]") for h in text.split(","))
+    if any(HOST_PATTERN.fullmatch(h) is None for h in hosts):
+        raise EndpointRefused(
+            "webhook_hosts_invalid",
+            f"TALLY_WEBHOOK_HOSTS is a comma-separated list of hosts: {text!r}",
+        )
+    return hosts
+
+
+def check_host(url: str, hosts: frozenset[str] | None) -> None:
+    """Egress policy: a URL whose host is not in ``hosts`` is refused (``None``: any host)."""
+    if hosts is None:
+        return
+    host = (urlsplit(url).hostname or "").lower()
+    if host not in hosts:
+        raise EndpointRefused(
+            "webhook_url_not_allowed",
+            f"webhooks may go only to {', '.join(sorted(hosts))} (TALLY_WEBHOOK_HOSTS), "
+            f"not {host!r}",
+        )
 
 
 def check_secret(secret: str) -> str:

@@ -25,6 +25,9 @@ class AccountBook:
     #: Auto-recharge mirror: the threshold while autopay is on, and the open recharge's id.
     threshold_minor: int | None = None
     open_recharge: str | None = None
+    #: Open holds on the account (``domain.holds``): debits and new holds see the available
+    #: balance, ``balance - held + credit limit``.
+    held_minor: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +100,7 @@ def _decide(book: AccountBook | None, kind: str, amount: int, currency: str) -> 
     if kind == "d":
         if book.status is not AccountStatus.active:
             return Result.account_not_active
-        if book.balance_minor - amount < -book.credit_limit_minor:
+        if book.balance_minor - book.held_minor - amount < -book.credit_limit_minor:
             return Result.insufficient_funds
         return Result.ok
     if book.status is AccountStatus.closed:
@@ -121,7 +124,7 @@ def opens_recharge(book: AccountBook | None, kind: str, code: Result) -> bool:
         and book.open_recharge is None
         and kind == "d"
         and code in (Result.ok, Result.insufficient_funds)
-        and book.balance_minor < book.threshold_minor
+        and book.balance_minor - book.held_minor < book.threshold_minor  # the available balance
     )
 
 

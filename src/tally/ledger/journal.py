@@ -12,6 +12,7 @@ from tally.domain.transfers import TransferKind
 from tally.errors import TallyError
 from tally.ledger.models import (
     DrainedLine,
+    HoldLine,
     JournalLine,
     LineBatch,
     Position,
@@ -60,6 +61,75 @@ def parse_line(text: str) -> JournalLine:
     if line.balance_after_minor is not None and abs(line.balance_after_minor) > BALANCE_MINOR_MAX:
         raise MalformedLine(f"balance {line.balance_after_minor} out of bounds")
     return line
+
+
+HOLD_PREFIX = "@h|"
+HOLD_FIELDS = 11
+HOLD_EVENTS = {"p": "placed", "c": "captured", "v": "voided", "x": "expired"}
+
+
+def is_hold_line(text: str) -> bool:
+    """Hold event lines start with ``@h|`` (a transfer id never starts with ``@``)."""
+    return text.startswith(HOLD_PREFIX)
+
+
+def parse_hold_line(text: str) -> HoldLine:
+    parts = text.split("|")
+    if len(parts) != HOLD_FIELDS:
+        raise MalformedLine(f"a hold line has {HOLD_FIELDS} fields, got {len(parts)}")
+    _, event, hold_id, account, amount, currency, code, balance, held, expires, ts = parts
+    try:
+        line = HoldLine(
+            event=HOLD_EVENTS[event],
+            hold_id=check_id(hold_id, "hold id"),
+            account_id=check_id(account, "account id"),
+            amount_minor=check_amount_minor(_int(amount, "amount")),
+            currency=check_currency(currency),
+            result=_int(code, "result"),
+            balance_after_minor=_int(balance, "balance") if balance else None,
+            held_after_minor=_int(held, "held") if held else None,
+            expires_at_ms=_int(expires, "expires_at"),
+            ts_ms=_int(ts, "ts_ms"),
+        )
+    except (KeyError, ValueError, TallyError) as exc:
+        raise MalformedLine(str(exc)) from exc
+    return line
+
+
+def format_hold_line(line: HoldLine) -> str:
+    event = next(k for k, v in HOLD_EVENTS.items() if v == line.event)
+    opt = ["" if v is None else str(v) for v in (line.balance_after_minor, line.held_after_minor)]
+    return "|".join(
+        (
+            "@h",
+            event,
+            line.hold_id,
+            line.account_id,
+            str(line.amount_minor),
+            line.currency,
+            str(line.result),
+            *opt,
+            str(line.expires_at_ms),
+            str(line.ts_ms),
+        )
+    )
+
+
+def parse_hold_lines(
+    shard: int, stream_id: StreamId, fields: dict[str, str]
+) -> list[tuple[HoldLine, Position]]:
+    """The well-formed hold lines of one entry (reconcile reads them beside ``parse_entry``)."""
+    out: list[tuple[HoldLine, Position]] = []
+    epoch_id, data = fields.get("e", ""), fields.get("d")
+    if not epoch_id or data is None:
+        return out
+    for no, text in enumerate(data.split("\n")[:LINES_PER_ENTRY_MAX]):
+        if is_hold_line(text):
+            try:
+                out.append((parse_hold_line(text), Position(epoch_id, shard, stream_id, no)))
+            except MalformedLine:
+                continue
+    return out
 
 
 def format_line(line: JournalLine) -> str:
@@ -115,6 +185,8 @@ def parse_entry(
         return [], [RejectedLine("malformed", data[:2000], Position(epoch_id, shard, stream_id, 0))]
     for no, line_text in enumerate(lines):
         pos = Position(epoch_id, shard, stream_id, no)
+        if is_hold_line(line_text):
+            continue  # hold events: ``parse_hold_lines``
         try:
             drained.append(DrainedLine(parse_line(line_text), pos))
         except MalformedLine:
@@ -188,6 +260,9 @@ def parse_entry_into(
                 continue
         pos = Position(epoch_id, shard, stream_id, no)
         try:
+            if is_hold_line(text):
+                batch.holds.append((parse_hold_line(text), pos))
+                continue
             batch.add_line(parse_line(text), pos, text)
         except MalformedLine:
             batch.rejected.append(RejectedLine("malformed", text[:2000], pos))

@@ -119,6 +119,25 @@ StagedRow = tuple[
 ]
 
 
+@dataclass(frozen=True, slots=True)
+class HoldLine:
+    """One hold event line of the journal (``store/lua/hold.lua``):
+    ``@h|event|hold|account|amount|currency|code|balance|held|expires_at|ts_ms``. ``event`` is
+    ``placed`` / ``captured`` / ``voided`` / ``expired``; ``amount_minor`` is the held amount,
+    or for a capture the captured amount (its debit is an ordinary debit line beside it)."""
+
+    event: str
+    hold_id: str
+    account_id: str
+    amount_minor: int
+    currency: str
+    result: int
+    balance_after_minor: int | None
+    held_after_minor: int | None
+    expires_at_ms: int
+    ts_ms: int
+
+
 @dataclass
 class LineBatch:
     """Journal lines bound for one ledger transaction, in columns rather than objects (the
@@ -128,6 +147,8 @@ class LineBatch:
     rows: list[StagedRow] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     rejected: list[RejectedLine] = field(default_factory=list)
+    #: hold event lines, in journal order (``sql_holds`` applies them)
+    holds: list[tuple[HoldLine, Position]] = field(default_factory=list)
 
     def add_line(self, line: JournalLine, position: Position, text: str) -> None:
         self.rows.append(
@@ -152,7 +173,7 @@ class LineBatch:
         self.texts.append(text)
 
     def __len__(self) -> int:
-        return len(self.rows) + len(self.rejected)
+        return len(self.rows) + len(self.rejected) + len(self.holds)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,12 +27,13 @@ from tally.domain.accounts import SystemAccount
 from tally.domain.results import Result
 from tally.domain.transfers import TransferKind
 from tally.errors import LedgerNotInitialised, StoreLost, UsageError
-from tally.ledger import sql_outbox, sql_recharge
-from tally.ledger.journal import LINES_PER_ENTRY_MAX, format_line
+from tally.ledger import sql_holds, sql_outbox, sql_recharge
+from tally.ledger.journal import LINES_PER_ENTRY_MAX, format_hold_line, format_line
 from tally.ledger.models import (
     ApplyReport,
     CreditIntent,
     DrainedLine,
+    HoldLine,
     JournalLine,
     LineBatch,
     Position,
@@ -284,6 +285,18 @@ def _split_foreign(batch: LineBatch, epoch_id: str) -> tuple[LineBatch, list[Rej
     return good, foreign
 
 
+def _split_foreign_holds(
+    batch: LineBatch, epoch_id: str
+) -> tuple[list[tuple[HoldLine, Position]], list[RejectedLine]]:
+    mine = [(line, pos) for line, pos in batch.holds if pos.epoch_id == epoch_id]
+    foreign = [
+        RejectedLine("foreign_epoch", format_hold_line(line), pos, line.hold_id)
+        for line, pos in batch.holds
+        if pos.epoch_id != epoch_id
+    ]
+    return mine, foreign
+
+
 def _apply_staged(conn: Connection, batch: LineBatch) -> tuple[int, int, list[RejectedLine], int]:
     """(inserted, duplicates, conflicts, intents settled) for lines of the current epoch."""
     rows = batch.rows
@@ -316,6 +329,13 @@ def apply_batch(
         raise StoreLost(f"a rebuild of the store is in progress (epoch {building.epoch_id})")
     good, foreign = _split_foreign(batch, current.epoch_id)
     inserted, duplicates, conflicts, settled = _apply_staged(conn, good)
+    # holds: their event lines, after the transfer lines (a capture's debit is one of those)
+    held, foreign_holds = _split_foreign_holds(batch, current.epoch_id)
+    hold_texts = [format_hold_line(line) for line, _ in held]
+    applied, hold_dups, hold_conflicts = sql_holds.apply_hold_lines(conn, held, hold_texts)
+    inserted, duplicates = inserted + applied, duplicates + hold_dups
+    conflicts = [*conflicts, *hold_conflicts]
+    foreign = [*foreign, *foreign_holds]
     _record_rejected(conn, [*batch.rejected, *foreign, *conflicts])
     if before_commit is not None:
         before_commit()

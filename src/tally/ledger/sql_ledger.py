@@ -22,6 +22,7 @@ from tally.ledger import (
     sql_apply,
     sql_balances,
     sql_epochs,
+    sql_holds,
     sql_intents,
     sql_outbox,
 )
@@ -303,3 +304,35 @@ class SqlLedger:
             if not sql_balances.has_lines_beyond(conn, epoch_id=epoch_id, shard=shard, upto=upto):
                 return {}
             return sql_balances.sums_beyond(conn, epoch_id=epoch_id, shard=shard, upto=upto)
+
+    # -- holds (sql_holds) ---------------------------------------------------------------------
+    def get_hold(self, hold_id: str) -> sql_holds.LedgerHold | None:
+        with self.transaction() as conn:
+            return sql_holds.get_hold(conn, hold_id)
+
+    def holds_after(self, after: str | None, limit: int) -> list[sql_holds.LedgerHold]:
+        with self.transaction() as conn:
+            return sql_holds.holds_after(conn, after, limit)
+
+    def count_holds(self) -> int:
+        with self.transaction() as conn:
+            return sql_balances.count_rows(conn, sql_holds.holds)
+
+    def held(self, ids: Collection[str]) -> dict[str, int]:
+        """The sum of each account's open holds, as drained."""
+        with self.transaction(snapshot=True) as conn:
+            return sql_holds.held(conn, ids)
+
+    def held_view_as_of(
+        self,
+        ids: Sequence[str],
+        *,
+        epoch_id: str,
+        upto: StreamId,
+        probe: Sequence[tuple[str, str]],
+    ) -> tuple[dict[str, int], set[tuple[str, str]]]:
+        """For reconcile, in ONE snapshot: held sums as of stream id ``upto``, and which of the
+        (hold id, event) pairs read from the journal are already stored."""
+        with self.transaction(snapshot=True) as conn:
+            view = sql_holds.held_as_of(conn, ids, epoch_id=epoch_id, upto=upto)
+            return view, sql_holds.stored_events(conn, probe)

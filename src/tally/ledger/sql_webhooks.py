@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tally.domain.events import check_secret, check_types, check_url, new_secret
+from tally.domain.events import check_host, check_secret, check_types, check_url, new_secret
 from tally.ledger.schema import BigId, metadata
 from tally.ledger.sql_outbox import StoredEvent, events, events_after, last_cursor
 from tally.ledger.sqlutil import insert_ignore, now_ms
@@ -141,11 +141,17 @@ class WebhookBook:
 
     # -- endpoints -------------------------------------------------------------------------------
     def register(
-        self, url: str, event_types: Sequence[str] | None, secret: str | None = None
+        self,
+        url: str,
+        event_types: Sequence[str] | None,
+        secret: str | None = None,
+        *,
+        hosts: frozenset[str] | None = None,
     ) -> tuple[Endpoint, str]:
         """Check the definition (``EndpointRefused`` with a stable code, nothing written), then
         create the endpoint with the caller's secret or a new random one; returns both."""
         checked_url = check_url(url)
+        check_host(checked_url, hosts)
         types = check_types(None if event_types is None else list(event_types))
         signing = new_secret(secrets.token_bytes(SECRET_BYTES_DEFAULT))
         if secret is not None:

@@ -36,8 +36,10 @@ from tally.domain.events import (
     ATTEMPTS_MAX,
     BACKOFF_BASE_MS,
     BACKOFF_CAP_MS,
+    EndpointRefused,
     backoff_ms,
     body_bytes,
+    check_host,
 )
 from tally.errors import ConfigError
 from tally.ledger.sql_ledger import SqlLedger
@@ -103,6 +105,7 @@ class DeliveryWorker:
         client: httpx.Client | None = None,
         clock_ms: Callable[[], int] = now_ms,
         rng: random.Random | None = None,
+        hosts: frozenset[str] | None = None,
     ) -> None:
         self.book = WebhookBook(ledger)
         self.owner = owner[:80]
@@ -116,6 +119,9 @@ class DeliveryWorker:
         self.clock_ms = clock_ms
         self.rng = rng or random.Random()
         self.metrics = DeliveryMetrics()
+        #: Egress policy (``TALLY_WEBHOOK_HOSTS``), checked again before every request: an
+        #: endpoint registered before the policy was set gets nothing outside it.
+        self.hosts = hosts
 
     def close(self) -> None:
         self.client.close()
@@ -158,9 +164,12 @@ class DeliveryWorker:
         headers = sign(endpoint.secret, event.event_id, body)
         status: int | None = None
         try:
+            check_host(endpoint.url, self.hosts)
             answer = self.client.post(endpoint.url, content=body, headers=headers)
             status = answer.status_code
             error = "" if 200 <= status < 300 else f"HTTP {status}"
+        except EndpointRefused as exc:
+            error = str(exc.args[0])[:300]  # not sent: fails, then dead-letters, as any other
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
         if not error:

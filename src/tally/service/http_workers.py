@@ -177,6 +177,7 @@ def worker_main(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
             extensions=[extension, EventsExtension(dep.ledger)],
             async_debit=AsyncDebits(dep.engine).debit,
             collectors=[FailoverCollector(failovers)] if failovers else [],
+            webhook_hosts=dep.settings.webhook_hosts,
         )
         config = uvicorn.Config(
             create_app(context),

@@ -37,6 +37,7 @@ from tally.api.routes.recharges import RechargeExtension
 from tally.billing import recharge as rc
 from tally.bootstrap import Deployment, _safe, open_deployment, recharging, redis_client
 from tally.config import Settings
+from tally.domain.holds import HOLD_SWEEP_MAX
 from tally.errors import ConfigError, InfrastructureError, StoreLost, TallyError
 from tally.gateway.client import HttpGateway, SimulatorAdmin
 from tally.gateway.process import SimulatorProcess
@@ -61,9 +62,11 @@ from tally.service.operations import Operations, reapply_credits
 from tally.service.workers import (
     DRAIN_LIMIT,
     DRAIN_PACE_S,
+    HOLD_SWEEP_IDLE_S,
     DrainService,
     Worker,
     credit_applier,
+    hold_sweeper,
 )
 from tally.store.discovery import SwitchMaster, SwitchMasterListener
 from tally.store.epoch import read_epochs
@@ -197,6 +200,13 @@ class Service:
         self.workers = [
             Worker("drainer", drain.run_once, pace_s=DRAIN_PACE_S, idle_s=0.1, busy_at=DRAIN_LIMIT),
             Worker("credits", credit_applier(self.dep), pace_s=0.5, idle_s=1.0),
+            Worker(
+                "holds",
+                hold_sweeper(self.dep),
+                pace_s=HOLD_SWEEP_IDLE_S,
+                idle_s=HOLD_SWEEP_IDLE_S,
+                busy_at=HOLD_SWEEP_MAX,
+            ),
         ]
         self._recharging()
         self._delivery()
@@ -261,7 +271,11 @@ class Service:
         its state is in the ledger, and a lease per endpoint keeps one request in flight per
         endpoint even with several ``tally serve`` on one ledger."""
         assert self.dep is not None
-        self.delivery = DeliveryWorker(self.dep.ledger, owner=delivery_owner(self.options.home))
+        self.delivery = DeliveryWorker(
+            self.dep.ledger,
+            owner=delivery_owner(self.options.home),
+            hosts=self.dep.settings.webhook_hosts,
+        )
         self.workers.append(
             Worker("webhooks", self.delivery.run_once, pace_s=0.1, idle_s=0.5, busy_at=50)
         )
@@ -318,6 +332,7 @@ class Service:
             extensions=[self.recharge_extension(), EventsExtension(self.dep.ledger)],
             async_debit=AsyncDebits(self.dep.engine).debit,
             collectors=[FailoverCollector(self.failovers)] if self.failovers else [],
+            webhook_hosts=self.dep.settings.webhook_hosts,
         )
 
     def recharge_extension(self) -> RechargeExtension:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tally.bootstrap import Deployment
+from tally.domain.holds import HOLD_SWEEP_MAX
 from tally.errors import InfrastructureError
 from tally.sync.drainer import Drainer
 
@@ -136,3 +137,14 @@ class DrainService:
 def credit_applier(dep: Deployment, *, older_than_ms: int = 2000) -> Callable[[], int]:
     """Credits the ledger holds but the store has not applied (it was down or lost)."""
     return lambda: dep.engine.apply_pending_credits(older_than_ms=older_than_ms)
+
+
+#: The hold sweeper's pause between rounds: an expired hold nobody touches is released within
+#: about this long (debits meanwhile see it as still held: the safe side).
+HOLD_SWEEP_IDLE_S = 0.5
+
+
+def hold_sweeper(dep: Deployment) -> Callable[[], int]:
+    """Release expired holds nobody touched: one bounded sweep of every shard per round
+    (``HOLD_SWEEP_MAX`` per shard; the store's clock decides). Runs once per deployment."""
+    return lambda: dep.engine.sweep_holds(HOLD_SWEEP_MAX)

@@ -3,8 +3,10 @@ unit tests of the layers above (as httpx ships MockTransport). Not thread-safe; 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 
+from tally.domain import holds
 from tally.domain.accounts import Account, AccountState
 from tally.domain.results import Result
 from tally.domain.rules import AccountBook, Books, apply_transfer, recharge_marker
@@ -16,11 +18,13 @@ class FakeStore:
     def __init__(self, epoch_id: str = "E-fake") -> None:
         self.epoch_id = epoch_id
         self.books = Books()
+        self.holds = holds.HoldBook()
         self.lost = False
 
     def wipe(self) -> None:
         """What a restart with a missing AOF does: everything gone, epoch included."""
         self.books = Books()
+        self.holds = holds.HoldBook()
         self.lost = True
 
     def set_epoch(self, epoch_id: str) -> None:
@@ -72,6 +76,42 @@ class FakeStore:
                 else AccountState(
                     Account(aid, book.currency, book.credit_limit_minor, book.status),
                     book.balance_minor,
+                    book.held_minor,
                 )
             )
         return out
+
+    # -- holds: the domain's reference rules, by the local clock --------------------------------
+    @staticmethod
+    def _now_ms() -> int:
+        return int(time.time() * 1000)
+
+    def place_hold(
+        self, hold_id: str, account_id: str, amount_minor: int, expires_in_ms: int
+    ) -> holds.HoldOutcome:
+        self._check()
+        return holds.place(
+            self.books, self.holds, hold_id, account_id, amount_minor, expires_in_ms, self._now_ms()
+        )
+
+    def capture_hold(self, hold_id: str, amount_minor: int) -> holds.HoldOutcome:
+        self._check()
+        return holds.capture(self.books, self.holds, hold_id, amount_minor, self._now_ms())
+
+    def void_hold(self, hold_id: str) -> holds.HoldOutcome:
+        self._check()
+        return holds.void(self.books, self.holds, hold_id, self._now_ms())
+
+    def get_hold(self, hold_id: str) -> holds.HoldOutcome:
+        self._check()
+        return holds.view(self.holds, hold_id, self._now_ms())
+
+    def sweep_holds(self, limit: int = holds.HOLD_SWEEP_MAX) -> int:
+        """The fake has one shard: due holds, at most ``limit``."""
+        self._check()
+        now, released = self._now_ms(), 0
+        for hold_id in list(self.holds.holds):
+            if released >= limit:
+                break
+            released += holds.expire_due(self.books, self.holds, hold_id, now)
+        return released

@@ -14,7 +14,14 @@ that is what lets ``debit_many`` process thousands of transfers per script call.
                                             (absent: generation 0, never rotated)
     {ns}:{{{ns}.{s}}}:journal      stream   one entry per script call: e=<epoch>, d=<lines>
     {ns}:{{{ns}.{s}}}:a:<account>  hash     cur, st (a/s/c), lim, bal
+    {ns}:{{{ns}.{s}}}:h:<hold>     hash     a balance hold (lua/hold.lua), in its ACCOUNT's shard
+    {ns}:{{{ns}.{s}}}:hexp         zset     the shard's open holds by expiry: score expires_at
+                                            ms (server clock), member "account|hold"
+    {ns}:{{{ns}.{s}}}:hroute       hash     hold id -> account id (in the shard of the HOLD id)
     {ns}:rebuilding                string   the epoch a rebuild in progress is writing
+
+Account hash field ``hd``: the sum of the account's open holds (absent: 0); the available
+balance is ``bal - hd + lim``.
 
 Transfer ids are unique across the whole deployment, so a transfer's record lives in the shard
 of its id, not of its account: one script reads and writes both (one primary holds every shard
@@ -81,6 +88,17 @@ class KeyLayout:
 
     def account_prefix(self, shard: int) -> str:
         return f"{self.tag(shard)}:a:"
+
+    def hold(self, shard: int, hold_id: str) -> str:
+        """A hold's record: ``shard`` is its ACCOUNT's shard."""
+        return f"{self.tag(shard)}:h:{hold_id}"
+
+    def hold_expiries(self, shard: int) -> str:
+        return f"{self.tag(shard)}:hexp"
+
+    def hold_routes(self, shard: int) -> str:
+        """Hold id -> account id; ``shard`` is the HOLD id's shard (``shard_of(hold_id)``)."""
+        return f"{self.tag(shard)}:hroute"
 
     @property
     def rebuilding(self) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from tally.domain.accounts import Account, AccountState
+from tally.domain.holds import HoldOutcome
 from tally.domain.results import Result
 from tally.store.redis_store import Applied, RawTransfer, RechargeMarker
 
@@ -29,3 +30,16 @@ class BalanceStore(Protocol):
     def recharge_marker(self, account_id: str, op: str, value: str) -> RechargeMarker: ...
 
     def read_accounts(self, account_ids: Iterable[str]) -> dict[str, AccountState | None]: ...
+
+    # -- holds (domain.holds; lua/hold.lua) -----------------------------------------------------
+    def place_hold(
+        self, hold_id: str, account_id: str, amount_minor: int, expires_in_ms: int
+    ) -> HoldOutcome: ...
+
+    def capture_hold(self, hold_id: str, amount_minor: int) -> HoldOutcome: ...
+
+    def void_hold(self, hold_id: str) -> HoldOutcome: ...
+
+    def get_hold(self, hold_id: str) -> HoldOutcome: ...
+
+    def sweep_holds(self, limit: int = ...) -> int: ...

@@ -8,13 +8,14 @@ from functools import cache
 from hashlib import sha1
 from importlib import resources
 
-from tally.domain import limits
+from tally.domain import holds, limits
 
 _PLACEHOLDER = re.compile(r"@[A-Z_]+@")
 _CONSTANTS = {
     "@JOURNAL_MAX@": str(limits.JOURNAL_ENTRIES_MAX),
     "@AMOUNT_MAX@": str(limits.AMOUNT_MINOR_MAX),
     "@BALANCE_MAX@": str(limits.BALANCE_MINOR_MAX),
+    "@HOLD_EXPIRES_MS_MAX@": str(holds.HOLD_EXPIRES_MS_MAX),
 }
 
 
@@ -38,4 +39,4 @@ def script(name: str) -> Script:
     return Script(name, text)
 
 
-ALL = ("transfer", "account", "read", "recharge")
+ALL = ("transfer", "account", "read", "recharge", "hold", "hold_sweep", "hold_route")

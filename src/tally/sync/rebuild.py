@@ -16,6 +16,7 @@ from enum import StrEnum
 import redis
 
 from tally.domain.accounts import Account
+from tally.domain.holds import HoldStatus
 from tally.domain.invariant import invariant
 from tally.domain.limits import BALANCE_MINOR_MAX
 from tally.errors import StoreReadOnly, UsageError
@@ -23,6 +24,7 @@ from tally.ledger.journal import format_tx_record
 from tally.ledger.models import Epoch, EpochKind, EpochStatus
 from tally.ledger.sql_accounts import LIST_LIMIT_MAX
 from tally.ledger.sql_epochs import AlreadyInitialised
+from tally.ledger.sql_holds import LedgerHold
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ledger.sql_recharge import iter_pages
 from tally.ledger.sqlutil import now_ms
@@ -160,6 +162,7 @@ def _load_accounts(
         if not page:
             return loaded
         balances = ledger.balances([a.id for a in page])
+        held = ledger.held([a.id for a in page])  # holds: the open holds' sum, 'hd'
         extras = extra([a.id for a in page]) if extra is not None else {}
         with translated("load accounts"):
             pipe = client.pipeline(transaction=False)
@@ -171,6 +174,7 @@ def _load_accounts(
                     "st": a.status.code,
                     "lim": a.credit_limit_minor,
                     "bal": bal,
+                    **({"hd": held[a.id]} if held[a.id] else {}),
                     **extras.get(a.id, {}),
                 }
                 pipe.hset(layout.account_key(a.id), mapping=fields)  # type: ignore[arg-type]
@@ -233,6 +237,59 @@ def _load_transfers(
     raise UsageError("transfers kept being added while the rebuild ran (is a drainer running?)")
 
 
+def _hold_fields(h: LedgerHold) -> dict[str, str | int]:
+    """A hold's record as lua/hold.lua keeps it, so replays after the rebuild answer as before
+    (with the recharge a capture opened, once the journal carried it to the ledger)."""
+    fields: dict[str, str | int] = {
+        "a": h.account_id,
+        "amt": h.amount_minor,
+        "ein": h.expires_in_ms,
+        "cur": h.currency,
+        "exp": h.expires_at_ms,
+        "st": h.status.code,
+        "code": h.place_result,
+        "ts": h.placed_at_ms,
+    }
+    if h.captured_minor is not None:
+        fields["cap"] = h.captured_minor
+    if h.recharge_id is not None:
+        fields["rc"] = h.recharge_id
+    for event, (bal_f, held_f) in (("placed", ("pb", "ph")), ("captured", ("cb", "ch")),
+                                   ("voided", ("vb", "vh"))):  # fmt: skip
+        bal, held = h.after.get(event, (None, None))
+        if bal is not None:
+            fields[bal_f] = bal
+        if held is not None:
+            fields[held_f] = held
+    return fields
+
+
+def _load_holds(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, chunk: int) -> int:
+    """Every hold the ledger knows (its record, in its account's shard, and its id's route);
+    the open ones also go into their shard's expiry index with their expiry, so the sweeper or
+    the next touch releases those that expired meanwhile. The accounts' 'hd' is loaded with
+    them (``_load_accounts``)."""
+    loaded, after = 0, None
+    for _ in range(ledger.count_holds() // chunk + PAGE_SLACK):
+        page = ledger.holds_after(after, chunk)
+        if not page:
+            return loaded
+        with translated("load holds"):
+            pipe = client.pipeline(transaction=False)
+            for h in page:
+                shard = layout.shard_of(h.account_id)
+                pipe.hset(layout.hold(shard, h.hold_id), mapping=_hold_fields(h))  # type: ignore[arg-type]
+                route_shard = layout.shard_of(h.hold_id)
+                pipe.hset(layout.hold_routes(route_shard), h.hold_id, h.account_id)
+                if h.status is HoldStatus.open:
+                    member = f"{h.account_id}|{h.hold_id}"
+                    pipe.zadd(layout.hold_expiries(shard), {member: h.expires_at_ms})
+                loaded += 1
+            pipe.execute()
+        after = page[-1].hold_id
+    raise UsageError("holds kept being added while the rebuild ran (is a drainer running?)")
+
+
 def _create_streams(client: redis.Redis, layout: KeyLayout) -> None:
     for key in layout.journals():
         with translated("create journal"):
@@ -287,6 +344,7 @@ def _run(
         accounts = _load_accounts(client, layout, ledger, chunk, account_fields)
         _load_recharge_markers(client, layout, ledger)
         transfers = _load_transfers(client, layout, ledger, chunk, idempotency_window_ms)
+        _load_holds(client, layout, ledger, chunk)
         _create_streams(client, layout)
         _write_epoch_keys(client, layout, epoch)
     finished = ledger.finish_rebuild(epoch.epoch_id)

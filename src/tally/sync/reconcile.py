@@ -16,18 +16,22 @@ from functools import partial
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from tally.domain.accounts import Account
 from tally.domain.results import Result
 from tally.domain.transfers import TransferKind
 from tally.errors import ConfigError, LedgerNotInitialised, StoreLost, UsageError
-from tally.ledger.models import DrainedLine, Epoch, StreamId
+from tally.ledger.journal import parse_hold_lines
+from tally.ledger.models import DrainedLine, Epoch, HoldLine, StreamId
 from tally.ledger.sql_accounts import LIST_LIMIT_MAX
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.errors import text, translated
 from tally.store.keys import KeyLayout
+from tally.sync.cluster_route import Route, primary_clients, route
 from tally.sync.redis_scan import (
     account_key_pattern,
+    journal_entries_upto,
     journal_lines_upto,
     parse_account_key,
     scan_keys,
@@ -35,7 +39,7 @@ from tally.sync.redis_scan import (
 
 BATCH_MAX = 5000
 DRIFT_LISTED_MAX = 10_000
-_FIELDS = ("cur", "st", "lim", "bal")
+_FIELDS = ("cur", "st", "lim", "bal", "hd")  # hd: open holds' sum (absent: 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,7 @@ class Drift:
     undrained_minor: int
     diff_minor: int  # redis - (ledger + undrained)
     #: balance | missing_in_redis | missing_in_ledger | attributes | wrong_shard | ledger_ahead
+    #: | held (the open holds' sum, so the available balance, differs)
     reason: str
 
 
@@ -99,7 +104,7 @@ class ReconcileReport:
 
 @dataclass(frozen=True, slots=True)
 class _Snapshot:
-    fields: dict[str, tuple[str | None, ...]]  # account -> (cur, st, lim, bal)
+    fields: dict[str, tuple[str | None, ...]]  # account -> (cur, st, lim, bal, hd)
     upto: StreamId
 
 
@@ -138,8 +143,46 @@ def _undrained(
     return out
 
 
+def _undrained_holds(
+    client: redis.Redis,
+    layout: KeyLayout,
+    ledger: SqlLedger,
+    shard: int,
+    epoch: Epoch,
+    snap: _Snapshot,
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Holds: (held as of P by the ledger, + the hold lines up to P not yet stored) per account.
+    A placed (ok) line adds its amount; a closing line (captured, voided, expired) releases the
+    hold's placed amount (from the journal or the ledger)."""
+    lines: dict[tuple[str, str], HoldLine] = {}
+    for stream_id, fields in journal_entries_upto(client, layout, shard, snap.upto):
+        if fields.get("e") != epoch.epoch_id:
+            continue
+        for line, _pos in parse_hold_lines(shard, stream_id, fields):
+            if line.account_id in snap.fields:
+                lines.setdefault((line.hold_id, line.event), line)
+    view, stored = ledger.held_view_as_of(
+        list(snap.fields), epoch_id=epoch.epoch_id, upto=snap.upto, probe=list(lines)
+    )
+    pending: dict[str, int] = defaultdict(int)
+    for (hold_id, event), line in lines.items():
+        if (hold_id, event) in stored:
+            continue
+        if event == "placed":
+            pending[line.account_id] += line.amount_minor if line.result == 0 else 0
+            continue
+        placed = lines.get((hold_id, "placed"))
+        if placed is not None:
+            amount = placed.amount_minor
+        else:
+            known = ledger.get_hold(hold_id)
+            amount = known.amount_minor if known is not None else 0
+        pending[line.account_id] -= amount
+    return view, pending
+
+
 def _attributes_differ(account: Account, fields: tuple[str | None, ...]) -> bool:
-    cur, st, lim, _bal = fields
+    cur, st, lim, _bal, _hd = fields
     return (cur, st, lim) != (
         account.currency,
         account.status.code,
@@ -171,6 +214,7 @@ def _check_batch(
             report.undrained_minor_by_currency[cur] = report.undrained_minor_by_currency.get(
                 cur, 0
             ) + _signed(d)
+    held_view, held_pending = _undrained_holds(client, layout, ledger, shard, epoch, snap)
     for account in accounts:
         report.accounts_checked += 1
         fields, pending = snap.fields[account.id], undrained[account.id]
@@ -194,10 +238,25 @@ def _check_batch(
             )
         elif _attributes_differ(account, fields):
             report.add(Drift(account.id, redis_bal, view[account.id], pending, 0, "attributes"))
+        else:
+            # holds: the available balance (balance - held + limit) agrees when held does too
+            redis_held = int(fields[4]) if fields[4] is not None else 0
+            expected_held = held_view[account.id] + held_pending[account.id]
+            if redis_held != expected_held:
+                report.add(
+                    Drift(
+                        account.id,
+                        redis_bal,
+                        view[account.id],
+                        pending,
+                        expected_held - redis_held,  # available: redis - expected
+                        "held",
+                    )
+                )
 
 
 def _ledger_pass(
-    client: redis.Redis,
+    client: Route,
     layout: KeyLayout,
     ledger: SqlLedger,
     epoch: Epoch,
@@ -215,10 +274,12 @@ def _ledger_pass(
             shard = layout.shard_of(account.id)
             buffers[shard].append(account)
             if len(buffers[shard]) >= batch:
-                _check_batch(client, layout, ledger, epoch, shard, buffers.pop(shard), report)
+                _check_batch(
+                    client(shard), layout, ledger, epoch, shard, buffers.pop(shard), report
+                )
         after = page[-1].id
     for shard, accounts in sorted(buffers.items()):
-        _check_batch(client, layout, ledger, epoch, shard, accounts, report)
+        _check_batch(client(shard), layout, ledger, epoch, shard, accounts, report)
 
 
 def _last_generated(client: redis.Redis, layout: KeyLayout, shard: int) -> StreamId:
@@ -228,7 +289,7 @@ def _last_generated(client: redis.Redis, layout: KeyLayout, shard: int) -> Strea
 
 
 def _ahead_pass(
-    client: redis.Redis,
+    route: Route,
     layout: KeyLayout,
     ledger: SqlLedger,
     epoch: Epoch,
@@ -238,6 +299,7 @@ def _ahead_pass(
     one does not continue (a failover to a replica that missed them). The balance pass compares
     as of that id, so it cannot see them until new writes pass their position; this pass can."""
     for shard in range(layout.shards):
+        client = route(shard)
         ahead = ledger.lines_beyond_journal(
             epoch_id=epoch.epoch_id,
             shard=shard,
@@ -256,7 +318,8 @@ def _ahead_pass(
 def _redis_pass(
     client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, report: ReconcileReport
 ) -> None:
-    """Accounts Redis holds that the ledger does not (or under the wrong shard)."""
+    """Accounts Redis holds that the ledger does not (or under the wrong shard); ``client``:
+    one primary (on a cluster, this runs once per primary)."""
     for keys in scan_keys(client, account_key_pattern(layout)):
         parsed = [p for p in (parse_account_key(layout, k) for k in keys) if p is not None]
         known = ledger.get_accounts([account_id for _shard, account_id in parsed])
@@ -273,8 +336,14 @@ def _redis_pass(
 
 
 def reconcile(
-    redis_client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, *, batch: int = 500
+    redis_client: redis.Redis | RedisCluster,
+    layout: KeyLayout,
+    ledger: SqlLedger,
+    *,
+    batch: int = 500,
 ) -> ReconcileReport:
+    """On a Redis Cluster (``RedisCluster``) each shard is compared on the primary that owns
+    it, at that shard's own journal position; accounts are scanned on every primary."""
     if not 1 <= batch <= BATCH_MAX:
         raise UsageError(f"batch must be 1..{BATCH_MAX}, got {batch}")
     epoch = ledger.current_epoch()
@@ -283,11 +352,15 @@ def reconcile(
     if (epoch.namespace, epoch.shards) != (layout.namespace, layout.shards):
         raise ConfigError(f"layout {layout} does not match the ledger's epoch {epoch}")
     report = ReconcileReport(epoch.epoch_id)
-    _ledger_pass(redis_client, layout, ledger, epoch, batch, report)
-    _redis_pass(redis_client, layout, ledger, report)
-    _ahead_pass(redis_client, layout, ledger, epoch, report)
+    shard_client = route(redis_client, layout)
+    _ledger_pass(shard_client, layout, ledger, epoch, batch, report)
+    for primary in primary_clients(redis_client):
+        _redis_pass(primary, layout, ledger, report)
+    _ahead_pass(shard_client, layout, ledger, epoch, report)
     with translated("journal length"):
-        report.journal_entries = sum(int(redis_client.xlen(k)) for k in layout.journals())
+        report.journal_entries = sum(
+            int(shard_client(s).xlen(layout.journal(s))) for s in range(layout.shards)
+        )
     report.unsettled_intents = ledger.count_unsettled_credit_intents()
     report.conservation = ledger.conservation()
     report.journal_conflicts = ledger.journal_conflicts_count()

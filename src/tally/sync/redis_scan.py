@@ -58,6 +58,15 @@ def journal_lines_upto(
     client: redis.Redis, layout: KeyLayout, shard: int, upto: StreamId
 ) -> Iterator[DrainedLine]:
     """Every parseable line of the shard's journal with stream id <= ``upto``."""
+    for stream_id, decoded in journal_entries_upto(client, layout, shard, upto):
+        lines, _rejected = parse_entry(shard, stream_id, decoded)
+        yield from lines
+
+
+def journal_entries_upto(
+    client: redis.Redis, layout: KeyLayout, shard: int, upto: StreamId
+) -> Iterator[tuple[StreamId, dict[str, str]]]:
+    """Every entry of the shard's journal with stream id <= ``upto``, its fields decoded."""
     key, start = layout.journal(shard), "-"
     for _ in range(JOURNAL_ENTRIES_MAX // XRANGE_COUNT + 2):
         with translated(f"shard {shard} journal range"):
@@ -66,8 +75,7 @@ def journal_lines_upto(
             )
         for raw_id, fields in entries:
             decoded = {text(k) or "": text(v) or "" for k, v in (fields or {}).items()}
-            lines, _rejected = parse_entry(shard, StreamId.parse(raw_id), decoded)
-            yield from lines
+            yield StreamId.parse(raw_id), decoded
         if len(entries) < XRANGE_COUNT:
             return
         start = f"({text(entries[-1][0])}"

@@ -32,6 +32,8 @@ def account_view(request: Request, state: AccountState) -> dict[str, Any]:
         credit_limit_minor=a.credit_limit_minor,
         balance_minor=state.balance_minor,
         balance=format_amount(state.balance_minor, a.currency),
+        held_minor=state.held_minor,
+        available_minor=state.available_minor,
         extensions=extensions,
     ).model_dump()
 

@@ -70,7 +70,9 @@ def create_endpoint(body: WebhookEndpointIn, request: Request) -> JSONResponse:
     ``event_types``), signed per Standard Webhooks with the ``secret`` in this answer (shown
     once; it is never listed again). Past events: ``GET /v1/events``."""
     try:
-        endpoint, secret = _book(request).register(body.url, body.event_types, body.secret)
+        endpoint, secret = _book(request).register(
+            body.url, body.event_types, body.secret, hosts=ctx(request).webhook_hosts
+        )
     except EndpointRefused as exc:
         raise Problem(400, exc.code, str(exc.args[0])) from None
     mark(request, "ok")

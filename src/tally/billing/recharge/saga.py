@@ -118,7 +118,10 @@ class RechargeSaga:
         if self._cannot_take_credit(rc, P.opened):
             return None
         spent = self.book.spent_today(rc.account_id, exclude=rc.id)
-        plan = plan_recharge(stored.rule, stored.autopay_enabled, state.balance_minor, spent)
+        # holds: thresholds look at the available balance (balance - open holds), as the Lua
+        # step that opened this recharge did; the credit limit is not money to top up from
+        available = state.balance_minor - state.held_minor
+        plan = plan_recharge(stored.rule, stored.autopay_enabled, available, spent)
         if plan.skip is not None:
             self.book.advance(rc.id, [P.opened], P.skipped, outcome_reason=plan.skip.value)
             return None
@@ -165,7 +168,7 @@ class RechargeSaga:
         if stored is None or state is None:
             return False
         spent = self.book.spent_today(rc.account_id, exclude=rc.id)
-        plan = plan_recharge(stored.rule, True, state.balance_minor, spent)
+        plan = plan_recharge(stored.rule, True, state.balance_minor - state.held_minor, spent)
         if plan.skip is not SkipReason.balance_recovered:
             return False
         # Compare-and-set: if another worker moved it meanwhile, that worker drives it on.

@@ -107,10 +107,11 @@ local acc = {}
 local function load(ai)
   local a = acc[ai]
   if a == nil then
-    local f = redis.call('HMGET', KEYS[2 + 3 * t + ai], 'cur', 'st', 'lim', 'bal', 'rt', 'ro')
+    local f = redis.call('HMGET', KEYS[2 + 3 * t + ai], 'cur', 'st', 'lim', 'bal', 'rt', 'ro', 'hd')
     if f[1] then
       a = {cur = f[1], st = f[2], lim = tonumber(f[3]), bal = tonumber(f[4]), dirty = false,
-           rt = f[5] and tonumber(f[5]), ro = f[6]}
+           rt = f[5] and tonumber(f[5]), ro = f[6],
+           hd = tonumber(f[7] or '0')}  -- holds: open holds' sum (hold.lua), 0 without any
     else
       a = false
     end
@@ -148,7 +149,8 @@ local function apply(a, kind, amt, amt_text, cur)
   if amt == nil or amt > @AMOUNT_MAX@ or not string.find(amt_text, '^[1-9]%d*$') then return 11 end
   if kind == 'd' then
     if a.st ~= 'a' then return 9 end
-    if a.bal - amt < -a.lim then return 7 end
+    -- holds: a debit sees the AVAILABLE balance, bal - hd + lim (held money is spoken for)
+    if a.bal - a.hd - amt < -a.lim then return 7 end
     a.bal = a.bal - amt
   else
     if a.st == 'c' then return 9 end
@@ -187,7 +189,7 @@ for i = 1, n do
       if not rx then rx = {}; recs[x] = rx end
       rx[#rx + 1] = tid; rx[#rx + 1] = r
       local line = tid .. '|' .. r .. '|' .. ARGV[3]
-      if a and a.rt and not a.ro and kind == 'd' and (code == 0 or code == 7) and a.bal < a.rt then
+      if a and a.rt and not a.ro and kind == 'd' and (code == 0 or code == 7) and a.bal - a.hd < a.rt then  -- holds: available
         a.ro = 'rc-' .. string.sub(redis.sha1hex(tid), 1, 29)
         a.opened = true
         opened[#opened + 1] = i; opened[#opened + 1] = a.ro

@@ -2,7 +2,7 @@
 endpoints and their deliveries.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004 (holds; 0004 and 0005 were written side by side)
 Create Date: 2026-12-04
 
 Spelled out here (not imported from sql_outbox.py / sql_webhooks.py) so this migration never
@@ -20,7 +20,7 @@ import tally.ledger.sql_outbox
 import tally.ledger.sql_webhooks  # noqa: F401
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -155,6 +155,23 @@ def test_suspending_an_account_whose_card_does_not_decline_is_wrongful(tmp_path:
     assert "a3" in verdict.invariants["7_no_wrongful_suspension"]["detail"]
 
 
+def test_a_suspension_after_real_declines_is_not_wrongful_but_after_velocity_ones_it_is(
+    tmp_path: Path,
+) -> None:
+    """A chaos run's gateway fault declines sound cards: the gateway's own records show the
+    funding failure, so suspending those accounts is right. A velocity_limit decline (the
+    issuer reacting to double charges, 2013) is no funding failure: still wrongful."""
+    run = clean_run(tmp_path)
+    run.account("a2")
+    run.account("a3")
+    run.charge("rc-a2", "a2", 500, T0 + 700, status="declined", reason="card_declined")
+    run.charge("rc-a3", "a3", 500, T0 + 700, status="declined", reason="velocity_limit")
+    run.events_sql += [("a2", "card_declined"), ("a3", "card_declined")]
+    verdict = check_dir(run.write())
+    assert verdict.figures["wrongful_suspensions"] == 1
+    assert "a3" in verdict.invariants["7_no_wrongful_suspension"]["detail"]
+
+
 def test_a_suspension_later_lifted_still_counts_as_wrongful(tmp_path: Path) -> None:
     run = clean_run(tmp_path)
     run.events_sql.append(("a1", "store_unavailable"))

@@ -101,4 +101,4 @@ def test_serve_refuses_a_source_address_with_uvloop_or_several_workers(tmp_path:
     for extra in (["--loop", "uvloop", "--workers", "1"], ["--loop", "asyncio", "--workers", "2"]):
         result = CliRunner().invoke(serve, ["--source-address", "127.0.2.1", *extra])
         assert result.exit_code == 2, result.output
-        assert "--source-address needs --loop asyncio and --workers 1" in result.output
+        assert "--source-address needs --server uvicorn --loop asyncio --workers 1" in result.output

@@ -147,7 +147,7 @@ def open_deployment(settings: Settings) -> Deployment:
             client,
             layout,
             epoch.epoch_id,
-            wait_replicas=settings.wait_replicas,
+            wait_replicas=settings.wait_replicas_effective,
             wait_timeout_ms=settings.wait_timeout_ms,
             rediscover=rediscover,
             primary_moved=primary_moved,
@@ -172,7 +172,7 @@ def cluster_store(url: str, settings: Settings, layout: KeyLayout, epoch_id: str
         client,
         layout,
         epoch_id,
-        wait_replicas=settings.wait_replicas,
+        wait_replicas=settings.wait_replicas_effective,
         wait_timeout_ms=settings.wait_timeout_ms,
         idempotency_window_ms=settings.idempotency_window_ms,
     )

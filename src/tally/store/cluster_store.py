@@ -73,7 +73,7 @@ from tally.store.redis_store import (
     _hold_outcome,
     _state,
 )
-from tally.store.transfer_codec import Settled, TransferCall, TransferCodec
+from tally.store.transfer_codec import Settled, TransferCall, TransferCodec, check_replicated
 
 __all__ = ["ClusterStore"]
 
@@ -386,7 +386,9 @@ class ClusterStore:
             if got is not None:
                 acked = got if acked is None else min(acked, got)
         settled = Settled(results, errors)
-        return Applied(settled.raise_or_results(), acked)
+        outcome = settled.raise_or_results()
+        check_replicated(acked, self.wait_replicas, self.wait_timeout_ms)
+        return Applied(outcome, acked)
 
     def _apply_segment(
         self,

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tally.lab import checker_events
 from tally.lab.history import Operation, read_history
 
 BIN_MS = 500
@@ -90,6 +91,7 @@ INVARIANTS = (
     "7_no_wrongful_suspension",
     "8_recharge_only_when_healthy",
     "9_no_acknowledged_money_lost",
+    checker_events.NAME,
 )
 
 
@@ -176,11 +178,18 @@ def _psycopg(url: str) -> str:
 
 def _ledger(run_dir: Path, setup_path: Path) -> LedgerView:
     """The ledger the run's setup names: a PostgreSQL URL, or the run's SQLite file."""
+    url = _ledger_url(run_dir, setup_path)
+    if url.startswith("sqlite"):
+        return read_ledger(run_dir / "ledger.sqlite3")
+    return read_ledger_url(url)
+
+
+def _ledger_url(run_dir: Path, setup_path: Path) -> str:
     setup = json.loads(setup_path.read_text()) if setup_path.is_file() else {}
     url = setup.get("ledger_url") or ""
     if url.startswith(("postgres://", "postgresql://", "postgresql+psycopg://")):
-        return read_ledger_url(url)
-    return read_ledger(run_dir / "ledger.sqlite3")
+        return str(url)
+    return f"sqlite:///{run_dir / 'ledger.sqlite3'}"
 
 
 def snapshot_store(client: Any, namespace: str = "tally") -> dict[str, Any]:
@@ -221,6 +230,9 @@ class Artefacts:
     monitor: list[dict[str, Any]]
     events: list[dict[str, Any]]
     setup: dict[str, Any]
+    #: invariant 11 as ``checker_events.check_events`` judged the ledger (read at load time: a
+    #: run's PostgreSQL ledger is dropped once the run is checked)
+    outbox: dict[str, Any]
 
     @classmethod
     def load(cls, run_dir: Path) -> Artefacts:
@@ -235,6 +247,7 @@ class Artefacts:
             monitor=_jsonl(run_dir / "monitor.jsonl") + _jsonl(run_dir / "ping.jsonl"),
             events=_jsonl(run_dir / "events.jsonl"),
             setup=json.loads(setup_path.read_text()) if setup_path.is_file() else {},
+            outbox=checker_events.check_events(_ledger_url(run_dir, setup_path)),
         )
 
 
@@ -713,6 +726,7 @@ def _invariants(
             f"{len(lost_credits)} acknowledged credits and {len(lost_charges)} paid charges in no "
             f"balance; {len(lost_debits)} acknowledged debits lost (bound {bound})",
         ),
+        checker_events.NAME: _held(bool(a.outbox["held"]), str(a.outbox["detail"])),
     }
     return out
 

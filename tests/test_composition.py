@@ -16,7 +16,6 @@ WIRING = {"RechargeSaga", "Completer", "Gate", "RedisHealth", "FollowingHealth"}
 USERS = {
     "serve": SRC / "service" / "runner.py",
     "cli": SRC / "cli" / "recharge_cmd.py",
-    "lab": SRC / "lab" / "billing.py",
 }
 
 
@@ -63,6 +62,12 @@ def test_no_module_but_the_composition_root_wires_recharge_machinery() -> None:
 
 def test_serve_the_cli_and_the_lab_build_it_from_the_root() -> None:
     assert {name: _imports_root(path) for name, path in USERS.items()} == dict.fromkeys(USERS, True)
+
+
+def test_the_lab_builds_no_recharge_wiring_its_subject_is_tally_serve() -> None:
+    """Issue 13: the lab drives real `tally serve` processes; a lab module that built the
+    recharge machinery itself would be a second, unproven composition again."""
+    assert {p.name for p in (SRC / "lab").glob("*.py") if _imports_root(p)} == set()
 
 
 def test_the_check_would_catch_a_second_wiring(tmp_path: Path) -> None:

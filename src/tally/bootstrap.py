@@ -24,16 +24,23 @@ from tally.config import Settings
 from tally.errors import ConfigError, LedgerNotInitialised
 from tally.gateway.port import Gateway
 from tally.ledger.sql_ledger import SqlLedger
+from tally.store.cluster_store import ClusterStore
 from tally.store.discovery import (
+    CLUSTER_SCHEME,
     PrimaryLocator,
     SentinelTarget,
     SwitchMaster,
     SwitchMasterListener,
+    cluster_client,
+    parse_cluster_target,
     parse_target,
 )
 from tally.store.keys import KeyLayout
 from tally.store.redis_store import RedisStore
+from tally.sync.cluster_drain import ClusterDrainer
+from tally.sync.cluster_init import init_cluster_store
 from tally.sync.drainer import Drainer
+from tally.sync.rebuild import RebuildReport, init_store
 
 
 def redis_client(url: str, settings: Settings) -> redis.Redis:
@@ -60,20 +67,28 @@ def redis_client(url: str, settings: Settings) -> redis.Redis:
 class Deployment:
     settings: Settings
     ledger: SqlLedger
-    store: RedisStore
+    store: RedisStore | ClusterStore
     layout: KeyLayout
     engine: Engine
 
     @property
     def client(self) -> redis.Redis:
-        """The current primary's client (it changes after a Sentinel failover)."""
+        """The current primary's client (it changes after a Sentinel failover). On a Redis
+        Cluster: redis-py's ``RedisCluster`` (the journal/drain/reconcile processes do not run
+        on a cluster yet; ``is_cluster`` tells)."""
         return self.store.client
+
+    @property
+    def is_cluster(self) -> bool:
+        return isinstance(self.store, ClusterStore)
 
     def drainer(self, **options: Any) -> Drainer:
         """A drainer with this deployment's replica fence (``Settings.drain_replicas``), so
         nothing only the primary holds is settled; ``options`` go to ``Drainer``."""
         options.setdefault("replicas", self.settings.drain_replicas_effective)
         options.setdefault("fence_timeout_ms", self.settings.drain_fence_timeout_ms)
+        if isinstance(self.store, ClusterStore):
+            return ClusterDrainer(self.store.client, self.layout, self.ledger, **options)
         return Drainer(self.client, self.layout, self.ledger, **options)
 
     def watch_failovers(
@@ -87,7 +102,10 @@ class Deployment:
         return SwitchMasterListener(target, on_event=on_event).start()
 
     def close(self) -> None:
-        self.client.close()
+        if isinstance(self.store, ClusterStore):
+            self.store.close()  # its workers too
+        else:
+            self.client.close()
         self.ledger.close()
 
     def __enter__(self) -> Deployment:
@@ -114,6 +132,10 @@ def open_deployment(settings: Settings) -> Deployment:
                 f"the ledger at {_safe(settings.ledger_url)} has no epoch yet"
             )
         url = settings.require_redis_url()
+        layout = KeyLayout(epoch.namespace, epoch.shards)
+        if url.startswith(CLUSTER_SCHEME):
+            store: RedisStore | ClusterStore = cluster_store(url, settings, layout, epoch.epoch_id)
+            return Deployment(settings, ledger, store, layout, Engine(store, ledger))
         rediscover, primary_moved = None, None
         if url.startswith("sentinel://"):
             locator = primary_locator(url, settings)
@@ -121,12 +143,11 @@ def open_deployment(settings: Settings) -> Deployment:
             primary_moved = locator.primary_moved
         else:
             client = redis_client(url, settings)
-        layout = KeyLayout(epoch.namespace, epoch.shards)
         store = RedisStore(
             client,
             layout,
             epoch.epoch_id,
-            wait_replicas=settings.wait_replicas,
+            wait_replicas=settings.wait_replicas_effective,
             wait_timeout_ms=settings.wait_timeout_ms,
             rediscover=rediscover,
             primary_moved=primary_moved,
@@ -136,6 +157,41 @@ def open_deployment(settings: Settings) -> Deployment:
         ledger.close()
         raise
     return Deployment(settings, ledger, store, layout, Engine(store, ledger))
+
+
+def cluster_store(url: str, settings: Settings, layout: KeyLayout, epoch_id: str) -> ClusterStore:
+    """The store over a Redis Cluster (``redis+cluster://``), with the settings' timeouts, pool
+    bound, durability (``WAIT`` per shard) and idempotency window."""
+    client = cluster_client(
+        parse_cluster_target(url),
+        socket_timeout_s=settings.redis_socket_timeout_ms / 1000,
+        connect_timeout_s=settings.redis_connect_timeout_ms / 1000,
+        max_connections=settings.redis_pool_max,
+    )
+    return ClusterStore(
+        client,
+        layout,
+        epoch_id,
+        wait_replicas=settings.wait_replicas_effective,
+        wait_timeout_ms=settings.wait_timeout_ms,
+        idempotency_window_ms=settings.idempotency_window_ms,
+    )
+
+
+def initialise_store(settings: Settings, layout: KeyLayout, ledger: SqlLedger) -> RebuildReport:
+    """``tally init``: the first epoch on an empty store, a single primary or a Redis Cluster."""
+    url = settings.require_redis_url()
+    if url.startswith(CLUSTER_SCHEME):
+        store = cluster_store(url, settings, layout, "")
+        try:
+            return init_cluster_store(store.cluster, layout, ledger)
+        finally:
+            store.close()
+    client = redis_client(url, settings)
+    try:
+        return init_store(client, layout, ledger)
+    finally:
+        client.close()
 
 
 def _safe(url: str) -> str:
@@ -159,7 +215,7 @@ def recharging(
     and a health probe), built here and only here: ``tally serve``, the CLI and the lab wire it
     the same way. The probe asks the store's CURRENT client, so after a Sentinel failover the
     gate sees the new primary (it used to keep the client it was built with)."""
-    health = FollowingHealth(lambda: RedisHealth(dep.store.client, dep.layout, dep.ledger, bounds))
+    health = FollowingHealth(lambda: RedisHealth(dep.client, dep.layout, dep.ledger, bounds))
     return recharge.build(
         dep.engine,
         gateway,

@@ -12,6 +12,11 @@ TALLY_IDEMPOTENCY_WINDOW_S  how long Redis keeps each transfer id's record (exac
 TALLY_DRAIN_REPLICAS  replicas that must hold a journal entry before the drainer settles it in
                     the ledger: a whole number, or `auto` (the default): 1 for a sentinel://
                     URL (a deployment with replicas to fail over to), else 0 (a single node)
+TALLY_WAIT_REPLICAS replicas that must acknowledge a transfer's write before it is answered as
+                    decided (else: outcome unknown, retry by id): `auto` (the default) is 1
+                    for a sentinel:// URL, else 0
+TALLY_WAIT_TIMEOUT_MS  how long that acknowledgement is waited for (default 500)
+TALLY_WEBHOOK_HOSTS the only hosts webhooks may go to (default: any)
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ from tally.errors import ConfigError
 from tally.store.keys import SHARDS_DEFAULT
 
 LOCAL_STATE = "local.json"
+#: Long enough for a replica across a WAN link on a busy machine to acknowledge (a REPLCONF
+#: GETACK round trip), short enough that a caller hears "unknown" well inside its own timeout.
+WAIT_TIMEOUT_MS_DEFAULT = 500
 DRAIN_REPLICAS_AUTO = "auto"
 #: Variables that describe this machine (which redis-server it runs), not a deployment.
 #: Settings of the machine rather than of one deployment, kept for child processes: the
@@ -59,8 +67,12 @@ class Settings:
     redis_socket_timeout_ms: int = 2000
     redis_connect_timeout_ms: int = 1000
     redis_pool_max: int = 64
-    wait_replicas: int = 0
-    wait_timeout_ms: int = 50
+    #: Replicas that must acknowledge a transfer's write (``WAIT`` on the connection that wrote)
+    #: before it is answered as decided; fewer within ``wait_timeout_ms``: the caller gets
+    #: ``StoreOutcomeUnknown`` (applied on a primary that a failover may still discard; a retry
+    #: of the same id replays). None: automatic, see ``wait_replicas_effective``.
+    wait_replicas: int | None = None
+    wait_timeout_ms: int = WAIT_TIMEOUT_MS_DEFAULT
     #: Replicas that must have a journal entry before the drainer settles it (invariant 9: a
     #: failover must not lose what the ledger calls settled). None: automatic, see
     #: ``drain_replicas_effective``.
@@ -85,12 +97,41 @@ class Settings:
                 f"drain_replicas must be 0..{DRAIN_REPLICAS_MAX} or automatic, got {replicas!r}",
                 hint="set TALLY_DRAIN_REPLICAS to a whole number or `auto`",
             )
+        wait = self.wait_replicas
+        if wait is not None and (
+            isinstance(wait, bool)
+            or not isinstance(wait, int)
+            or not 0 <= wait <= DRAIN_REPLICAS_MAX
+        ):
+            raise ConfigError(
+                f"wait_replicas must be 0..{DRAIN_REPLICAS_MAX} or automatic, got {wait!r}",
+                hint="set TALLY_WAIT_REPLICAS to a whole number or `auto`",
+            )
+        wait_ms_max = self.redis_socket_timeout_ms - 1
+        if not 1 <= self.wait_timeout_ms <= wait_ms_max:
+            raise ConfigError(
+                f"wait_timeout_ms must be 1..{wait_ms_max} (below the Redis socket timeout), "
+                f"got {self.wait_timeout_ms}",
+                hint="set TALLY_WAIT_TIMEOUT_MS",
+            )
         fence_ms_max = min(DRAIN_FENCE_TIMEOUT_MS_MAX, self.redis_socket_timeout_ms - 1)
         if not 1 <= self.drain_fence_timeout_ms <= fence_ms_max:
             raise ConfigError(
                 f"drain_fence_timeout_ms must be 1..{fence_ms_max} (below the Redis socket "
                 f"timeout of {self.redis_socket_timeout_ms} ms), got {self.drain_fence_timeout_ms}"
             )
+
+    @property
+    def wait_replicas_effective(self) -> int:
+        """``wait_replicas``, or when automatic: 1 for a Sentinel URL, 0 otherwise. With
+        Sentinel a failover promotes a replica, so a write only the primary holds may vanish
+        after it was answered (the lab's primary-pause: writes queued on a stalled primary are
+        applied when it resumes, before it learns its replicas are gone, then discarded at its
+        demotion). Waiting for one replica turns that answer into "unknown", which a caller
+        retries by id; min-replicas-to-write alone is checked too late for those writes."""
+        if self.wait_replicas is not None:
+            return self.wait_replicas
+        return 1 if (self.redis_url or "").startswith("sentinel://") else 0
 
     @property
     def drain_replicas_effective(self) -> int:
@@ -126,6 +167,13 @@ class Settings:
                 )
             ),
             webhook_hosts=parse_webhook_hosts(os.environ.get("TALLY_WEBHOOK_HOSTS")),
+            wait_replicas=parse_drain_replicas(
+                os.environ.get("TALLY_WAIT_REPLICAS", DRAIN_REPLICAS_AUTO), "TALLY_WAIT_REPLICAS"
+            ),
+            wait_timeout_ms=parse_ms(
+                os.environ.get("TALLY_WAIT_TIMEOUT_MS", str(WAIT_TIMEOUT_MS_DEFAULT)),
+                "TALLY_WAIT_TIMEOUT_MS",
+            ),
         )
 
     def require_redis_url(self) -> str:
@@ -137,15 +185,22 @@ class Settings:
         return self.redis_url
 
 
-def parse_drain_replicas(text: str) -> int | None:
+def parse_drain_replicas(text: str, variable: str = "TALLY_DRAIN_REPLICAS") -> int | None:
     """``auto`` (or empty) -> None; a whole number -> itself; anything else is a ConfigError."""
     value = text.strip().lower()
     if value in ("", DRAIN_REPLICAS_AUTO):
         return None
     if not value.isdigit() or not value.isascii():
         raise ConfigError(
-            f"TALLY_DRAIN_REPLICAS must be a whole number or {DRAIN_REPLICAS_AUTO!r}, got {text!r}"
+            f"{variable} must be a whole number or {DRAIN_REPLICAS_AUTO!r}, got {text!r}"
         )
+    return int(value)
+
+
+def parse_ms(text: str, variable: str) -> int:
+    value = text.strip()
+    if not value.isdigit() or not value.isascii():
+        raise ConfigError(f"{variable} must be whole milliseconds, got {text!r}")
     return int(value)
 
 

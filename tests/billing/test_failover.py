@@ -259,6 +259,9 @@ def test_concurrent_debits_hit_by_one_failover_reconnect_once_and_all_land(
                     )
                 finally:
                     assert debits.recoveries == 1
+                    # The failover closed the old primary's async pool (its sockets), once.
+                    assert debits.shell is not None and debits.shell.pools_closed == 1
+                    assert debits.shell.source is store.client
                     await debits.close()
 
             results = asyncio.run(all_at_once())

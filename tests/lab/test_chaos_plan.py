@@ -65,3 +65,28 @@ def test_liveness_judges_requests_after_the_heal_only_and_needs_an_answer_in_tim
     assert not slow.held and slow.slow == [4]
     unanswered = liveness(history + _op(5, 2_000, "fail", 2_010), since_ms=1_000, bound_s=1.0)
     assert not unanswered.held and unanswered.incomplete == [5]
+
+
+def test_the_vocabulary_reaches_the_serve_processes_and_every_serve_fault_is_undone() -> None:
+    """Issue 13: the subject's processes are part of the fault surface. Over 30 seeds the
+    schedules kill, stall and cut `tally serve` processes, and each such window ends with the
+    step that undoes it on the same data center (start, resume, heal)."""
+    kinds: set[str] = set()
+    for seed in range(30):
+        for w in _plan(seed).windows:
+            if not w.kind.startswith("serve_"):
+                continue
+            kinds.add(w.kind)
+            fault, undo = w.steps()
+            assert fault.fault and not undo.fault and undo.at_s == w.end_s
+            if w.kind == "serve_cut":
+                dc, what = w.target.split(":")
+                assert fault.args == {"dc": dc, "target": what, "mode": "drop"}
+                assert undo.action == "heal"
+            else:
+                assert fault.args["dc"] == undo.args["dc"] == w.target
+                assert (fault.args["action"], undo.args["action"]) in (
+                    ("kill", "start"),
+                    ("pause", "resume"),
+                )
+    assert kinds == {"serve_kill", "serve_pause", "serve_cut"}

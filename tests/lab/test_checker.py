@@ -155,11 +155,43 @@ def test_suspending_an_account_whose_card_does_not_decline_is_wrongful(tmp_path:
     assert "a3" in verdict.invariants["7_no_wrongful_suspension"]["detail"]
 
 
+def test_a_suspension_after_real_declines_is_not_wrongful_but_after_velocity_ones_it_is(
+    tmp_path: Path,
+) -> None:
+    """A chaos run's gateway fault declines sound cards: the gateway's own records show the
+    funding failure, so suspending those accounts is right. A velocity_limit decline (the
+    issuer reacting to double charges, 2013) is no funding failure: still wrongful."""
+    run = clean_run(tmp_path)
+    run.account("a2")
+    run.account("a3")
+    run.charge("rc-a2", "a2", 500, T0 + 700, status="declined", reason="card_declined")
+    run.charge("rc-a3", "a3", 500, T0 + 700, status="declined", reason="velocity_limit")
+    run.events_sql += [("a2", "card_declined"), ("a3", "card_declined")]
+    verdict = check_dir(run.write())
+    assert verdict.figures["wrongful_suspensions"] == 1
+    assert "a3" in verdict.invariants["7_no_wrongful_suspension"]["detail"]
+
+
 def test_a_suspension_later_lifted_still_counts_as_wrongful(tmp_path: Path) -> None:
     run = clean_run(tmp_path)
     run.events_sql.append(("a1", "store_unavailable"))
     verdict = check_dir(run.write())
     assert verdict.figures["wrongful_suspensions"] == 1
+
+
+def test_a_suspension_without_its_outbox_event_breaks_invariant_11(tmp_path: Path) -> None:
+    """The checker reads the outbox itself: the same suspension holds invariant 11 with its
+    event and breaks it without (a dependent would never have heard of it)."""
+    with_event = clean_run(tmp_path / "with")
+    with_event.events_sql.append(("a1", "card_declined"))
+    assert check_dir(with_event.write()).invariants["11_one_event_per_decision"]["held"]
+    without = clean_run(tmp_path / "without")
+    without.events_sql.append(("a1", "card_declined"))
+    without.outbox_events = False
+    verdict = check_dir(without.write())
+    eleven = verdict.invariants["11_one_event_per_decision"]
+    assert not eleven["held"] and "1 decisions without an event" in eleven["detail"]
+    assert not verdict.ok
 
 
 def test_a_redis_balance_that_differs_from_the_ledger_is_drift(tmp_path: Path) -> None:

@@ -10,13 +10,20 @@ import pytest
 
 from tally.bench.http import HttpBenchConfig, run
 from tally.bench.load import run_native, wrk_path
+from tally.service.api_wiring import granian_available
 
 
-@pytest.mark.parametrize("generator", ["auto", "native"])
-def test_the_http_benchmark_reports_tally_beside_its_ceiling(generator: str) -> None:
+@pytest.mark.parametrize(
+    ("generator", "server"), [("auto", "uvicorn"), ("native", "uvicorn"), ("auto", "granian")]
+)
+def test_the_http_benchmark_reports_tally_beside_its_ceiling(generator: str, server: str) -> None:
+    """Granian serves tally's own routes (and the bare ceiling) with the same composition."""
     if generator == "auto" and wrk_path() is None:
         pytest.skip("wrk is not installed")
+    # granian is in the dev group (and the `bench` extra): missing, it is an error, not a skip
+    assert server != "granian" or granian_available(), "granian is not installed: uv sync"
     cfg = HttpBenchConfig(
+        server=server,
         accounts=5,
         concurrency_levels=(4,),
         seconds=1.0,

@@ -5,6 +5,7 @@ reports a write as replicated when no replica has it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -14,8 +15,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from tally.config import Settings
 from tally.domain.accounts import Account
+from tally.errors import ConfigError, StoreOutcomeUnknown
 from tally.ops.node import RedisNode
+from tally.store.async_shell import AsyncTransfers, Coalescer
 from tally.store.keys import KeyLayout
 from tally.store.redis_store import RedisStore
 
@@ -69,7 +73,88 @@ def test_a_write_no_replica_has_is_reported_as_not_replicated(
     assert store.apply([("c0", "c", "alice", 5, "")]).replicas_acked == 1  # the replica is live
     assert replica.pid is not None
     os.kill(replica.pid, signal.SIGSTOP)  # it stays connected but acknowledges nothing
+    # Applied on the primary, held by no replica: answered as unknown, never as decided (before
+    # the check this call answered ok with replicas_acked == 0: the primary-pause loss).
+    with pytest.raises(StoreOutcomeUnknown, match="acknowledged by 0 of 1"):
+        store.apply([("c1", "c", "alice", 5, "")])
+    os.kill(replica.pid, signal.SIGCONT)
+    # The caller's retry of the same id, once a replica has it: the first outcome, exactly.
+    replayed = store.apply([("c1", "c", "alice", 5, "")])
+    assert replayed.replicas_acked == 1
+    (first,) = replayed.results
+    assert (first.transfer_id, first.result.name, first.balance_minor, first.replayed) == (
+        "c1",
+        "ok",
+        10,
+        True,
+    )
+    client.close()
+
+
+def test_without_wait_a_write_no_replica_has_is_answered_as_decided(
+    redis_node: RedisNode, replica: RedisNode
+) -> None:
+    """The control: wait_replicas=0 (a single node, or an operator's choice) sends no WAIT."""
+    client = redis.Redis(host=redis_node.host, port=redis_node.port, socket_timeout=5)
+    layout = KeyLayout(shards=1)
+    stamp_epoch(client, layout)
+    store = RedisStore(client, layout, EPOCH, wait_replicas=0)
+    store.load_scripts()
+    store.upsert_account(Account("alice", "USD"))
+    assert replica.pid is not None
+    os.kill(replica.pid, signal.SIGSTOP)
     applied = store.apply([("c1", "c", "alice", 5, "")])
-    assert applied.results[0].result.name == "ok"
-    assert applied.replicas_acked == 0
+    assert (applied.results[0].result.name, applied.replicas_acked) == ("ok", None)
+    client.close()
+
+
+def test_wait_replicas_is_one_for_sentinel_urls_unless_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    sentinel = "sentinel://127.0.0.1:1/tally"
+    assert Settings.resolve(redis_url=sentinel, home=str(tmp_path)).wait_replicas_effective == 1
+    plain = Settings.resolve(redis_url="redis://127.0.0.1:1/0", home=str(tmp_path))
+    assert plain.wait_replicas_effective == 0
+    monkeypatch.setenv("TALLY_WAIT_REPLICAS", "0")
+    assert Settings.resolve(redis_url=sentinel, home=str(tmp_path)).wait_replicas_effective == 0
+    monkeypatch.setenv("TALLY_WAIT_REPLICAS", "two")
+    with pytest.raises(ConfigError, match="TALLY_WAIT_REPLICAS"):
+        Settings.resolve(redis_url=sentinel, home=str(tmp_path))
+    monkeypatch.setenv("TALLY_WAIT_REPLICAS", "auto")
+    monkeypatch.setenv("TALLY_WAIT_TIMEOUT_MS", "999999")
+    with pytest.raises(ConfigError, match="wait_timeout_ms"):
+        Settings.resolve(redis_url=sentinel, home=str(tmp_path))
+
+
+def test_the_async_shell_answers_unknown_for_every_caller_of_an_unreplicated_batch(
+    redis_node: RedisNode, replica: RedisNode
+) -> None:
+    """The HTTP fast path (coalesced debits) keeps the same rule: every caller in the batch the
+    WAIT answered for hears unknown; after the replica is back, the retries replay."""
+    client = redis.Redis(host=redis_node.host, port=redis_node.port, socket_timeout=5)
+    layout = KeyLayout(shards=1)
+    stamp_epoch(client, layout)
+    store = RedisStore(client, layout, EPOCH, wait_replicas=1, wait_timeout_ms=300)
+    store.load_scripts()
+    store.upsert_account(Account("alice", "USD"))
+    store.apply([("top", "c", "alice", 100, "")])
+    assert replica.pid is not None
+
+    async def debits() -> list[object]:
+        shell = AsyncTransfers(store)
+        batcher = Coalescer(shell, batch_max=8)
+        try:
+            jobs = [batcher.submit((f"d{i}", "d", "alice", 1, "")) for i in range(5)]
+            return await asyncio.gather(*jobs, return_exceptions=True)
+        finally:
+            await shell.aclose()
+
+    os.kill(replica.pid, signal.SIGSTOP)
+    try:
+        stalled = asyncio.run(debits())
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    assert all(isinstance(o, StoreOutcomeUnknown) for o in stalled), stalled
+    retried = asyncio.run(debits())
+    assert [(r.result.name, r.replayed) for r in retried] == [("ok", True)] * 5  # type: ignore[union-attr]
     client.close()

@@ -11,6 +11,8 @@ import multiprocessing
 import os
 import signal
 import socket
+from collections.abc import Callable
+from typing import Any
 
 import click
 import uvicorn
@@ -19,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tally.service.http_protocol import http_impl as protocol
 from tally.service.http_workers import die_with_parent, listening_socket
 
 
@@ -41,19 +44,23 @@ app = Starlette(routes=[Route("/v1/debits", _post, methods=["POST"]), Route("/re
 @click.option("--workers", type=click.IntRange(1, 64), default=1)
 @click.option("--http", "http_impl", default="httptools")
 @click.option("--loop", default="uvloop")
-def main(host: str, port: int, workers: int, http_impl: str, loop: str) -> None:
+@click.option("--server", type=click.Choice(["uvicorn", "granian"]), default="uvicorn")
+def main(host: str, port: int, workers: int, http_impl: str, loop: str, server: str) -> None:
     """Served the way ``tally serve`` serves: one TCP socket made by ``listening_socket``, one
-    uvicorn server per process on it."""
-    sock = listening_socket(host, port)
+    uvicorn server per process on it; or, with granian, each process binds host:port itself
+    (SO_REUSEPORT), as tally's granian workers do."""
+    target: Callable[..., None]
+    args: tuple[Any, ...]
+    if server == "granian":
+        target, args = _serve_granian, (host, port, loop)
+    else:
+        target, args = _serve, (listening_socket(host, port), http_impl, loop)
     if workers == 1:
-        _serve(sock, http_impl, loop)
+        target(*args)
         return
     signal.signal(signal.SIGTERM, _interrupt)  # stop the children, not just this process
     ctx = multiprocessing.get_context("spawn")
-    processes = [
-        ctx.Process(target=_serve, args=(sock, http_impl, loop, os.getpid()))
-        for _ in range(workers)
-    ]
+    processes = [ctx.Process(target=target, args=(*args, os.getpid())) for _ in range(workers)]
     for p in processes:
         p.start()
     try:
@@ -75,9 +82,27 @@ def _serve(sock: socket.socket, http_impl: str, loop: str, parent_pid: int = 0) 
     if parent_pid:
         die_with_parent(parent_pid)
     config = uvicorn.Config(
-        app, http=http_impl, loop=loop, log_level="warning", access_log=False, lifespan="off"
+        app,
+        http=protocol(http_impl),
+        loop=loop,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
     )
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _serve_granian(host: str, port: int, loop: str, parent_pid: int = 0) -> None:
+    if parent_pid:
+        die_with_parent(parent_pid)
+    from tally.service.api_wiring import serve_granian
+
+    serve_granian(app, host, port, _NoDebits(), loop=loop)  # type: ignore[arg-type]
+
+
+class _NoDebits:
+    async def close(self) -> None:
+        return None
 
 
 if __name__ == "__main__":

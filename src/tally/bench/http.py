@@ -52,6 +52,7 @@ class HttpBenchConfig:
     http: str = "httptools"
     loop: str = "uvloop"
     generator: str = "auto"  # "auto": wrk when on PATH; "native": the multi-process one
+    server: str = "uvicorn"  # or "granian" (the `bench` extra), for tally and the bare ceiling
 
 
 def _percentile(samples: list[float], q: float) -> float:
@@ -79,6 +80,8 @@ def _served(home: Path, cfg: HttpBenchConfig) -> Iterator[tuple[str, str]]:
         cfg.loop,
         "--workers",
         str(cfg.workers or os.cpu_count() or 1),
+        "--server",
+        cfg.server,
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=log, env=env, stdin=subprocess.DEVNULL)
@@ -108,6 +111,7 @@ def _bare(cfg: HttpBenchConfig, workers: int) -> Iterator[str]:
     port = free_port()
     argv = [sys.executable, "-m", "tally.bench.bare", "--port", str(port)]
     argv += ["--workers", str(workers), "--http", cfg.http, "--loop", cfg.loop]
+    argv += ["--server", cfg.server]
     process = subprocess.Popen(
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
     )
@@ -235,7 +239,7 @@ def run(cfg: HttpBenchConfig, progress: Callable[[str], None] = lambda _: None) 
             if cfg.batch_requests:
                 progress(f"POST /v1/debits/batch x {cfg.batch_requests} ({cfg.batch_size} each)")
                 results["tally_batch"] = _batch(api, ids, cfg)
-        progress(f"starting the bare endpoint ({workers} worker(s), {cfg.http}/{cfg.loop})")
+        progress(f"starting the bare endpoint ({workers} worker(s), {_stack(cfg)})")
         with _bare(cfg, workers) as bare_url:
             for conns in cfg.concurrency_levels:
                 progress(f"bare POST, {conns} in flight, {cfg.seconds}s")
@@ -246,12 +250,18 @@ def run(cfg: HttpBenchConfig, progress: Callable[[str], None] = lambda _: None) 
     return {
         "config": asdict(cfg),
         "machine": describe(),
-        "server": f"tally serve: {workers} worker process(es), uvicorn {cfg.http} + {cfg.loop}, "
+        "server": f"tally serve: {workers} worker process(es), {_stack(cfg)}, "
         "embedded redis-server (AOF everysec), SQLite ledger, drainer on",
         "ceiling": "a bare Starlette JSON POST -> 201 on the same server stack and worker count",
         "client": "on the same machine (loopback), competing for the same cores",
         "results": results,
     }
+
+
+def _stack(cfg: HttpBenchConfig) -> str:
+    if cfg.server == "granian":
+        return f"granian (embedded, ASGI) + {cfg.loop}"
+    return f"uvicorn {cfg.http} + {cfg.loop}"
 
 
 def _load(url: str, key: str, conns: int, cfg: HttpBenchConfig) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from tally.billing.engine import PENDING_CREDITS_BATCH_MAX
-from tally.bootstrap import Deployment, redis_client
+from tally.bootstrap import Deployment, initialise_store
 from tally.cli.context import connection_options, deployment, settings_from
 from tally.cli.output import EXIT_REFUSED, emit, handles_errors, json_option
 from tally.ledger.sql_ledger import SqlLedger
@@ -45,17 +45,11 @@ def _plain(value: Any) -> Any:
 @handles_errors
 def init(shards: int | None, namespace: str | None, as_json: bool, **conn: str | None) -> None:
     """Create the ledger schema and the first store epoch (on an empty Redis)."""
-    from tally.sync.rebuild import init_store
-
     settings = settings_from(**conn)
     layout = KeyLayout(namespace or settings.namespace, shards or settings.shards)
     settings.home.mkdir(parents=True, exist_ok=True)
     with SqlLedger.open(settings.ledger_url) as ledger:
-        client = redis_client(settings.require_redis_url(), settings)
-        try:
-            epoch = init_store(client, layout, ledger)
-        finally:
-            client.close()
+        epoch = initialise_store(settings, layout, ledger)
     emit(
         as_json,
         {"epoch": epoch.epoch_id, "namespace": layout.namespace, "shards": layout.shards},

@@ -89,7 +89,12 @@ def debits(
     default=None,
     help="tally serve --workers (default: its default, the number of cores).",
 )
-@click.option("--http", "http_impl", type=click.Choice(["httptools", "h11"]), default="httptools")
+@click.option(
+    "--http",
+    "http_impl",
+    type=click.Choice(["httptools", "httptools-split", "h11"]),
+    default="httptools",
+)
 @click.option("--loop", type=click.Choice(["uvloop", "asyncio"]), default="uvloop")
 @click.option(
     "--generator",
@@ -105,7 +110,17 @@ def debits(
     type=click.FloatRange(1, 3600),
     help="Batch phase bound.",
 )
+@click.option(
+    "--server",
+    "servers",
+    default="uvicorn",
+    show_default=True,
+    help="HTTP server(s) for tally and its ceiling, one run each, in this order "
+    "(comma-separated: uvicorn,granian compares them in one run; granian needs the `bench` "
+    "extra).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@handles_errors
 def http(
     levels: str,
     seconds: float,
@@ -116,6 +131,7 @@ def http(
     loop: str,
     generator: str,
     seconds_max: float,
+    servers: str,
     as_json: bool,
 ) -> None:
     """The HTTP path against a `tally serve` started for the run on loopback: POST /v1/debits at
@@ -127,38 +143,49 @@ def http(
         concurrency_levels = tuple(int(x) for x in levels.split(",") if x.strip())
     except ValueError as exc:
         raise click.BadParameter("give numbers, e.g. 64,1", param_hint="--concurrency") from exc
-    cfg = HttpBenchConfig(
-        accounts=accounts,
-        concurrency_levels=concurrency_levels,
-        seconds=seconds,
-        batch_requests=batch_requests,
-        seconds_max=seconds_max,
-        workers=workers,
-        http=http_impl,
-        loop=loop,
-        generator=generator,
-    )
-    data = run(cfg, progress=lambda text: click.echo(f"... {text}", err=True))
-    if as_json:
-        click.echo(json.dumps(data, sort_keys=True))
-        return
-    click.echo(data["server"])
-    click.echo(
-        _table(
-            data["results"],
-            [
-                "connections",
-                "per_s",
-                "of_bare",
-                "p50_ms",
-                "p99_ms",
-                "request_p99_ms",
-                "non_2xx",
-                "dropped",
-                "generator",
-            ],
+    from tally.service.api_wiring import SERVERS, require_server
+
+    chosen = [x.strip() for x in servers.split(",") if x.strip()]
+    if not chosen or any(x not in SERVERS for x in chosen):
+        raise click.BadParameter(f"one or more of {', '.join(SERVERS)}", param_hint="--server")
+    for name in chosen:
+        require_server(name)  # ConfigError, with the hint, before anything starts
+    runs = []
+    for name in chosen:
+        cfg = HttpBenchConfig(
+            accounts=accounts,
+            concurrency_levels=concurrency_levels,
+            seconds=seconds,
+            batch_requests=batch_requests,
+            seconds_max=seconds_max,
+            workers=workers,
+            http=http_impl,
+            loop=loop,
+            generator=generator,
+            server=name,
         )
-    )
+        runs.append(run(cfg, progress=lambda text: click.echo(f"... {text}", err=True)))
+    if as_json:
+        click.echo(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}, sort_keys=True))
+        return
+    for data in runs:
+        click.echo(data["server"])
+        click.echo(
+            _table(
+                data["results"],
+                [
+                    "connections",
+                    "per_s",
+                    "of_bare",
+                    "p50_ms",
+                    "p99_ms",
+                    "request_p99_ms",
+                    "non_2xx",
+                    "dropped",
+                    "generator",
+                ],
+            )
+        )
 
 
 @bench.command("sustained")

@@ -1,4 +1,5 @@
-"""``tally lab run SCENARIO`` and ``tally lab compare SCENARIO``: the incident lab.
+"""``tally lab run SCENARIO``, ``tally lab compare SCENARIO`` and ``tally lab chaos``: the
+incident lab.
 
 Exit codes (the lab contract in DESIGN.md): 0 every invariant held, 1 an invariant was violated,
 2 a usage or setup error. Progress goes to stderr; the verdict and figures to stdout.
@@ -14,7 +15,7 @@ from typing import Any
 import click
 
 from tally.errors import TallyError
-from tally.lab import report
+from tally.lab import chaos, report
 from tally.lab.checker import FIGURES
 from tally.lab.runner import BILLINGS, PROFILES, RunOptions, RunResult, run
 from tally.lab.scenarios import SCENARIOS
@@ -41,6 +42,11 @@ def _common(func: Any) -> Any:
                           "adds about 25 s to every full sync (and to setup); a sync that outlasts "
                           "the run shows as storm_window.replicas_back false. `tally bench storm` "
                           "measures F1 on its own."),
+        click.option("--ledger-url", default=None,
+                     help="A PostgreSQL server (postgresql://user@host:5432/db): the run's ledger "
+                          "is a fresh database there, which each serve reaches through a proxy "
+                          "link (a partition can cut it), dropped once the run is checked. "
+                          "Default: a SQLite file in the run directory."),
         click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout."),
     ]  # fmt: skip
     for option in reversed(options):
@@ -81,7 +87,7 @@ def lab() -> None:
 @_common
 def run_cmd(scenario: str, profile: str, billing: str, out: Path | None, seed: int,
             time_scale: float, accounts: int | None, rate: float | None, duration: float | None,
-            dataset_mb: int | None, as_json: bool) -> None:  # fmt: skip
+            dataset_mb: int | None, ledger_url: str | None, as_json: bool) -> None:  # fmt: skip
     """Run SCENARIO once and check it: exit 0 all invariants held, 1 one violated, 2 error."""
     if scenario not in SCENARIOS:
         click.echo(
@@ -90,7 +96,7 @@ def run_cmd(scenario: str, profile: str, billing: str, out: Path | None, seed: i
         sys.exit(EXIT_USAGE)
     out = out or Path("lab-runs") / f"{scenario}-{profile}-{billing}"
     result = run(RunOptions(scenario, profile, billing, seed, out, time_scale, accounts, rate,
-                            duration, _progress, dataset_mb))  # fmt: skip
+                            duration, _progress, dataset_mb, ledger_url=ledger_url))  # fmt: skip
     click.echo(json.dumps(result.report, indent=2, default=str) if as_json else _summary(result))
     sys.exit(result.exit_code)
 
@@ -103,7 +109,7 @@ def run_cmd(scenario: str, profile: str, billing: str, out: Path | None, seed: i
 @_common
 def compare_cmd(targets: tuple[str, ...], out: Path | None, seed: int, time_scale: float,
                 accounts: int | None, rate: float | None, duration: float | None,
-                dataset_mb: int | None, as_json: bool) -> None:  # fmt: skip
+                dataset_mb: int | None, ledger_url: str | None, as_json: bool) -> None:  # fmt: skip
     """`compare SCENARIO`: run it as 2013/legacy and hardened/tally and write one side-by-side
     page; exits 0 when the hardened/tally run held every invariant (the control is expected to
     fail), 2 when either run could not be set up.
@@ -112,7 +118,7 @@ def compare_cmd(targets: tuple[str, ...], out: Path | None, seed: int, time_scal
     timelines on one time axis); exits 0, or 2 when a directory holds no finished run."""
     if len(targets) == 1 and targets[0] in SCENARIOS:
         _compare_scenario(targets[0], out, seed, time_scale, accounts, rate, duration,
-                          dataset_mb, as_json)  # fmt: skip
+                          dataset_mb, ledger_url, as_json)  # fmt: skip
         return
     if len(targets) < 2:
         click.echo(f"error: {targets[0]!r} is neither a scenario ({', '.join(SCENARIOS)}) nor "
@@ -132,14 +138,14 @@ def compare_cmd(targets: tuple[str, ...], out: Path | None, seed: int, time_scal
 
 def _compare_scenario(scenario: str, out: Path | None, seed: int, time_scale: float,
                       accounts: int | None, rate: float | None, duration: float | None,
-                      dataset_mb: int | None, as_json: bool) -> None:  # fmt: skip
+                      dataset_mb: int | None, ledger_url: str | None, as_json: bool) -> None:  # fmt: skip
     out = out or Path("lab-runs") / f"compare-{scenario}"
     results = []
     for profile, billing in (("2013", "legacy"), ("hardened", "tally")):
         _progress(f"== {scenario}: {profile} profile, {billing} billing ==")
         results.append(run(RunOptions(scenario, profile, billing, seed, out / f"{profile}-{billing}",
                                       time_scale, accounts, rate, duration, _progress,
-                                      dataset_mb)))  # fmt: skip
+                                      dataset_mb, ledger_url=ledger_url)))  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     runs = [(r.out, r.report) for r in results]
     path = report.write_compare(out / "report.html", runs)
@@ -152,3 +158,83 @@ def _compare_scenario(scenario: str, out: Path | None, seed: int, time_scale: fl
     if any(r.exit_code == EXIT_USAGE for r in results):
         sys.exit(EXIT_USAGE)
     sys.exit(results[1].exit_code)
+
+
+@lab.command(name="chaos")
+@click.option("--profile", type=click.Choice(PROFILES), default="hardened", show_default=True)
+@click.option("--billing", type=click.Choice(BILLINGS), default="tally", show_default=True)
+@click.option(
+    "--faults-max",
+    type=click.IntRange(1, chaos.FAULTS_MAX_LIMIT),
+    default=2,
+    show_default=True,
+    help="Faults active at once.",
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="Run this many seeds: SEED, SEED+1, ...; a summary at the end.",
+)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for the runs, one per seed (default: lab-runs/chaos).")  # fmt: skip
+@_common
+def chaos_cmd(profile: str, billing: str, faults_max: int, runs: int, out: Path | None,
+              seed: int, time_scale: float, accounts: int | None, rate: float | None,
+              duration: float | None, dataset_mb: int | None, ledger_url: str | None,
+              as_json: bool) -> None:  # fmt: skip
+    """A seeded random fault schedule from the lab's whole vocabulary (partitions, kill -9,
+    SIGSTOP and restarts of redis-server and `tally serve`, the 2013 operator's mistakes,
+    gateway faults, freezes), every fault healed before a quiet tail, judged by the invariants
+    and the liveness rule. `--duration` is the workload's seconds (default 120). Exit 0 when
+    every run held, 1 when one did not, 2 when one could not be set up."""
+    out = out or Path("lab-runs") / "chaos"
+    results: list[RunResult] = []
+    for n in range(runs):
+        run_seed = seed + n
+        _progress(f"== chaos seed {run_seed} ({n + 1}/{runs}) ==")
+        options = RunOptions(chaos.CHAOS, profile, billing, run_seed, out / f"seed-{run_seed}",
+                             time_scale, accounts, rate, duration, _progress, dataset_mb,
+                             faults_max, ledger_url=ledger_url)  # fmt: skip
+        results.append(run(options))
+    rows = [_chaos_row(r) for r in results]
+    summary = {
+        "seeds": [r["seed"] for r in rows],
+        "runs": rows,
+        "held": sum(1 for r in rows if r["exit_code"] == 0),
+        "invariant_violations": sum(r["invariants_violated"] for r in rows),
+        "liveness_violations": sum(1 for r in rows if r["liveness_held"] is False),
+    }
+    (out / "summary.json").parent.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        for r in rows:
+            click.echo(f"seed {r['seed']}: exit {r['exit_code']}, {r['faults']} faults, "
+                       f"{r['invariants_violated']} invariant(s) violated, liveness "
+                       f"{'held' if r['liveness_held'] else 'VIOLATED'} "
+                       f"(worst {r['liveness_worst_s']} s)")  # fmt: skip
+        click.echo(f"{summary['held']}/{len(rows)} runs held; "
+                   f"{summary['invariant_violations']} invariant violations, "
+                   f"{summary['liveness_violations']} liveness violations; {out / 'summary.json'}")  # fmt: skip
+    codes = [r.exit_code for r in results]
+    sys.exit(EXIT_USAGE if EXIT_USAGE in codes else (1 if any(codes) else 0))
+
+
+def _chaos_row(result: RunResult) -> dict[str, Any]:
+    body = result.report
+    live = body.get("liveness") or {}
+    return {
+        "seed": body.get("seed"),
+        "exit_code": result.exit_code,
+        "faults": len(body.get("schedule") or []),
+        "invariants_violated": sum(
+            1 for v in (body.get("invariants") or {}).values() if not v.get("held")
+        ),
+        "liveness_held": live.get("held"),
+        "liveness_worst_s": live.get("worst_s"),
+        "error": body.get("error"),
+        "out": str(result.out),
+    }

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -17,6 +18,36 @@ from tally.service.runner import ServeOptions, Service
 
 SERVE_STATE = "serve.json"
 SWITCH_INTERVAL_S = 0.0005
+
+
+def bind_outgoing(address: str) -> None:
+    """Every outgoing IPv4 TCP connection this process makes from now on is bound to
+    ``address`` first (port chosen by the kernel): redis-py, Sentinel discovery, httpx and
+    asyncio all connect through ``socket.socket.connect``; a socket already bound is left as
+    it is. An address this host does not have is refused here, before anything starts."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((address, 0))
+    except OSError as exc:
+        raise click.UsageError(f"--source-address {address}: cannot bind it ({exc})") from exc
+    original = socket.socket.connect
+    original_ex = socket.socket.connect_ex
+
+    def _bind(sock: socket.socket) -> None:
+        stream = sock.family == socket.AF_INET and sock.type == socket.SOCK_STREAM
+        if stream and sock.getsockname()[1] == 0:
+            sock.bind((address, 0))
+
+    def connect(self: socket.socket, target: object) -> None:
+        _bind(self)
+        original(self, target)  # type: ignore[arg-type]
+
+    def connect_ex(self: socket.socket, target: object) -> int:
+        _bind(self)
+        return original_ex(self, target)  # type: ignore[arg-type]
+
+    socket.socket.connect = connect  # type: ignore[method-assign,assignment]
+    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign,assignment]
 
 
 def _interrupt(_sig: int, _frame: object) -> NoReturn:
@@ -53,10 +84,11 @@ def _interrupt(_sig: int, _frame: object) -> NoReturn:
 @click.option("--skip-preflight", is_flag=True, help="Do not refuse on preflight errors.")
 @click.option(
     "--http",
-    type=click.Choice(["httptools", "h11"]),
+    type=click.Choice(["httptools", "httptools-split", "h11"]),
     default="httptools",
     show_default=True,
-    help="HTTP/1.1 parser (httptools measured fastest; h11 is pure Python).",
+    help="HTTP/1.1 parser (httptools measured fastest, with a response in one write; "
+    "httptools-split: uvicorn's own two writes; h11 is pure Python).",
 )
 @click.option(
     "--loop",
@@ -71,6 +103,22 @@ def _interrupt(_sig: int, _frame: object) -> NoReturn:
     default=None,
     help="HTTP worker processes on the one port (default: the number of cores). Background "
     "work (drainer, credit applier, recharge completer, embedded Redis) runs once.",
+)
+@click.option(
+    "--server",
+    type=click.Choice(["uvicorn", "granian"]),
+    default="uvicorn",
+    show_default=True,
+    help="HTTP server (uvicorn measured fastest with tally's routes; granian needs the "
+    "`bench` extra).",
+)
+@click.option(
+    "--source-address",
+    envvar="TALLY_SOURCE_ADDRESS",
+    help="Local IPv4 address every outgoing TCP connection of this process (Redis, Sentinel, "
+    "the gateway) is made from: a multi-homed host whose firewall or fault proxy tells clients "
+    "apart by source address. Needs --loop asyncio and --workers 1 (uvloop and worker "
+    "processes open their own sockets).",
 )
 @handles_errors
 def serve(
@@ -87,6 +135,8 @@ def serve(
     http: str,
     loop: str,
     workers: int | None,
+    server: str,
+    source_address: str | None,
 ) -> None:
     """Run tally: the HTTP API on HOST:PORT over an embedded deployment in $TALLY_HOME (a local
     redis-server, the SQLite ledger, the drainer, the gateway simulator), or over real
@@ -96,6 +146,15 @@ def serve(
     stops accepting, finishes in-flight requests, drains the journal and stops everything."""
     if redis_url and redis_sentinel:
         raise click.UsageError("give --redis-url or --redis-sentinel, not both")
+    from tally.service.api_wiring import require_server
+
+    require_server(server)  # granian is an optional extra: say so before anything starts
+    if source_address is not None:
+        if loop != "asyncio" or server != "uvicorn" or (workers or os.cpu_count() or 1) != 1:
+            raise click.UsageError(
+                "--source-address needs --server uvicorn --loop asyncio --workers 1"
+            )
+        bind_outgoing(source_address)
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
@@ -118,6 +177,7 @@ def serve(
         http=http,
         loop=loop,
         workers=workers or os.cpu_count() or 1,
+        server=server,
     )
 
     def say(text: str) -> None:

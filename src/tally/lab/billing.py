@@ -1,11 +1,12 @@
-"""The system under test, behind one small interface: ``tally`` (the engine with the recharge
-saga) or ``legacy`` (the 2013 logic in ``tally.lab.legacy``, the control).
+"""The system under test, behind one small interface: ``tally`` (real ``tally serve``
+processes, driven over HTTP: ``tally.lab.serve_billing``) or ``legacy`` (the 2013 logic in
+``tally.lab.legacy``, the control, in this process: it is not tally).
 
-Both run on the same deployment: the same Redis store and Lua scripts, the same ledger and
-drainer, the same gateway simulator. Only the billing logic differs, so whatever the checker finds
-is the logic's doing. Each call returns a history completion: ``(type, value)`` with type ``ok``
-(the service answered; ``value["result"]`` says what it decided), ``fail`` (it definitely did
-not happen) or ``info`` (unknown).
+Both run on the same topology, the same ledger file and the same gateway simulator. Each call
+returns a history completion: ``(type, value)`` with type ``ok`` (the service answered;
+``value["result"]`` says what it decided), ``fail`` (it definitely did not happen) or ``info``
+(unknown). ``via`` names the data center whose entry point a call goes through (the control has
+one, in-process: it ignores it).
 """
 
 from __future__ import annotations
@@ -19,21 +20,17 @@ from typing import Any, Protocol
 
 import redis
 
-from tally.billing.recharge import Circuit, Recharging
-from tally.billing.recharge.remediation import Remediator
-from tally.bootstrap import Deployment, open_deployment, recharging
+from tally.bootstrap import Deployment, open_deployment
 from tally.config import Settings
 from tally.domain.accounts import Account, SystemAccount
-from tally.domain.recharge import RechargeRule
-from tally.errors import InfrastructureError, StoreOutcomeUnknown, TallyError
+from tally.errors import StoreOutcomeUnknown, TallyError
 from tally.gateway.client import HttpGateway
-from tally.gateway.records import open_records
 from tally.lab.legacy import LegacyBilling, LegacyPlan
 from tally.lab.rig import NAMESPACE, SHARDS, Rig
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.keys import KeyLayout
 from tally.sync.drainer import Drainer
-from tally.sync.rebuild import init_store, inspect_dataset, rebuild
+from tally.sync.rebuild import init_store, inspect_dataset
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +56,14 @@ class BillingSystem(Protocol):
     name: str
 
     def open_accounts(self, accounts: list[AccountSpec]) -> None: ...
-    def debit(self, tid: str, account: str, amount_minor: int) -> Completion: ...
-    def top_up(self, tid: str, account: str, amount_minor: int) -> Completion: ...
+
+    entry_points: tuple[str, ...]
+
+    def debit(self, tid: str, account: str, amount_minor: int, via: int = 0) -> Completion: ...
+    def debit_batch(self, items: list[tuple[str, str, int]], via: int = 0) -> list[Completion]: ...
+    def top_up(self, tid: str, account: str, amount_minor: int, via: int = 0) -> Completion: ...
+    def read(self, account: str, via: int = 0) -> Completion: ...
+    def set_rule(self, account: AccountSpec, via: int = 0) -> Completion: ...
     def start_background(self) -> None: ...
     def stop_background(self) -> None: ...
     def operator(self, action: str) -> str: ...
@@ -109,9 +112,10 @@ class _Loop:
 
 
 class _Base:
-    """What both billings share: the deployment, its drainer, the gateway client."""
+    """The control's in-process deployment: the store, its drainer, the gateway client."""
 
     name = "base"
+    entry_points: tuple[str, ...] = ("dc1",)
 
     def __init__(self, rig: Rig) -> None:
         self.rig = rig
@@ -187,122 +191,6 @@ class _Base:
             self.dep.close()
 
 
-class TallyBilling(_Base):
-    name = "tally"
-
-    def __init__(self, rig: Rig) -> None:
-        super().__init__(rig)
-        self.recharging: Recharging = recharging(
-            self.dep, self.gateway, circuit=Circuit(failures_max=5, cooldown_s=3.0)
-        )
-        self.loops += [
-            _Loop("completer", lambda: self.recharging.completer.run_once(100), self._stop),
-            _Loop("pending-credits", self._pending_credits, self._stop),
-        ]
-        self.operator_log: list[dict[str, Any]] = []
-
-    def _pending_credits(self) -> int:
-        self._stop.wait(0.5)
-        return self.dep.engine.apply_pending_credits(older_than_ms=500)
-
-    def open_accounts(self, accounts: list[AccountSpec]) -> None:
-        engine, service = self.dep.engine, self.recharging.service
-        for a in accounts:
-            engine.create_account(Account(a.id, CURRENCY))
-            if a.initial_minor:
-                engine.credit(f"seed-{a.id}", a.id, a.initial_minor, CURRENCY)
-            rule = RechargeRule(a.id, a.card, a.threshold_minor, 10_000_000, 2,
-                                target_minor=a.target_minor)  # fmt: skip
-            service.set_rule(rule)
-
-    def debit(self, tid: str, account: str, amount_minor: int) -> Completion:
-        try:
-            result = self.dep.engine.debit(tid, account, amount_minor)
-        except Exception as exc:
-            return _classify(exc)
-        value: dict[str, Any] = {
-            "result": result.result.name,
-            "balance_minor": result.balance_minor,
-        }
-        if result.recharge_id is not None:
-            value["recharge_id"] = result.recharge_id
-            try:  # the saga's trouble is not the debit's: the completer picks it up
-                self.recharging.service.notice(account, amount_minor, result)
-            except Exception as exc:
-                value["recharge_error"] = type(exc).__name__
-        return "ok", value
-
-    def top_up(self, tid: str, account: str, amount_minor: int) -> Completion:
-        try:
-            out = self.recharging.service.top_up(tid, account, amount_minor, CURRENCY)
-        except Exception as exc:
-            return _classify(exc)
-        if out.pending:  # durable in the ledger, applied when the store is back
-            return "ok", {"result": "pending"}
-        assert out.result is not None
-        return "ok", {"result": out.result.name, "balance_minor": out.balance_minor}
-
-    def operator(self, action: str) -> str:
-        if action == "rebuild":
-            return self._rebuild()
-        if action == "remediate":
-            return self._remediate()
-        if action == "freeze":
-            self.recharging.service.freeze("lab: mitigation in progress", actor="lab")
-            return "billing frozen"
-        if action == "unfreeze":
-            self.recharging.service.unfreeze("lab: mitigation done", actor="lab")
-            return "billing resumed"
-        return f"{action}: nothing to do for tally"
-
-    def _rebuild(self) -> str:
-        self.rediscover()
-        if not self.store_lost():
-            return "store healthy: no rebuild needed"
-        report = rebuild(self.dep.store.client, self.layout, self.dep.ledger, force=True)
-        self.dep.engine.apply_pending_credits(older_than_ms=0)
-        return (f"rebuilt epoch {report.epoch_id}: {report.accounts_loaded} accounts, "
-                f"{report.transfers_loaded} transfers, {report.unsettled_intents} credits to apply")  # fmt: skip
-
-    def _remediate(self) -> str:
-        self.drain_all()
-        records = open_records(self.rig.simulator.data_dir)
-        try:
-            report = Remediator(self.dep.engine, self.gateway, refund_uncredited=False).run(
-                list(records.iter_all()), apply=True
-            )
-        finally:
-            records.close()
-        kinds: dict[str, int] = {}
-        for action in report.actions:
-            kinds[action.kind] = kinds.get(action.kind, 0) + 1
-        return f"remediation: {kinds or 'nothing to fix'}"
-
-    def settle(self) -> dict[str, Any]:
-        """After the run: every recharge finished, every credit applied, the journal drained."""
-        self.rediscover()
-        rounds = 0
-        for _ in range(SETTLE_ROUNDS_MAX):
-            rounds += 1
-            self.drain_all()
-            with contextlib.suppress(InfrastructureError, redis.RedisError):
-                self.dep.engine.apply_pending_credits(older_than_ms=0)
-            with contextlib.suppress(InfrastructureError, redis.RedisError):
-                self.recharging.completer.run_once(1000)
-            unfinished = self.recharging.saga.book.unfinished(limit=1000)
-            pending = self.dep.ledger.count_unsettled_credit_intents()
-            if not unfinished and not pending:
-                break
-            self._stop.wait(0.2)
-        self.drain_all()
-        return {
-            "rounds": rounds,
-            "unfinished_recharges": len(self.recharging.saga.book.unfinished(limit=1000)),
-            "unsettled_credits": self.dep.ledger.count_unsettled_credit_intents(),
-            "gate_waits": dict(self.recharging.saga.metrics.waits),
-        }
-
-
 class _ClientProxy:
     """Legacy reads balances on whatever client the store writes with (it follows Sentinel)."""
 
@@ -333,7 +221,7 @@ class LegacyBillingSystem(_Base):
             self.gateway, plans,
         )  # fmt: skip
 
-    def debit(self, tid: str, account: str, amount_minor: int) -> Completion:
+    def debit(self, tid: str, account: str, amount_minor: int, via: int = 0) -> Completion:
         """Legacy answers nothing: it logs its failures and carries on, so its caller always
         sees success (that is the 2013 behaviour under test)."""
         assert self.legacy is not None
@@ -343,7 +231,22 @@ class LegacyBillingSystem(_Base):
             return _classify(exc)
         return "ok", {"result": "ok"}
 
-    def top_up(self, tid: str, account: str, amount_minor: int) -> Completion:
+    def debit_batch(self, items: list[tuple[str, str, int]], via: int = 0) -> list[Completion]:
+        """2013 had no batch call: one usage after another."""
+        return [self.debit(tid, account, amount) for tid, account, amount in items]
+
+    def read(self, account: str, via: int = 0) -> Completion:
+        try:
+            raw = self.dep.store.client.hget(self.layout.account_key(account), "bal")
+        except Exception as exc:
+            return _classify(exc)
+        return "ok", {"result": "ok", "balance_minor": None if raw is None else int(raw)}
+
+    def set_rule(self, account: AccountSpec, via: int = 0) -> Completion:
+        """2013's plans were fixed at sign-up: nothing to change."""
+        return "ok", {"result": "unchanged"}
+
+    def top_up(self, tid: str, account: str, amount_minor: int, via: int = 0) -> Completion:
         """A plain credit through the store (no intent in the ledger first)."""
         try:
             applied = self.dep.store.apply([(tid, "c", account, amount_minor, "")])
@@ -369,7 +272,9 @@ class LegacyBillingSystem(_Base):
 
 def make_billing(name: str, rig: Rig) -> BillingSystem:
     if name == "tally":
-        return TallyBilling(rig)
+        from tally.lab.serve_billing import ServeBilling  # the subject: real `tally serve`s
+
+        return ServeBilling(rig)
     if name == "legacy":
         return LegacyBillingSystem(rig)
     raise ValueError(f"unknown billing {name!r}: use tally or legacy")

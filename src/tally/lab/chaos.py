@@ -1,6 +1,11 @@
 """``tally lab chaos``: a seeded random fault schedule from the lab's whole vocabulary, and the
 liveness rule it is judged by besides the invariants.
 
+The vocabulary: partitions (a DC both ways, one way, the replicas), kill -9 / SIGSTOP / the 2013
+operator's restart of a node, gateway timeouts-after-commit / outages / declines, a billing
+freeze, and the subject's own processes: kill -9 or SIGSTOP a `tally serve` (then the same
+command line again, or SIGCONT), or cut one from the gateway or its route to the primary.
+
 The schedule is a list of fault windows: each draws a fault kind and a target, starts at a
 random time, lasts a random while, and is healed by its own step. At most ``faults_max`` windows
 overlap; faults that share one thing to heal (every network fault ends with the one ``heal``
@@ -45,7 +50,14 @@ RESOURCE = {
     "gateway_outage": "gateway",
     "gateway_declines": "gateway",
     "freeze": "freeze",
+    # the subject's own processes (`tally serve` in dc1 and dc2): one at a time, so one entry
+    # point always answers; a cut serve link is a network fault (``heal`` clears it)
+    "serve_kill": "serve",
+    "serve_pause": "serve",
+    "serve_cut": "network",
 }
+SERVE_DCS = ("dc1", "dc2")
+SERVE_CUTS = ("gateway", "primary")
 GATEWAY_FAULTS: dict[str, dict[str, Any]] = {
     "gateway_timeout": {"timeout_after_commit": 0.5, "timeout_mode": "drop"},
     "gateway_outage": {"outage": True},
@@ -78,6 +90,14 @@ class Window:
             return [Step(start, "restart", restart), *_incident_repair(end, self.target)]
         if self.kind == "freeze":
             return [Step(start, "billing", {"action": "freeze"}), _unfreeze(end)]
+        if self.kind in ("serve_kill", "serve_pause"):
+            fault, fix = ("kill", "start") if self.kind == "serve_kill" else ("pause", "resume")
+            return [Step(start, "serve", {"action": fault, "dc": self.target}),
+                    Step(end, "serve", {"action": fix, "dc": self.target}, fault=False)]  # fmt: skip
+        if self.kind == "serve_cut":
+            dc, what = self.target.split(":", 1)
+            return [Step(start, "cut_serve", {"dc": dc, "target": what, "mode": "drop"}),
+                    _heal(end)]  # fmt: skip
         return [Step(start, "gateway_faults", GATEWAY_FAULTS[self.kind]), _gateway_clear(end)]
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,6 +157,10 @@ class Plan:
 
 
 def _targets(kind: str, nodes: Sequence[str], primary: str, dcs: Sequence[str]) -> list[str]:
+    if kind == "serve_cut":
+        return [f"{dc}:{what}" for dc in SERVE_DCS for what in SERVE_CUTS]
+    if RESOURCE[kind] == "serve":
+        return list(SERVE_DCS)
     if RESOURCE[kind] == "network":
         return [dcs[0]] if kind == "partition_replicas" else list(dcs)
     if RESOURCE[kind] == "node":

@@ -47,17 +47,20 @@ import itertools
 import json
 import sqlite3
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tally.lab import checker_events
 from tally.lab.history import Operation, read_history
 
 BIN_MS = 500
 WRITE_FS = ("debit", "credit", "topup")
 MONEY_IN_FS = ("credit", "topup")
 CREDIT_META_KEYS = ("credit_id", "transfer_id", "recharge_id")
+#: a decline the card itself caused; velocity_limit is the issuer reacting to the charges (the
+#: 2013 double charges tripped it): not the customer's funding failure
 FUNDING_DECLINES = ("card_declined", "insufficient_funds", "expired_card")
 SCAN_COUNT = 1000
 STORE_KEYS_MAX = 5_000_000
@@ -88,6 +91,7 @@ INVARIANTS = (
     "7_no_wrongful_suspension",
     "8_recharge_only_when_healthy",
     "9_no_acknowledged_money_lost",
+    checker_events.NAME,
 )
 
 
@@ -111,9 +115,31 @@ class LedgerView:
     journal_conflicts: int = 0
 
 
-def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
-    sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
-    return conn.execute(sql, (name,)).fetchone() is not None
+Rows = Callable[[str], list[tuple[Any, ...]]]
+
+
+def _fill(view: LedgerView, tables: set[str], rows: Rows) -> LedgerView:
+    """The same plain SQL on either database (SQLite file or PostgreSQL)."""
+    if "transfers" in tables:
+        cols = ("id", "kind", "account_id", "debit_account_id", "credit_account_id",
+                "amount_minor", "currency", "result", "ts_ms")  # fmt: skip
+        for row in rows(f"SELECT {', '.join(cols)} FROM transfers"):
+            view.transfers[row[0]] = dict(zip(cols, row, strict=True))
+    if "accounts" in tables:
+        view.statuses = dict(rows("SELECT id, status FROM accounts WHERE kind = 'customer'"))
+    if "account_events" in tables:
+        sql = "SELECT DISTINCT account_id FROM account_events WHERE action = 'suspended'"
+        view.suspended_events = {a for (a,) in rows(sql)}
+    if "recharges" in tables:
+        view.recharge_opened_ms = {
+            k: int(v) for k, v in rows("SELECT id, opened_at_ms FROM recharges")
+        }
+    if "credit_intents" in tables:
+        sql = "SELECT id, created_at_ms FROM credit_intents"
+        view.intent_created_ms = {k: int(v) for k, v in rows(sql)}
+    if "journal_conflicts" in tables:
+        view.journal_conflicts = int(rows("SELECT COUNT(*) FROM journal_conflicts")[0][0])
+    return view
 
 
 def read_ledger(path: Path) -> LedgerView:
@@ -122,29 +148,48 @@ def read_ledger(path: Path) -> LedgerView:
         return view
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        if _table_exists(conn, "transfers"):
-            cols = ("id", "kind", "account_id", "debit_account_id", "credit_account_id",
-                    "amount_minor", "currency", "result", "ts_ms")  # fmt: skip
-            for row in conn.execute(f"SELECT {', '.join(cols)} FROM transfers"):
-                view.transfers[row[0]] = dict(zip(cols, row, strict=True))
-        if _table_exists(conn, "accounts"):
-            sql = "SELECT id, status FROM accounts WHERE kind = 'customer'"
-            view.statuses = {a: s for a, s in conn.execute(sql)}
-        if _table_exists(conn, "account_events"):
-            sql = "SELECT DISTINCT account_id FROM account_events WHERE action = 'suspended'"
-            view.suspended_events = {a for (a,) in conn.execute(sql)}
-        if _table_exists(conn, "recharges"):
-            view.recharge_opened_ms = dict(conn.execute("SELECT id, opened_at_ms FROM recharges"))
-        if _table_exists(conn, "credit_intents"):
-            sql = "SELECT id, created_at_ms FROM credit_intents"
-            view.intent_created_ms = dict(conn.execute(sql))
-        if _table_exists(conn, "journal_conflicts"):
-            view.journal_conflicts = conn.execute(
-                "SELECT COUNT(*) FROM journal_conflicts"
-            ).fetchone()[0]
+        tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return _fill(view, tables, lambda sql: list(conn.execute(sql)))
     finally:
         conn.close()
-    return view
+
+
+def read_ledger_url(url: str) -> LedgerView:
+    """A PostgreSQL ledger (``postgresql://...``), read with plain SQL over its own connection."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(_psycopg(url))
+    try:
+        with engine.connect() as conn:
+            sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+            tables = {n for (n,) in conn.execute(sa.text(sql))}
+            return _fill(
+                LedgerView(), tables, lambda q: [tuple(r) for r in conn.execute(sa.text(q))]
+            )
+    finally:
+        engine.dispose()
+
+
+def _psycopg(url: str) -> str:
+    if url.startswith(("postgres://", "postgresql://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def _ledger(run_dir: Path, setup_path: Path) -> LedgerView:
+    """The ledger the run's setup names: a PostgreSQL URL, or the run's SQLite file."""
+    url = _ledger_url(run_dir, setup_path)
+    if url.startswith("sqlite"):
+        return read_ledger(run_dir / "ledger.sqlite3")
+    return read_ledger_url(url)
+
+
+def _ledger_url(run_dir: Path, setup_path: Path) -> str:
+    setup = json.loads(setup_path.read_text()) if setup_path.is_file() else {}
+    url = setup.get("ledger_url") or ""
+    if url.startswith(("postgres://", "postgresql://", "postgresql+psycopg://")):
+        return str(url)
+    return f"sqlite:///{run_dir / 'ledger.sqlite3'}"
 
 
 def snapshot_store(client: Any, namespace: str = "tally") -> dict[str, Any]:
@@ -185,6 +230,9 @@ class Artefacts:
     monitor: list[dict[str, Any]]
     events: list[dict[str, Any]]
     setup: dict[str, Any]
+    #: invariant 11 as ``checker_events.check_events`` judged the ledger (read at load time: a
+    #: run's PostgreSQL ledger is dropped once the run is checked)
+    outbox: dict[str, Any]
 
     @classmethod
     def load(cls, run_dir: Path) -> Artefacts:
@@ -194,11 +242,12 @@ class Artefacts:
         return cls(
             history=read_history(history_path) if history_path.is_file() else [],
             gateway=_jsonl(run_dir / "gateway.jsonl"),
-            ledger=read_ledger(run_dir / "ledger.sqlite3"),
+            ledger=_ledger(run_dir, setup_path),
             store=json.loads(store_path.read_text()) if store_path.is_file() else {},
             monitor=_jsonl(run_dir / "monitor.jsonl") + _jsonl(run_dir / "ping.jsonl"),
             events=_jsonl(run_dir / "events.jsonl"),
             setup=json.loads(setup_path.read_text()) if setup_path.is_file() else {},
+            outbox=checker_events.check_events(_ledger_url(run_dir, setup_path)),
         )
 
 
@@ -309,7 +358,16 @@ def suspended_accounts(a: Artefacts) -> set[str]:
 
 
 def wrongful_suspensions(a: Artefacts) -> list[str]:
+    """Suspended accounts whose card neither declines by the run's setup nor was declined by
+    the gateway for the card's own reasons (a chaos run makes sound cards decline for a while:
+    suspending those is what the rule asks for, not a wrongful suspension)."""
     declining = {acc["id"] for acc in a.setup.get("accounts", []) if acc.get("declines")}
+    card_owner = {acc.get("card"): acc["id"] for acc in a.setup.get("accounts", [])}
+    for record in a.gateway:
+        if record.get("status") == "declined" and record.get("reason") in FUNDING_DECLINES:
+            owner = card_owner.get(record.get("card"))
+            if owner is not None:
+                declining.add(owner)
     return sorted(acc for acc in suspended_accounts(a) if acc not in declining)
 
 
@@ -668,6 +726,7 @@ def _invariants(
             f"{len(lost_credits)} acknowledged credits and {len(lost_charges)} paid charges in no "
             f"balance; {len(lost_debits)} acknowledged debits lost (bound {bound})",
         ),
+        checker_events.NAME: _held(bool(a.outbox["held"]), str(a.outbox["detail"])),
     }
     return out
 

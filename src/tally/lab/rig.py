@@ -3,10 +3,12 @@
 A three-data-center topology (``r1`` primary in dc1, replicas ``r2`` in dc2 and ``r3`` in dc3,
 one Sentinel per data center in the hardened profile), each data center on its own loopback
 address and every process behind its front (``tally.ops.cluster``): replication, Sentinel and
-the billing engine (which sits in dc1) cross data centers only through the fault proxies, with
+the subject's ``tally serve`` processes (dc1 and dc2, ``tally.lab.serve``) cross data centers
+only through the fault proxies, with
 a WAN bandwidth cap and latency on every inter-DC link; a ballast dataset on the primary so a
-full sync has real work to do; the gateway simulator; the SQLite ledger of record in the run
-directory. The lab's own probes (monitor, pinger, checker) use the real addresses.
+full sync has real work to do; the gateway simulator; the ledger of record (a SQLite file in
+the run directory, or a fresh PostgreSQL database: ``tally.lab.ledger_db``), which each serve
+reaches through a link of its own when it is PostgreSQL. The lab's own probes (monitor, pinger, checker) use the real addresses.
 
 Everything listens on loopback (127.0.k.1) ports below the ephemeral range: nothing touches 6379.
 """
@@ -19,19 +21,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
-from tally.errors import ProcessError, TallyError
+from tally.errors import ConfigError, ProcessError, TallyError
 from tally.gateway.faults import Faults
 from tally.gateway.process import SimulatorProcess
+from tally.lab.ledger_db import LabLedger
 from tally.ops.ballast import incompressible
 from tally.ops.cluster import Cluster, ClusterNode
+from tally.ops.cluster.state import RouteState
+from tally.ops.faultproxy import LinkSpec as ProxyLinkSpec
 from tally.ops.node import ConfigValue
 from tally.ops.topology import Topology, parse_topology
+from tally.store.keys import SHARDS_DEFAULT
 
 NAMESPACE = "tally"
-SHARDS = 8
+SHARDS = SHARDS_DEFAULT  # what `tally serve` initialises a new deployment with
 BALLAST_VALUE_BYTES = 1000
 BALLAST_PIPELINE = 1000
 DATASET_BYTES_MAX = 2_000_000_000
@@ -95,7 +102,8 @@ def lab_topology(base_dir: Path, spec: RigSpec) -> Topology:
 class Rig:
     """``with Rig(out_dir, spec) as rig:`` cluster up, ballast loaded, simulator running."""
 
-    def __init__(self, out_dir: Path, spec: RigSpec, *, gateway_faults: Faults | None = None):
+    def __init__(self, out_dir: Path, spec: RigSpec, *, gateway_faults: Faults | None = None,
+                 ledger: LabLedger | None = None):  # fmt: skip
         self.out_dir = Path(out_dir)
         self.spec = spec
         self.cluster_dir = self.out_dir / "cluster"
@@ -105,6 +113,8 @@ class Rig:
             data_dir=self.out_dir / "gateway", faults=gateway_faults or Faults()
         )
         self.ledger_path = self.out_dir / "ledger.sqlite3"
+        self.ledger = ledger or LabLedger.sqlite(self.out_dir)
+        self.serve_links: dict[str, tuple[str, int]] = {}
         self.original_directives: dict[str, dict[str, ConfigValue]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -213,7 +223,68 @@ class Rig:
         return f"redis://{host}:{port}/0"
 
     def ledger_url(self) -> str:
-        return f"sqlite:///{self.ledger_path}"
+        """The ledger as the lab's own tools (and the in-process control) reach it: directly."""
+        return self.ledger.url
+
+    # -- the subject's own links ---------------------------------------------------------------
+    #: where the ledger of record sits (its links from other data centers carry their latency
+    #: and are cut by a partition of that pair, like every route)
+    LEDGER_DC = "dc1"
+
+    def serve_link(self, dc: str, target: str) -> tuple[str, int]:
+        """A proxy link only the serve of data center ``dc`` uses to reach ``target``
+        (``ledger``: PostgreSQL; ``gateway``: the simulator), listening on ``dc``'s address:
+        ``cut_serve`` partitions it alone; a partition between ``dc`` and the ledger's data
+        center cuts the ledger link too."""
+        name = f"serve-{dc}-to-{target}"
+        if name in self.serve_links:
+            return self.serve_links[name]
+        if target == "ledger":
+            upstream = self.ledger.address
+            pair = self.topology.link(dc, self.LEDGER_DC).name if dc != self.LEDGER_DC else ""
+        elif target == "gateway":
+            parts = urlsplit(self.simulator.url)
+            upstream, pair = (parts.hostname or "127.0.0.1", int(parts.port or 80)), ""
+        else:
+            raise ConfigError(f"no serve link to {target!r}: ledger or gateway")
+        hub = self.cluster.hub
+        assert hub is not None
+        listen = hub.add_link(ProxyLinkSpec(name, upstream[0], upstream[1],
+                                            listen_host=self.cluster.dc_address(dc)))  # fmt: skip
+        if pair:
+            latency = self.topology.link(dc, self.LEDGER_DC).latency_ms
+            if latency > 0:
+                hub.set_fault(name, "both", "latency", latency_ms=latency)
+        self.cluster.routes[name] = RouteState(name, dc, target, pair, listen)
+        self.serve_links[name] = listen
+        return listen
+
+    def serve_ledger_url(self, dc: str) -> str:
+        """SQLite: the shared file (a file has no link to cut); PostgreSQL: through ``dc``'s link."""
+        if self.ledger.kind == "sqlite":
+            return self.ledger.url
+        return self.ledger.through(*self.serve_link(dc, "ledger"))
+
+    def serve_gateway_url(self, dc: str) -> str:
+        host, port = self.serve_link(dc, "gateway")
+        return f"http://{host}:{port}"
+
+    def cut_serve(self, dc: str, target: str, mode: str = "drop") -> str:
+        """Partition the serve of ``dc`` from ``target``: ``ledger`` or ``gateway`` (its own
+        links), or ``primary``: the route from ``dc`` to the current primary's front, which the
+        serve shares with its data center's replica and Sentinel (one data center's hosts share
+        its network)."""
+        hub = self.cluster.hub
+        assert hub is not None
+        if target == "primary":
+            primary = self.current_primary()
+            name = self.cluster.route_name(dc, primary.name if primary else "r1")
+        else:
+            name = f"serve-{dc}-to-{target}"
+            if name not in self.serve_links:
+                raise ConfigError(f"the serve of {dc} has no link to {target} (SQLite ledger?)")
+        hub.set_fault(name, "both", "partition", mode=mode)
+        return name
 
     def client(self, node: str, **overrides: Any) -> redis.Redis:
         return self.nodes[node].client(**overrides)

@@ -30,7 +30,9 @@ from tally.errors import TallyError, UsageError
 from tally.gateway.faults import Faults
 from tally.lab import chaos, checker, report
 from tally.lab.billing import BillingSystem, make_billing
-from tally.lab.history import HistoryWriter, now_ms
+from tally.lab.figures import lab_figures
+from tally.lab.history import HistoryWriter, now_ms, read_history
+from tally.lab.ledger_db import LabLedger, is_postgres
 from tally.lab.monitor import Monitor
 from tally.lab.pinger import PingerProcess
 from tally.lab.rig import LAB_PARAMS, NAMESPACE, SHARDS, Rig, RigSpec
@@ -68,6 +70,7 @@ class RunOptions:
     progress: Progress = field(default=lambda _: None, repr=False)
     dataset_mb: int | None = None  # ballast on the primary (default: the scenario's, 16 MB)
     faults_max: int = 2  # chaos: faults active at once
+    ledger_url: str | None = None  # PostgreSQL server for the ledger (None: a SQLite file)
 
     def validate(self) -> Scenario:
         if self.scenario == chaos.CHAOS:
@@ -81,6 +84,9 @@ class RunOptions:
             raise UsageError(f"unknown billing {self.billing!r}", hint="legacy or tally")
         if not TIME_SCALE_MIN <= self.time_scale <= TIME_SCALE_MAX:
             raise UsageError(f"--time-scale must be {TIME_SCALE_MIN}..{TIME_SCALE_MAX}")
+        if self.ledger_url is not None and not is_postgres(self.ledger_url):
+            raise UsageError("--ledger-url must be a postgresql:// URL",
+                             hint="without it the ledger is a SQLite file in the run directory")  # fmt: skip
         if self.dataset_mb is not None and not 0 <= self.dataset_mb <= DATASET_MB_MAX:
             raise UsageError(f"--dataset-mb must be 0..{DATASET_MB_MAX}",
                              hint="the ballast is held in memory by every node")  # fmt: skip
@@ -98,6 +104,8 @@ class RunOptions:
                    else f"tally lab run {self.scenario}")  # fmt: skip
         parts = [f"{command} --profile {self.profile} --billing {self.billing}",
                  f"--seed {self.seed} --out {self.out} --time-scale {self.time_scale}"]  # fmt: skip
+        if self.ledger_url is not None:
+            parts.append(f"--ledger-url {self.ledger_url}")
         for flag, value in (("--accounts", self.accounts), ("--rate", self.rate),
                             ("--duration", self.duration), ("--dataset-mb", self.dataset_mb)):  # fmt: skip
             if value is not None:
@@ -133,7 +141,7 @@ def run(opts: RunOptions) -> RunResult:
     out.mkdir(parents=True, exist_ok=True)
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
-    for leftover in ("gateway", "cluster", "home"):
+    for leftover in ("gateway", "cluster", "home", "serve"):
         shutil.rmtree(out / leftover, ignore_errors=True)
     handler = logging.FileHandler(out / "lab.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(name)s: %(message)s"))
@@ -178,12 +186,27 @@ def _run(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, out: Path) ->
     say(f"starting {opts.profile} topology (3 DCs, {rig_spec.dataset_bytes // 1_000_000} MB "
         f"ballast, WAN {rig_spec.wan_bytes_per_s // 1000} kB/s) and the gateway simulator")  # fmt: skip
     started = time.monotonic()
-    with Rig(out, rig_spec, gateway_faults=_gateway_faults(opts.seed, accounts)) as rig:
+    ledger = LabLedger.postgres(opts.ledger_url) if opts.ledger_url else LabLedger.sqlite(out)
+    try:
+        return _run_on(opts, scenario, spec, out, accounts, rig_spec, duration_s, started, ledger)
+    finally:
+        with contextlib.suppress(TallyError):  # a database left behind is not a failed run
+            ledger.drop()
+
+
+def _run_on(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, out: Path,
+            accounts: list[Any], rig_spec: RigSpec, duration_s: float, started: float,
+            ledger: LabLedger) -> RunResult:  # fmt: skip
+    say = opts.progress
+    faults = _gateway_faults(opts.seed, accounts)
+    with Rig(out, rig_spec, gateway_faults=faults, ledger=ledger) as rig:
         say(f"up in {time.monotonic() - started:.1f}s; opening {len(accounts)} accounts "
             f"({opts.billing} billing)")  # fmt: skip
         billing = make_billing(opts.billing, rig)
         try:
+            opened = time.monotonic()
             billing.open_accounts(accounts)
+            say(f"accounts open in {time.monotonic() - opened:.1f}s")
             _write_setup(out, opts, scenario, spec, accounts, rig)
             body = _drive(opts, scenario, spec, accounts, rig, billing, duration_s, out)
         finally:
@@ -191,14 +214,30 @@ def _run(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, out: Path) ->
         rig.simulator.export_jsonl(out / "gateway.jsonl")
     verdict = checker.check_dir(out)
     body.update(verdict.to_dict())
+    body["figures"].update(_lab_figures(out, body))
     body["ok"] = verdict.ok
+    clean = body.get("settle", {}).get("serve_clean_exit", True)
+    if not clean:  # a serve that did not stop cleanly on SIGINT is a failed run too
+        body["ok"] = False
+        body["serve_exit"] = body["settle"].get("serve_exit_codes")
     if scenario.name == chaos.CHAOS:
-        body["ok"] = _judge_chaos(opts, body, out) and verdict.ok
-    body["exit_code"] = 0 if verdict.ok else 1
+        body["ok"] = _judge_chaos(opts, body, out) and body["ok"]
+    body["exit_code"] = 0 if body["ok"] else 1
     body["seconds_total"] = round(time.monotonic() - started, 1)
     (out / "report.json").write_text(json.dumps(body, indent=2, default=str))
     report.write_html(out, body)
     return RunResult(body["exit_code"], body, out)
+
+
+def _lab_figures(out: Path, body: dict[str, Any]) -> dict[str, Any]:
+    history_path = out / "history.jsonl"
+    return lab_figures(
+        monitor=checker._jsonl(out / "monitor.jsonl"),
+        gateway=checker._jsonl(out / "gateway.jsonl"),
+        events=checker._jsonl(out / "events.jsonl"),
+        history=read_history(history_path) if history_path.is_file() else [],
+        serve_starts=dict(body.get("settle", {}).get("serve_starts") or {}),
+    )
 
 
 def _judge_chaos(opts: RunOptions, body: dict[str, Any], out: Path) -> bool:
@@ -239,6 +278,7 @@ def _write_setup(out: Path, opts: RunOptions, scenario: Scenario, spec: Workload
     setup = {
         "scenario": scenario.name, "profile": opts.profile, "billing": opts.billing,
         "seed": opts.seed, "currency": "USD", "debits_lost_bound": bound,
+        "ledger_url": rig.ledger_url(),
         "accounts": [asdict(a) for a in accounts],
         "workload": asdict(spec),
     }  # fmt: skip
@@ -364,7 +404,10 @@ def _body(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, rig: Rig,
             "redis": binary.version_text,
             "python": platform.python_version(),
         },
-        "ledger": "ledger.sqlite3",
+        "ledger": {
+            **rig.ledger.describe(through_proxy=opts.billing == "tally"),
+            "shared_by": [s.name for s in getattr(billing, "serves", [])] or ["lab"],
+        },
         "workload": {**asdict(spec), **asdict(workload.stats)},
         "topology": {
             "nodes": list(rig.nodes),

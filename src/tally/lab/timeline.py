@@ -23,6 +23,16 @@ Actions (``Operator``):
     write_load(bytes_per_s, seconds)  extra writes on the primary (a busy primary)
     gateway_faults(**knobs)      change the gateway simulator's faults
     billing(action)              rebuild / remediate / freeze / unfreeze, as the billing allows
+    serve(action, dc)            the subject's `tally serve` in a data center: kill (-9), start
+                                 (the same command line), pause (SIGSTOP), resume (SIGCONT)
+    serve_kill_mid_charge(dc)    kill -9 that serve as soon as the gateway simulator has
+                                 recorded a charge it has not answered yet (a delayed response):
+                                 the crash between the charge and its credit
+    cut_serve(dc, target, mode)  partition the serve of a data center from ``ledger``, ``gateway``
+                                 (its own links) or ``primary`` (its DC's route to the primary);
+                                 ``heal`` clears it
+    close_account(account)       an operator closes an account (recharges in flight must not
+                                 credit it, nor charge its card again)
 """
 
 from __future__ import annotations
@@ -274,6 +284,55 @@ class Operator:
 
     def do_billing(self, action: str) -> str:
         return self.billing.operator(action)
+
+    def _serve_billing(self) -> Any:
+        serve_action = getattr(self.billing, "serve_action", None)
+        if serve_action is None:
+            return None
+        return self.billing
+
+    def do_serve(self, action: str, dc: str) -> str:
+        billing = self._serve_billing()
+        if billing is None:
+            return f"serve {action} {dc}: {self.billing.name} runs in the lab process (no serve)"
+        return str(billing.serve_action(action, dc))
+
+    def do_serve_kill_mid_charge(self, dc: str, wait_s: float = 20.0) -> str:
+        """Waits (bounded, scaled) for a charge the simulator recorded after this step began
+        with its response held back (``timeout_mode="delay"``), then kills the serve."""
+        billing = self._serve_billing()
+        if billing is None:
+            return f"serve kill {dc}: {self.billing.name} runs in the lab process (no serve)"
+        since_ms = now_ms()
+        deadline = time.monotonic() + wait_s * self.scale
+        while time.monotonic() < deadline and not self.stop.is_set():
+            charge = self._held_charge(since_ms)
+            if charge is not None:
+                done = billing.serve_action("kill", dc)
+                return f"{done} while charge {charge} awaited its answer"
+            self.stop.wait(0.2)
+        return (
+            f"no held charge within {wait_s * self.scale:.0f}s: {billing.serve_action('kill', dc)}"
+        )
+
+    def _held_charge(self, since_ms: int) -> str | None:
+        with contextlib.closing(self.rig.simulator.admin()) as admin:
+            for record in admin.iter_records():
+                if (record.kind == "charge" and record.created_ms >= since_ms
+                        and record.status == "succeeded" and record.response_fault):  # fmt: skip
+                    return str(record.idempotency_key)
+        return None
+
+    def do_cut_serve(self, dc: str, target: str, mode: str = "drop") -> str:
+        if self._serve_billing() is None:
+            return f"cut serve {dc}: {self.billing.name} runs in the lab process (no serve)"
+        return f"serve-{dc} cut from {target} ({mode}): {self.rig.cut_serve(dc, target, mode)}"
+
+    def do_close_account(self, account: str) -> str:
+        close = getattr(self.billing, "close_account", None)
+        if close is None:
+            return f"close {account}: {self.billing.name} has no such procedure"
+        return str(close(account))
 
 
 class Timeline:

@@ -7,8 +7,15 @@ random choice comes from ``Random(seed, k)``: the same seed gives the same opera
 
 Accounts: usage is skewed (Zipf: a few accounts are hot), every account has an auto-recharge
 rule (threshold, target), a share of cards decline every charge (the gateway is told so; they
-are the only accounts a correct system may suspend). A small share of operations are card
-top-ups. An operation with an unknown outcome is retried once with the SAME id.
+are the only accounts a correct system may suspend). Small shares of the operations are
+top-ups (credits), batch debits (``BATCH_ITEMS`` debits in one request, one history operation
+each), balance reads and recharge-rule updates (the same rule again: re-enables autopay).
+
+Entry points: tally runs a ``tally serve`` in dc1 and one in dc2; worker ``w`` calls
+``entry_points[w % n]`` first. A write with an unknown outcome (``info``: a timeout, a broken
+connection, ``outcome_unknown``) is retried with the SAME transfer id through the NEXT data
+center's entry point, at most ``RETRIES_MAX`` times, each attempt its own history operation
+(``value["via"]`` names the data center), as a real caller does.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import bisect
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +36,8 @@ ACCOUNTS_MAX = 100_000
 RATE_PER_S_MAX = 5_000
 WORKERS_MAX = 64
 RETRY_PAUSE_S = 0.1
+RETRIES_MAX = 2
+BATCH_ITEMS = 3
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,9 @@ class WorkloadSpec:
     rate_per_s: float = 80.0
     workers: int = 8
     topup_share: float = 0.02
+    batch_share: float = 0.05
+    read_share: float = 0.05
+    rule_share: float = 0.01
     decline_share: float = 0.05
     zipf_s: float = 1.1
     debit_minor_max: int = 120
@@ -153,34 +166,79 @@ class Workload:
     def _one(self, process: int, k: int) -> None:
         rng = random.Random(f"{self.seed}:op:{k}")
         account = self._pick(rng)
-        if rng.random() < self.spec.topup_share:
-            f, tid, amount = "topup", f"t{k:08d}", self.spec.topup_minor
+        x, spec = rng.random(), self.spec
+        if x < spec.topup_share:
+            self._write(process, "topup", [(f"t{k:08d}", account.id, spec.topup_minor)])
+        elif x < spec.topup_share + spec.batch_share:
+            items = [(f"b{k:08d}-{i}", self._pick(rng).id, rng.randint(1, spec.debit_minor_max))
+                     for i in range(BATCH_ITEMS)]  # fmt: skip
+            self._write(process, "debit", items)
+        elif x < spec.topup_share + spec.batch_share + spec.read_share:
+            self._call(process, "read", {"account": account.id},
+                       lambda via: self.billing.read(account.id, via), 0)  # fmt: skip
+        elif x < spec.topup_share + spec.batch_share + spec.read_share + spec.rule_share:
+            self._call(process, "rule", {"account": account.id},
+                       lambda via: self.billing.set_rule(account, via), 0)  # fmt: skip
         else:
-            f, tid, amount = "debit", f"u{k:08d}", rng.randint(1, self.spec.debit_minor_max)
-        type_ = self._call(process, f, tid, account.id, amount)
-        if type_ == "info" and not self.stop.is_set():
-            self.stop.wait(RETRY_PAUSE_S)
-            with self._lock:
-                self.stats.retries += 1
-            self._call(process, f, tid, account.id, amount)
+            amount = rng.randint(1, spec.debit_minor_max)
+            self._write(process, "debit", [(f"u{k:08d}", account.id, amount)])
 
-    def _call(self, process: int, f: str, tid: str, account: str, amount: int) -> str:
-        value: dict[str, Any] = {"id": tid, "account": account, "amount_minor": amount}
-        op = self.history.invoke(f, process, value)
+    def _write(self, process: int, f: str, items: list[tuple[str, str, int]]) -> None:
+        """One request (a batch when several items); the unknown ones retried by id through the
+        next entry point, bounded."""
+        pending = items
+        for attempt in range(RETRIES_MAX + 1):
+            if attempt:
+                if self.stop.wait(RETRY_PAUSE_S):
+                    return
+                with self._lock:
+                    self.stats.retries += len(pending)
+            types = self._send(process, f, pending, attempt)
+            pending = [item for item, t in zip(pending, types, strict=True) if t == "info"]
+            if not pending or self.stop.is_set():
+                return
+
+    def _send(self, process: int, f: str, items: list[tuple[str, str, int]],
+              attempt: int) -> list[str]:  # fmt: skip
+        via = process + attempt
+        entry = self.billing.entry_points[via % len(self.billing.entry_points)]
+        ops = [self.history.invoke(f, process, {"id": tid, "account": account,
+                                                "amount_minor": amount, "via": entry})
+               for tid, account, amount in items]  # fmt: skip
         try:
-            if f == "debit":
-                type_, outcome = self.billing.debit(tid, account, amount)
+            if f == "topup":
+                tid, account, amount = items[0]
+                completions = [self.billing.top_up(tid, account, amount, via)]
+            elif len(items) == 1:
+                tid, account, amount = items[0]
+                completions = [self.billing.debit(tid, account, amount, via)]
             else:
-                type_, outcome = self.billing.top_up(tid, account, amount)
+                completions = self.billing.debit_batch(items, via)
         except Exception as exc:
-            completion: Completion = (
-                "info",
-                {"error": type(exc).__name__, "message": str(exc)[:200]},
-            )
-            type_, outcome = completion
+            completions = [_crashed(exc)] * len(items)
+        for op, (type_, outcome) in zip(ops, completions, strict=True):
+            self._complete(op, f, process, type_, outcome)
+        return [type_ for type_, _ in completions]
+
+    def _call(self, process: int, f: str, value: dict[str, Any],
+              call: Callable[[int], Completion], attempt: int) -> str:  # fmt: skip
+        via = process + attempt
+        entry = self.billing.entry_points[via % len(self.billing.entry_points)]
+        op = self.history.invoke(f, process, {**value, "via": entry})
+        try:
+            type_, outcome = call(via)
+        except Exception as exc:
+            type_, outcome = _crashed(exc)
+        self._complete(op, f, process, type_, outcome)
+        return type_
+
+    def _complete(self, op: int, f: str, process: int, type_: str, outcome: dict[str, Any]) -> None:
         self.history.complete(op, type_, f, process, outcome)
         with self._lock:
             self.stats.done += 1
             key = f"{f}:{type_}"
             self.stats.by_type[key] = self.stats.by_type.get(key, 0) + 1
-        return type_
+
+
+def _crashed(exc: BaseException) -> Completion:
+    return "info", {"error": type(exc).__name__, "message": str(exc)[:200]}

@@ -141,20 +141,22 @@ class WorkerSpec:
     graceful_s: float
     metrics_dir: str
     parent_pid: int
+    #: "uvicorn" (on the parent's socket) or "granian" (binds host:port itself, SO_REUSEPORT).
+    server: str = "uvicorn"
+    host: str = "127.0.0.1"
+    port: int = 0
 
 
-def worker_main(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
+def worker_main(spec: WorkerSpec, sock: socket.socket | None, index: int) -> None:
     """One HTTP worker process: its own connections, the shared socket, no background work."""
     die_with_parent(spec.parent_pid)
     import uvicorn
 
-    from tally.api import ApiContext, create_app
-    from tally.api.metrics import FailoverCollector
-    from tally.api.routes.events import EventsExtension
+    from tally.api import create_app
     from tally.bootstrap import open_deployment
-    from tally.ledger.sql_api_keys import ApiKeyStore
-    from tally.service.fast_debit import AsyncDebits
+    from tally.service.api_wiring import build_api, serve_granian, serve_uvicorn
     from tally.service.health import HealthProbe
+    from tally.service.http_protocol import http_impl
     from tally.service.operations import Operations
     from tally.service.workers import DrainService
 
@@ -168,28 +170,31 @@ def worker_main(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
         operations = Operations(dep, DrainService(dep))
         extension = _recharge_extension(dep, probe, spec.gateway_url, Path(spec.metrics_dir))
         gateway = extension.gateway
-        context = ApiContext(
-            engine=dep.engine,
-            ledger=dep.ledger,
-            keys=ApiKeyStore(dep.ledger),
-            readiness=probe,
-            admin=operations,
-            extensions=[extension, EventsExtension(dep.ledger)],
-            async_debit=AsyncDebits(dep.engine).debit,
-            collectors=[FailoverCollector(failovers)] if failovers else [],
-            webhook_hosts=dep.settings.webhook_hosts,
-        )
+        parts = build_api(dep, probe, operations, extension, failovers)
+        if spec.server == "granian":
+            serve_granian(
+                create_app(parts.context), spec.host, spec.port, parts.debits, loop=spec.loop
+            )
+            probe.stopping.set()
+            return
+        assert sock is not None
         config = uvicorn.Config(
-            create_app(context),
+            create_app(parts.context),
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=int(spec.graceful_s),
             lifespan="off",
-            http=spec.http,
+            http=http_impl(spec.http),
             loop=spec.loop,
         )
         server = uvicorn.Server(config)
-        server.run(sockets=[sock])
+        # uvicorn re-raises the SIGTERM it caught once it has stopped: with the default handler
+        # that would end this process there, before the async pool, the listener and the
+        # deployment are closed. This one stops the server (also when a signal lands before
+        # uvicorn has installed its own) and lets the closing below run.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda _s, _f: setattr(server, "should_exit", True))
+        serve_uvicorn(server, sock, parts.debits)  # closes the async pool when stopped
         probe.stopping.set()
     finally:
         if failovers is not None:
@@ -234,7 +239,7 @@ def _recharge_extension(dep: Any, probe: Any, gateway_url: str | None, metrics_d
 class WorkerProcesses:
     """The parent's side: start, watch (restart a worker that died, bounded), stop."""
 
-    def __init__(self, spec: WorkerSpec, sock: socket.socket, count: int) -> None:
+    def __init__(self, spec: WorkerSpec, sock: socket.socket | None, count: int) -> None:
         if not 1 <= count <= WORKERS_MAX:
             raise ValueError(f"workers must be 1..{WORKERS_MAX}")
         self.spec, self.sock, self.count = spec, sock, count

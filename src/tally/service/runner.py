@@ -30,9 +30,7 @@ import httpx
 import redis
 import uvicorn
 
-from tally.api import ApiContext, create_app
-from tally.api.metrics import FailoverCollector
-from tally.api.routes.events import EventsExtension
+from tally.api import create_app
 from tally.api.routes.recharges import RechargeExtension
 from tally.billing import recharge as rc
 from tally.bootstrap import Deployment, _safe, open_deployment, recharging, redis_client
@@ -47,9 +45,16 @@ from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.node import RedisNode
 from tally.ops.preflight import PreflightParams, Severity, check_live
 from tally.service import embedded
+from tally.service.api_wiring import (
+    ApiParts,
+    build_api,
+    require_server,
+    serve_granian,
+    serve_uvicorn,
+)
 from tally.service.delivery import DeliveryWorker, delivery_owner
-from tally.service.fast_debit import AsyncDebits
 from tally.service.health import HealthProbe, ReadinessBounds
+from tally.service.http_protocol import http_impl
 from tally.service.http_workers import (
     EXPORT_PACE_S,
     WorkerProcesses,
@@ -102,6 +107,8 @@ class ServeOptions:
     loop: str = "uvloop"  # or "asyncio"
     #: HTTP worker processes; 1 serves in this process (see service/http_workers.py).
     workers: int = 1
+    #: "uvicorn" (default: chosen by measurement, README) or "granian" (the `bench` extra).
+    server: str = "uvicorn"
 
 
 def _is_empty(client: redis.Redis) -> bool:
@@ -321,18 +328,11 @@ class Service:
 
     _restarts = 0
 
-    def context(self) -> ApiContext:
+    def api(self) -> ApiParts:
+        """The API's context, wired by the one function the worker processes use too."""
         assert self.dep is not None and self.probe is not None
-        return ApiContext(
-            engine=self.dep.engine,
-            ledger=self.dep.ledger,
-            keys=ApiKeyStore(self.dep.ledger),
-            readiness=self.probe,
-            admin=self.operations,
-            extensions=[self.recharge_extension(), EventsExtension(self.dep.ledger)],
-            async_debit=AsyncDebits(self.dep.engine).debit,
-            collectors=[FailoverCollector(self.failovers)] if self.failovers else [],
-            webhook_hosts=self.dep.settings.webhook_hosts,
+        return build_api(
+            self.dep, self.probe, self.operations, self.recharge_extension(), self.failovers
         )
 
     def recharge_extension(self) -> RechargeExtension:
@@ -352,25 +352,40 @@ class Service:
     # -- serve ---------------------------------------------------------------------------------
     def serve(self, on_listening: Callable[[], None] | None = None) -> None:
         """Blocks until SIGINT/SIGTERM, then returns with in-flight requests finished."""
-        sock = listening_socket(self.options.host, self.options.port)
+        require_server(self.options.server)
+        granian = self.options.server == "granian"  # it binds itself, in each process
+        sock = None if granian else listening_socket(self.options.host, self.options.port)
         try:
             if self.options.workers > 1:
                 self._serve_processes(sock, on_listening)
             else:
                 self._serve_here(sock, on_listening)
         finally:
-            sock.close()
+            if sock is not None:
+                sock.close()
             if self.probe is not None:
                 self.probe.stopping.set()
 
-    def _serve_here(self, sock: socket.socket, on_listening: Callable[[], None] | None) -> None:
+    def _serve_here(
+        self, sock: socket.socket | None, on_listening: Callable[[], None] | None
+    ) -> None:
+        parts = self.api()
+        if sock is None:  # granian
+            _quiet_signals()  # what it restores once stopped: soft, while stop() drains
+            watcher = threading.Thread(target=self._announce_answering, args=(on_listening,))
+            watcher.daemon = True
+            watcher.start()
+            app = create_app(parts.context)
+            opts = self.options
+            serve_granian(app, opts.host, opts.port, parts.debits, loop=opts.loop)
+            return
         config = uvicorn.Config(
-            create_app(self.context()),
+            create_app(parts.context),
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=GRACEFUL_S,
             lifespan="off",
-            http=self.options.http,
+            http=http_impl(self.options.http),
             loop=self.options.loop,
         )
         self.server = uvicorn.Server(config)
@@ -379,10 +394,10 @@ class Service:
         _quiet_signals()
         watcher = threading.Thread(target=self._announce, args=(on_listening,), daemon=True)
         watcher.start()
-        self.server.run(sockets=[sock])
+        serve_uvicorn(self.server, sock, parts.debits)  # closes the async pool when stopped
 
     def _serve_processes(
-        self, sock: socket.socket, on_listening: Callable[[], None] | None
+        self, sock: socket.socket | None, on_listening: Callable[[], None] | None
     ) -> None:
         """N HTTP worker processes on this socket; background work stays here (once)."""
         assert self.dep is not None
@@ -395,6 +410,9 @@ class Service:
             graceful_s=GRACEFUL_S,
             metrics_dir=str(prepare_metrics_dir(self.options.home)),
             parent_pid=os.getpid(),
+            server=self.options.server,
+            host=self.options.host,
+            port=self.options.port,
         )
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -428,7 +446,20 @@ class Service:
             if self.probe is not None:
                 self.probe.stopping.set()
             _quiet_signals()  # a second Ctrl-C must not cut the workers' or the drain's stop short
-            processes.stop(GRACEFUL_S + 5)
+            codes = processes.stop(GRACEFUL_S + 5)
+            # 0 each: a worker closed its async pool, listener and deployment before it exited.
+            self.say(f"HTTP workers stopped (exit codes {codes})")
+
+    def _announce_answering(self, on_listening: Callable[[], None] | None) -> None:
+        for _ in range(600):  # bounded: 60 s
+            if self.probe is not None and self.probe.stopping.is_set():
+                return
+            if _answers(self.url):
+                self.say(f"tally is serving at {self.url} with granian (Ctrl-C stops it)")
+                if on_listening is not None:
+                    on_listening()
+                return
+            threading.Event().wait(0.1)
 
     def _announce(self, on_listening: Callable[[], None] | None) -> None:
         server = self.server

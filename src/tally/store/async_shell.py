@@ -38,7 +38,7 @@ from tally.domain.transfers import TransferResult
 from tally.errors import ConfigError, InvariantViolation, StoreBackpressure, StoreError
 from tally.store.errors import translate
 from tally.store.redis_store import Applied, RedisStore
-from tally.store.transfer_codec import RawTransfer, Reply, Settled
+from tally.store.transfer_codec import RawTransfer, Reply, Settled, check_replicated
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,9 @@ class AsyncTransfers:
                 )
             for i, reply in zip(missing, rerun, strict=True):
                 replies[i] = reply
-        return codec.settle(calls, replies, transfers), acked
+        settled = codec.settle(calls, replies, transfers)
+        check_replicated(acked, self.store.wait_replicas, self.store.wait_timeout_ms)
+        return settled, acked
 
     async def _exchange(
         self, commands: list[tuple[str | int, ...]]

@@ -5,6 +5,8 @@ a failure reaches the caller at once, and the caller decides (``rediscover()`` a
 
     target = parse_target("redis://:pw@127.0.0.1:6380/0")
     target = parse_target("sentinel://:pw@127.0.0.1:26379,127.0.0.1:26380/tally")
+    target = parse_target("redis+cluster://:pw@127.0.0.1:7000,127.0.0.1:7001")  # ClusterTarget
+    client = cluster_client(target)    # redis-py's RedisCluster, bounded timeouts and retries
     locator = PrimaryLocator(target)
     client = locator.client()          # the current primary, role checked
     ...                                # a write answers READONLY: the primary was demoted
@@ -29,6 +31,8 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from tally.errors import ConfigError, StoreReadOnly, StoreUnavailable
@@ -57,16 +61,92 @@ class SentinelTarget:
             raise ConfigError(f"give 1..{SENTINELS_MAX} Sentinel addresses")
 
 
-Target = str | SentinelTarget
+CLUSTER_SCHEME = "redis+cluster://"
+CLUSTER_STARTUP_NODES_MAX = 64
+#: MOVED/ASK/TRYAGAIN rounds redis-py's RedisCluster may follow for one command (the store's
+#: script calls follow their own, equally bounded: store.cluster_store.REDIRECT_ROUNDS)
+CLUSTER_REDIRECTS_MAX = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterTarget:
+    """A Redis Cluster, known by some of its nodes (redis-py learns the rest: CLUSTER SLOTS)."""
+
+    startup_nodes: tuple[tuple[str, int], ...]
+    password: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.startup_nodes) <= CLUSTER_STARTUP_NODES_MAX:
+            raise ConfigError(f"give 1..{CLUSTER_STARTUP_NODES_MAX} cluster node addresses")
+
+
+Target = str | SentinelTarget | ClusterTarget
+
+
+def _addresses(hosts: str, text: str, what: str) -> list[tuple[str, int]]:
+    addresses = []
+    for one in hosts.split(","):
+        host, _, port = one.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"bad {what} address {one!r} in {text!r}", hint="use host:port")
+        addresses.append((host, int(port)))
+    return addresses
+
+
+def parse_cluster_target(text: str) -> ClusterTarget:
+    """``redis+cluster://[:password@]host:port[,host:port...]`` (no path: a cluster has db 0)."""
+    parts = urlsplit(text)
+    auth, _, hosts = parts.netloc.rpartition("@")
+    password = unquote(auth.partition(":")[2]) or None if auth else None
+    if not hosts:
+        raise ConfigError(f"{text!r} names no cluster node", hint="redis+cluster://h:p,h:p")
+    if parts.path.strip("/") or parts.query:
+        raise ConfigError(
+            f"{text!r}: a cluster URL has no database or options", hint="redis+cluster://h:p,h:p"
+        )
+    return ClusterTarget(tuple(_addresses(hosts, text, "cluster node")), password=password)
+
+
+def cluster_client(
+    target: ClusterTarget,
+    *,
+    socket_timeout_s: float = SOCKET_TIMEOUT_S,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    max_connections: int = 64,
+) -> RedisCluster:
+    """redis-py's cluster client with explicit timeouts and bounded redirects and retries: no
+    unbounded defaults. The store's script calls do not go through its command retries (they
+    use their own pipelines, ``store.cluster_store``, where a broken connection is unknown)."""
+    from redis.cluster import ClusterNode as _Node
+
+    node: Any = _Node
+    try:
+        return RedisCluster(
+            startup_nodes=[node(h, p) for h, p in target.startup_nodes],
+            password=target.password,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=connect_timeout_s,
+            health_check_interval=0,
+            max_connections=max_connections,
+            retry=Retry(NoBackoff(), CLUSTER_REDIRECTS_MAX),
+            require_full_coverage=False,
+            dynamic_startup_nodes=False,
+        )
+    except (redis.RedisError, RedisClusterException) as exc:
+        raise StoreUnavailable(f"no cluster node answered: {exc}") from exc
 
 
 def parse_target(text: str) -> Target:
-    """``redis://...`` stays a URL; ``sentinel://[:pw@]h:p,h:p/master[/db]`` a Sentinel target."""
+    """``redis://...`` stays a URL; ``sentinel://[:pw@]h:p,h:p/master[/db]`` a Sentinel target;
+    ``redis+cluster://[:pw@]h:p[,h:p...]`` a Redis Cluster."""
+    if text.startswith(CLUSTER_SCHEME):
+        return parse_cluster_target(text)
     if not text.startswith("sentinel://"):
         if not text.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(
                 f"not a Redis URL: {text!r}",
-                hint="use redis://host:port/db or sentinel://host:port,host:port/master",
+                hint="use redis://host:port/db, sentinel://host:port,host:port/master or "
+                "redis+cluster://host:port,host:port",
             )
         return text
     parts = urlsplit(text)
@@ -75,12 +155,7 @@ def parse_target(text: str) -> Target:
     path = [p for p in parts.path.split("/") if p]
     if not path or not hosts:
         raise ConfigError(f"{text!r} names no master", hint="sentinel://h:p,h:p/MASTER")
-    addresses = []
-    for one in hosts.split(","):
-        host, _, port = one.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"bad Sentinel address {one!r} in {text!r}", hint="use host:port")
-        addresses.append((host, int(port)))
+    addresses = _addresses(hosts, text, "Sentinel")
     db = int(path[1]) if len(path) > 1 and path[1].isdigit() else 0
     return SentinelTarget(tuple(addresses), path[0], password=password, db=db)
 
@@ -104,7 +179,11 @@ class PrimaryLocator:
         socket_timeout_s: float = SOCKET_TIMEOUT_S,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
-        self.target = target
+        if isinstance(target, ClusterTarget):
+            raise ConfigError(
+                "a Redis Cluster has no single primary", hint="use discovery.cluster_client"
+            )
+        self.target: str | SentinelTarget = target
         self._options = _options(socket_timeout_s, connect_timeout_s)
         self._client: redis.Redis | None = None
         self.address: tuple[str, int] | None = None

@@ -28,7 +28,7 @@ from tally.errors import (
 from tally.store import scripts
 from tally.store.errors import translate
 from tally.store.keys import KeyLayout
-from tally.store.transfer_codec import RawTransfer, TransferCall, TransferCodec
+from tally.store.transfer_codec import RawTransfer, TransferCall, TransferCodec, check_replicated
 
 __all__ = ["Applied", "RawTransfer", "RechargeMarker", "RedisStore"]
 
@@ -219,7 +219,9 @@ class RedisStore:
                     )
                 replies[i] = reply
         settled = codec.settle(calls, replies, transfers)  # type: ignore[arg-type]
-        return Applied(settled.raise_or_results(), acked)
+        results = settled.raise_or_results()
+        check_replicated(acked, self.wait_replicas, self.wait_timeout_ms)
+        return Applied(results, acked)
 
     # -- auto-recharge markers -----------------------------------------------------------------
     def recharge_marker(self, account_id: str, op: str, value: str) -> RechargeMarker:

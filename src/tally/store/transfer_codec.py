@@ -30,7 +30,13 @@ import redis
 from tally.domain.limits import SCRIPT_BATCH_MAX, occurred_bounds_ms
 from tally.domain.results import Result
 from tally.domain.transfers import TransferResult
-from tally.errors import InvariantViolation, StoreBackpressure, StoreError, StoreLost
+from tally.errors import (
+    InvariantViolation,
+    StoreBackpressure,
+    StoreError,
+    StoreLost,
+    StoreOutcomeUnknown,
+)
 from tally.store import scripts
 from tally.store.errors import is_noscript, translate
 from tally.store.keys import KeyLayout
@@ -235,3 +241,16 @@ class TransferCodec:
                 raise InvariantViolation("a recharge opening names a transfer the reply lacks")
             results[i] = first._replace(recharge_id=reply[extra + 1].decode())
         return None
+
+
+def check_replicated(acked: int | None, wanted: int, timeout_ms: int) -> None:
+    """Durability of an answered write (``WAIT`` on the connection that wrote): acknowledged by
+    fewer replicas than ``wanted`` within ``timeout_ms``, it is applied on this primary but a
+    failover may discard it, so the caller is told the outcome is unknown (a retry of the same
+    transfer id replays it once a replica has it, or applies it on the new primary: once either
+    way). The sync store, the async shell and the cluster store all answer through here."""
+    if wanted and acked is not None and acked < wanted:
+        raise StoreOutcomeUnknown(
+            f"applied on the primary but acknowledged by {acked} of {wanted} replicas within "
+            f"{timeout_ms} ms: a failover could still discard it"
+        )

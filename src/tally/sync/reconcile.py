@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from tally.domain.accounts import Account
 from tally.domain.results import Result
@@ -27,6 +28,7 @@ from tally.ledger.sql_accounts import LIST_LIMIT_MAX
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.errors import text, translated
 from tally.store.keys import KeyLayout
+from tally.sync.cluster_route import Route, primary_clients, route
 from tally.sync.redis_scan import (
     account_key_pattern,
     journal_entries_upto,
@@ -254,7 +256,7 @@ def _check_batch(
 
 
 def _ledger_pass(
-    client: redis.Redis,
+    client: Route,
     layout: KeyLayout,
     ledger: SqlLedger,
     epoch: Epoch,
@@ -272,10 +274,12 @@ def _ledger_pass(
             shard = layout.shard_of(account.id)
             buffers[shard].append(account)
             if len(buffers[shard]) >= batch:
-                _check_batch(client, layout, ledger, epoch, shard, buffers.pop(shard), report)
+                _check_batch(
+                    client(shard), layout, ledger, epoch, shard, buffers.pop(shard), report
+                )
         after = page[-1].id
     for shard, accounts in sorted(buffers.items()):
-        _check_batch(client, layout, ledger, epoch, shard, accounts, report)
+        _check_batch(client(shard), layout, ledger, epoch, shard, accounts, report)
 
 
 def _last_generated(client: redis.Redis, layout: KeyLayout, shard: int) -> StreamId:
@@ -285,7 +289,7 @@ def _last_generated(client: redis.Redis, layout: KeyLayout, shard: int) -> Strea
 
 
 def _ahead_pass(
-    client: redis.Redis,
+    route: Route,
     layout: KeyLayout,
     ledger: SqlLedger,
     epoch: Epoch,
@@ -295,6 +299,7 @@ def _ahead_pass(
     one does not continue (a failover to a replica that missed them). The balance pass compares
     as of that id, so it cannot see them until new writes pass their position; this pass can."""
     for shard in range(layout.shards):
+        client = route(shard)
         ahead = ledger.lines_beyond_journal(
             epoch_id=epoch.epoch_id,
             shard=shard,
@@ -313,7 +318,8 @@ def _ahead_pass(
 def _redis_pass(
     client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, report: ReconcileReport
 ) -> None:
-    """Accounts Redis holds that the ledger does not (or under the wrong shard)."""
+    """Accounts Redis holds that the ledger does not (or under the wrong shard); ``client``:
+    one primary (on a cluster, this runs once per primary)."""
     for keys in scan_keys(client, account_key_pattern(layout)):
         parsed = [p for p in (parse_account_key(layout, k) for k in keys) if p is not None]
         known = ledger.get_accounts([account_id for _shard, account_id in parsed])
@@ -330,8 +336,14 @@ def _redis_pass(
 
 
 def reconcile(
-    redis_client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, *, batch: int = 500
+    redis_client: redis.Redis | RedisCluster,
+    layout: KeyLayout,
+    ledger: SqlLedger,
+    *,
+    batch: int = 500,
 ) -> ReconcileReport:
+    """On a Redis Cluster (``RedisCluster``) each shard is compared on the primary that owns
+    it, at that shard's own journal position; accounts are scanned on every primary."""
     if not 1 <= batch <= BATCH_MAX:
         raise UsageError(f"batch must be 1..{BATCH_MAX}, got {batch}")
     epoch = ledger.current_epoch()
@@ -340,11 +352,15 @@ def reconcile(
     if (epoch.namespace, epoch.shards) != (layout.namespace, layout.shards):
         raise ConfigError(f"layout {layout} does not match the ledger's epoch {epoch}")
     report = ReconcileReport(epoch.epoch_id)
-    _ledger_pass(redis_client, layout, ledger, epoch, batch, report)
-    _redis_pass(redis_client, layout, ledger, report)
-    _ahead_pass(redis_client, layout, ledger, epoch, report)
+    shard_client = route(redis_client, layout)
+    _ledger_pass(shard_client, layout, ledger, epoch, batch, report)
+    for primary in primary_clients(redis_client):
+        _redis_pass(primary, layout, ledger, report)
+    _ahead_pass(shard_client, layout, ledger, epoch, report)
     with translated("journal length"):
-        report.journal_entries = sum(int(redis_client.xlen(k)) for k in layout.journals())
+        report.journal_entries = sum(
+            int(shard_client(s).xlen(layout.journal(s))) for s in range(layout.shards)
+        )
     report.unsettled_intents = ledger.count_unsettled_credit_intents()
     report.conservation = ledger.conservation()
     report.journal_conflicts = ledger.journal_conflicts_count()

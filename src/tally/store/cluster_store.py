@@ -46,33 +46,22 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from tally.domain.accounts import Account, AccountState
-from tally.domain.holds import HOLD_SWEEP_MAX, HoldCode, HoldOutcome
 from tally.domain.limits import IDEMPOTENCY_WINDOW_MS_MAX, SCRIPT_BATCH_MAX, occurred_bounds_ms
 from tally.domain.results import Result
 from tally.domain.transfers import TransferResult
 from tally.errors import (
     ConfigError,
     InvariantViolation,
-    StoreBackpressure,
     StoreError,
     StoreLost,
     StoreOutcomeUnknown,
     StoreUnavailable,
-    UsageError,
 )
 from tally.store import scripts
 from tally.store.errors import is_noscript, translate
 from tally.store.keys import KeyLayout
-from tally.store.redis_store import (
-    MARKER_OPS,
-    Applied,
-    RawTransfer,
-    RechargeMarker,
-    _bare,
-    _hold_outcome,
-    _state,
-)
+from tally.store.redis_store import Applied, RawTransfer
+from tally.store.shard_scripts import ScriptCall, ShardScripts
 from tally.store.transfer_codec import Settled, TransferCall, TransferCodec, check_replicated
 
 __all__ = ["ClusterStore"]
@@ -131,7 +120,7 @@ class _Round:
     acked: int | None = None
 
 
-class ClusterStore:
+class ClusterStore(ShardScripts):
     def __init__(
         self,
         client: RedisCluster,
@@ -538,146 +527,20 @@ class ClusterStore:
                 self.finalize_failures += 1
                 log.warning("finalize in %s did not complete: %s", call.keys[0], outcome)
 
-    # -- auto-recharge markers -----------------------------------------------------------------
-    def recharge_marker(self, account_id: str, op: str, value: str) -> RechargeMarker:
-        if op not in MARKER_OPS:
-            raise UsageError(f"unknown recharge marker op {op!r}")
-        shard = self.layout.shard_of(account_id)
-        keys = [self.layout.epoch(shard), self.layout.account(shard, account_id)]
-        reply = self._run_one(_Call("recharge", keys, [self._epoch_value, op, value]))
-        if reply[0] == b"L":
-            raise StoreLost(f"shard {shard}: dataset epoch missing or not {self.epoch_id}")
-        open_id = reply[2].decode() if isinstance(reply[2], bytes) else None
-        return RechargeMarker(int(reply[1]), open_id)
-
-    # -- accounts ------------------------------------------------------------------------------
-    def upsert_account(self, account: Account) -> Result:
-        shard = self.layout.shard_of(account.id)
-        keys = [self.layout.epoch(shard), self.layout.account(shard, account.id)]
-        args: list[str | int] = [
-            self._epoch_value,
-            account.currency,
-            account.status.code,
-            account.credit_limit_minor,
-        ]
-        reply = self._run_one(_Call("account", keys, args))
-        if reply[0] == b"L":
-            raise StoreLost(f"shard {shard}: dataset epoch missing or not {self.epoch_id}")
-        return _RESULTS[int(reply[1])]
-
-    def read_accounts(self, account_ids: Iterable[str]) -> dict[str, AccountState | None]:
-        ids = list(dict.fromkeys(account_ids))
-        by_shard: dict[int, list[str]] = {}
-        for aid in ids:
-            by_shard.setdefault(self.layout.shard_of(aid), []).append(aid)
-        calls = [
-            _Call(
-                "read",
-                [self.layout.epoch(shard)] + [self.layout.account(shard, a) for a in group],
-                [self._epoch_value],
-            )
-            for shard, group in by_shard.items()
-        ]
-        outcomes, _ = self._exchange(calls, wait=False)
-        found: dict[str, AccountState | None] = {}
-        for shard, group, outcome in zip(by_shard, by_shard.values(), outcomes, strict=True):
+    # -- how the shared calls (store.shard_scripts) reach the slot's primary -------------------
+    def _scripts(self, calls: Sequence[ScriptCall]) -> list[list[Any]]:
+        outcomes, _ = self._exchange([_Call(*call) for call in calls], wait=False)
+        for outcome in outcomes:
             if isinstance(outcome, StoreError):
                 raise outcome
-            if outcome[0] == b"L":
-                raise StoreLost(f"shard {shard}: dataset epoch missing or not {self.epoch_id}")
-            for n, aid in enumerate(group):
-                cur, st, lim, bal, hd = outcome[1 + 5 * n : 6 + 5 * n]
-                found[aid] = None if cur is None else _state(aid, cur, st, lim, bal, hd)
-        return {aid: found[aid] for aid in ids}
+        return outcomes  # type: ignore[return-value]  # no StoreError left
 
-    # -- holds (lua/hold*.lua: every call inside one shard, as on one primary) -----------------
-    def _hold_account(self, hold_id: str, op: str, account_id: str = "") -> str | None:
-        """The account a hold id is bound to, in the HOLD id's shard (hold_route.lua)."""
-        shard = self.layout.shard_of(hold_id)
-        keys = [self.layout.epoch(shard), self.layout.hold_routes(shard)]
-        reply = self._run_one(
-            _Call("hold_route", keys, [self._epoch_value, op, hold_id, account_id])
-        )
-        if reply[0] == b"L":
-            raise StoreLost(f"shard {shard}: dataset epoch missing or not {self.epoch_id}")
-        return reply[1].decode() if isinstance(reply[1], bytes) else None
-
-    def _hold(
-        self, op: str, hold_id: str, account_id: str, amount: int, expires_in_ms: int
-    ) -> HoldOutcome:
-        shard = self.layout.shard_of(account_id)
-        keys = [
-            self.layout.epoch(shard),
-            self.layout.journal(shard),
-            self.layout.account(shard, account_id),
-            self.layout.hold(shard, hold_id),
-            self.layout.hold_expiries(shard),
-        ]
-        args: list[str | int] = [
-            self._epoch_value,
-            self.epoch_id,
-            op,
-            hold_id,
-            account_id,
-            amount,
-            expires_in_ms,
-        ]
-        return _hold_outcome(
-            hold_id, self._run_one(_Call("hold", keys, args)), self.epoch_id, shard
-        )
-
-    def place_hold(
-        self, hold_id: str, account_id: str, amount_minor: int, expires_in_ms: int
-    ) -> HoldOutcome:
-        bound = self._hold_account(hold_id, "claim", account_id)
-        if bound != account_id:
-            return _bare(hold_id, HoldCode.hold_id_conflict)
-        return self._hold("place", hold_id, account_id, amount_minor, expires_in_ms)
-
-    def capture_hold(self, hold_id: str, amount_minor: int) -> HoldOutcome:
-        account_id = self._hold_account(hold_id, "find")
-        if account_id is None:
-            return _bare(hold_id, HoldCode.hold_not_found)
-        return self._hold("capture", hold_id, account_id, amount_minor, 0)
-
-    def void_hold(self, hold_id: str) -> HoldOutcome:
-        account_id = self._hold_account(hold_id, "find")
-        if account_id is None:
-            return _bare(hold_id, HoldCode.hold_not_found)
-        return self._hold("void", hold_id, account_id, 0, 0)
-
-    def get_hold(self, hold_id: str) -> HoldOutcome:
-        account_id = self._hold_account(hold_id, "find")
-        if account_id is None:
-            return _bare(hold_id, HoldCode.hold_not_found)
-        return self._hold("get", hold_id, account_id, 0, 0)
-
-    def sweep_holds(self, limit: int = HOLD_SWEEP_MAX) -> int:
-        if not 1 <= limit <= HOLD_SWEEP_MAX:
-            raise UsageError(f"sweep limit must be 1..{HOLD_SWEEP_MAX}, got {limit}")
-        return sum(self.sweep_shard(shard, limit) for shard in range(self.layout.shards))
-
-    def sweep_shard(self, shard: int, limit: int = HOLD_SWEEP_MAX) -> int:
-        if not 1 <= limit <= HOLD_SWEEP_MAX:
-            raise UsageError(f"sweep limit must be 1..{HOLD_SWEEP_MAX}, got {limit}")
-        index = self.layout.hold_expiries(shard)
+    def _first_members(self, key: str, limit: int) -> list[str]:
         try:
-            raw: list[bytes] = self.cluster.zrange(index, 0, limit - 1)  # type: ignore[assignment]
+            raw: list[bytes] = self.cluster.zrange(key, 0, limit - 1)  # type: ignore[assignment]
         except (redis.RedisError, RedisClusterException) as exc:
             raise cluster_error(exc, sent=False) from exc
-        members = [m.decode() for m in raw]
-        keys = [self.layout.epoch(shard), self.layout.journal(shard), index]
-        for member in members:
-            account_id, _, hold_id = member.partition("|")
-            keys += [self.layout.account(shard, account_id), self.layout.hold(shard, hold_id)]
-        reply = self._run_one(
-            _Call("hold_sweep", keys, [self._epoch_value, self.epoch_id, *members])
-        )
-        if reply[0] == b"L":
-            raise StoreLost(f"shard {shard}: dataset epoch missing or not {self.epoch_id}")
-        if reply[0] == b"F":
-            raise StoreBackpressure(f"shard {shard}: journal holds {reply[1]} entries")
-        return int(reply[1])
+        return [m.decode() for m in raw]
 
 
 def cluster_error(exc: Exception, *, sent: bool) -> StoreError:

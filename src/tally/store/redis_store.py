@@ -12,27 +12,20 @@ from typing import Any
 import hiredis
 import redis
 
-from tally.domain.accounts import Account, AccountState, AccountStatus
-from tally.domain.holds import HOLD_SWEEP_MAX, HoldCode, HoldOutcome, HoldStatus
 from tally.domain.limits import IDEMPOTENCY_WINDOW_MS_MAX
-from tally.domain.results import Result
 from tally.domain.transfers import TransferResult
 from tally.errors import (
     ConfigError,
     InvariantViolation,
-    StoreBackpressure,
     StoreError,
-    StoreLost,
-    UsageError,
 )
 from tally.store import scripts
 from tally.store.errors import translate
 from tally.store.keys import KeyLayout
+from tally.store.shard_scripts import MARKER_OPS, RechargeMarker, ScriptCall, ShardScripts
 from tally.store.transfer_codec import RawTransfer, TransferCall, TransferCodec, check_replicated
 
-__all__ = ["Applied", "RawTransfer", "RechargeMarker", "RedisStore"]
-
-_RESULTS = {int(r): r for r in Result}  # not contiguous (30, 31: the age guard)
+__all__ = ["MARKER_OPS", "Applied", "RawTransfer", "RechargeMarker", "RedisStore"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,19 +35,7 @@ class Applied:
     replicas_acked: int | None = None
 
 
-MARKER_OPS = ("rule", "close", "open")
-
-
-@dataclass(frozen=True, slots=True)
-class RechargeMarker:
-    """What a marker op did: ``code`` 0 done, 1 nothing to do, 3 another recharge is open,
-    8 no such account; ``open_id``: the account's open recharge after the op."""
-
-    code: int
-    open_id: str | None
-
-
-class RedisStore:
+class RedisStore(ShardScripts):
     def __init__(
         self,
         client: redis.Redis,
@@ -223,177 +204,13 @@ class RedisStore:
         check_replicated(acked, self.wait_replicas, self.wait_timeout_ms)
         return Applied(results, acked)
 
-    # -- auto-recharge markers -----------------------------------------------------------------
-    def recharge_marker(self, account_id: str, op: str, value: str) -> RechargeMarker:
-        """``op`` ``rule`` (value: threshold, '' = autopay off), ``close`` or ``open`` (value:
-        recharge id). See ``lua/recharge.lua``."""
-        if op not in MARKER_OPS:
-            raise UsageError(f"unknown recharge marker op {op!r}")
-        shard = self.layout.shard_of(account_id)
-        keys = [self.layout.epoch(shard), self.layout.account(shard, account_id)]
-        (reply,) = self._run([("recharge", keys, [self._epoch_value, op, value])])
-        if reply[0] == b"L":
-            raise StoreLost(f"dataset epoch missing or not {self.epoch_id}")
-        open_id = reply[2].decode() if isinstance(reply[2], bytes) else None
-        return RechargeMarker(int(reply[1]), open_id)
+    # -- how the shared calls (store.shard_scripts) reach this primary --------------------------
+    def _scripts(self, calls: Sequence[ScriptCall]) -> list[list[Any]]:
+        return self._run(calls)
 
-    # -- accounts ------------------------------------------------------------------------------
-    def upsert_account(self, account: Account) -> Result:
-        shard = self.layout.shard_of(account.id)
-        keys = [self.layout.epoch(shard), self.layout.account(shard, account.id)]
-        args: list[str | int] = [
-            self._epoch_value,
-            account.currency,
-            account.status.code,
-            account.credit_limit_minor,
-        ]
-        (reply,) = self._run([("account", keys, args)])
-        if reply[0] == b"L":
-            raise StoreLost(f"dataset epoch missing or not {self.epoch_id}")
-        return _RESULTS[int(reply[1])]
-
-    def read_accounts(self, account_ids: Iterable[str]) -> dict[str, AccountState | None]:
-        ids = list(dict.fromkeys(account_ids))
-        by_shard: dict[int, list[str]] = {}
-        for aid in ids:
-            by_shard.setdefault(self.layout.shard_of(aid), []).append(aid)
-        calls: list[tuple[str, list[str], list[str | int]]] = []
-        for shard, group in by_shard.items():
-            keys = [self.layout.epoch(shard)] + [self.layout.account(shard, a) for a in group]
-            calls.append(("read", keys, [self._epoch_value]))
-        found: dict[str, AccountState | None] = {}
-        for (_, _, _), group, reply in zip(calls, by_shard.values(), self._run(calls), strict=True):
-            if reply[0] == b"L":
-                raise StoreLost(f"dataset epoch missing or not {self.epoch_id}")
-            for n, aid in enumerate(group):
-                cur, st, lim, bal, hd = reply[1 + 5 * n : 6 + 5 * n]
-                found[aid] = None if cur is None else _state(aid, cur, st, lim, bal, hd)
-        return {aid: found[aid] for aid in ids}
-
-    # -- holds (lua/hold.lua) -----------------------------------------------------------------
-    def _hold_account(self, hold_id: str, op: str, account_id: str = "") -> str | None:
-        """The account a hold id is bound to (``claim`` binds it first): hold_route.lua."""
-        shard = self.layout.shard_of(hold_id)
-        keys = [self.layout.epoch(shard), self.layout.hold_routes(shard)]
-        (reply,) = self._run([("hold_route", keys, [self._epoch_value, op, hold_id, account_id])])
-        if reply[0] == b"L":
-            raise StoreLost(f"dataset epoch missing or not {self.epoch_id}")
-        return reply[1].decode() if isinstance(reply[1], bytes) else None
-
-    def _hold(
-        self, op: str, hold_id: str, account_id: str, amount: int, expires_in_ms: int
-    ) -> HoldOutcome:
-        shard = self.layout.shard_of(account_id)
-        keys = [
-            self.layout.epoch(shard),
-            self.layout.journal(shard),
-            self.layout.account(shard, account_id),
-            self.layout.hold(shard, hold_id),
-            self.layout.hold_expiries(shard),
-        ]
-        args: list[str | int] = [
-            self._epoch_value,
-            self.epoch_id,
-            op,
-            hold_id,
-            account_id,
-            amount,
-            expires_in_ms,
-        ]
-        (reply,) = self._run([("hold", keys, args)])
-        return _hold_outcome(hold_id, reply, self.epoch_id, shard)
-
-    def place_hold(
-        self, hold_id: str, account_id: str, amount_minor: int, expires_in_ms: int
-    ) -> HoldOutcome:
-        """Validated input (``billing.validate``). The id is bound to its account first (a new
-        id, or the same account again); another account is ``hold_id_conflict``."""
-        bound = self._hold_account(hold_id, "claim", account_id)
-        if bound != account_id:
-            return _bare(hold_id, HoldCode.hold_id_conflict)
-        return self._hold("place", hold_id, account_id, amount_minor, expires_in_ms)
-
-    def capture_hold(self, hold_id: str, amount_minor: int) -> HoldOutcome:
-        account_id = self._hold_account(hold_id, "find")
-        if account_id is None:
-            return _bare(hold_id, HoldCode.hold_not_found)
-        return self._hold("capture", hold_id, account_id, amount_minor, 0)
-
-    def void_hold(self, hold_id: str) -> HoldOutcome:
-        account_id = self._hold_account(hold_id, "find")
-        if account_id is None:
-            return _bare(hold_id, HoldCode.hold_not_found)
-        return self._hold("void", hold_id, account_id, 0, 0)
-
-    def get_hold(self, hold_id: str) -> HoldOutcome:
-        """The hold as it stands (an open hold past its expiry reads ``expired``; it is
-        released on its next touch or by the sweeper); ``code`` is its place's outcome."""
-        account_id = self._hold_account(hold_id, "find")
-        if account_id is None:
-            return _bare(hold_id, HoldCode.hold_not_found)
-        return self._hold("get", hold_id, account_id, 0, 0)
-
-    def sweep_holds(self, limit: int = HOLD_SWEEP_MAX) -> int:
-        """One bounded sweep of every shard: ``sweep_shard`` each; returns holds released."""
-        if not 1 <= limit <= HOLD_SWEEP_MAX:
-            raise UsageError(f"sweep limit must be 1..{HOLD_SWEEP_MAX}, got {limit}")
-        return sum(self.sweep_shard(shard, limit) for shard in range(self.layout.shards))
-
-    def sweep_shard(self, shard: int, limit: int = HOLD_SWEEP_MAX) -> int:
-        """Release the shard's expired holds among its ``limit`` earliest expiries (hold_sweep.lua
-        decides by the server's clock); returns how many it released."""
-        if not 1 <= limit <= HOLD_SWEEP_MAX:
-            raise UsageError(f"sweep limit must be 1..{HOLD_SWEEP_MAX}, got {limit}")
-        index = self.layout.hold_expiries(shard)
+    def _first_members(self, key: str, limit: int) -> list[str]:
         try:
-            raw: list[bytes] = self.client.zrange(index, 0, limit - 1)  # type: ignore[assignment]
-            members = [m.decode() for m in raw]
+            raw: list[bytes] = self.client.zrange(key, 0, limit - 1)  # type: ignore[assignment]
         except redis.RedisError as exc:
             raise translate(exc, sent=False) from exc
-        # The script runs even with no candidate: a lost dataset is reported, not skipped.
-        keys = [self.layout.epoch(shard), self.layout.journal(shard), index]
-        for member in members:
-            account_id, _, hold_id = member.partition("|")
-            keys += [self.layout.account(shard, account_id), self.layout.hold(shard, hold_id)]
-        (reply,) = self._run([("hold_sweep", keys, [self._epoch_value, self.epoch_id, *members])])
-        if reply[0] == b"L":
-            raise StoreLost(f"dataset epoch missing or not {self.epoch_id}")
-        if reply[0] == b"F":
-            raise StoreBackpressure(f"shard {shard}: journal holds {reply[1]} entries")
-        return int(reply[1])
-
-
-def _bare(hold_id: str, code: HoldCode) -> HoldOutcome:
-    return HoldOutcome(hold_id, code, None, None, None, None, None, None, None)
-
-
-def _opt_int(value: object) -> int | None:
-    return None if value is None else int(value)  # type: ignore[call-overload]
-
-
-def _hold_outcome(hold_id: str, reply: list[Any], epoch_id: str, shard: int) -> HoldOutcome:
-    if reply[0] == b"L":
-        raise StoreLost(f"dataset epoch missing or not {epoch_id}")
-    if reply[0] == b"F":
-        raise StoreBackpressure(f"shard {shard}: journal holds {reply[1]} entries")
-    _, code, st, account, amount, captured, expires_at, bal, held, replayed, rc = reply
-    return HoldOutcome(
-        hold_id,
-        HoldCode(int(code)),
-        None if st is None else HoldStatus.from_code(st.decode()),
-        None if account is None else account.decode(),
-        _opt_int(amount),
-        _opt_int(captured),
-        _opt_int(expires_at),
-        _opt_int(bal),
-        _opt_int(held),
-        int(replayed) == 1,
-        None if rc is None else rc.decode(),
-    )
-
-
-def _state(
-    aid: str, cur: bytes, st: bytes, lim: bytes, bal: bytes, hd: bytes | None
-) -> AccountState:
-    account = Account(aid, cur.decode(), int(lim), AccountStatus.from_code(st.decode()))
-    return AccountState(account, int(bal), int(hd) if hd is not None else 0)
+        return [m.decode() for m in raw]

@@ -19,6 +19,7 @@ from redis.cluster import RedisCluster
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.binary import RedisBinary
 from tally.ops.cluster import Cluster
+from tally.ops.cluster.status import cluster_status
 from tally.store.discovery import ClusterTarget, cluster_client
 from tally.store.keys import KeyLayout
 from tests.binaries import BINARIES, binary_id
@@ -137,6 +138,25 @@ def test_serve_on_a_cluster_debits_credits_replays_and_drains_at_sigint(
         assert [ledger.balance_of(aid) for aid in accounts] == [700] * len(accounts)
 
 
+def _status_shows_each_shards_epoch(rig: Rig, *, lost: str, epoch: str) -> None:
+    """``tally cluster status``'s shards: each primary's epoch keys, read on that primary; the
+    one restarted empty shows none."""
+    shards = cluster_status(rig.cluster)["cluster"]["shards"]
+    assert len(shards) == 3
+    for shard in shards.values():
+        if shard["primary"] == lost:
+            assert (shard["store_epoch"], shard["store_epochs"]) == (None, {})
+        else:
+            assert shard["store_epoch"] == epoch
+            keys = shard["store_epochs"]
+            assert keys and set(keys.values()) == {epoch}
+            for key in keys:  # each key is one this primary owns
+                node = rig.rc.get_node_from_key(key)
+                assert rig.cluster.nodes[shard["primary"]].front == (node.host, node.port)
+    owned = sum(len(s["store_epochs"]) for s in shards.values())
+    assert 0 < owned < LAYOUT.shards
+
+
 def _recharges(api: httpx.Client, account_id: str) -> list[dict[str, Any]]:
     reply = api.get("/v1/recharges", params={"account": account_id})
     assert reply.status_code == 200, reply.text
@@ -204,6 +224,8 @@ def test_a_lost_shard_stops_only_its_own_recharges_and_readiness_stays_up(
             assert 0 < values["serving"] < LAYOUT.shards
             fine_shard = LAYOUT.shard_of(fine_aid)
             assert values[f"shard_{fine_shard}"] == "serving"
+            epoch = LAYOUT.epoch_value(str(ready["checks"]["ledger"]["values"]["epoch"]))
+            _status_shows_each_shards_epoch(rig, lost=node.name, epoch=epoch)
     finally:
         code = served.stop(signal.SIGINT)
     assert code == 0, served.output()

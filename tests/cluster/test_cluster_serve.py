@@ -16,10 +16,13 @@ import httpx
 import pytest
 from redis.cluster import RedisCluster
 
+from tally.config import Settings
+from tally.errors import ConfigError, StoreLost
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.binary import RedisBinary
 from tally.ops.cluster import Cluster
 from tally.ops.cluster.status import cluster_status
+from tally.service.runner import prepare_store
 from tally.store.discovery import ClusterTarget, cluster_client
 from tally.store.keys import KeyLayout
 from tests.binaries import BINARIES, binary_id
@@ -136,6 +139,33 @@ def test_serve_on_a_cluster_debits_credits_replays_and_drains_at_sigint(
     with SqlLedger.open(f"sqlite:///{served.home / 'ledger.sqlite3'}") as ledger:
         assert ledger.count_transfers() == 2 * len(accounts)  # the fund and one debit each
         assert [ledger.balance_of(aid) for aid in accounts] == [700] * len(accounts)
+    _start_check_judges_each_shard(rig, served.home, accounts[0])
+
+
+def _start_check_judges_each_shard(rig: Rig, home: Path, account_id: str) -> None:
+    """``prepare_store`` (serve's start-up epoch check) on the cluster, per shard: all shards
+    current passes; one primary restarted empty is named and the others serve (no refusal);
+    ``--rebuild`` is refused (no cluster rebuild yet), never ignored; a foreign epoch on any
+    shard refuses the start; nothing is written by any refusal."""
+    settings = Settings.resolve(
+        redis_url=rig.url, ledger_url=f"sqlite:///{home / 'ledger.sqlite3'}", home=str(home)
+    )
+    said: list[str] = []
+    prepare_store(settings, rebuild_if_lost=False, say=said.append)
+    assert said == []
+    shard = LAYOUT.shard_of(account_id)
+    host, port = rig.owner(account_id)
+    node = next(h for h in rig.cluster.nodes.values() if h.front == (host, port))
+    node.client().flushall()
+    prepare_store(settings, rebuild_if_lost=False, say=said.append)
+    assert len(said) == 1 and f"{shard}" in said[0] and "empty or unreachable" in said[0]
+    with pytest.raises(ConfigError, match="not supported on a Redis Cluster"):
+        prepare_store(settings, rebuild_if_lost=True, say=said.append)
+    assert rig.rc.get(LAYOUT.epoch(shard)) is None  # nothing written
+    rig.rc.set(LAYOUT.epoch(shard), "foreign/16")
+    with pytest.raises(StoreLost, match="foreign epoch"):
+        prepare_store(settings, rebuild_if_lost=False, say=said.append)
+    assert rig.rc.get(LAYOUT.epoch(shard)) == b"foreign/16"
 
 
 def _status_shows_each_shards_epoch(rig: Rig, *, lost: str, epoch: str) -> None:

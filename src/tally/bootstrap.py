@@ -226,9 +226,7 @@ def recharging(
             replicas_needed=dep.settings.wait_replicas_effective,
         )
     else:
-        health = FollowingHealth(
-            lambda: RedisHealth(dep.client, dep.layout, dep.ledger, bounds)
-        )
+        health = FollowingHealth(lambda: RedisHealth(dep.client, dep.layout, dep.ledger, bounds))
     return recharge.build(
         dep.engine,
         gateway,

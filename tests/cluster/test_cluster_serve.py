@@ -238,8 +238,9 @@ def test_a_lost_shard_stops_only_its_own_recharges_and_readiness_stays_up(
             assert done["phase"] == "succeeded" and done["amount_minor"] == 1600
             assert api.get(f"/v1/accounts/{fine_aid}").json()["balance_minor"] == 2000
             waiting = wait_for(
-                lambda: (lambda r: r if r and "store_epoch_invalid" in (r["wait_reason"] or "")
-                         else None)(_one(api, lost_aid)),
+                lambda: (
+                    lambda r: r if r and "store_epoch_invalid" in (r["wait_reason"] or "") else None
+                )(_one(api, lost_aid)),
                 "the lost shard's recharge to wait on its shard",
             )
             assert f"shard {lost_shard}" in waiting["wait_reason"]

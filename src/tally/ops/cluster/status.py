@@ -117,8 +117,8 @@ def shard_status(cluster: Cluster) -> dict[str, Any]:
             continue
         shards = _shards(views, by_front, shard_of)
         for shard in shards.values():
-            handle = cluster.nodes.get(shard["primary"])
-            found = store_epochs(handle) if handle is not None else None
+            primary = cluster.nodes.get(shard["primary"])
+            found = store_epochs(primary) if primary is not None else None
             shard["store_epochs"] = found
             shard["store_epoch"] = _one_epoch(found)
         return {

@@ -19,7 +19,10 @@ CREATE TABLE transfers (id TEXT PRIMARY KEY, kind TEXT, account_id TEXT, debit_a
     balance_after_minor INTEGER, ts_ms INTEGER);
 CREATE TABLE account_events (id INTEGER PRIMARY KEY, account_id TEXT, action TEXT, cause TEXT,
     recharge_id TEXT, at_ms INTEGER);
-CREATE TABLE recharges (id TEXT PRIMARY KEY, account_id TEXT, opened_at_ms INTEGER);
+CREATE TABLE recharges (id TEXT PRIMARY KEY, account_id TEXT, opened_at_ms INTEGER,
+    phase TEXT DEFAULT 'opened');
+CREATE TABLE billing_freeze (id INTEGER PRIMARY KEY, frozen INTEGER);
+CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT, source TEXT, account_id TEXT, data TEXT);
 CREATE TABLE credit_intents (id TEXT PRIMARY KEY, account_id TEXT, created_at_ms INTEGER);
 CREATE TABLE journal_conflicts (id INTEGER PRIMARY KEY, reason TEXT);
 """
@@ -40,6 +43,8 @@ class Run:
     tx: dict[str, str] = field(default_factory=dict)
     monitor: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: write each suspension's outbox event as tally does (False: a decision without its event)
+    outbox_events: bool = True
     setup: dict[str, Any] = field(default_factory=lambda: {"currency": "USD", "accounts": []})
     op: int = 0
 
@@ -163,12 +168,20 @@ class Run:
             )
         conn.executemany("INSERT INTO transfers VALUES (?,?,?,?,?,?,?,?,?,?)", self.transfers)
         for aid, cause in self.events_sql:
-            conn.execute(
+            row = conn.execute(
                 "INSERT INTO account_events (account_id, action, cause, at_ms) "
                 "VALUES (?, 'suspended', ?, 0)",
                 (aid, cause),
-            )
-        conn.executemany("INSERT INTO recharges VALUES (?,?,?)", self.recharges)
+            ).lastrowid
+            if self.outbox_events:
+                conn.execute(
+                    "INSERT INTO events (type, source, account_id, data) "
+                    "VALUES ('account.suspended', ?, ?, '{}')",
+                    (f"account_event:{row}", aid),
+                )
+        conn.executemany(
+            "INSERT INTO recharges (id, account_id, opened_at_ms) VALUES (?,?,?)", self.recharges
+        )
         conn.commit()
         conn.close()
         for name, rows in (

@@ -179,6 +179,21 @@ def test_a_suspension_later_lifted_still_counts_as_wrongful(tmp_path: Path) -> N
     assert verdict.figures["wrongful_suspensions"] == 1
 
 
+def test_a_suspension_without_its_outbox_event_breaks_invariant_11(tmp_path: Path) -> None:
+    """The checker reads the outbox itself: the same suspension holds invariant 11 with its
+    event and breaks it without (a dependent would never have heard of it)."""
+    with_event = clean_run(tmp_path / "with")
+    with_event.events_sql.append(("a1", "card_declined"))
+    assert check_dir(with_event.write()).invariants["11_one_event_per_decision"]["held"]
+    without = clean_run(tmp_path / "without")
+    without.events_sql.append(("a1", "card_declined"))
+    without.outbox_events = False
+    verdict = check_dir(without.write())
+    eleven = verdict.invariants["11_one_event_per_decision"]
+    assert not eleven["held"] and "1 decisions without an event" in eleven["detail"]
+    assert not verdict.ok
+
+
 def test_a_redis_balance_that_differs_from_the_ledger_is_drift(tmp_path: Path) -> None:
     run = clean_run(tmp_path)
     run.redis["a1"]["bal"] = "0"

@@ -19,3 +19,14 @@ def test_the_sustained_benchmark_reports_every_figure_and_settles_what_the_store
     assert data["journal_length_end"] >= 0 and isinstance(data["kept_up"], bool)
     assert "redis_bytes_per_transfer" in data and "settled_to_store_only" in data
     assert set(summary_rows(data)) >= {"store only (ceiling)", "sustained: settled in ledger"}
+
+
+def test_a_stated_rate_is_offered_without_a_search() -> None:
+    """``rate_per_s`` (``--rate``): no search steps, and the run offers exactly that rate (a
+    before/after comparison needs the same rate on both sides)."""
+    cfg = SustainedConfig(
+        duration_s=2, accounts=20, batch_size=500, ceiling_s=1, lag_p99_s_max=30, rate_per_s=2000
+    )
+    data = run(cfg)
+    assert data["steps"] == [] and data["offered_per_s"] == 2000
+    assert data["settled_per_s"] > 0 and data["drainer_errors"] == 0

@@ -341,7 +341,7 @@ def test_a_drain_replicas_that_is_not_a_whole_number_is_a_config_error(text: str
         {"drain_replicas": True},
         {"drain_fence_timeout_ms": 0},
         {"drain_fence_timeout_ms": 2000},  # not below the 2000 ms socket timeout
-        {"drain_fence_timeout_ms": 600, "redis_socket_timeout_ms": 500},
+        {"drain_fence_timeout_ms": 600, "redis_socket_timeout_ms": 500, "wait_timeout_ms": 100},
     ],
 )
 def test_bad_drain_settings_are_config_errors(values: dict[str, object]) -> None:

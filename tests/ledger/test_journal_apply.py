@@ -298,3 +298,39 @@ def test_a_line_repeated_in_one_batch_with_other_parameters_is_a_recorded_confli
     with ledger.transaction() as conn:
         rows = conn.execute(sa.select(journal_conflicts.c.reason, journal_conflicts.c.line)).all()
     assert [tuple(r) for r in rows] == [("different_amount", format_line(other.line))]
+
+
+def test_balances_of_customers_and_system_accounts_match_their_postings(ledger: SqlLedger) -> None:
+    """Since migration 0007 a customer's balance is a signed sum over ``account_id`` and a system
+    account's a sum over its side: both must equal the posting-wise definition (credit side
+    minus debit side, ok results only) for customers, system accounts and unknown ids asked in
+    one call. Fails if the customer path gets the sign, the result filter or the side wrong."""
+    epoch = ledger.init_epoch(EPOCH_NS, 4)
+    ledger.record_credit_intent(
+        Transfer("r1", TransferKind.credit, "b", 700, "USD"), SystemAccount.adjustments
+    )
+    specs = [
+        ("c1", "c", "a", 1000, Result.ok),
+        ("d1", "d", "a", 300, Result.ok),
+        ("d2", "d", "a", 5000, Result.insufficient_funds),
+        ("r1", "c", "b", 700, Result.ok),
+        ("d3", "d", "b", 50, Result.ok),
+        ("c2", "c", "b", 9, Result.account_not_found),
+    ]
+    lines = [at(epoch.epoch_id, i, line(*spec)) for i, spec in enumerate(specs)]
+    ledger.apply_journal(lines)
+    expected: dict[str, int] = {}
+    for t in ledger.transfers_after(None, 100):
+        if t.result is Result.ok:
+            expected[t.credit_account_id] = expected.get(t.credit_account_id, 0) + t.amount_minor
+            expected[t.debit_account_id] = expected.get(t.debit_account_id, 0) - t.amount_minor
+    ids = ["a", "b", "nobody", "@usage_revenue:USD", "@card_clearing:USD", "@adjustments:USD"]
+    assert ledger.balances(ids) == {i: expected.get(i, 0) for i in ids}
+    assert ledger.balances(ids) == {
+        "a": 700,
+        "b": 650,
+        "nobody": 0,
+        "@usage_revenue:USD": 350,
+        "@card_clearing:USD": -1000,
+        "@adjustments:USD": -700,
+    }

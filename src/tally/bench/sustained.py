@@ -59,6 +59,9 @@ class SustainedConfig:
     lag_p99_s_max: float = 5.0
     drain_workers: int = 1
     seed: int = 1
+    #: Run at this offered rate instead of searching for one (a before/after comparison needs
+    #: the same rate on both sides; the search's pick moves with the machine's load).
+    rate_per_s: float | None = None
 
 
 @dataclass
@@ -228,9 +231,10 @@ def _run(dep: Deployment, cfg: SustainedConfig, progress: Callable[[str], None])
     worker = Worker("drainer", drain.run_once, pace_s=DRAIN_PACE_S, idle_s=0.1, busy_at=DRAIN_LIMIT)
     worker.start()
     try:
-        steps = _search(dep, load, ceiling.achieved_per_s, cfg, progress)
+        steps = [] if cfg.rate_per_s else _search(dep, load, ceiling.achieved_per_s, cfg, progress)
         passing = [s for s in steps if _passes(s, cfg)]
-        rate = max((s.offered_per_s or 0.0 for s in passing), default=steps[0].offered_per_s)
+        fallback = cfg.rate_per_s or steps[0].offered_per_s
+        rate = max((s.offered_per_s or 0.0 for s in passing), default=fallback)
         progress(f"run: {rate:,.0f} transfers/s offered for {cfg.duration_s:.0f} s")
         main, settled_per_s, memory_per_transfer = _main_run(dep, load, rate or 0.0, cfg)
         journal_end = _journal_length(client, layout)

@@ -207,6 +207,12 @@ def http(
 @click.option("--ceiling-s", default=10.0, show_default=True, type=click.FloatRange(1, 3600))
 @click.option("--lag-p99-s-max", default=5.0, show_default=True, type=click.FloatRange(0.1, 600))
 @click.option("--drain-workers", default=1, show_default=True, type=click.IntRange(1, 8))
+@click.option(
+    "--rate",
+    default=None,
+    type=click.FloatRange(1, 10_000_000),
+    help="Offer this many transfers/s instead of searching (same rate before and after a change).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @handles_errors
 def sustained(
@@ -218,6 +224,7 @@ def sustained(
     ceiling_s: float,
     lag_p99_s_max: float,
     drain_workers: int,
+    rate: float | None,
     as_json: bool,
 ) -> None:
     """The store load and the deployment's own drainer together, at the highest offered rate
@@ -235,6 +242,7 @@ def sustained(
         ceiling_s=ceiling_s,
         lag_p99_s_max=lag_p99_s_max,
         drain_workers=drain_workers,
+        rate_per_s=rate,
     )
     data = run(cfg, progress=lambda text: click.echo(f"... {text}", err=True))
     if as_json:

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tally.lab import checker_events, checker_holds
 from tally.lab.history import Operation, read_history
 
 BIN_MS = 500
@@ -90,6 +91,8 @@ INVARIANTS = (
     "7_no_wrongful_suspension",
     "8_recharge_only_when_healthy",
     "9_no_acknowledged_money_lost",
+    checker_holds.NAME,
+    checker_events.NAME,
 )
 
 
@@ -176,11 +179,18 @@ def _psycopg(url: str) -> str:
 
 def _ledger(run_dir: Path, setup_path: Path) -> LedgerView:
     """The ledger the run's setup names: a PostgreSQL URL, or the run's SQLite file."""
+    url = _ledger_url(run_dir, setup_path)
+    if url.startswith("sqlite"):
+        return read_ledger(run_dir / "ledger.sqlite3")
+    return read_ledger_url(url)
+
+
+def _ledger_url(run_dir: Path, setup_path: Path) -> str:
     setup = json.loads(setup_path.read_text()) if setup_path.is_file() else {}
     url = setup.get("ledger_url") or ""
     if url.startswith(("postgres://", "postgresql://", "postgresql+psycopg://")):
-        return read_ledger_url(url)
-    return read_ledger(run_dir / "ledger.sqlite3")
+        return str(url)
+    return f"sqlite:///{run_dir / 'ledger.sqlite3'}"
 
 
 def snapshot_store(client: Any, namespace: str = "tally") -> dict[str, Any]:
@@ -221,20 +231,29 @@ class Artefacts:
     monitor: list[dict[str, Any]]
     events: list[dict[str, Any]]
     setup: dict[str, Any]
+    #: invariant 11 as ``checker_events.check_events`` judged the ledger (read at load time: a
+    #: run's PostgreSQL ledger is dropped once the run is checked)
+    outbox: dict[str, Any]
+    #: invariant 10 as ``checker_holds.check_holds`` judged the ledger and the history
+    holds: dict[str, Any]
 
     @classmethod
     def load(cls, run_dir: Path) -> Artefacts:
         run_dir = Path(run_dir)
         history_path = run_dir / "history.jsonl"
         store_path, setup_path = run_dir / "store.json", run_dir / "setup.json"
+        history = read_history(history_path) if history_path.is_file() else []
+        ledger_url = _ledger_url(run_dir, setup_path)
         return cls(
-            history=read_history(history_path) if history_path.is_file() else [],
+            history=history,
             gateway=_jsonl(run_dir / "gateway.jsonl"),
             ledger=_ledger(run_dir, setup_path),
             store=json.loads(store_path.read_text()) if store_path.is_file() else {},
             monitor=_jsonl(run_dir / "monitor.jsonl") + _jsonl(run_dir / "ping.jsonl"),
             events=_jsonl(run_dir / "events.jsonl"),
             setup=json.loads(setup_path.read_text()) if setup_path.is_file() else {},
+            outbox=checker_events.check_events(ledger_url),
+            holds=checker_holds.check_holds(ledger_url, history),
         )
 
 
@@ -558,15 +577,18 @@ def _examples(items: Iterable[Any]) -> str:
 
 
 def _replay_conflicts(history: list[Operation]) -> list[str]:
-    first: dict[str, str] = {}
+    """Operations of one kind on one id that were answered differently (a hold, its capture
+    and its void share the hold's id, and are three operations, not replays of one)."""
+    first: dict[tuple[str, str], str] = {}
     bad = []
     for op in history:
         tid = op.value.get("id")
         if op.type != "ok" or not tid or op.result is None:
             continue
-        if tid in first and first[tid] != op.result:
-            bad.append(f"{tid}: {first[tid]} then {op.result}")
-        first.setdefault(tid, op.result)
+        key = (op.f, str(tid))
+        if key in first and first[key] != op.result:
+            bad.append(f"{tid}: {first[key]} then {op.result}")
+        first.setdefault(key, op.result)
     return bad
 
 
@@ -713,6 +735,8 @@ def _invariants(
             f"{len(lost_credits)} acknowledged credits and {len(lost_charges)} paid charges in no "
             f"balance; {len(lost_debits)} acknowledged debits lost (bound {bound})",
         ),
+        checker_holds.NAME: _held(bool(a.holds["held"]), str(a.holds["detail"])),
+        checker_events.NAME: _held(bool(a.outbox["held"]), str(a.outbox["detail"])),
     }
     return out
 

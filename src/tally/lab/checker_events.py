@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -59,7 +60,13 @@ JUDGED = (
 
 
 def check_events(ledger_url: str) -> dict[str, Any]:
-    """``{"held": bool, "detail": str, "decisions": n, "events": n}`` for ``ledger_url``."""
+    """``{"held": bool, "detail": str, "decisions": n, "events": n}`` for ``ledger_url``. A
+    SQLite ledger is opened read-only (a missing file is reported, never created)."""
+    if ledger_url.startswith("sqlite:///"):
+        path = Path(ledger_url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            return {"held": False, "detail": f"no ledger at {path}", "decisions": 0, "events": 0}
+        ledger_url = f"sqlite:///file:{path}?mode=ro&uri=true"
     engine = sa.create_engine(ledger_url)
     try:
         with engine.connect() as conn:

@@ -158,9 +158,10 @@ PRIMARY_PAUSE = Scenario(
     "SIGSTOP on the primary for 10 s (a stuck process, a long GC-like stall), then SIGCONT: "
     "hardened, Sentinel fails over meanwhile. A write a serve sent to the stalled primary "
     "before it learnt of the failover is applied when the primary resumes (its replicas' last "
-    "ACK is younger than min-replicas-max-lag) and acknowledged, then lost when Sentinel turns "
-    "it into a replica: for its replicas the stall was a partition, and invariant 9's bound "
-    "applies (seen with the real serve processes, seed 3: 1 debit).",
+    "ACK is younger than min-replicas-max-lag), then discarded when Sentinel turns it into a "
+    "replica. Before serve waited for a replica's acknowledgement (TALLY_WAIT_REPLICAS) such "
+    "a write was answered ok and lost (seen with the real serve processes, seed 3: 1 debit); "
+    "now no replica acknowledges it and the caller hears outcome_unknown and retries by id.",
     (
         _fault(6, "pause", node="r1"),
         _fault(16, "resume", node="r1"),
@@ -169,7 +170,7 @@ PRIMARY_PAUSE = Scenario(
     duration_s=34,
     control_shows=(("debits_acknowledged_lost", ">=", 1),),
     isolates_primary=True,
-    subject_shows=(("accounts_drifted", "==", 0),),
+    subject_shows=(("accounts_drifted", "==", 0), ("debits_acknowledged_lost", "==", 0)),
     subject_fails_over=True,
 )
 

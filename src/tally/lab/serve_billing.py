@@ -220,6 +220,32 @@ class ServeBilling:
         except httpx.HTTPError as exc:
             return _unknown(exc)
 
+    # -- holds (sessions whose cost is known at the end) -----------------------------------------
+    holds = True
+
+    def hold(self, hid: str, account: str, amount_minor: int, expires_in_s: int,
+             via: int = 0) -> Completion:  # fmt: skip
+        body = {"hold_id": hid, "account_id": account, "amount_minor": amount_minor,
+                "expires_in_s": expires_in_s}  # fmt: skip
+        return self._hold_call(via, "POST", "/v1/holds", body)
+
+    def capture(self, hid: str, amount_minor: int, via: int = 0) -> Completion:
+        return self._hold_call(via, "POST", f"/v1/holds/{hid}/capture",
+                               {"amount_minor": amount_minor})  # fmt: skip
+
+    def void(self, hid: str, via: int = 0) -> Completion:
+        return self._hold_call(via, "POST", f"/v1/holds/{hid}/void", None)
+
+    def _hold_call(self, via: int, method: str, path: str, body: Any) -> Completion:
+        try:
+            r = self._call(via, method, path, body)
+        except httpx.HTTPError as exc:
+            return _unknown(exc)
+        type_, value = classify(r)
+        if type_ == "ok" and isinstance(answer := r.json(), dict):
+            value["status"] = answer.get("status")  # the hold's state as the service answered
+        return type_, value
+
     def start_background(self) -> None:
         """The serve processes run their own drainer, credit applier and recharge completer."""
 

@@ -9,7 +9,8 @@ Accounts: usage is skewed (Zipf: a few accounts are hot), every account has an a
 rule (threshold, target), a share of cards decline every charge (the gateway is told so; they
 are the only accounts a correct system may suspend). Small shares of the operations are
 top-ups (credits), batch debits (``BATCH_ITEMS`` debits in one request, one history operation
-each), balance reads and recharge-rule updates (the same rule again: re-enables autopay).
+each), balance reads, recharge-rule updates (the same rule again: re-enables autopay) and, for
+tally, sessions (a hold, then its capture, its void or nothing: it expires).
 
 Entry points: tally runs a ``tally serve`` in dc1 and one in dc2; worker ``w`` calls
 ``entry_points[w % n]`` first. A write with an unknown outcome (``info``: a timeout, a broken
@@ -49,6 +50,9 @@ class WorkloadSpec:
     batch_share: float = 0.05
     read_share: float = 0.05
     rule_share: float = 0.01
+    #: sessions: a hold, then (by the same seed) its capture, its void, or nothing (it expires)
+    hold_share: float = 0.03
+    hold_expires_s: int = 2
     decline_share: float = 0.05
     zipf_s: float = 1.1
     debit_minor_max: int = 120
@@ -179,9 +183,30 @@ class Workload:
         elif x < spec.topup_share + spec.batch_share + spec.read_share + spec.rule_share:
             self._call(process, "rule", {"account": account.id},
                        lambda via: self.billing.set_rule(account, via), 0)  # fmt: skip
+        elif (x < spec.topup_share + spec.batch_share + spec.read_share + spec.rule_share
+              + spec.hold_share and getattr(self.billing, "holds", False)):  # fmt: skip
+            self._session(process, k, account.id, rng)
         else:
             amount = rng.randint(1, spec.debit_minor_max)
             self._write(process, "debit", [(f"u{k:08d}", account.id, amount)])
+
+    def _session(self, process: int, k: int, account: str, rng: random.Random) -> None:
+        """A session: hold an amount, then capture part of it, void it, or let it expire (the
+        checker's invariant 10 reads what the ledger made of each)."""
+        hid, spec = f"h{k:08d}", self.spec
+        amount, end = rng.randint(1, spec.debit_minor_max), rng.random()
+        billing: Any = self.billing
+        placed = self._call(process, "hold", {"id": hid, "account": account, "amount_minor": amount},
+                            lambda via: billing.hold(hid, account, amount, spec.hold_expires_s, via),
+                            0)  # fmt: skip
+        if placed != "ok" or end >= 0.8:
+            return  # refused, unknown, or left to expire
+        if end < 0.5:
+            used = rng.randint(1, amount)
+            self._call(process, "capture", {"id": hid, "amount_minor": used},
+                       lambda via: billing.capture(hid, used, via), 0)  # fmt: skip
+        else:
+            self._call(process, "void", {"id": hid}, lambda via: billing.void(hid, via), 0)
 
     def _write(self, process: int, f: str, items: list[tuple[str, str, int]]) -> None:
         """One request (a batch when several items); the unknown ones retried by id through the

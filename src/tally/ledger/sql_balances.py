@@ -1,4 +1,5 @@
-"""Balances are never stored: they are sums over ``transfers`` rows with result ok."""
+"""Balances are never stored: they are sums over ``transfers`` rows with result ok (a customer's
+over ``ix_transfers_account_ts``; a system account's, and its transfers page, scan the table)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,26 @@ SCAN_LIMIT_MAX = 10_000
 T = transfers.c
 
 
+def _signed() -> sa.ColumnElement[Any]:
+    """A transfer's effect on its customer side (``account_id``): credits add, debits take."""
+    return sa.case((T.kind == TransferKind.credit.value, T.amount_minor), else_=-T.amount_minor)
+
+
+def _customer_sums(conn: Connection, ids: Sequence[str]) -> dict[str, int]:
+    """Customer ids: ``account_id`` is the customer side of every transfer and a customer is
+    never a counterparty (those are system accounts), so one grouped sum over
+    ix_transfers_account_ts gives the balance."""
+    query = (
+        sa.select(T.account_id, sa.func.sum(_signed()))
+        .where(T.account_id.in_(ids), T.result == OK)
+        .group_by(T.account_id)
+    )
+    return {row[0]: int(row[1]) for row in conn.execute(query)}
+
+
 def _side_sums(conn: Connection, column: sa.Column[Any], ids: Sequence[str]) -> dict[str, int]:
+    """System ids: a scan of ``transfers`` (no index on either side since migration 0007: one
+    side of every transfer is a system account, a hot key the drainer paid for on every line)."""
     query = (
         sa.select(column, sa.func.sum(T.amount_minor))
         .where(column.in_(ids), T.result == OK)
@@ -38,7 +58,10 @@ def balances(conn: Connection, ids: Collection[str]) -> dict[str, int]:
     if len(ids) > BALANCES_IDS_MAX:
         raise UsageError(f"at most {BALANCES_IDS_MAX} ids per call, got {len(ids)}")
     out = dict.fromkeys(ids, 0)
-    for part in chunks(sorted(set(ids))):
+    system = sorted(i for i in set(ids) if is_system_account_id(i))
+    for part in chunks(sorted(set(ids) - set(system))):
+        out.update(_customer_sums(conn, part))
+    for part in chunks(system):
         credits = _side_sums(conn, T.credit_account_id, part)
         debits = _side_sums(conn, T.debit_account_id, part)
         for account_id in part:
@@ -68,7 +91,7 @@ def balances_as_of(
 ) -> dict[str, int]:
     """Customer balances counting older epochs' transfers and this epoch's up to stream id
     ``upto`` (the caller restricts ``ids`` to one shard, whose journal ``upto`` belongs to)."""
-    signed = sa.case((T.kind == TransferKind.credit.value, T.amount_minor), else_=-T.amount_minor)
+    signed = _signed()
     in_view = sa.or_(
         T.epoch_id != epoch_id,
         T.stream_ms < upto.ms,
@@ -101,7 +124,7 @@ def sums_beyond(
 ) -> dict[str, tuple[int, int]]:
     """Per customer account: (ok lines, signed sum) of this epoch's lines of ``shard``
     positioned after ``upto``."""
-    signed = sa.case((T.kind == TransferKind.credit.value, T.amount_minor), else_=-T.amount_minor)
+    signed = _signed()
     query = (
         sa.select(T.account_id, sa.func.count(), sa.func.sum(signed))
         .where(T.epoch_id == epoch_id, T.shard == shard, T.result == OK, _beyond(upto))

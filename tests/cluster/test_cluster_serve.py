@@ -255,6 +255,13 @@ def test_a_lost_shard_stops_only_its_own_recharges_and_readiness_stays_up(
             assert 0 < values["serving"] < LAYOUT.shards
             fine_shard = LAYOUT.shard_of(fine_aid)
             assert values[f"shard_{fine_shard}"] == "serving"
+            metrics = api.get("/metrics").text
+            assert (
+                f'tally_store_shard_serving{{reason="store_lost",shard="{lost_shard}"}} 0.0'
+                in metrics
+            )
+            assert f'tally_store_shard_serving{{reason="",shard="{fine_shard}"}} 1.0' in metrics
+            assert f"tally_store_shards_serving {float(values['serving'])}" in metrics
             epoch = LAYOUT.epoch_value(str(ready["checks"]["ledger"]["values"]["epoch"]))
             _status_shows_each_shards_epoch(rig, lost=node.name, epoch=epoch)
     finally:

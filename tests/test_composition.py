@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "tally"
 ROOT_MODULE = SRC / "bootstrap.py"
 RECHARGE_PACKAGE = SRC / "billing" / "recharge"
 #: Constructing any of these is wiring recharge machinery.
-WIRING = {"RechargeSaga", "Completer", "Gate", "RedisHealth", "FollowingHealth"}
+WIRING = {"RechargeSaga", "Completer", "Gate", "RedisHealth", "FollowingHealth", "ClusterHealth"}
 USERS = {
     "serve": SRC / "service" / "runner.py",
     "cli": SRC / "cli" / "recharge_cmd.py",

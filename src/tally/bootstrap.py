@@ -14,6 +14,7 @@ from tally.billing import recharge
 from tally.billing.engine import Engine
 from tally.billing.recharge import (
     Circuit,
+    ClusterHealth,
     FollowingHealth,
     HealthBounds,
     Recharging,
@@ -215,7 +216,17 @@ def recharging(
     and a health probe), built here and only here: ``tally serve``, the CLI and the lab wire it
     the same way. The probe asks the store's CURRENT client, so after a Sentinel failover the
     gate sees the new primary (it used to keep the client it was built with)."""
-    health = FollowingHealth(lambda: RedisHealth(dep.client, dep.layout, dep.ledger, bounds))
+    health: recharge.HealthProbe
+    if isinstance(dep.store, ClusterStore):  # per shard: one shard's trouble is its own
+        health = ClusterHealth(
+            dep.store.cluster,
+            dep.layout,
+            dep.ledger,
+            bounds,
+            replicas_needed=dep.settings.wait_replicas_effective,
+        )
+    else:
+        health = FollowingHealth(lambda: RedisHealth(dep.client, dep.layout, dep.ledger, bounds))
     return recharge.build(
         dep.engine,
         gateway,

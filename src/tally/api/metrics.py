@@ -87,9 +87,33 @@ class ReadinessCollector(Collector):
             raw = state.value(check, value)
             if isinstance(raw, int | float):
                 yield GaugeMetricFamily(name, help_text, value=float(raw))
+        yield from _shard_metrics(state)
 
     def describe(self) -> list[Any]:
         return []  # collected lazily: no probe at registration
+
+
+def _shard_metrics(state: Readiness) -> Iterator[GaugeMetricFamily]:
+    """On a Redis Cluster (readiness has a ``shards`` check): how many shards serve, and each
+    shard's state (1 serving, 0 not, with the reason)."""
+    shards = state.checks.get("shards")
+    if shards is None:
+        return
+    serving = shards.values.get("serving")
+    if isinstance(serving, int):
+        yield GaugeMetricFamily(
+            "tally_store_shards_serving", "cluster shards that serve", value=float(serving)
+        )
+    family = GaugeMetricFamily(
+        "tally_store_shard_serving",
+        "1 when the cluster shard serves, else 0 with the reason",
+        labels=["shard", "reason"],
+    )
+    for key, value in shards.values.items():
+        if key.startswith("shard_") and isinstance(value, str):
+            up = value == "serving"
+            family.add_metric([key[6:], "" if up else value], 1.0 if up else 0.0)
+    yield family
 
 
 class FailoverCollector(Collector):

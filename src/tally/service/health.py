@@ -3,7 +3,18 @@
 Checks, in the order the first failing one becomes the reason: shutting down; the ledger answers
 and names a current epoch; the store answers (not loading) and is a writable primary; every
 shard's epoch key is the ledger's current epoch (else ``store_lost``: empty or foreign); the
-oldest undrained journal entry is younger than the bound; replicas lag less than the bound."""
+oldest undrained journal entry is younger than the bound; replicas lag less than the bound.
+
+On a Redis Cluster the store checks are per shard (``cluster_shard_states``: one INFO and one
+pipeline per primary, each command on its own shard's keys). The process is READY WHILE AT
+LEAST ONE SHARD SERVES (its primary answers, is writable and holds the current epoch): a shard
+down or restarted empty refuses its own accounts (store_unavailable / store_lost, by the epoch
+guard), it must not take the whole service out of a load balancer. ``checks["shards"]`` says how
+many serve and, per shard, ``shard_<k>``: ``serving`` or the reason it does not
+(``store_unavailable``, ``store_read_only``, ``store_lost``); /metrics has
+``tally_store_shards_serving`` and ``tally_store_shard_serving{shard,reason}``. When no shard serves,
+the reason is the first one of shard 0's kind in ORDER. Drain and replication lag are judged
+over the serving shards."""
 
 from __future__ import annotations
 
@@ -15,6 +26,7 @@ from typing import Any
 import redis
 
 from tally.api.context import Check, Readiness
+from tally.billing.recharge.health import ShardState, cluster_shard_states
 from tally.bootstrap import Deployment
 from tally.domain.limits import JOURNAL_ENTRIES_MAX
 from tally.errors import LedgerError
@@ -55,6 +67,17 @@ def _replication(info: dict[str, Any]) -> Check:
         "lag_bytes": max(gaps, default=0),
     }
     return Check(True, "", values)
+
+
+def _shard_problem(state: ShardState, epoch_value: str | None) -> str | None:
+    """The readiness reason a shard does not serve for, None when it serves."""
+    if state.error:
+        return REASONS["store"]
+    if state.role != "master":
+        return REASONS["writable"]
+    if epoch_value is not None and state.epoch != epoch_value:
+        return REASONS["epoch"]
+    return None
 
 
 class HealthProbe:
@@ -105,6 +128,9 @@ class HealthProbe:
         return self.dep.layout.epoch_value(epoch.epoch_id)
 
     def _store(self, checks: dict[str, Check], epoch_value: str | None) -> None:
+        if self.dep.is_cluster:
+            self._cluster(checks, epoch_value)
+            return
         layout = self.dep.layout
         client = self.dep.store.client
         try:
@@ -136,6 +162,49 @@ class HealthProbe:
         repl = _replication(info)
         lag_ok = float(repl.values["lag_s"] or 0) <= self.bounds.replication_lag_s_max
         checks["replication"] = Check(lag_ok, "" if lag_ok else "replicas lag", repl.values)
+
+    def _cluster(self, checks: dict[str, Check], epoch_value: str | None) -> None:
+        states = cluster_shard_states(self.dep.store.client, self.dep.layout)
+        failing: dict[int, str] = {}
+        for state in states:
+            problem = _shard_problem(state, epoch_value)
+            if problem is not None:
+                failing[state.shard] = problem
+        serving = [s for s in states if s.shard not in failing]
+        values: dict[str, Any] = {"shards": len(states), "serving": len(serving)}
+        values.update({f"shard_{s.shard}": failing.get(s.shard, "serving") for s in states})
+        checks["shards"] = Check(
+            bool(serving),
+            "" if not failing else f"shard(s) {sorted(failing)} do not serve",
+            values,
+        )
+        if not serving:  # the whole store is out: the usual reasons, in ORDER
+            first = failing[0] if 0 in failing else next(iter(failing.values()))
+            name = {v: k for k, v in REASONS.items()}[first]
+            checks[name] = Check(False, f"no shard serves (shard 0: {first})")
+            return
+        for name in ("store", "writable", "epoch"):
+            checks[name] = Check(True, "", {"shards_serving": len(serving)})
+        entries = sum(s.journal_entries for s in serving)
+        oldest = [
+            (s.now_ms, StreamId.parse(s.oldest_journal_id).ms)
+            for s in serving
+            if s.oldest_journal_id is not None
+        ]
+        lag_s = max(((now - ms) / 1000 for now, ms in oldest), default=0.0)
+        lag_s = max(0.0, lag_s)
+        ok = lag_s <= self.bounds.drain_lag_s_max and entries <= self.bounds.journal_entries_max
+        checks["drain"] = Check(
+            ok, "" if ok else "the drainer is behind", {"lag_s": lag_s, "entries": entries}
+        )
+        lags = [max(s.lags_s, default=0) for s in serving]
+        worst = max(lags, default=0)
+        lag_ok = worst <= self.bounds.replication_lag_s_max
+        checks["replication"] = Check(
+            lag_ok,
+            "" if lag_ok else "replicas lag",
+            {"replicas": min(s.replicas for s in serving), "lag_s": worst},
+        )
 
     def _drain(self, replies: list[Any]) -> Check:
         seconds, micros = replies[0]

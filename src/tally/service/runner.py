@@ -33,7 +33,16 @@ import uvicorn
 from tally.api import create_app
 from tally.api.routes.recharges import RechargeExtension
 from tally.billing import recharge as rc
-from tally.bootstrap import Deployment, _safe, open_deployment, recharging, redis_client
+from tally.billing.recharge.health import cluster_shard_states
+from tally.bootstrap import (
+    Deployment,
+    _safe,
+    cluster_store,
+    initialise_store,
+    open_deployment,
+    recharging,
+    redis_client,
+)
 from tally.config import Settings
 from tally.domain.holds import HOLD_SWEEP_MAX
 from tally.errors import ConfigError, InfrastructureError, StoreLost, TallyError
@@ -43,7 +52,7 @@ from tally.gateway.records import Record
 from tally.ledger.sql_api_keys import ApiKeyStore, Scope
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.node import RedisNode
-from tally.ops.preflight import PreflightParams, Severity, check_live
+from tally.ops.preflight import PreflightParams, Severity, check_cluster_live, check_live
 from tally.service import embedded
 from tally.service.api_wiring import (
     ApiParts,
@@ -73,7 +82,7 @@ from tally.service.workers import (
     credit_applier,
     hold_sweeper,
 )
-from tally.store.discovery import SwitchMaster, SwitchMasterListener
+from tally.store.discovery import CLUSTER_SCHEME, SwitchMaster, SwitchMasterListener
 from tally.store.epoch import read_epochs
 from tally.store.keys import KeyLayout
 from tally.sync.rebuild import init_store, rebuild
@@ -122,6 +131,9 @@ def prepare_store(settings: Settings, *, rebuild_if_lost: bool, say: Callable[[s
     """The epoch check before anything writes: init a brand-new deployment, accept a store that
     holds the ledger's current epoch, refuse anything else (or rebuild it when asked)."""
     url = settings.require_redis_url()  # sentinel://: the primary Sentinel names now
+    if url.startswith(CLUSTER_SCHEME):
+        _prepare_cluster_store(settings, rebuild_if_lost=rebuild_if_lost, say=say)
+        return
     with (
         SqlLedger.open(settings.ledger_url) as ledger,
         contextlib.closing(redis_client(url, settings)) as client,
@@ -150,6 +162,60 @@ def prepare_store(settings: Settings, *, rebuild_if_lost: bool, say: Callable[[s
             )
         report = rebuild(client, layout, ledger)
         say(f"store was {state}: rebuilt from the ledger (epoch {report.epoch_id})")
+
+
+def _prepare_cluster_store(
+    settings: Settings, *, rebuild_if_lost: bool, say: Callable[[str], None]
+) -> None:
+    """The epoch check on a Redis Cluster, per shard: a new deployment (empty ledger) is
+    initialised only on an empty cluster (``initialise_store`` refuses anything else). With a
+    current epoch, every shard's epoch key is read on its own primary: a FOREIGN epoch anywhere
+    refuses the start (wrong deployment); a shard that is empty or cannot be asked does not stop
+    the others (its writes refuse with ``store_lost`` by the epoch guard, readiness and the
+    recharge gate name it), but if NO shard holds the current epoch the start is refused, as on
+    one primary. There is no rebuild on a cluster yet: ``--rebuild`` is refused with a clear
+    error rather than ignored."""
+    url = settings.require_redis_url()
+    with SqlLedger.open(settings.ledger_url) as ledger:
+        epoch = ledger.current_epoch()
+        if epoch is None:
+            report = initialise_store(
+                settings, KeyLayout(settings.namespace, settings.shards), ledger
+            )
+            say(f"initialised a new deployment on the cluster (epoch {report.epoch_id})")
+            return
+        layout = KeyLayout(epoch.namespace, epoch.shards)
+        want = layout.epoch_value(epoch.epoch_id)
+        store = cluster_store(url, settings, layout, epoch.epoch_id)
+        try:
+            states = cluster_shard_states(store.cluster, layout)
+        finally:
+            store.close()
+    good = [s.shard for s in states if not s.error and s.epoch == want]
+    foreign = [s.shard for s in states if not s.error and s.epoch not in (None, want)]
+    missing = [s.shard for s in states if s.shard not in good and s.shard not in foreign]
+    if foreign:
+        raise StoreLost(
+            f"shard(s) {foreign} of the cluster hold a foreign epoch (the ledger's is "
+            f"{epoch.epoch_id}): wrong deployment or a rebuild in progress; nothing was written",
+            hint="point --redis-url/--ledger-url at the right deployment",
+        )
+    if missing and rebuild_if_lost:
+        raise ConfigError(
+            "--rebuild is not supported on a Redis Cluster yet (README, Scale-out on Redis "
+            f"Cluster); shard(s) {missing} are empty or unreachable; nothing was written"
+        )
+    if not good:
+        raise StoreLost(
+            f"no shard of the cluster holds the ledger's current epoch {epoch.epoch_id} "
+            "(empty or unreachable); nothing was written",
+            hint="check the cluster (`tally cluster status`); a cluster rebuild is not done yet",
+        )
+    if missing:
+        say(
+            f"cluster shard(s) {missing} are empty or unreachable: their accounts refuse "
+            f"(store_lost / store_unavailable) while shards {good} serve"
+        )
 
 
 class Service:
@@ -226,17 +292,25 @@ class Service:
         url = settings.require_redis_url()
         if not self.options.preflight or url.startswith("sentinel://"):
             return
-        with contextlib.closing(redis_client(url, settings)) as client:
-            # The embedded node is one primary with no replica; a --redis-url primary is judged
-            # by the replicas it has (a topology's nodes: `tally preflight --topology`).
-            findings = check_live(client, role="primary", params=PreflightParams.single_node())
+        if url.startswith(CLUSTER_SCHEME):
+            # every node of the cluster, each with its role (TP012, TP014, the 2013 defects)
+            store = cluster_store(url, settings, KeyLayout(settings.namespace, settings.shards), "")
+            try:
+                findings = check_cluster_live(store.cluster)
+            finally:
+                store.close()
+        else:
+            with contextlib.closing(redis_client(url, settings)) as client:
+                # The embedded node is one primary with no replica; a --redis-url primary is
+                # judged by the replicas it has (a topology's nodes: `tally preflight --topology`).
+                findings = check_live(client, role="primary", params=PreflightParams.single_node())
         for f in findings:
             if f.severity is not Severity.INFO:
                 self.say(f"preflight {f.rule_id} {f.severity.value}: {f.title}")
         errors = [f for f in findings if f.severity is Severity.ERROR]
         if errors:
             raise ConfigError(
-                f"preflight found {len(errors)} error(s) on the Redis primary: "
+                f"preflight found {len(errors)} error(s) on the Redis node(s): "
                 + "; ".join(f"{f.rule_id} {f.title}" for f in errors),
                 hint="fix the Redis configuration (see `tally preflight --live`), or pass --skip-preflight",
             )
@@ -531,6 +605,9 @@ class Service:
         """Save a snapshot on shutdown only when the dataset holds the current epoch: a SHUTDOWN
         SAVE of an empty dataset over a good dump.rdb was the 2013 follow-up defect."""
         assert self.dep is not None
+        if self.dep.is_cluster:  # no embedded node to save; a multi-key read is cross-slot
+            summary["epoch_valid"] = False
+            return
         try:
             epoch = self.dep.ledger.current_epoch()
             values = set(read_epochs(self.dep.client, self.dep.layout))

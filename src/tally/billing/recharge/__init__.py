@@ -12,6 +12,7 @@ from tally.billing.engine import Engine
 from tally.billing.recharge.completer import Completer
 from tally.billing.recharge.health import (
     Circuit,
+    ClusterHealth,
     FollowingHealth,
     Gate,
     GateMetrics,
@@ -26,6 +27,7 @@ from tally.gateway.port import Gateway
 
 __all__ = [
     "Circuit",
+    "ClusterHealth",
     "Completer",
     "FollowingHealth",
     "Gate",

@@ -108,7 +108,7 @@ class RechargeSaga:
             reason = "no_rule" if stored is None else "autopay_disabled"
             self.book.advance(rc.id, [P.opened], P.skipped, outcome_reason=reason)
             return None
-        blocked = self.gate.why_not()
+        blocked = self.gate.why_not(rc.account_id)
         if blocked is not None:
             return Wait(blocked)
         state = self.engine.account(rc.account_id)
@@ -161,7 +161,7 @@ class RechargeSaga:
         waited at the gate through the partition, then charged a card for a shortfall the new
         primary never had). Only a recovered balance cancels; gate first, so a sick store is
         never read as "recovered"."""
-        if self.gate.why_not() is not None:
+        if self.gate.why_not(rc.account_id) is not None:
             return False  # _send waits on the gate
         stored = self.book.get_rule(rc.account_id)
         state = self.engine.account(rc.account_id)
@@ -176,7 +176,7 @@ class RechargeSaga:
         return True
 
     def _send(self, rc: Recharge, frm: RechargePhase) -> Wait | None:
-        blocked = self.gate.why_not()
+        blocked = self.gate.why_not(rc.account_id)
         if blocked is not None:
             return Wait(blocked)
         invariant(rc.card_id is not None and rc.amount_minor is not None, "intent without amount")

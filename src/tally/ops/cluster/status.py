@@ -102,9 +102,11 @@ def cluster_status(cluster: Cluster) -> dict[str, Any]:
 def shard_status(cluster: Cluster) -> dict[str, Any]:
     """The cluster as the first reachable node sees it, per shard of the topology (``s1``...;
     a failover changes the primary, not the shard): the primary serving its slots now, the
-    slots, the replicas and Redis's ``config_epoch``. ``store_epoch`` is the place for the
-    shard's tally store epoch (invariant 6, one per shard); the store part fills it, until then
-    it is None."""
+    slots, the replicas and Redis's ``config_epoch``; ``store_epochs``: the tally epoch key of
+    every logical shard this primary holds (``namespace:{namespace.k}:epoch`` -> value, found by a
+    bounded SCAN, ``store_epoch_scan``), and ``store_epoch``: their one value when they agree,
+    ``"mixed"`` when not, None when the primary holds none (empty: restarted empty, or never
+    initialised) or could not be asked."""
     by_front = {h.front: name for name, h in cluster.nodes.items() if h.front}
     shard_of = {n.name: n.shard for n in cluster.topology.nodes}
     for name, handle in cluster.nodes.items():
@@ -113,12 +115,18 @@ def shard_status(cluster: Cluster) -> dict[str, Any]:
             info = cluster_info(handle)
         except (redis.RedisError, OSError):
             continue
+        shards = _shards(views, by_front, shard_of)
+        for shard in shards.values():
+            primary = cluster.nodes.get(shard["primary"])
+            found = store_epochs(primary) if primary is not None else None
+            shard["store_epochs"] = found
+            shard["store_epoch"] = _one_epoch(found)
         return {
             "startup_nodes": [f"{h}:{p}" for h, p in cluster.startup_nodes()],
             "seen_by": name,
             "state": info.get("cluster_state"),
             "slots_ok": int(info.get("cluster_slots_ok", 0)),
-            "shards": _shards(views, by_front, shard_of),
+            "shards": shards,
         }
     return {"seen_by": None, "state": "unreachable", "slots_ok": 0, "shards": {}}
 
@@ -141,9 +149,42 @@ def _shards(
             "replicas": [name(v) for v in views if v.master_id == view.node_id],
             "failing": view.failing,
             "config_epoch": view.config_epoch,
-            "store_epoch": None,  # filled by the store part (per-shard epoch key)
         }
     return shards
 
 
 SLOTS_END = 16384
+EPOCH_PATTERN = "*}:epoch"  # tally's per-shard epoch keys: namespace:{namespace.k}:epoch
+SCAN_COUNT = 1000
+SCAN_ROUNDS_MAX = 200  # bounded: at most 200 x 1000 keys looked at per primary
+EPOCH_KEYS_MAX = 1024  # a layout has at most this many shards
+
+
+def store_epochs(handle: ClusterNode) -> dict[str, str | None] | None:
+    """The epoch keys one primary holds (key -> value), by a bounded SCAN; None when the node
+    cannot be asked."""
+    found: dict[str, str | None] = {}
+    try:
+        with contextlib.closing(handle.client(socket_timeout=2.0)) as c:
+            cursor = 0
+            for _ in range(SCAN_ROUNDS_MAX):
+                cursor, keys = c.scan(cursor, match=EPOCH_PATTERN, count=SCAN_COUNT)
+                for key in keys:
+                    value = c.get(key)
+                    found[_text(key)] = None if value is None else _text(value)
+                if cursor == 0 or len(found) >= EPOCH_KEYS_MAX:
+                    break
+    except (redis.RedisError, OSError):
+        return None
+    return dict(sorted(found.items()))
+
+
+def _one_epoch(found: dict[str, str | None] | None) -> str | None:
+    values = set((found or {}).values())
+    if not values:
+        return None
+    return next(iter(values)) if len(values) == 1 else "mixed"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -50,14 +50,19 @@ on any replicaof in a cluster node's file, which redis-server refuses to start w
                    with no fault
     TP013 error    (topology) a shard's primary has no replica in another data center
     TP014 error    cluster-require-full-coverage yes: one shard's loss stops every shard
+    TP015 warning  (live, ``check_cluster_live``) a cluster node did not answer: it is not
+                   judged; one shard down must not stop the others from serving (readiness
+                   and the recharge gate judge each shard)
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from tally.errors import ConfigError, StoreUnavailable, UsageError
 from tally.ops.binary import find_redis_server
@@ -90,6 +95,7 @@ __all__ = [
     "PreflightParams",
     "Rule",
     "Severity",
+    "check_cluster_live",
     "check_config_file",
     "check_live",
     "check_topology",
@@ -145,6 +151,52 @@ def check_live(
         raise StoreUnavailable(f"cannot read config and INFO from the node: {exc}") from exc
     settings = from_live(config, info, _live_data(client, config, info), auth=auth)
     return evaluate(Context(settings, role, params, "live"))
+
+
+#: Rules that judge a node against the deployment's sizing (write rate, partition length, link
+#: speed): without the topology's figures (``params``) a live cluster check does not know them.
+SIZING_RULES = frozenset({"TP004", "TP005"})
+
+
+def check_cluster_live(
+    cluster: Any, *, params: PreflightParams | None = None, nodes_max: int = 256
+) -> list[Finding]:
+    """Every node of a running Redis Cluster (``RedisCluster``: primaries and replicas, as its
+    slot map names them, at most ``nodes_max``), each judged by :func:`check_live` with its
+    role: the cluster rules (TP012 ``cluster-node-timeout``, TP014 full coverage) and the 2013
+    defects (TP001, TP002...) on ANY node, a replica too (it becomes a primary at failover).
+    Each finding's title names its node. TP013 (placement over data centers) needs the
+    topology file: ``tally preflight --topology``. Without ``params`` (``tally serve`` knows no
+    topology) the sizing rules (``SIZING_RULES``) are judged against the default profile's
+    figures, which are not this deployment's: their errors are reported as warnings."""
+    sized = params is not None
+    params = params or PreflightParams.single_node()
+    findings: list[Finding] = []
+    # A node that cannot be asked is a warning (TP015), not an error.
+    try:
+        nodes = list(cluster.get_nodes())[:nodes_max]
+    except (redis.RedisError, RedisClusterException) as exc:
+        raise StoreUnavailable(f"cannot list the cluster's nodes: {exc}") from exc
+    for node in nodes:
+        role = "primary" if node.server_type == "primary" else "replica"
+        try:
+            conn = cluster.get_redis_connection(node)
+            found = check_live(conn, role=role, params=params)
+        except (StoreUnavailable, redis.RedisError, RedisClusterException, OSError) as exc:
+            found = [
+                Finding(
+                    "TP015",
+                    Severity.WARNING,
+                    "the node did not answer: not judged",
+                    str(exc),
+                    "bring the node back and run `tally preflight` on it",
+                )
+            ]
+        for f in found:
+            if not sized and f.rule_id in SIZING_RULES and f.severity is Severity.ERROR:
+                f = replace(f, severity=Severity.WARNING, title=f"{f.title} (default sizing)")
+            findings.append(replace(f, title=f"{node.name} ({role}): {f.title}"))
+    return findings
 
 
 def has_errors(findings: list[Finding]) -> bool:

@@ -166,11 +166,42 @@ def _verdict(body: dict[str, Any]) -> str:
             f'{"every invariant held" if ok else "an invariant was violated"}</b></p>')  # fmt: skip
 
 
+def _schedule(body: dict[str, Any], end: float) -> str:
+    """A chaos run's schedule on the plots' time axis: one bar per fault, from its start to its
+    heal (the plan's seconds times the run's time scale), and the liveness verdict."""
+    windows = body.get("schedule") or []
+    if not windows:
+        return ""
+    scale = float(body.get("time_scale") or 1.0)
+    w, row = WIDTH - PAD_L - 8, 14
+
+    def x(t: float) -> float:
+        return PAD_L + w * max(0.0, min(t * scale, end)) / max(end, 1)
+
+    height = PAD_T + row * len(windows) + PAD_B
+    parts = [f'<svg width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}">']
+    for i, win in enumerate(windows):
+        top = PAD_T + row * i
+        a, b = x(float(win["at_s"])), x(float(win["healed_at_s"]))
+        label = f"{win['fault']} {win.get('target', '')}"
+        parts.append(f'<rect x="{a:.1f}" y="{top}" width="{max(b - a, 1.0):.1f}" height="{row - 3}"'
+                     f' fill="#c00" opacity="0.6"><title>{_esc(label)}: {win["at_s"]}s to '
+                     f'{win["healed_at_s"]}s</title></rect>'
+                     f'<text x="2" y="{top + row - 4}" font-size="10">{_esc(label[:24])}</text>')  # fmt: skip
+    parts.append("</svg>")
+    live = body.get("liveness") or {}
+    verdict = (f"<p>liveness: {'held' if live.get('held') else 'VIOLATED'}, worst "
+               f"{_esc(live.get('worst_s'))} s against a bound of {_esc(live.get('bound_s'))} s"
+               f" after {_esc(live.get('since_s'))} s</p>") if live else ""  # fmt: skip
+    return f"<h3>Chaos schedule (seed {_esc(body.get('seed'))})</h3>{''.join(parts)}{verdict}"
+
+
 def _column(run_dir: Path, body: dict[str, Any], end: float | None = None) -> str:
+    axis = max(series(run_dir)["end"], end or 0)
     return "".join([
         f"<h2>{_esc(body.get('profile'))} profile, {_esc(body.get('billing'))} billing</h2>",
         _verdict(body), f"<p>reproduce: <code>{_esc(body.get('reproduce', ''))}</code></p>",
-        plots(run_dir, end), "<h3>Timeline</h3>", _timeline_table(body),
+        plots(run_dir, end), _schedule(body, axis), "<h3>Timeline</h3>", _timeline_table(body),
         f"<h3>Settle</h3><pre>{_esc(json.dumps(body.get('settle', {}), indent=1))}</pre>",
         f"<h3>Extras</h3><pre>{_esc(json.dumps(body.get('extras', {}), indent=1))}</pre>",
     ])  # fmt: skip

@@ -75,8 +75,8 @@ class Deployment:
     @property
     def client(self) -> redis.Redis:
         """The current primary's client (it changes after a Sentinel failover). On a Redis
-        Cluster: redis-py's ``RedisCluster`` (the journal/drain/reconcile processes do not run
-        on a cluster yet; ``is_cluster`` tells)."""
+        Cluster: redis-py's ``RedisCluster`` (drain and reconcile take their cluster paths;
+        rebuild is not there yet; ``is_cluster`` tells)."""
         return self.store.client
 
     @property

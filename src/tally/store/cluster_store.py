@@ -156,8 +156,8 @@ class ClusterStore(ShardScripts):
 
     @property
     def client(self) -> Any:
-        """The cluster client, untyped on purpose: code written for one primary (drain,
-        reconcile, rebuild) reaches it through ``Deployment.client`` and does not run on a
+        """The cluster client, untyped on purpose: the drain and reconcile have cluster paths of
+        their own (``sync.cluster_drain``, ``sync.cluster_route``); rebuild does not run on a
         cluster yet (``Deployment.is_cluster`` tells; README, "Scale-out on Redis Cluster")."""
         return self.cluster
 

@@ -17,6 +17,9 @@ from tally.lab.runner import RunOptions, run
 from tally.ops.node import orphan_pids
 from tests.browser import render
 
+#: one lab rig at a time: its failover timings are real seconds (pyproject: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("lab")
+
 SMALL = {"time_scale": 0.7, "accounts": 60, "rate": 40.0}
 ZERO_FOR_TALLY = (
     "cards_charged_more_than_once",

@@ -19,6 +19,9 @@ from tally.lab.scenarios import SCENARIOS, unmet
 from tally.lab.serve import lab_processes
 from tally.ops.node import orphan_pids
 
+#: one lab rig at a time: its failover timings are real seconds (pyproject: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("lab")
+
 #: time scale, accounts, rate, duration (at scale 1), ballast MB (None: the scenario's own)
 CI_SIZE: dict[str, tuple[float, int, float, float | None, int | None]] = {
     "storm-only": (0.5, 40, 60.0, None, None),

@@ -158,3 +158,33 @@ def test_the_async_shell_answers_unknown_for_every_caller_of_an_unreplicated_bat
     retried = asyncio.run(debits())
     assert [(r.result.name, r.replayed) for r in retried] == [("ok", True)] * 5  # type: ignore[union-attr]
     client.close()
+
+
+def test_a_hold_capture_no_replica_has_is_unknown_and_its_retry_replays(
+    redis_node: RedisNode, replica: RedisNode
+) -> None:
+    """A capture is a debit: held by no replica, it is answered as unknown, as a transfer is
+    (the lab's no-min-replicas partition found an acknowledged capture lost at the heal)."""
+    client = redis.Redis(host=redis_node.host, port=redis_node.port, socket_timeout=5)
+    layout = KeyLayout(shards=1)
+    stamp_epoch(client, layout)
+    store = RedisStore(client, layout, EPOCH, wait_replicas=1, wait_timeout_ms=300)
+    store.load_scripts()
+    store.upsert_account(Account("alice", "USD"))
+    store.apply([("top", "c", "alice", 100, "")])
+    assert store.place_hold("h1", "alice", 40, 600_000).code.name == "ok"
+    assert replica.pid is not None
+    os.kill(replica.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreOutcomeUnknown, match="acknowledged by 0 of 1"):
+            store.capture_hold("h1", 25)
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    again = store.capture_hold("h1", 25)
+    assert (again.code.name, again.captured_minor, again.balance_minor, again.replayed) == (
+        "ok",
+        25,
+        75,
+        True,
+    )
+    client.close()

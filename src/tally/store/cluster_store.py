@@ -528,11 +528,13 @@ class ClusterStore(ShardScripts):
                 log.warning("finalize in %s did not complete: %s", call.keys[0], outcome)
 
     # -- how the shared calls (store.shard_scripts) reach the slot's primary -------------------
-    def _scripts(self, calls: Sequence[ScriptCall]) -> list[list[Any]]:
-        outcomes, _ = self._exchange([_Call(*call) for call in calls], wait=False)
+    def _scripts(self, calls: Sequence[ScriptCall], *, durable: bool = False) -> list[list[Any]]:
+        outcomes, acked = self._exchange([_Call(*call) for call in calls], wait=durable)
         for outcome in outcomes:
             if isinstance(outcome, StoreError):
                 raise outcome
+        if durable:
+            check_replicated(acked, self.wait_replicas, self.wait_timeout_ms)
         return outcomes  # type: ignore[return-value]  # no StoreError left
 
     def _first_members(self, key: str, limit: int) -> list[str]:

@@ -143,10 +143,15 @@ class RedisStore(ShardScripts):
         return acked, replies
 
     def _run(
-        self, calls: Iterable[tuple[str, list[str], list[str | int]]], *, reloaded: bool = False
+        self,
+        calls: Iterable[tuple[str, list[str], list[str | int]]],
+        *,
+        reloaded: bool = False,
+        durable: bool = False,
     ) -> list[list[Any]]:
         """EVALSHA each (script, keys, args); NOSCRIPT means that call did not run: load the
-        scripts, rerun those, once."""
+        scripts, rerun those, once. ``durable``: the calls move money (holds), so they end with
+        ``WAIT`` and an unreplicated answer is unknown, as ``apply``'s are."""
         sent_calls: list[tuple[str, list[str], list[str | int]]] = []
 
         def commands() -> Iterator[tuple[str | int, ...]]:
@@ -155,7 +160,7 @@ class RedisStore(ShardScripts):
                 name, keys, args = call
                 yield ("EVALSHA", self._sha[name], len(keys), *keys, *args)
 
-        _, replies = self._exchange(commands())
+        acked, replies = self._exchange(commands(), wait=durable)
         missing = TransferCodec.noscript(replies)  # type: ignore[arg-type]
         if missing:
             if reloaded:
@@ -163,7 +168,7 @@ class RedisStore(ShardScripts):
                     "scripts vanished right after loading; is something flushing them?"
                 )
             self.load_scripts()
-            rerun = self._run([sent_calls[i] for i in missing], reloaded=True)
+            rerun = self._run([sent_calls[i] for i in missing], reloaded=True, durable=durable)
             for i, again in zip(missing, rerun, strict=True):
                 replies[i] = again
         arrays: list[list[Any]] = []
@@ -173,6 +178,8 @@ class RedisStore(ShardScripts):
             if not isinstance(one, list):  # every tally script answers an array
                 raise InvariantViolation(f"unexpected script reply {one!r:.80}")
             arrays.append(one)
+        if durable and not missing:  # a rerun checked its own WAIT
+            check_replicated(acked, self.wait_replicas, self.wait_timeout_ms)
         return arrays
 
     # -- transfers -----------------------------------------------------------------------------
@@ -205,8 +212,8 @@ class RedisStore(ShardScripts):
         return Applied(results, acked)
 
     # -- how the shared calls (store.shard_scripts) reach this primary --------------------------
-    def _scripts(self, calls: Sequence[ScriptCall]) -> list[list[Any]]:
-        return self._run(calls)
+    def _scripts(self, calls: Sequence[ScriptCall], *, durable: bool = False) -> list[list[Any]]:
+        return self._run(calls, durable=durable)
 
     def _first_members(self, key: str, limit: int) -> list[str]:
         try:

@@ -35,7 +35,9 @@ class ShardScripts:
     epoch_id: str
     _epoch_value: str
 
-    def _scripts(self, calls: Sequence[ScriptCall]) -> list[list[Any]]:
+    def _scripts(self, calls: Sequence[ScriptCall], *, durable: bool = False) -> list[list[Any]]:
+        """Run the calls; ``durable``: they move money, so they end with ``WAIT`` and an answer
+        fewer replicas acknowledged is ``StoreOutcomeUnknown`` (``check_replicated``)."""
         raise NotImplementedError
 
     def _first_members(self, key: str, limit: int) -> list[str]:
@@ -121,7 +123,7 @@ class ShardScripts:
             amount,
             expires_in_ms,
         ]
-        (reply,) = self._scripts([("hold", keys, args)])
+        (reply,) = self._scripts([("hold", keys, args)], durable=op != "get")
         return _hold_outcome(hold_id, reply, self.epoch_id, shard)
 
     def place_hold(
@@ -174,7 +176,7 @@ class ShardScripts:
             keys += [self.layout.account(shard, account_id), self.layout.hold(shard, hold_id)]
         (reply,) = self._scripts(
             [("hold_sweep", keys, [self._epoch_value, self.epoch_id, *members])]
-        )
+        )  # not durable: a release lost in a failover is released again by the clock
         if reply[0] == b"L":
             raise StoreLost(f"shard {shard}: dataset epoch missing or not {self.epoch_id}")
         if reply[0] == b"F":

@@ -59,15 +59,21 @@ JUDGED = (
 )
 
 
+def read_only(ledger_url: str) -> str | None:
+    """The URL to read a run's ledger with: a SQLite file read-only (None when it is missing:
+    reported by the caller, never created), any other URL as it is."""
+    if not ledger_url.startswith("sqlite:///"):
+        return ledger_url
+    path = Path(ledger_url.removeprefix("sqlite:///"))
+    return f"sqlite:///file:{path}?mode=ro&uri=true" if path.is_file() else None
+
+
 def check_events(ledger_url: str) -> dict[str, Any]:
-    """``{"held": bool, "detail": str, "decisions": n, "events": n}`` for ``ledger_url``. A
-    SQLite ledger is opened read-only (a missing file is reported, never created)."""
-    if ledger_url.startswith("sqlite:///"):
-        path = Path(ledger_url.removeprefix("sqlite:///"))
-        if not path.is_file():
-            return {"held": False, "detail": f"no ledger at {path}", "decisions": 0, "events": 0}
-        ledger_url = f"sqlite:///file:{path}?mode=ro&uri=true"
-    engine = sa.create_engine(ledger_url)
+    """``{"held": bool, "detail": str, "decisions": n, "events": n}`` for ``ledger_url``."""
+    url = read_only(ledger_url)
+    if url is None:
+        return {"held": False, "detail": f"no ledger at {ledger_url}", "decisions": 0, "events": 0}
+    engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
             if not sa.inspect(conn).has_table("events"):

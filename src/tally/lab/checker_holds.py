@@ -10,11 +10,11 @@ placed, nothing to judge).
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
+from tally.lab.checker_events import read_only
 from tally.lab.history import Operation
 
 NAME = "10_hold_ends_once"
@@ -25,12 +25,10 @@ TERMINAL = ("captured", "voided", "expired")
 
 def check_holds(ledger_url: str, history: list[Operation]) -> dict[str, Any]:
     """``{"held": bool, "detail": str, "holds": n}``."""
-    if ledger_url.startswith("sqlite:///"):
-        path = Path(ledger_url.removeprefix("sqlite:///"))
-        if not path.is_file():
-            return {"held": False, "detail": f"no ledger at {path}", "holds": 0}
-        ledger_url = f"sqlite:///file:{path}?mode=ro&uri=true"
-    engine = sa.create_engine(ledger_url)
+    url = read_only(ledger_url)
+    if url is None:
+        return {"held": False, "detail": f"no ledger at {ledger_url}", "holds": 0}
+    engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
             if not sa.inspect(conn).has_table("hold_events"):

@@ -161,19 +161,6 @@ class ClusterStore(ShardScripts):
         cluster yet (``Deployment.is_cluster`` tells; README, "Scale-out on Redis Cluster")."""
         return self.cluster
 
-    @property
-    def idempotency_window_ms(self) -> int:
-        return self.codec.idempotency_window_ms
-
-    @idempotency_window_ms.setter
-    def idempotency_window_ms(self, value: int) -> None:
-        self.codec.idempotency_window_ms = value
-
-    def set_epoch(self, epoch_id: str) -> None:
-        self.epoch_id = epoch_id
-        self._epoch_value = self.layout.epoch_value(epoch_id)
-        self.codec.set_epoch(epoch_id)
-
     def reconnect(self) -> bool:
         """Refresh the slot map (a failover moved a shard's primary)."""
         self._refresh()

@@ -65,21 +65,6 @@ class RedisStore(ShardScripts):
         #: The transfer call's encoding and reply parsing, shared with the async shell.
         self.codec = TransferCodec(layout, epoch_id, idempotency_window_ms)
 
-    @property
-    def idempotency_window_ms(self) -> int:
-        """The codec's (one value: it encodes the window into every transfer call)."""
-        return self.codec.idempotency_window_ms
-
-    @idempotency_window_ms.setter
-    def idempotency_window_ms(self, value: int) -> None:
-        self.codec.idempotency_window_ms = value
-
-    def set_epoch(self, epoch_id: str) -> None:
-        """After a rebuild the ledger names a new epoch; only then may this store write again."""
-        self.epoch_id = epoch_id
-        self._epoch_value = self.layout.epoch_value(epoch_id)
-        self.codec.set_epoch(epoch_id)
-
     def reconnect(self) -> bool:
         """Find the primary again (Sentinel) after READONLY or a lost connection. False when
         there is nothing to rediscover (a plain URL): the caller then reports the error."""

@@ -15,6 +15,7 @@ from tally.domain.holds import HOLD_SWEEP_MAX, HoldCode, HoldOutcome, HoldStatus
 from tally.domain.results import Result
 from tally.errors import StoreBackpressure, StoreLost, UsageError
 from tally.store.keys import KeyLayout
+from tally.store.transfer_codec import TransferCodec
 
 _RESULTS = {int(r): r for r in Result}  # not contiguous (30, 31: the age guard)
 MARKER_OPS = ("rule", "close", "open")
@@ -34,6 +35,22 @@ class ShardScripts:
     layout: KeyLayout
     epoch_id: str
     _epoch_value: str
+    codec: TransferCodec
+
+    @property
+    def idempotency_window_ms(self) -> int:
+        """The codec's (one value: it encodes the window into every transfer call)."""
+        return self.codec.idempotency_window_ms
+
+    @idempotency_window_ms.setter
+    def idempotency_window_ms(self, value: int) -> None:
+        self.codec.idempotency_window_ms = value
+
+    def set_epoch(self, epoch_id: str) -> None:
+        """After a rebuild the ledger names a new epoch; only then may this store write again."""
+        self.epoch_id = epoch_id
+        self._epoch_value = self.layout.epoch_value(epoch_id)
+        self.codec.set_epoch(epoch_id)
 
     def _scripts(self, calls: Sequence[ScriptCall], *, durable: bool = False) -> list[list[Any]]:
         """Run the calls; ``durable``: they move money, so they end with ``WAIT`` and an answer

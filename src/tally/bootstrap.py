@@ -25,7 +25,7 @@ from tally.config import Settings
 from tally.errors import ConfigError, LedgerNotInitialised
 from tally.gateway.port import Gateway
 from tally.ledger.sql_ledger import SqlLedger
-from tally.store.cluster_store import ClusterStore
+from tally.store.cluster_store import ClusterStore, replicated_primaries
 from tally.store.discovery import (
     CLUSTER_SCHEME,
     PrimaryLocator,
@@ -71,12 +71,15 @@ class Deployment:
     store: RedisStore | ClusterStore
     layout: KeyLayout
     engine: Engine
+    #: With a Sentinel URL: the locator the store follows failovers with (it knows how many
+    #: replicas the Sentinels report, the drainer's automatic fence); None otherwise.
+    locator: PrimaryLocator | None = None
 
     @property
     def client(self) -> redis.Redis:
         """The current primary's client (it changes after a Sentinel failover). On a Redis
-        Cluster: redis-py's ``RedisCluster`` (drain and reconcile take their cluster paths;
-        rebuild is not there yet; ``is_cluster`` tells)."""
+        Cluster: redis-py's ``RedisCluster`` (drain, reconcile and rebuild take their cluster
+        paths: ``sync.shard_rebuild.rebuild_store``; ``is_cluster`` tells)."""
         return self.store.client
 
     @property
@@ -86,11 +89,22 @@ class Deployment:
     def drainer(self, **options: Any) -> Drainer:
         """A drainer with this deployment's replica fence (``Settings.drain_replicas``), so
         nothing only the primary holds is settled; ``options`` go to ``Drainer``."""
-        options.setdefault("replicas", self.settings.drain_replicas_effective)
         options.setdefault("fence_timeout_ms", self.settings.drain_fence_timeout_ms)
         if isinstance(self.store, ClusterStore):
+            if "replicas" not in options:  # auto: every replica of each primary (node table)
+                options["replicas"] = self.settings.drain_replicas or 0
+                options["per_primary"] = self.settings.drain_replicas is None
             return ClusterDrainer(self.store.client, self.layout, self.ledger, **options)
+        options.setdefault("replicas", self.drain_fence())
         return Drainer(self.client, self.layout, self.ledger, **options)
+
+    def drain_fence(self) -> int:
+        """Replicas the drainer waits for before settling (not on a Redis Cluster): with a
+        Sentinel URL, every replica the Sentinels know of unless set (read again each round by
+        ``service.workers.DrainService``: the count can change with the topology)."""
+        if self.locator is not None:
+            return self.settings.drain_replicas_on_sentinel(known=self.locator.replicas_known)
+        return self.settings.drain_replicas_effective
 
     def watch_failovers(
         self, on_event: Callable[[SwitchMaster], None]
@@ -136,8 +150,11 @@ def open_deployment(settings: Settings) -> Deployment:
         layout = KeyLayout(epoch.namespace, epoch.shards)
         if url.startswith(CLUSTER_SCHEME):
             store: RedisStore | ClusterStore = cluster_store(url, settings, layout, epoch.epoch_id)
+            view = ledger.epoch_view()  # a shard rebuilt alone starts at its own epoch
+            if view is not None and view.epoch.epoch_id == epoch.epoch_id:
+                store.set_epoch(epoch.epoch_id, view.overrides)
             return Deployment(settings, ledger, store, layout, Engine(store, ledger))
-        rediscover, primary_moved = None, None
+        rediscover, primary_moved, locator = None, None, None
         if url.startswith("sentinel://"):
             locator = primary_locator(url, settings)
             client, rediscover = locator.client(), locator.rediscover
@@ -157,23 +174,34 @@ def open_deployment(settings: Settings) -> Deployment:
     except BaseException:
         ledger.close()
         raise
-    return Deployment(settings, ledger, store, layout, Engine(store, ledger))
+    return Deployment(settings, ledger, store, layout, Engine(store, ledger), locator)
 
 
 def cluster_store(url: str, settings: Settings, layout: KeyLayout, epoch_id: str) -> ClusterStore:
     """The store over a Redis Cluster (``redis+cluster://``), with the settings' timeouts, pool
-    bound, durability (``WAIT`` per shard) and idempotency window."""
+    bound, durability (``WAIT`` per shard: automatic is 1 when the cluster has replicas) and
+    idempotency window."""
     client = cluster_client(
         parse_cluster_target(url),
         socket_timeout_s=settings.redis_socket_timeout_ms / 1000,
         connect_timeout_s=settings.redis_connect_timeout_ms / 1000,
         max_connections=settings.redis_pool_max,
     )
+    try:
+        # auto: 1 when the cluster has replicas (config.Settings.wait_replicas_on_cluster)
+        wait = (
+            settings.wait_replicas
+            if settings.wait_replicas is not None
+            else settings.wait_replicas_on_cluster(replicated=replicated_primaries(client) > 0)
+        )
+    except BaseException:
+        client.close()
+        raise
     return ClusterStore(
         client,
         layout,
         epoch_id,
-        wait_replicas=settings.wait_replicas_effective,
+        wait_replicas=wait,
         wait_timeout_ms=settings.wait_timeout_ms,
         idempotency_window_ms=settings.idempotency_window_ms,
     )
@@ -223,7 +251,7 @@ def recharging(
             dep.layout,
             dep.ledger,
             bounds,
-            replicas_needed=dep.settings.wait_replicas_effective,
+            replicas_needed=dep.store.wait_replicas,  # decided when the store opened
         )
     else:
         health = FollowingHealth(lambda: RedisHealth(dep.client, dep.layout, dep.ledger, bounds))

@@ -11,10 +11,13 @@ TALLY_IDEMPOTENCY_WINDOW_S  how long Redis keeps each transfer id's record (exac
                     Transfers whose occurred_at is older than 6/7 of it are refused (README)
 TALLY_DRAIN_REPLICAS  replicas that must hold a journal entry before the drainer settles it in
                     the ledger: a whole number, or `auto` (the default): 1 for a sentinel://
-                    URL (a deployment with replicas to fail over to), else 0 (a single node)
+                    URL (a deployment with replicas to fail over to), for a redis+cluster://
+                    URL whose primaries have replicas, else 0 (a single node)
 TALLY_WAIT_REPLICAS replicas that must acknowledge a transfer's write before it is answered as
                     decided (else: outcome unknown, retry by id): `auto` (the default) is 1
-                    for a sentinel:// URL, else 0
+                    for a sentinel:// URL; for a redis+cluster:// URL 1 when the cluster's
+                    node table (CLUSTER NODES, read when the store opens) shows a replica of
+                    any primary, 0 when it shows none; else 0
 TALLY_WAIT_TIMEOUT_MS  how long that acknowledgement is waited for (default 500)
 TALLY_WEBHOOK_HOSTS the only hosts webhooks may go to (default: any)
 """
@@ -74,8 +77,9 @@ class Settings:
     wait_replicas: int | None = None
     wait_timeout_ms: int = WAIT_TIMEOUT_MS_DEFAULT
     #: Replicas that must have a journal entry before the drainer settles it (invariant 9: a
-    #: failover must not lose what the ledger calls settled). None: automatic, see
-    #: ``drain_replicas_effective``.
+    #: failover must not lose what the ledger calls settled). None: automatic, every replica
+    #: (``drain_replicas_effective``, ``drain_replicas_on_sentinel``; on a cluster, per primary:
+    #: ``sync.cluster_drain.ClusterDrainer``).
     drain_replicas: int | None = None
     #: How long one drain round waits for them (WAIT); below the socket timeout.
     drain_fence_timeout_ms: int = DRAIN_FENCE_TIMEOUT_MS_DEFAULT
@@ -128,19 +132,46 @@ class Settings:
         after it was answered (the lab's primary-pause: writes queued on a stalled primary are
         applied when it resumes, before it learns its replicas are gone, then discarded at its
         demotion). Waiting for one replica turns that answer into "unknown", which a caller
-        retries by id; min-replicas-to-write alone is checked too late for those writes."""
+        retries by id; min-replicas-to-write alone is checked too late for those writes.
+        A cluster URL's automatic value needs its node table: ``wait_replicas_on_cluster``."""
         if self.wait_replicas is not None:
             return self.wait_replicas
         return 1 if (self.redis_url or "").startswith("sentinel://") else 0
 
+    def wait_replicas_on_cluster(self, *, replicated: bool) -> int:
+        """``wait_replicas`` on a Redis Cluster (``redis+cluster://``), or when automatic: 1
+        when the cluster has replicas (``replicated``: the node table read when the store opens
+        shows a replica of some primary), 0 when it has none. A shard's failover promotes its
+        replica, so a write only the old primary held vanishes after it was answered (shown
+        by tests/cluster/test_cluster_wait.py); a cluster without replicas has no failover to
+        lose it to, and a WAIT there would only time out. ``WAIT`` goes to each primary on the
+        connection that wrote (``store.cluster_store``), so it counts that shard's replicas."""
+        if self.wait_replicas is not None:
+            return self.wait_replicas
+        return 1 if replicated else 0
+
     @property
     def drain_replicas_effective(self) -> int:
-        """``drain_replicas``, or when automatic: 1 for a Sentinel URL (the deployment has
-        replicas, and a failover promotes one of them), 0 otherwise (a plain URL is one node
-        as far as tally knows, like the embedded default; a fence there would never pass)."""
+        """``drain_replicas``, or when automatic: 0 for a plain URL (one node as far as tally
+        knows, like the embedded default; a fence there would never pass) and, for a Sentinel
+        URL before the Sentinels were asked, 1; once they were, ``drain_replicas_on_sentinel``."""
         if self.drain_replicas is not None:
             return self.drain_replicas
         return 1 if (self.redis_url or "").startswith("sentinel://") else 0
+
+    def drain_replicas_on_sentinel(self, *, known: int | None) -> int:
+        """``drain_replicas`` with a Sentinel URL, or when automatic: EVERY replica the
+        Sentinels know of the primary (``known``: ``num-slaves``, connected or not; at least 1).
+        One is not enough: a replica cut off from the primary can be the one Sentinel promotes
+        while the old primary, with another replica still following it, goes on settling
+        entries in the ledger that the promotion discards (chaos seed 3 under load, 2026-12-04:
+        nine balances above the ledger). The price: while a known replica is down or cut off,
+        nothing is settled (drain lag grows; the recharge gate closes past its bound) until it
+        is back, or until an operator removes it (``SENTINEL RESET``) or sets
+        ``TALLY_DRAIN_REPLICAS`` to a number."""
+        if self.drain_replicas is not None:
+            return self.drain_replicas
+        return max(1, min(known or 0, DRAIN_REPLICAS_MAX))
 
     @classmethod
     def resolve(

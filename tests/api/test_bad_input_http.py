@@ -30,6 +30,8 @@ BAD_DEBITS: dict[str, object] = {
     "zero-width space in the id": {**GOOD, "transfer_id": "t-1\u200b"},
     "newline in the id": {**GOOD, "transfer_id": "t-1\nx"},
     "reserved system account": {**GOOD, "account_id": "@usage_revenue:USD"},
+    "a recharge credit's reserved id": {**GOOD, "transfer_id": "rc-" + "0" * 29},
+    "a hold capture's reserved id": {**GOOD, "transfer_id": "hc-" + "a1" * 14 + "f"},
     "unknown field": {**GOOD, "admin": True},
     "missing field": {"transfer_id": "t-1", "account_id": ACCOUNT},
     "a list instead of an object": [GOOD],

@@ -17,7 +17,7 @@ import pytest
 from redis.cluster import RedisCluster
 
 from tally.config import Settings
-from tally.errors import ConfigError, StoreLost
+from tally.errors import StoreLost
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.binary import RedisBinary
 from tally.ops.cluster import Cluster
@@ -145,8 +145,8 @@ def test_serve_on_a_cluster_debits_credits_replays_and_drains_at_sigint(
 def _start_check_judges_each_shard(rig: Rig, home: Path, account_id: str) -> None:
     """``prepare_store`` (serve's start-up epoch check) on the cluster, per shard: all shards
     current passes; one primary restarted empty is named and the others serve (no refusal);
-    ``--rebuild`` is refused (no cluster rebuild yet), never ignored; a foreign epoch on any
-    shard refuses the start; nothing is written by any refusal."""
+    ``--rebuild`` rebuilds each of its empty shards alone under an epoch of its own, after which
+    every shard is current; a foreign epoch on any shard refuses the start (nothing written)."""
     settings = Settings.resolve(
         redis_url=rig.url, ledger_url=f"sqlite:///{home / 'ledger.sqlite3'}", home=str(home)
     )
@@ -159,9 +159,16 @@ def _start_check_judges_each_shard(rig: Rig, home: Path, account_id: str) -> Non
     node.client().flushall()
     prepare_store(settings, rebuild_if_lost=False, say=said.append)
     assert len(said) == 1 and f"{shard}" in said[0] and "empty or unreachable" in said[0]
-    with pytest.raises(ConfigError, match="not supported on a Redis Cluster"):
-        prepare_store(settings, rebuild_if_lost=True, say=said.append)
-    assert rig.rc.get(LAYOUT.epoch(shard)) is None  # nothing written
+    lost = [s for s in range(LAYOUT.shards) if rig.rc.get(LAYOUT.epoch(s)) is None]
+    assert shard in lost
+    said.clear()
+    prepare_store(settings, rebuild_if_lost=True, say=said.append)  # each empty shard alone
+    assert len(said) == len(lost) and all("rebuilt" in line for line in said)
+    values = {s: rig.rc.get(LAYOUT.epoch(s)) for s in range(LAYOUT.shards)}
+    assert all(values.values()) and len({values[s] for s in lost}) == len(lost)  # their own
+    said.clear()
+    prepare_store(settings, rebuild_if_lost=False, say=said.append)  # all current now
+    assert said == []
     rig.rc.set(LAYOUT.epoch(shard), "foreign/16")
     with pytest.raises(StoreLost, match="foreign epoch"):
         prepare_store(settings, rebuild_if_lost=False, say=said.append)

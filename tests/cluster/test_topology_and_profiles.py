@@ -105,8 +105,15 @@ def test_profile_directives_are_accepted_by_each_redis_version(
             dir=tmp_path / "s",
             sentinel=True,
             binary=binary,
-            directives=sentinel_directives("tally", ("127.0.0.1", node.port)),
+            directives=sentinel_directives("tally", ("127.0.0.1", node.port), replicas=2),
         )
         with sentinel:
             master = sentinel.client().execute_command("SENTINEL", "MASTER", "tally")
             assert master is not None
+            # every replica pointed at a new primary at once (profiles.sentinel_directives)
+            fields = (
+                dict(zip(master[::2], master[1::2], strict=True))
+                if isinstance(master, list)
+                else master
+            )
+            assert int(fields.get(b"parallel-syncs", fields.get("parallel-syncs"))) == 2

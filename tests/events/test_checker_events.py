@@ -94,3 +94,20 @@ def test_a_ledger_without_an_outbox_does_not_hold(tmp_path) -> None:  # type: ig
         "detail": "the ledger has no events outbox",
         "decisions": 0,
     }
+
+
+def test_a_refund_without_its_recharge_refunded_event_is_reported(
+    dep: Deployment, fake_gateway: FakeGateway
+) -> None:
+    """A refunded recharge is a decision too (before: no event, and the checker did not ask):
+    turn the succeeded recharge into a refunded one whose event is missing."""
+    _busy_ledger(dep, fake_gateway)
+    _sql(
+        dep,
+        "UPDATE recharges SET phase = 'skipped', outcome_reason = 'refunded:account_not_active' "
+        "WHERE phase = 'succeeded'",
+    )
+    _sql(dep, "DELETE FROM events WHERE type = 'recharge.succeeded'")
+    verdict = check_events(dep.settings.ledger_url)
+    assert not verdict["held"]
+    assert "1 decisions without an event (e.g. recharge:" in verdict["detail"]

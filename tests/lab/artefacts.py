@@ -20,7 +20,7 @@ CREATE TABLE transfers (id TEXT PRIMARY KEY, kind TEXT, account_id TEXT, debit_a
 CREATE TABLE account_events (id INTEGER PRIMARY KEY, account_id TEXT, action TEXT, cause TEXT,
     recharge_id TEXT, at_ms INTEGER);
 CREATE TABLE recharges (id TEXT PRIMARY KEY, account_id TEXT, opened_at_ms INTEGER,
-    phase TEXT DEFAULT 'opened');
+    phase TEXT DEFAULT 'opened', outcome_reason TEXT);
 CREATE TABLE billing_freeze (id INTEGER PRIMARY KEY, frozen INTEGER);
 CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT, source TEXT, account_id TEXT, data TEXT);
 CREATE TABLE credit_intents (id TEXT PRIMARY KEY, account_id TEXT, created_at_ms INTEGER);
@@ -43,6 +43,8 @@ class Run:
     tx: dict[str, str] = field(default_factory=dict)
     monitor: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: hold_events rows (hold_id, event, ts_ms, expires_at_ms); none: the ledger has no holds
+    hold_events: list[tuple[str, str, int, int | None]] = field(default_factory=list)
     #: write each suspension's outbox event as tally does (False: a decision without its event)
     outbox_events: bool = True
     setup: dict[str, Any] = field(default_factory=lambda: {"currency": "USD", "accounts": []})
@@ -182,6 +184,12 @@ class Run:
         conn.executemany(
             "INSERT INTO recharges (id, account_id, opened_at_ms) VALUES (?,?,?)", self.recharges
         )
+        if self.hold_events:
+            conn.execute(
+                "CREATE TABLE hold_events (hold_id TEXT, event TEXT, ts_ms INTEGER, "
+                "expires_at_ms INTEGER)"
+            )
+            conn.executemany("INSERT INTO hold_events VALUES (?,?,?,?)", self.hold_events)
         conn.commit()
         conn.close()
         for name, rows in (

@@ -67,10 +67,44 @@ def test_liveness_judges_requests_after_the_heal_only_and_needs_an_answer_in_tim
     assert not unanswered.held and unanswered.incomplete == [5]
 
 
+def _attempt(
+    op: int, f: str, tid: str, t_invoke: int, kind: str, t_done: int
+) -> list[dict[str, object]]:
+    return [
+        {"op": op, "type": "invoke", "f": f, "value": {"id": tid}, "t_ms": t_invoke},
+        {"op": op, "type": kind, "t_ms": t_done},
+    ]
+
+
+def test_liveness_judges_a_request_retried_by_id_as_one_request_from_its_first_attempt() -> None:
+    """A debit whose first attempt's outcome was unknown, retried by id through the other data
+    center and answered ok, was served: one request, timed from its first attempt. Before,
+    each attempt was judged alone and the unknown one counted as unserved (the 20-seed run's
+    seeds 6 and 7)."""
+    retried = _attempt(1, "debit", "u1", 1_000, "info", 1_500) + _attempt(
+        2, "debit", "u1", 1_600, "ok", 1_700
+    )
+    held = liveness(retried, since_ms=1_000, bound_s=1.0)
+    assert (held.held, held.judged, held.incomplete, held.worst_s) == (True, 1, [], 0.7)
+    late = retried + _attempt(3, "topup", "t1", 2_000, "info", 2_500)
+    late += _attempt(4, "topup", "t1", 2_600, "ok", 3_200)
+    slow = liveness(late, since_ms=1_000, bound_s=1.0)
+    assert (slow.held, slow.judged, slow.slow, slow.worst_s) == (False, 2, [3], 1.2)
+    never = retried + _attempt(5, "debit", "u2", 2_000, "info", 2_500)
+    never += _attempt(6, "debit", "u2", 2_600, "info", 3_000)
+    unserved = liveness(never, since_ms=1_000, bound_s=10.0)
+    assert (unserved.held, unserved.incomplete) == (False, [5])
+    # a hold, a read: not retried by the caller, each attempt is its own request
+    holds = _attempt(7, "hold", "h1", 1_000, "info", 1_100) + _attempt(
+        8, "hold", "h1", 1_200, "ok", 1_300
+    )
+    assert liveness(holds, since_ms=1_000, bound_s=1.0).incomplete == [7]
+
+
 def test_the_vocabulary_reaches_the_serve_processes_and_every_serve_fault_is_undone() -> None:
     """Issue 13: the subject's processes are part of the fault surface. Over 30 seeds the
     schedules kill, stall and cut `tally serve` processes, and each such window ends with the
-    step that undoes it on the same data center (start, resume, heal)."""
+    step that undoes it on the same data center (launch, resume, heal)."""
     kinds: set[str] = set()
     for seed in range(30):
         for w in _plan(seed).windows:
@@ -86,7 +120,7 @@ def test_the_vocabulary_reaches_the_serve_processes_and_every_serve_fault_is_und
             else:
                 assert fault.args["dc"] == undo.args["dc"] == w.target
                 assert (fault.args["action"], undo.args["action"]) in (
-                    ("kill", "start"),
+                    ("kill", "launch"),
                     ("pause", "resume"),
                 )
     assert kinds == {"serve_kill", "serve_pause", "serve_cut"}

@@ -110,6 +110,45 @@ def test_an_acknowledged_debit_missing_everywhere_is_counted_lost(tmp_path: Path
     assert not verdict.invariants["9_no_acknowledged_money_lost"]["held"]
 
 
+def test_an_acknowledged_capture_the_ledger_lacks_counts_as_a_lost_debit_within_the_bound(
+    tmp_path: Path,
+) -> None:
+    """A capture is a debit of held money (the 20-seed chaos run, seed 13): lost, it is an
+    acknowledged debit lost, allowed only within the bound of a run that isolates the primary
+    (DESIGN 9), and it does not break invariant 10."""
+    run = clean_run(tmp_path)
+    run.hold_events += [("h1", "placed", T0 + 800, T0 + 2800), ("h1", "expired", T0 + 2801, None)]
+    run.client_op("capture", {"id": "h1", "amount_minor": 10}, "ok",
+                  {"result": "ok", "status": "captured"}, T0 + 900)  # fmt: skip
+    verdict = check_dir(run.write())
+    assert verdict.figures["debits_acknowledged_lost"] == 1
+    assert verdict.extras["captures_acknowledged_lost"] == 1
+    assert not verdict.invariants["9_no_acknowledged_money_lost"]["held"]  # bound 0
+    assert verdict.invariants["10_hold_ends_once"]["held"]
+    bounded = clean_run(tmp_path / "bounded")
+    bounded.setup["debits_lost_bound"] = 1  # a run that isolates the primary
+    bounded.hold_events += run.hold_events
+    bounded.client_op("capture", {"id": "h1", "amount_minor": 10}, "ok",
+                      {"result": "ok", "status": "captured"}, T0 + 900)  # fmt: skip
+    assert check_dir(bounded.write()).invariants["9_no_acknowledged_money_lost"]["held"]
+
+
+def test_an_acknowledged_void_whose_hold_expired_is_allowed_only_within_the_bound(
+    tmp_path: Path,
+) -> None:
+    run = clean_run(tmp_path)
+    run.hold_events += [("h1", "placed", T0 + 800, T0 + 2800), ("h1", "expired", T0 + 2801, None)]
+    run.client_op("void", {"id": "h1"}, "ok", {"result": "ok", "status": "voided"}, T0 + 900)
+    verdict = check_dir(run.write())
+    assert not verdict.invariants["10_hold_ends_once"]["held"]  # bound 0: no partition
+    assert verdict.extras["voids_acknowledged_lost"] == 1
+    bounded = clean_run(tmp_path / "bounded")
+    bounded.setup["debits_lost_bound"] = 1  # a run that isolates the primary
+    bounded.hold_events += run.hold_events
+    bounded.client_op("void", {"id": "h1"}, "ok", {"result": "ok", "status": "voided"}, T0 + 900)
+    assert check_dir(bounded.write()).ok
+
+
 def test_a_debit_with_an_unknown_outcome_may_be_missing(tmp_path: Path) -> None:
     run = clean_run(tmp_path)
     run.client_op(

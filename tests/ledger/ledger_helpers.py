@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 import redis
 
+from tally.domain.accounts import Account
+from tally.ledger.models import Epoch
+from tally.ledger.sql_ledger import SqlLedger
 from tally.store.keys import KeyLayout
 
 # ARGV: tag, expected epoch value, epoch id, then 6 per transfer: id, k, account, amount, currency,
@@ -116,3 +119,16 @@ def journal_lines(client: redis.Redis, layout: KeyLayout) -> list[str]:
         for _id, fields in client.xrange(key):
             out += fields[b"d"].decode().split("\n")
     return out
+
+
+def open_deployment(
+    client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, accounts: Sequence[str]
+) -> tuple[Epoch, FakeStoreWriter]:
+    """A new epoch in the ledger and the store, and ``accounts`` in both (limit 100)."""
+    epoch = ledger.init_epoch(layout.namespace, layout.shards)
+    prepare_store(client, layout, epoch.epoch_id)
+    writer = FakeStoreWriter(client, layout, epoch.epoch_id)
+    for account_id in accounts:
+        ledger.create_account(Account(account_id, "USD", 100))
+        writer.account(account_id, limit_minor=100)
+    return epoch, writer

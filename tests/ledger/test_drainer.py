@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 import sqlalchemy as sa
-from ledger_helpers import FakeStoreWriter, journal_lines, prepare_store
+from ledger_helpers import FakeStoreWriter, journal_lines, open_deployment
 
-from tally.domain.accounts import Account
 from tally.errors import StoreLost
 from tally.ledger.models import Epoch
 from tally.ledger.sql_ledger import SqlLedger
@@ -31,13 +30,7 @@ class Crash(Exception):
 def setup(
     rclient: redis.Redis, layout: KeyLayout, ledger: SqlLedger
 ) -> tuple[Epoch, FakeStoreWriter]:
-    epoch = ledger.init_epoch(layout.namespace, layout.shards)
-    prepare_store(rclient, layout, epoch.epoch_id)
-    writer = FakeStoreWriter(rclient, layout, epoch.epoch_id)
-    for account_id in ACCOUNTS:
-        ledger.create_account(Account(account_id, "USD", 100))
-        writer.account(account_id, limit_minor=100)
-    return epoch, writer
+    return open_deployment(rclient, layout, ledger, ACCOUNTS)
 
 
 def write_traffic(writer: FakeStoreWriter, rounds: int = 10) -> int:

@@ -13,6 +13,7 @@ from tally.domain.accounts import AccountStatus
 from tally.domain.recharge import RechargePhase
 from tally.errors import StoreUnavailable
 from tally.gateway import FakeGateway
+from tests.events.conftest import data_of, outbox
 
 from .conftest import Crash, Faults, complete_all, drain_all, open_customer, wire
 
@@ -142,5 +143,16 @@ def test_a_charge_whose_credit_is_refused_is_refunded_once_and_says_so(
         RechargePhase.skipped,
         "refunded:account_not_active",
     )
+    # Dependents hear of it once, in the decision's transaction (before: no event at all).
+    (event,) = outbox(dep.ledger, "recharge.refunded")
+    assert (event.source, event.account_id) == (f"recharge:{rid}", "acme")
+    assert data_of(event) == {
+        "recharge_id": rid,
+        "account_id": "acme",
+        "amount_minor": charge.amount_minor,
+        "currency": "USD",
+        "charge_id": charge.id,
+        "reason": "account_not_active",
+    }
     drain_all(dep)
     assert dep.ledger.conservation() == {"USD": 0}

@@ -116,13 +116,18 @@ def test_a_revoked_key_stops_working_in_every_worker_within_the_cache_bound(
             assert keys.revoke(created.info.key_id)
         revoked_at = time.monotonic()
         deadline = revoked_at + KEY_CACHE_S + 2.0
+        # Judged by when a probe STARTED: every request of a probe started within the bound
+        # was refused. Not by when it ended: opening the fresh connections took seconds under
+        # CI's load (2026-12-04: 7.6 s measured after a probe that began inside the bound).
+        probe_at = revoked_at
         while time.monotonic() < deadline:
+            probe_at = time.monotonic()
             statuses = _fresh_connections(served.url, created.key, "/v1/accounts/x", CONNECTIONS)
             if set(statuses) == {401}:
                 break
             time.sleep(0.2)
         assert set(statuses) == {401}, statuses
-        assert time.monotonic() - revoked_at <= KEY_CACHE_S + 2.0
+        assert probe_at - revoked_at <= KEY_CACHE_S + 2.0
     finally:
         served.stop()
 

@@ -6,6 +6,7 @@ outcomes must mean the same on each."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 
@@ -226,3 +227,26 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_a_primary_restarted_empty_is_store_lost_not_an_unknown_outcome(
+    shell: Shell, redis_node: RedisNode
+) -> None:
+    """The pooled connection of the first call was closed by the crashed server; nothing was
+    sent on it since, so the shell reconnects before sending (the one safe reconnect) and the
+    empty dataset refuses: ``store_lost``. Before, the async shells sent on the dead socket and
+    answered ``outcome_unknown`` (redis-py's asyncio pool check does not see the EOF; the sync
+    pool's does), which is what ``tests/serve/test_readiness.py`` caught through serve."""
+    funded(shell, "alice")
+    (first,) = shell.apply([("d1", "d", "alice", 1, "")])
+    assert first.result is Result.ok
+    redis_node.kill()
+    for name in ("appendonlydir", "appendonly.aof", "dump.rdb"):  # its persistence is gone
+        path = redis_node.dir / name
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    redis_node.start()
+    # In a service the event loop runs all along and reads the EOF as it arrives; here it runs
+    # only inside each call, so let it run a moment as it would.
+    shell.runner.run(asyncio.sleep(0.2))
+    with pytest.raises(StoreLost):
+        shell.apply([("d2", "d", "alice", 1, "")])

@@ -7,6 +7,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from tally import __version__
 from tally.api import problems
@@ -26,9 +27,26 @@ Amounts are integers of minor units (cents): `amount_minor`.
 """
 
 
-def create_app(context: ApiContext) -> FastAPI:
+class TallyApp(FastAPI):
+    """FastAPI, with the hot route (``api.hot``) answered before the middleware stack."""
+
+    hot: HotDebits | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.hot is not None:
+            scope["app"] = self  # as Starlette sets it: routes find the context through it
+            await self.hot(scope, receive, send)
+        else:
+            await self.full(scope, receive, send)
+
+    async def full(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Every request but the hot path's: FastAPI with every middleware."""
+        await super().__call__(scope, receive, send)
+
+
+def create_app(context: ApiContext) -> TallyApp:
     # /docs is ours (local assets, no CDN); ReDoc would load from a CDN, so there is none.
-    app = FastAPI(
+    app = TallyApp(
         title="tally", version=__version__, description=DESCRIPTION, docs_url=None, redoc_url=None
     )
     app.state.tally = context
@@ -52,7 +70,12 @@ def create_app(context: ApiContext) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, problems.on_http_exception)
     app.add_exception_handler(Exception, problems.on_unexpected)
     debit_route = next(r for r in transfers.router.routes if getattr(r, "name", None) == "debit")
-    app.add_middleware(HotDebits, context=context, cache=app.state.key_cache, route=debit_route)
+    batch_route = next(
+        r for r in transfers.router.routes if getattr(r, "name", None) == "debit_batch"
+    )
+    app.hot = HotDebits(
+        app.full, context, app.state.key_cache, debit_route, metrics, batch_route=batch_route
+    )
     app.add_middleware(BodyLimitMiddleware, body_bytes_max=context.body_bytes_max)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

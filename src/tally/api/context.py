@@ -11,7 +11,8 @@ from typing import Any, Protocol
 from fastapi import APIRouter
 from prometheus_client.registry import Collector
 
-from tally.billing.engine import Engine
+from tally.billing.engine import CreditOutcome, Engine
+from tally.domain.accounts import SystemAccount
 from tally.domain.transfers import TransferResult
 from tally.ledger.sql_api_keys import ApiKeyStore
 from tally.ledger.sql_ledger import SqlLedger
@@ -44,7 +45,7 @@ class AdminOps(Protocol):
 
     def reconcile(self) -> dict[str, Any]: ...
 
-    def rebuild(self, *, force: bool) -> dict[str, Any]: ...
+    def rebuild(self, *, force: bool, shard: int | None = None) -> dict[str, Any]: ...
 
     def drain(self) -> dict[str, Any]: ...
 
@@ -75,6 +76,11 @@ class ApiContext:
     #: A single debit without a thread hop (``Engine.debit``'s semantics); None: the engine in a
     #: worker thread.
     async_debit: Callable[[str, str, int, str, int | None], Awaitable[TransferResult]] | None = None
+    #: A credit whose store step joins the debits' coalescer (``Engine.credit``'s semantics,
+    #: ledger first); None: ``Engine.credit`` in a worker thread.
+    async_credit: Callable[[str, str, int, str, SystemAccount], Awaitable[CreditOutcome]] | None = (
+        None
+    )
     #: Seconds a verified API key is cached (a revocation takes at most this long).
     key_cache_s: float = 5.0
     #: Where webhook endpoints may point (``Settings.webhook_hosts``); None: any host.

@@ -54,6 +54,15 @@ class ApiMetrics:
     def add(self, collector: Collector) -> None:
         self.registry.register(collector)
 
+    def record(self, scope: Scope, status: int, started: float) -> None:
+        """One request: its operation (the route's name), the result the handler marked (else
+        ok / the status) and its latency since ``started`` (``time.perf_counter()``)."""
+        operation = getattr(scope.get("route"), "name", None) or UNMATCHED
+        state = scope.get("state") or {}
+        result = state.get("tally_result") or ("ok" if status < 400 else str(status))
+        self.operations.labels(operation, result).inc()
+        self.latency.labels(operation).observe(time.perf_counter() - started)
+
 
 class ReadinessCollector(Collector):
     def __init__(self, probe: Callable[[], Readiness]) -> None:
@@ -156,9 +165,4 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            operation = getattr(route, "name", None) or UNMATCHED
-            state = scope.get("state") or {}
-            result = state.get("tally_result") or ("ok" if status < 400 else str(status))
-            self.metrics.operations.labels(operation, result).inc()
-            self.metrics.latency.labels(operation).observe(time.perf_counter() - started)
+            self.metrics.record(scope, status, started)

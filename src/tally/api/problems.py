@@ -18,6 +18,9 @@ Holds (``routes/holds.py``): 402 insufficient_funds, 404 hold_not_found, 409 hol
 hold_expired, hold_already_captured, hold_voided, 422 capture_exceeds_hold.
 
 Refusals of a transfer are recorded with its id: a replay returns the same status and body.
+A 503 answers its own attempt only (nothing written by it, or its outcome unknown): after an
+attempt of an id whose outcome was unknown, a later 503 such as store_lost decides nothing about
+that earlier attempt; retry the same id until an answer decides it (2xx, or a 4xx with the id).
 """
 
 from __future__ import annotations

@@ -129,16 +129,26 @@ class TransferOut(BaseModel):
     account_id: str
     amount_minor: int
     currency: str | None
-    status: Literal["ok", "refused", "pending"]
+    status: Literal["ok", "refused", "pending", "unknown"] = Field(
+        description="unknown (batch items only): the store failed before this item was decided "
+        "(result outcome_unknown: it may have applied; store_unavailable: it was not); "
+        "retry it with the same transfer_id"
+    )
     result: str = Field(description="the result code's name, e.g. ok, insufficient_funds")
     result_code: int | None
     balance_minor: int | None = Field(description="the balance right after the first application")
 
 
 class BatchOut(BaseModel):
+    """One result per debit, in order. When the store failed for part of a batch only (a Redis
+    Cluster shard lost or unreachable, the others answering), the decided items carry their
+    outcomes, the items of a lost shard are refused ``store_lost`` (nothing written), and the
+    others are ``unknown``; when it failed for all of it, the answer is the 503 problem."""
+
     results: list[TransferOut]
     ok: int
     refused: int
+    unknown: int = 0
 
 
 class TransferRecordOut(BaseModel):
@@ -233,6 +243,8 @@ class RemediateIn(Strict):
 # -- admin and health ------------------------------------------------------------------------
 class RebuildIn(Strict):
     force: StrictBool = False
+    #: one logical shard of a Redis Cluster (its own new epoch); omitted: the whole store
+    shard: StrictInt | None = Field(default=None, ge=0, le=1023)
 
 
 class ProblemOut(BaseModel):

@@ -244,6 +244,33 @@ def run(cfg: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> B
     return result
 
 
+def run_cluster(
+    cfg: BenchConfig, primaries: list[int], progress: Callable[[str], None] = lambda _: None
+) -> BenchResult:
+    """``--cluster``: per M two rows, ``cluster_m<M>`` (random transfer ids) and
+    ``cluster_m<M>_account_shard`` (ids in their account's shard), each M on its own cluster
+    formed, measured and stopped in turn (``bench.cluster``); ``x_m1``: debits/s over the
+    one-primary row with the same ids in the same run, when there is one."""
+    from tally.bench.cluster import ClusterRun, bench_cluster
+    from tally.bench.machine import describe
+    from tally.ops.binary import find_redis_server
+
+    binary = find_redis_server()
+    result = BenchResult(cfg, describe(), binary.version_text)
+    for m in primaries:
+        run = ClusterRun(m, cfg.accounts, cfg.batch_debits, cfg.batch_size)
+        for placement, row in bench_cluster(run, binary, progress).items():
+            suffix = "" if placement == "random" else f"_{placement}"
+            result.rows[f"cluster_m{m}{suffix}"] = row
+    for row in result.rows.values():
+        suffix = "" if row["ids"] == "random" else f"_{row['ids']}"
+        base = result.rows.get(f"cluster_m1{suffix}", {}).get("debits_per_s")
+        rate = row.get("debits_per_s")
+        if isinstance(base, int) and base and isinstance(rate, int):
+            row["x_m1"] = round(rate / base, 2)
+    return result
+
+
 def _ratios(result: BenchResult) -> None:
     batch = result.rows["tally_batch"].get("debits_per_s")
     pg = result.rows["postgres_peer"].get("debits_per_s")

@@ -7,7 +7,10 @@ drainer running) in a temporary $TALLY_HOME on a loopback port, funds accounts, 
   generator (``bench.load``): debits/s, latency p50/p99, error statuses, dropped connections;
 - batch: ``POST /v1/debits/batch`` with ``batch_size`` debits per request;
 - the ceiling: a bare endpoint (``bench.bare``) on the same server stack and worker count, with
-  the same generator, and tally / ceiling.
+  the same generator, and tally / ceiling;
+- per phase, the CPU time the server's processes used per request (per debit for the batch), by
+  role (``cpu_us``: HTTP workers, the parent with its drainer, redis-server), read from /proc
+  on Linux: a figure the other work on a shared machine moves far less than the rates.
 Bounded in time. The generator runs on the same machine and competes with the server for CPU:
 these are lower bounds for a remote client. Errors are figures in the table, never tracebacks.
 """
@@ -15,6 +18,7 @@ these are lower bounds for a remote client. Errors are figures in the table, nev
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -33,7 +37,8 @@ import httpx
 from tally.bench.load import generate
 from tally.ops.node import free_port
 
-START_TIMEOUT_S = 60.0
+#: Generous: on a shared 2-core machine at load 15+ the workers took over 60 s to start.
+START_TIMEOUT_S = 180.0
 FUNDS_MINOR = 10**12
 
 
@@ -60,8 +65,68 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+PROCESSES_MAX = 256
+
+
+def _tree(root: int) -> dict[int, str]:
+    """The pids under ``root`` (itself included) and their command lines; empty off Linux."""
+    found: dict[int, str] = {}
+    todo = [root]
+    while todo and len(found) < PROCESSES_MAX:
+        pid = todo.pop()
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        found[pid] = cmd
+        todo += [int(c) for c in children]
+    return found
+
+
+def _role(pid: int, cmd: str, root: int) -> str:
+    if "redis-server" in cmd:
+        return "redis"
+    if pid == root:
+        return "parent"
+    return "workers" if "spawn_main" in cmd else "other"
+
+
+def _cpu_s(pids: dict[int, str]) -> dict[int, float]:
+    out = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    return out
+
+
+def _with_cpu(
+    root: int, done: Callable[[dict[str, Any]], int], phase: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """Run ``phase``; add ``cpu_us`` (role -> CPU µs per unit, ``done(result)`` units) to
+    its result dict. Processes that start or end during the phase are not counted."""
+    pids = _tree(root)
+    before = _cpu_s(pids)
+    as_dict = phase()
+    after = _cpu_s(pids)
+    units = done(as_dict)
+    roles: dict[str, float] = {}
+    for pid, cmd in pids.items():
+        if pid in before and pid in after:
+            role = _role(pid, cmd, root)
+            roles[role] = roles.get(role, 0.0) + after[pid] - before[pid]
+    if units and roles:
+        as_dict["cpu_us"] = {k: round(1e6 * v / units, 1) for k, v in sorted(roles.items())}
+        as_dict["cpu_us_total"] = round(1e6 * sum(roles.values()) / units, 1)
+    return as_dict
+
+
 @contextlib.contextmanager
-def _served(home: Path, cfg: HttpBenchConfig) -> Iterator[tuple[str, str]]:
+def _served(home: Path, cfg: HttpBenchConfig) -> Iterator[tuple[str, str, int]]:
     port = free_port()
     log_path = home.parent / "serve.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
@@ -100,13 +165,13 @@ def _served(home: Path, cfg: HttpBenchConfig) -> Iterator[tuple[str, str]]:
             for line in log_path.read_text().splitlines()
             if "admin API key" in line
         )
-        yield url, key
+        yield url, key, process.pid
     finally:
         _stop(process)
 
 
 @contextlib.contextmanager
-def _bare(cfg: HttpBenchConfig, workers: int) -> Iterator[str]:
+def _bare(cfg: HttpBenchConfig, workers: int) -> Iterator[tuple[str, int]]:
     """The ceiling: a bare endpoint on the same server stack and worker count."""
     port = free_port()
     argv = [sys.executable, "-m", "tally.bench.bare", "--port", str(port)]
@@ -125,7 +190,7 @@ def _bare(cfg: HttpBenchConfig, workers: int) -> Iterator[str]:
             time.sleep(0.1)
         else:
             raise RuntimeError("the bare endpoint did not start")
-        yield url
+        yield url, process.pid
     finally:
         _stop(process)
 
@@ -223,7 +288,7 @@ def run(cfg: HttpBenchConfig, progress: Callable[[str], None] = lambda _: None) 
     with tempfile.TemporaryDirectory(prefix="tally-bench-http-") as tmp:
         progress("starting tally serve (embedded)")
         with (
-            _served(Path(tmp) / "home", cfg) as (url, key),
+            _served(Path(tmp) / "home", cfg) as (url, key, pid),
             httpx.Client(
                 base_url=url,
                 headers={"Authorization": f"Bearer {key}"},
@@ -235,15 +300,21 @@ def run(cfg: HttpBenchConfig, progress: Callable[[str], None] = lambda _: None) 
             _fund(api, ids)
             for conns in cfg.concurrency_levels:
                 progress(f"POST /v1/debits, {conns} in flight, {cfg.seconds}s")
-                results[f"tally_single_c{conns}"] = _load(url, key, conns, cfg)
+                results[f"tally_single_c{conns}"] = _with_cpu(
+                    pid, _requests, functools.partial(_load, url, key, conns, cfg)
+                )
             if cfg.batch_requests:
                 progress(f"POST /v1/debits/batch x {cfg.batch_requests} ({cfg.batch_size} each)")
-                results["tally_batch"] = _batch(api, ids, cfg)
+                results["tally_batch"] = _with_cpu(
+                    pid, lambda r: int(r["debits"]), lambda: _batch(api, ids, cfg)
+                )
         progress(f"starting the bare endpoint ({workers} worker(s), {_stack(cfg)})")
-        with _bare(cfg, workers) as bare_url:
+        with _bare(cfg, workers) as (bare_url, bare_pid):
             for conns in cfg.concurrency_levels:
                 progress(f"bare POST, {conns} in flight, {cfg.seconds}s")
-                results[f"bare_c{conns}"] = _load(bare_url, "-", conns, cfg)
+                results[f"bare_c{conns}"] = _with_cpu(
+                    bare_pid, _requests, functools.partial(_load, bare_url, "-", conns, cfg)
+                )
     for conns in cfg.concurrency_levels:
         tally, bare = results[f"tally_single_c{conns}"], results[f"bare_c{conns}"]
         tally["of_bare"] = round(tally["per_s"] / bare["per_s"], 3) if bare["per_s"] else None
@@ -256,6 +327,10 @@ def run(cfg: HttpBenchConfig, progress: Callable[[str], None] = lambda _: None) 
         "client": "on the same machine (loopback), competing for the same cores",
         "results": results,
     }
+
+
+def _requests(result: dict[str, Any]) -> int:
+    return int(result["requests"])
 
 
 def _stack(cfg: HttpBenchConfig) -> str:

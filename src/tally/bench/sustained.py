@@ -162,21 +162,21 @@ def _wait_drained(client: redis.Redis, layout: KeyLayout, timeout_s: float) -> f
 
 
 @contextmanager
-def _ledger_url(cfg: SustainedConfig, tmp: Path) -> Iterator[str]:
+def _ledger_url(server_url: str | None, tmp: Path) -> Iterator[str]:
     """A fresh ledger: a SQLite file, or a database created on the stated server and dropped."""
-    if cfg.ledger_url is None or cfg.ledger_url.startswith("sqlite"):
+    if server_url is None or server_url.startswith("sqlite"):
         yield f"sqlite:///{tmp / 'ledger.sqlite3'}"
         return
     import sqlalchemy as sa
 
     from tally.ledger.urls import normalise_url
 
-    admin = sa.create_engine(normalise_url(cfg.ledger_url), isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(normalise_url(server_url), isolation_level="AUTOCOMMIT")
     name = f"tally_bench_{uuid.uuid4().hex[:10]}"
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     try:
-        url = sa.engine.make_url(normalise_url(cfg.ledger_url)).set(database=name)
+        url = sa.engine.make_url(normalise_url(server_url)).set(database=name)
         yield url.render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
@@ -184,13 +184,15 @@ def _ledger_url(cfg: SustainedConfig, tmp: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def run(cfg: SustainedConfig, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    from tally.bench.machine import describe
-
-    with tempfile.TemporaryDirectory(prefix="tally-sustained-") as tmp_text:
+@contextmanager
+def bench_deployment(prefix: str, server_url: str | None) -> Iterator[tuple[Deployment, RedisNode]]:
+    """A deployment of its own for a benchmark: a redis-server with the bench's stated
+    directives in a temporary dir, a ledger (a fresh PostgreSQL database on ``server_url``,
+    dropped after; else SQLite), initialised; everything stopped and removed on exit."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp_text:
         tmp = Path(tmp_text)
         node = RedisNode(name="bench", dir=tmp / "redis", directives=dict(BENCH_DIRECTIVES))
-        with node, _ledger_url(cfg, tmp) as ledger_url:
+        with node, _ledger_url(server_url, tmp) as ledger_url:
             with SqlLedger.open(ledger_url) as ledger:
                 client = node.client(socket_timeout=60)
                 init_store(client, KeyLayout(), ledger)
@@ -199,8 +201,15 @@ def run(cfg: SustainedConfig, progress: Callable[[str], None] = lambda _: None) 
                 redis_url=node.url, ledger_url=ledger_url, home=str(tmp / "home")
             )
             with open_deployment(settings) as dep:
-                out = _run(dep, cfg, progress)
-            out["redis_version"] = node.binary.version_text if node.binary else None
+                yield dep, node
+
+
+def run(cfg: SustainedConfig, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    from tally.bench.machine import describe
+
+    with bench_deployment("tally-sustained-", cfg.ledger_url) as (dep, node):
+        out = _run(dep, cfg, progress)
+        out["redis_version"] = node.binary.version_text if node.binary else None
     out["machine"] = describe()
     out["ledger"] = "postgresql" if out["config"]["ledger_url"] else "sqlite"
     return out

@@ -70,15 +70,18 @@ class Engine:
     def recover(self, exc: StoreError) -> bool:
         """After a failed store action: catch up and say True (retry once) in three cases where
         this engine was merely behind: store_lost while the ledger names a newer epoch (a
-        rebuild happened); READONLY or a broken connection while Sentinel knows a new primary
+        rebuild happened; or a newer epoch of one shard, rebuilt alone on a cluster); READONLY or a broken connection while Sentinel knows a new primary
         (a failover); NOREPLICAS from a primary that Sentinel has already replaced (it was cut
         off, the others failed over). False: report the error. The sync path and the async
         shell both go through here, so their guard is one."""
         if isinstance(exc, StoreLost):
-            epoch = self.ledger.current_epoch()
-            if epoch is None or epoch.epoch_id == self.store.epoch_id:
+            view = self.ledger.epoch_view()  # a shard rebuilt alone has an epoch of its own
+            if view is None:
                 return False
-            self.store.set_epoch(epoch.epoch_id)
+            seen = (self.store.epoch_id, self.store.shard_epoch_ids)
+            if seen == (view.epoch.epoch_id, view.overrides):
+                return False
+            self.store.set_epoch(view.epoch.epoch_id, view.overrides)
             return True
         if isinstance(exc, StoreReadOnly | StoreUnavailable):
             return self.store.reconnect()
@@ -190,8 +193,39 @@ class Engine:
         amount_minor: int,
         currency: str,
         source: SystemAccount = SystemAccount.adjustments,
+        *,
+        system: bool = False,
     ) -> CreditOutcome:
-        raw_transfer("c", transfer_id, account_id, amount_minor, currency)  # validates
+        """``system``: tally's own credit (a recharge's), whose id has the reserved form
+        (domain/ids.py); a caller's credit must not take such an id."""
+        prepared = self.credit_intent(
+            transfer_id, account_id, amount_minor, currency, source, system=system
+        )
+        if isinstance(prepared, CreditOutcome):
+            return prepared
+        try:
+            result = self._guarded(lambda: self.store.apply([prepared])).results[0]
+        except StoreError:
+            return CreditOutcome(transfer_id, None, None)
+        return self.credit_applied(result)
+
+    # A credit in two halves around its store step, so that the HTTP path can send that step
+    # through its coalescer (``service.fast_debit``) while the ledger-first rule stays here:
+    # ``credit_intent`` (SQL) always runs first, ``credit_applied`` after the store answered.
+    def credit_intent(
+        self,
+        transfer_id: str,
+        account_id: str,
+        amount_minor: int,
+        currency: str,
+        source: SystemAccount = SystemAccount.adjustments,
+        *,
+        system: bool = False,
+    ) -> CreditOutcome | RawTransfer:
+        """Validate and record the credit's intent in the ledger. A conflicting replay is
+        answered here (a ``CreditOutcome``); otherwise the store step to apply (a
+        ``RawTransfer``): a store error on it means the credit is pending, never lost."""
+        raw_transfer("c", transfer_id, account_id, amount_minor, currency, system=system)
         transfer = Transfer(transfer_id, TransferKind.credit, account_id, amount_minor, currency)
         recorded = self.ledger.record_credit_intent(transfer, source)
         if recorded.conflict is not None:
@@ -201,13 +235,23 @@ class Engine:
         # No intent but no conflict: the id was drained as a transfer long ago. 0 (1970) lets
         # the store replay its record if it still has it and refuse it otherwise.
         occurred = 0 if recorded.intent is None else recorded.intent.created_at_ms
-        raw = raw_transfer("c", transfer_id, account_id, amount_minor, currency, occurred)
-        try:
-            result = self._guarded(lambda: self.store.apply([raw])).results[0]
-        except StoreError:
-            return CreditOutcome(transfer_id, None, None)
+        return raw_transfer(
+            "c", transfer_id, account_id, amount_minor, currency, occurred, system=system
+        )
+
+    def credit_applied(self, result: TransferResult) -> CreditOutcome:
+        """The outcome of a credit whose store step answered ``result``. Writes to the ledger
+        only for a conflicting replay (``credit_needs_settling``)."""
         self._settle_if_refused_by_id(result)
-        return CreditOutcome(transfer_id, result.result, result.balance_minor, result.replayed)
+        return CreditOutcome(
+            result.transfer_id, result.result, result.balance_minor, result.replayed
+        )
+
+    @staticmethod
+    def credit_needs_settling(result: TransferResult) -> bool:
+        """Whether ``credit_applied`` does I/O for this result (an async caller hops to a
+        thread only then)."""
+        return result.result.is_replay_conflict
 
     def apply_pending_credits(
         self, *, older_than_ms: int = 1000, limit: int = PENDING_CREDITS_BATCH_MAX
@@ -229,5 +273,5 @@ class Engine:
 
     def _settle_if_refused_by_id(self, result: TransferResult) -> None:
         """A conflicting replay is not journaled (nothing changed), so settle it here."""
-        if result.result.is_replay_conflict:
+        if self.credit_needs_settling(result):
             self.ledger.settle_credit_intent(result.transfer_id, result.result)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from tally.domain.ids import id_fullmatch, is_valid_id
+from tally.domain.ids import RESERVED_ID_LEN, id_fullmatch, is_reserved_transfer_id, is_valid_id
 from tally.domain.limits import AMOUNT_MINOR_MAX, BATCH_MAX, OCCURRED_AT_MS_MAX
 from tally.domain.money import CURRENCY_EXPONENTS
 from tally.errors import (
@@ -46,6 +46,7 @@ def raw_transfers(kind: str, items: Iterable[Sequence[object]]) -> list[RawTrans
         if (
             type(tid) is not str
             or not id_fullmatch(tid)
+            or (len(tid) == RESERVED_ID_LEN and is_reserved_transfer_id(tid))
             or type(aid) is not str
             or (aid not in accounts_ok and not id_fullmatch(aid))
             or type(amount) is not int
@@ -74,9 +75,18 @@ def raw_transfer(
     occurred_at_ms: object = None,
     *,
     where: str = "",
+    system: bool = False,
 ) -> RawTransfer:
+    """``system``: tally's own transfer (a recharge's credit), whose id may have the reserved
+    form; every caller-supplied transfer id must not."""
     if not is_valid_id(tid):
         raise InvalidId(f"{where}transfer id {str(tid)[:80]!r} is not a valid id")
+    if not system and is_reserved_transfer_id(tid):  # type: ignore[arg-type]
+        raise InvalidId(
+            f"{where}transfer id {tid!r} has the form tally reserves for its own transfers "
+            "(rc- or hc- followed by 29 lowercase hex digits: recharge credits, hold captures); "
+            "choose another id"
+        )
     if not is_valid_id(aid):
         raise InvalidId(f"{where}account id {str(aid)[:80]!r} is not a valid id")
     if type(amount) is not int or not 0 < amount <= AMOUNT_MINOR_MAX:

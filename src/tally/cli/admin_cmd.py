@@ -14,6 +14,7 @@ from tally.billing.engine import PENDING_CREDITS_BATCH_MAX
 from tally.bootstrap import Deployment, initialise_store
 from tally.cli.context import connection_options, deployment, settings_from
 from tally.cli.output import EXIT_REFUSED, emit, handles_errors, json_option
+from tally.errors import StoreError
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.keys import KeyLayout
 
@@ -129,23 +130,38 @@ def _reapply_credits(dep: Deployment) -> int:
     help="Delete tally's keys in a non-empty dataset first (a healthy one only once its "
     "journal is drained: undrained entries are refused, never dropped).",
 )
+@click.option(
+    "--shard",
+    default=None,
+    type=click.IntRange(0, 1023),
+    help="Redis Cluster only: rebuild this logical shard alone, under a new epoch of its own; "
+    "the other shards keep their epochs and keep serving.",
+)
 @connection_options
 @json_option
 @handles_errors
-def rebuild(force: bool, as_json: bool, **conn: str | None) -> None:
-    """Restore an empty (or, with --force, foreign) store from the ledger under a new epoch."""
-    from tally.sync.rebuild import rebuild as run_rebuild
+def rebuild(force: bool, shard: int | None, as_json: bool, **conn: str | None) -> None:
+    """Restore an empty (or, with --force, foreign) store from the ledger under a new epoch
+    (on a Redis Cluster: every shard, or one with --shard)."""
+    from tally.sync.shard_rebuild import rebuild_store
 
     with deployment(**conn) as dep:
-        report = run_rebuild(
-            dep.client,
+        report = rebuild_store(
+            dep.store.client,
             dep.layout,
             dep.ledger,
             force=force,
+            shard=shard,
             idempotency_window_ms=dep.store.idempotency_window_ms,
         )
         data = _plain(report)
         # Money in that the lost dataset held but the journal had not yet settled: apply it
-        # again now (idempotent by transfer id), so no acknowledged credit is lost.
-        data["credits_reapplied"] = _reapply_credits(dep)
+        # again now (idempotent by transfer id), so no acknowledged credit is lost. A credit
+        # whose shard is still lost (a cluster shard not rebuilt yet) stays pending in the
+        # ledger for the next rebuild or the serve's credit applier; the rebuild stands.
+        try:
+            data["credits_reapplied"] = _reapply_credits(dep)
+        except StoreError as exc:
+            data["credits_reapplied"] = None
+            data["credits_still_pending"] = str(exc)
         emit(as_json, data, " ".join(f"{k}={v}" for k, v in data.items()))

@@ -31,7 +31,7 @@ def bench() -> None:
 @bench.command("debits")
 @click.option("--accounts", default=10_000, show_default=True, type=click.IntRange(1, 1_000_000))
 @click.option(
-    "--batch-debits", default=300_000, show_default=True, type=click.IntRange(1000, 10_000_000)
+    "--batch-debits", default=300_000, show_default=True, type=click.IntRange(100, 10_000_000)
 )
 @click.option(
     "--single-debits", default=5_000, show_default=True, type=click.IntRange(1, 1_000_000)
@@ -40,36 +40,60 @@ def bench() -> None:
     "--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test", show_default=True
 )
 @click.option("--no-postgres", is_flag=True, help="Skip the PostgreSQL peer.")
+@click.option(
+    "--cluster",
+    "cluster",
+    default=None,
+    metavar="M1,M2,...",
+    help="Instead: tally's batch path on a Redis Cluster of each many primaries, formed on "
+    "loopback for the run and stopped after (e.g. 1,3); rows carry primaries, debits_per_s, "
+    "CPU per process and what bounds the run.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@handles_errors
 def debits(
     accounts: int,
     batch_debits: int,
     single_debits: int,
     postgres_url: str,
     no_postgres: bool,
+    cluster: str | None,
     as_json: bool,
 ) -> None:
-    """The library path: tally batch and single debits vs raw Redis vs a PostgreSQL peer."""
-    from tally.bench.debits import BenchConfig, run
+    """The library path: tally batch and single debits vs raw Redis vs a PostgreSQL peer; with
+    --cluster, the batch path on Redis Clusters of M primaries, each M in one run."""
+    from tally.bench.debits import BenchConfig, run, run_cluster
 
     cfg = BenchConfig(
         accounts=accounts,
         batch_debits=batch_debits,
+        batch_size=min(BenchConfig.batch_size, batch_debits),
         single_debits=single_debits,
         raw_debits=batch_debits,
         postgres_url=None if no_postgres else postgres_url,
     )
-    result = run(cfg, progress=lambda text: click.echo(f"... {text}", err=True))
-    data = result.to_json()
+    progress = lambda text: click.echo(f"... {text}", err=True)  # noqa: E731
+    if cluster is not None:
+        from tally.bench.cluster import parse_primaries
+
+        result = run_cluster(cfg, parse_primaries(cluster), progress=progress)
+        columns = ["primaries", "ids", "debits_per_s", "x_m1", "cpu_load", "cpu_redis", "bound"]
+        shown = {
+            name: {
+                **row,
+                "cpu_load": row["cpu_cores"]["load_process"],  # type: ignore[index]
+                "cpu_redis": " ".join(map(str, row["cpu_cores"]["redis_primaries"])),  # type: ignore[index]
+            }
+            for name, row in result.rows.items()
+        }
+    else:
+        result = run(cfg, progress=progress)
+        columns = ["debits", "debits_per_s", "p50_us", "p99_us", "x_postgres_peer", "durability"]
+        shown = result.rows
     if as_json:
-        click.echo(json.dumps(data, sort_keys=True))
+        click.echo(json.dumps(result.to_json(), sort_keys=True))
         return
-    click.echo(
-        _table(
-            result.rows,
-            ["debits", "debits_per_s", "p50_us", "p99_us", "x_postgres_peer", "durability"],
-        )
-    )
+    click.echo(_table(shown, columns))
 
 
 @bench.command("http")
@@ -183,6 +207,8 @@ def http(
                     "non_2xx",
                     "dropped",
                     "generator",
+                    "cpu_us_total",
+                    "cpu_us",
                 ],
             )
         )
@@ -258,6 +284,51 @@ def sustained(
         "x_ceiling",
     ]
     click.echo(_table(summary_rows(data), columns))
+
+
+@bench.command("drain")
+@click.option(
+    "--ledger-url",
+    default=None,
+    help="A PostgreSQL server (a database is created for the run and dropped); default: SQLite.",
+)
+@click.option("--transfers", default=200_000, show_default=True, type=click.IntRange(1, 5_000_000))
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1, 50))
+@click.option("--accounts", default=2000, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--drain-workers", default=1, show_default=True, type=click.IntRange(1, 8))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@handles_errors
+def drain(
+    ledger_url: str | None,
+    transfers: int,
+    rounds: int,
+    accounts: int,
+    batch_size: int,
+    drain_workers: int,
+    as_json: bool,
+) -> None:
+    """The deployment's drainer alone: per round the store takes TRANSFERS debits, then the
+    drainer settles them into the ledger; transfers settled per second and where the time went
+    (tally.bench.drain)."""
+    from tally.bench.drain import DrainBenchConfig, run
+
+    cfg = DrainBenchConfig(
+        ledger_url=ledger_url,
+        transfers=transfers,
+        rounds=rounds,
+        accounts=accounts,
+        batch_size=batch_size,
+        drain_workers=drain_workers,
+    )
+    data = run(cfg, progress=lambda text: click.echo(f"... {text}", err=True))
+    if as_json:
+        click.echo(json.dumps(data, sort_keys=True))
+        return
+    rows = {f"round {i + 1}": r for i, r in enumerate(data["rounds"])}
+    columns = ["store_per_s", "drain_per_s", "drain_s", "read_s", "parse_s", "apply_s", "ack_s"]
+    columns += ["drainer_cpu_s_per_100k", "ledger_cpu_s_per_100k"]
+    click.echo(_table(rows, columns))
 
 
 @bench.command("storm")

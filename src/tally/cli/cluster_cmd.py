@@ -10,10 +10,12 @@ import click
 
 from tally.cli.output import handles_errors, json_option
 from tally.errors import ConfigError
+from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.cluster import Cluster, read_state, state_path
-from tally.ops.cluster.status import cluster_status
+from tally.ops.cluster.status import cluster_status, compare_ledger_epochs
 from tally.ops.preflight import check_topology
 from tally.ops.topology import PROFILES, Topology, load_topology
+from tally.store.keys import KeyLayout
 
 topology_option = click.option(
     "--topology",
@@ -86,10 +88,29 @@ def down(topology_path: Path, base_dir: Path | None, as_json: bool) -> None:
 @base_dir_option
 @json_option
 @handles_errors
-def status(topology_path: Path, base_dir: Path | None, as_json: bool) -> None:
+@click.option(
+    "--ledger-url",
+    default=None,
+    help="redis-cluster topologies: also show the ledger's epoch for each logical shard beside "
+    "the one its primary holds, and flag every shard where they differ (EPOCH MISMATCH).",
+)
+def status(
+    topology_path: Path, base_dir: Path | None, as_json: bool, ledger_url: str | None
+) -> None:
     """Roles, replication offsets and lag, proxy links and faults, Sentinels' view."""
     attached = Cluster.attach(load(topology_path, base_dir))
-    _print(cluster_status(attached), as_json, "")
+    found = cluster_status(attached)
+    if ledger_url is not None and found.get("cluster"):
+        with SqlLedger.open(ledger_url) as ledger:
+            view = ledger.epoch_view()
+        if view is not None:
+            values = [KeyLayout(view.epoch.namespace, view.epoch.shards).epoch_value(i)
+                      for i in view.shard_ids]  # fmt: skip
+            found["cluster"]["ledger_epoch"] = view.epoch.epoch_id
+            found["cluster"]["epoch_mismatch"] = compare_ledger_epochs(
+                found["cluster"], view.epoch.namespace, values
+            )
+    _print(found, as_json, "")
 
 
 def _print(status: dict[str, Any], as_json: bool, header: str) -> None:
@@ -143,3 +164,8 @@ def _print_shards(view: dict[str, Any] | None) -> None:
             f" config_epoch={shard['config_epoch']} store_epoch={shard['store_epoch'] or '-'}"
             + (" FAILING" if shard["failing"] else "")
         )
+        if "ledger_epochs" in shard:  # --ledger-url: each logical shard, store vs ledger
+            store = shard.get("store_epochs") or {}
+            for key, want in shard["ledger_epochs"].items():
+                flag = " EPOCH MISMATCH" if key in shard["epoch_mismatch"] else ""
+                click.echo(f"    {key} store={store.get(key) or '-'} ledger={want}{flag}")

@@ -17,6 +17,7 @@ import click
 from tally.errors import TallyError
 from tally.lab import chaos, report
 from tally.lab.checker import FIGURES
+from tally.lab.cluster_scenarios import CLUSTER_SCENARIOS
 from tally.lab.runner import BILLINGS, PROFILES, RunOptions, RunResult, run
 from tally.lab.scenarios import SCENARIOS
 
@@ -72,7 +73,10 @@ def _summary(result: RunResult) -> str:
     name="lab",
     help="The incident lab: real Redis processes, Sentinels, fault "
     "proxies and the gateway simulator, checked by an independent checker.\n\n"
-    "Scenarios: " + ", ".join(SCENARIOS),
+    "Scenarios: "
+    + ", ".join(SCENARIOS)
+    + "; on a Redis Cluster (hardened, tally only): "
+    + ", ".join(CLUSTER_SCENARIOS),
 )
 def lab() -> None:
     pass
@@ -89,10 +93,9 @@ def run_cmd(scenario: str, profile: str, billing: str, out: Path | None, seed: i
             time_scale: float, accounts: int | None, rate: float | None, duration: float | None,
             dataset_mb: int | None, ledger_url: str | None, as_json: bool) -> None:  # fmt: skip
     """Run SCENARIO once and check it: exit 0 all invariants held, 1 one violated, 2 error."""
-    if scenario not in SCENARIOS:
-        click.echo(
-            f"error: unknown scenario {scenario!r}; one of: {', '.join(SCENARIOS)}", err=True
-        )
+    if scenario not in SCENARIOS and scenario not in CLUSTER_SCENARIOS:
+        known = ", ".join([*SCENARIOS, *CLUSTER_SCENARIOS])
+        click.echo(f"error: unknown scenario {scenario!r}; one of: {known}", err=True)
         sys.exit(EXIT_USAGE)
     out = out or Path("lab-runs") / f"{scenario}-{profile}-{billing}"
     result = run(RunOptions(scenario, profile, billing, seed, out, time_scale, accounts, rate,
@@ -226,13 +229,15 @@ def chaos_cmd(profile: str, billing: str, faults_max: int, runs: int, out: Path 
 def _chaos_row(result: RunResult) -> dict[str, Any]:
     body = result.report
     live = body.get("liveness") or {}
+    # which invariant and what it saw, so a failed run explains itself from the summary alone
+    violated = {name: v.get("detail") for name, v in (body.get("invariants") or {}).items()
+                if not v.get("held")}  # fmt: skip
     return {
         "seed": body.get("seed"),
         "exit_code": result.exit_code,
         "faults": len(body.get("schedule") or []),
-        "invariants_violated": sum(
-            1 for v in (body.get("invariants") or {}).values() if not v.get("held")
-        ),
+        "invariants_violated": len(violated),
+        "violated": violated,
         "liveness_held": live.get("held"),
         "liveness_worst_s": live.get("worst_s"),
         "error": body.get("error"),

@@ -32,6 +32,7 @@ class EventType(StrEnum):
     recharge_succeeded = "recharge.succeeded"
     recharge_failed = "recharge.failed"
     recharge_waiting = "recharge.waiting"
+    recharge_refunded = "recharge.refunded"
     balance_low = "balance.low"
     hold_expired = "hold.expired"
     billing_frozen = "billing.frozen"

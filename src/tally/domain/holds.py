@@ -111,7 +111,7 @@ def check_hold_id(value: object) -> str:
 
 def capture_transfer_id(hold_id: str) -> str:
     """The debit a capture books: ``hc-`` + 29 hex of the hold id's SHA1 (as recharge ids are
-    derived from their debit's id). Customer transfer ids should not start with ``hc-``."""
+    derived from their debit's id); callers may not use ids of this form (domain/ids.py)."""
     return "hc-" + hashlib.sha1(hold_id.encode()).hexdigest()[:29]
 
 

@@ -13,6 +13,19 @@ from tally.errors import InvalidId
 _ID_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.:\-]{{0,{ID_LEN_MAX - 1}}}")
 id_fullmatch = _ID_RE.fullmatch
 
+# The ids tally derives for its own transfers: a recharge's credit (``rc-`` + 29 hex of its
+# debit's id, domain/rules.py) and a hold capture's debit (``hc-`` + 29 hex of the hold id,
+# domain/holds.py). A caller's transfer under one of them would take that id first: the
+# recharge's credit or the capture would then meet a conflicting replay instead of applying.
+# Exactly this form is reserved, so ids like ``rc-plain-1`` stay the caller's.
+_RESERVED_RE = re.compile(r"(?:rc|hc)-[0-9a-f]{29}")
+RESERVED_ID_LEN = 32
+
+
+def is_reserved_transfer_id(value: str) -> bool:
+    """A transfer id of the form tally derives for its own recharge credits and captures."""
+    return len(value) == RESERVED_ID_LEN and _RESERVED_RE.fullmatch(value) is not None
+
 
 def check_id(value: object, what: str = "id") -> str:
     if not isinstance(value, str):

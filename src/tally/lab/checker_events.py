@@ -8,6 +8,7 @@ Decisions and their events (``events.source`` names the decision):
     account_events row n (suspended | reinstated)   account.<action>      account_event:<n>
     recharge r in phase succeeded                    recharge.succeeded    recharge:<r>
     recharge r in phase declined                     recharge.failed       recharge:<r>
+    recharge r skipped with outcome refunded:…       recharge.refunded     recharge:<r>
     billing_freeze row n (frozen true | false)       billing.(un)frozen    freeze:<n>
 
 An operator's status change (API / CLI) has no decision row of its own: its event (source
@@ -43,6 +44,11 @@ def _expected(conn: sa.Connection) -> dict[str, str]:
         conn, "SELECT id, phase FROM recharges WHERE phase IN ('succeeded', 'declined')"
     ):
         want[f"recharge:{row.id}"] = outcomes[row.phase]
+    for row in _rows(
+        conn,
+        "SELECT id FROM recharges WHERE phase = 'skipped' AND outcome_reason LIKE 'refunded:%'",
+    ):
+        want[f"recharge:{row.id}"] = "recharge.refunded"
     for row in _rows(conn, "SELECT id, frozen FROM billing_freeze"):
         want[f"freeze:{int(row.id)}"] = "billing.frozen" if row.frozen else "billing.unfrozen"
     return want
@@ -54,6 +60,7 @@ JUDGED = (
     "account.closed",
     "recharge.succeeded",
     "recharge.failed",
+    "recharge.refunded",
     "billing.frozen",
     "billing.unfrozen",
 )

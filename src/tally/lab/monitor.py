@@ -154,20 +154,7 @@ class Monitor:
         except (redis.RedisError, OSError) as exc:
             self._drop("info", name)
             return {"role": "down", "error": type(exc).__name__}
-        return {
-            "role": info.get("role"),
-            "link": info.get("master_link_status"),
-            "run_id": info.get("run_id"),
-            "sync_full": int(info.get("sync_full", 0)),
-            "sync_partial_ok": int(info.get("sync_partial_ok", 0)),
-            "sync_partial_err": int(info.get("sync_partial_err", 0)),
-            "replicas": int(info.get("connected_slaves", 0)),
-            "offset": int(info.get("master_repl_offset", 0)),
-            "loading": int(info.get("loading", 0)),
-            "sync_in_progress": int(info.get("master_sync_in_progress", 0)),
-            "epoch": int(epoch),
-            "dbsize": int(dbsize),
-        }
+        return node_figures(info, int(epoch), dbsize)
 
     # -- ping samples ------------------------------------------------------------------------------
     def _ping_loop(self) -> None:
@@ -187,3 +174,21 @@ class Monitor:
                     continue
             entry["ms"] = round((time.monotonic() - start) * 1000, 3)
             self._write(entry)
+
+
+def node_figures(info: dict[str, Any], epoch: int, dbsize: Any) -> dict[str, Any]:
+    """One node's sample from its ``INFO all``, the epoch keys it holds and its key count."""
+    return {
+        "role": info.get("role"),
+        "link": info.get("master_link_status"),
+        "run_id": info.get("run_id"),
+        "sync_full": int(info.get("sync_full", 0)),
+        "sync_partial_ok": int(info.get("sync_partial_ok", 0)),
+        "sync_partial_err": int(info.get("sync_partial_err", 0)),
+        "replicas": int(info.get("connected_slaves", 0)),
+        "offset": int(info.get("master_repl_offset", 0)),
+        "loading": int(info.get("loading", 0)),
+        "sync_in_progress": int(info.get("master_sync_in_progress", 0)),
+        "epoch": epoch,
+        "dbsize": int(dbsize),
+    }

@@ -31,6 +31,7 @@ from tally.gateway.process import SimulatorProcess
 from tally.lab.ledger_db import LabLedger
 from tally.ops.ballast import incompressible
 from tally.ops.cluster import Cluster, ClusterNode
+from tally.ops.cluster.procs import command
 from tally.ops.cluster.state import RouteState
 from tally.ops.faultproxy import LinkSpec as ProxyLinkSpec
 from tally.ops.node import ConfigValue
@@ -43,6 +44,7 @@ BALLAST_VALUE_BYTES = 1000
 BALLAST_PIPELINE = 1000
 DATASET_BYTES_MAX = 2_000_000_000
 SYNC_WAIT_S = 60.0
+ONE_PRIMARY_POLL_S = 0.2
 BALLAST_DB = 1  # ballast and extra write load live here, away from tally's database 0
 
 
@@ -102,12 +104,15 @@ def lab_topology(base_dir: Path, spec: RigSpec) -> Topology:
 class Rig:
     """``with Rig(out_dir, spec) as rig:`` cluster up, ballast loaded, simulator running."""
 
+    #: the topology a rig runs (``tally.lab.cluster_rig`` gives a Redis Cluster's)
+    topology_for = staticmethod(lab_topology)
+
     def __init__(self, out_dir: Path, spec: RigSpec, *, gateway_faults: Faults | None = None,
                  ledger: LabLedger | None = None):  # fmt: skip
         self.out_dir = Path(out_dir)
         self.spec = spec
         self.cluster_dir = self.out_dir / "cluster"
-        self.topology = lab_topology(self.cluster_dir, spec)
+        self.topology = self.topology_for(self.cluster_dir, spec)
         self.cluster = Cluster(self.topology, profile=spec.profile)
         self.simulator = SimulatorProcess(
             data_dir=self.out_dir / "gateway", faults=gateway_faults or Faults()
@@ -292,6 +297,43 @@ class Rig:
     def current_primary(self) -> ClusterNode | None:
         """A running node answering ROLE master (r1 first)."""
         return self.cluster.primary()
+
+    def primaries(self) -> list[str]:
+        """Every running node answering ROLE master (more than one: a split brain, e.g. an old
+        primary back from a partition that Sentinel has not demoted yet)."""
+        return [h.name for h in self.cluster.primaries()]
+
+    def sentinel_primaries(self) -> list[str]:
+        """The node each answering Sentinel names as the primary (none without Sentinels)."""
+        by_front = {self.cluster.front(name): name for name in self.nodes}
+        named = []
+        for handle in self.cluster.sentinels.values():
+            with (
+                contextlib.suppress(redis.RedisError, OSError),
+                contextlib.closing(handle.client(socket_timeout=1.0)) as c,
+            ):
+                addr = command(c, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.topology.master_name)
+                if addr:
+                    host = addr[0].decode() if isinstance(addr[0], bytes) else str(addr[0])
+                    named.append(by_front.get((host, int(addr[1])), f"{host}:{addr[1]}"))
+        return named
+
+    def wait_one_primary(self, timeout_s: float) -> list[str]:
+        """With Sentinels, wait (at most ``timeout_s``) until exactly one running node is a
+        primary and every Sentinel that answers names it. Returns the primaries at the end. An old
+        primary back from a partition stays a primary until Sentinel's next look at it (its
+        INFO period, 10 s) demotes it: a state read before that reads a dataset about to be
+        discarded."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            primaries = self.primaries()
+            if not self.cluster.with_sentinels:  # 2013: nobody demotes anything; do not wait
+                return primaries
+            if len(primaries) == 1 and set(self.sentinel_primaries()) == set(primaries):
+                return primaries
+            if time.monotonic() >= deadline:
+                return primaries
+            time.sleep(ONE_PRIMARY_POLL_S)
 
     def remote_dcs(self) -> list[str]:
         primary_dc = self.topology.primary.dc

@@ -30,6 +30,9 @@ from tally.errors import TallyError, UsageError
 from tally.gateway.faults import Faults
 from tally.lab import chaos, checker, report
 from tally.lab.billing import BillingSystem, make_billing
+from tally.lab.cluster_ops import ClusterMonitor, ClusterOperator
+from tally.lab.cluster_rig import CLUSTER_LAB_PARAMS, ClusterRig
+from tally.lab.cluster_scenarios import CLUSTER_SCENARIOS, cluster_figures
 from tally.lab.figures import lab_figures
 from tally.lab.history import HistoryWriter, now_ms, read_history
 from tally.lab.ledger_db import LabLedger, is_postgres
@@ -47,9 +50,12 @@ TIME_SCALE_MIN, TIME_SCALE_MAX = 0.1, 10.0
 DATASET_MB_MAX = 2000  # the rig's own ceiling (tally.lab.rig.DATASET_BYTES_MAX)
 PROGRESS_EVERY_S = 3.0
 FINAL_SYNC_S = 30.0
+#: after the heal, an old primary is demoted at Sentinel's next look at it (INFO every 10 s)
+ONE_PRIMARY_S = 30.0
 PINGER_SLACK_S = 600.0  # the sampler process outlives the workload by at most this (settling)
 RUN_FILES = ("report.json", "report.html", "lab.log", "history.jsonl", "gateway.jsonl", "ledger.sqlite3",
-             "monitor.jsonl", "ping.jsonl", "events.jsonl", "store.json", "setup.json")  # fmt: skip
+             "monitor.jsonl", "ping.jsonl", "events.jsonl", "store.json", "setup.json",
+             "cluster.json")  # fmt: skip
 VELOCITY_MAX_CHARGES = 30  # the issuers' rule: more succeeded charges than this per window decline
 VELOCITY_WINDOW_S = 600
 
@@ -75,9 +81,13 @@ class RunOptions:
     def validate(self) -> Scenario:
         if self.scenario == chaos.CHAOS:
             return self.chaos_plan()[0]
-        if self.scenario not in SCENARIOS:
+        known = {**SCENARIOS, **CLUSTER_SCENARIOS}
+        if self.scenario not in known:
             raise UsageError(f"unknown scenario {self.scenario!r}",
-                             hint=f"one of: {', '.join(SCENARIOS)}")  # fmt: skip
+                             hint=f"one of: {', '.join(known)}")  # fmt: skip
+        if known[self.scenario].cluster and self.billing != "tally":
+            raise UsageError(f"{self.scenario} runs on a Redis Cluster with --billing tally",
+                             hint=known[self.scenario].control_note)  # fmt: skip
         if self.profile not in PROFILES:
             raise UsageError(f"unknown profile {self.profile!r}", hint="2013 or hardened")
         if self.billing not in BILLINGS:
@@ -90,7 +100,7 @@ class RunOptions:
         if self.dataset_mb is not None and not 0 <= self.dataset_mb <= DATASET_MB_MAX:
             raise UsageError(f"--dataset-mb must be 0..{DATASET_MB_MAX}",
                              hint="the ballast is held in memory by every node")  # fmt: skip
-        return SCENARIOS[self.scenario]
+        return known[self.scenario]
 
     def chaos_plan(self) -> tuple[Scenario, chaos.Plan]:
         duration = self.duration or chaos.DURATION_S_DEFAULT
@@ -199,22 +209,39 @@ def _run_on(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, out: Path,
             ledger: LabLedger) -> RunResult:  # fmt: skip
     say = opts.progress
     faults = _gateway_faults(opts.seed, accounts)
-    with Rig(out, rig_spec, gateway_faults=faults, ledger=ledger) as rig:
+    phases: dict[str, float] = {}  # where a run's time goes (report.json ``phases_s``)
+    mark = [started]
+
+    def phase(name: str) -> None:
+        now = time.monotonic()
+        phases[name] = round(now - mark[0], 1)
+        mark[0] = now
+
+    rig_class = ClusterRig if scenario.cluster else Rig
+    with rig_class(out, rig_spec, gateway_faults=faults, ledger=ledger) as rig:
+        phase("rig_up")
         say(f"up in {time.monotonic() - started:.1f}s; opening {len(accounts)} accounts "
             f"({opts.billing} billing)")  # fmt: skip
         billing = make_billing(opts.billing, rig)
         try:
-            opened = time.monotonic()
             billing.open_accounts(accounts)
-            say(f"accounts open in {time.monotonic() - opened:.1f}s")
+            phase("accounts_open")
+            say(f"accounts open in {phases['accounts_open']:.1f}s")
             _write_setup(out, opts, scenario, spec, accounts, rig)
-            body = _drive(opts, scenario, spec, accounts, rig, billing, duration_s, out)
+            if isinstance(rig, ClusterRig):
+                rig.write_layout(out, [a.id for a in accounts])
+                rig.load_ballast_after_init()
+            body = _drive(opts, scenario, spec, accounts, rig, billing, duration_s, out, phase)
         finally:
             billing.close()
         rig.simulator.export_jsonl(out / "gateway.jsonl")
+        phase("wrap_up")
+    phase("teardown")
     verdict = checker.check_dir(out)
     body.update(verdict.to_dict())
     body["figures"].update(_lab_figures(out, body))
+    if scenario.cluster:
+        body["figures"].update(cluster_figures(out))
     body["ok"] = verdict.ok
     clean = body.get("settle", {}).get("serve_clean_exit", True)
     if not clean:  # a serve that did not stop cleanly on SIGINT is a failed run too
@@ -223,6 +250,8 @@ def _run_on(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, out: Path,
     if scenario.name == chaos.CHAOS:
         body["ok"] = _judge_chaos(opts, body, out) and body["ok"]
     body["exit_code"] = 0 if body["ok"] else 1
+    phase("check")
+    body["phases_s"] = phases
     body["seconds_total"] = round(time.monotonic() - started, 1)
     (out / "report.json").write_text(json.dumps(body, indent=2, default=str))
     report.write_html(out, body)
@@ -244,12 +273,15 @@ def _judge_chaos(opts: RunOptions, body: dict[str, Any], out: Path) -> bool:
     """The schedule, and the liveness rule over the history once every fault was healed."""
     _, plan = opts.chaos_plan()
     started_ms = int(body["workload_started_ms"])
-    since_ms = started_ms + int((plan.healed_at_s * opts.time_scale + chaos.RECOVERY_S) * 1000)
+    planned_ms = started_ms + int(plan.healed_at_s * opts.time_scale * 1000)
+    healed_ms = chaos.healed_ms(body.get("timeline") or [], planned_ms)
+    since_ms = healed_ms + int(chaos.RECOVERY_S * 1000)
     history = checker._jsonl(out / "history.jsonl")
     live = chaos.liveness(history, since_ms, chaos.LIVENESS_BOUND_S)
     body["schedule"] = plan.schedule()
     body["faults_max"] = plan.faults_max
-    body["liveness"] = {**live.to_dict(), "since_s": round((since_ms - started_ms) / 1000, 1)}
+    body["liveness"] = {**live.to_dict(), "since_s": round((since_ms - started_ms) / 1000, 1),
+                        "healed_late_s": round((healed_ms - planned_ms) / 1000, 1)}  # fmt: skip
     return live.held
 
 
@@ -286,22 +318,26 @@ def _write_setup(out: Path, opts: RunOptions, scenario: Scenario, spec: Workload
 
 
 def _drive(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, accounts: list[Any],
-           rig: Rig, billing: BillingSystem, duration_s: float, out: Path) -> dict[str, Any]:  # fmt: skip
+           rig: Rig, billing: BillingSystem, duration_s: float, out: Path,
+           phase: Callable[[str], None] = lambda _: None) -> dict[str, Any]:  # fmt: skip
     layout = KeyLayout(NAMESPACE, SHARDS)
     epoch_keys = [layout.epoch(s) for s in range(layout.shards)]
     stop = threading.Event()
     events = EventLog(out / "events.jsonl")
-    operator = Operator(rig, billing, opts.time_scale, stop)
+    cluster = isinstance(rig, ClusterRig)
+    operator = (ClusterOperator if cluster else Operator)(rig, billing, opts.time_scale, stop)
     timeline = Timeline(list(scenario.steps), operator, events, opts.time_scale)
     timeline.on_step = lambda e: opts.progress(
         f"  t+{e['at_s']:5.1f}s {'FAULT' if e['fault'] else 'OPER '} {e['action']}: {e['detail']}"
     )
+    first = rig.topology.primaries[0].name
     pinger = PingerProcess(out / "ping.jsonl", {n: h.address for n, h in rig.nodes.items()},
-                           rig.topology.primary.name, password=rig.nodes["r1"].node.password,
+                           first, password=rig.password,
                            seconds_max=duration_s + PINGER_SLACK_S)  # fmt: skip
-    monitor = Monitor(out / "monitor.jsonl", list(rig.nodes),
-                      lambda n, t: rig.client(n, socket_timeout=t, socket_connect_timeout=t),
-                      epoch_keys, pinger=pinger)  # fmt: skip
+    monitor = (ClusterMonitor if cluster else Monitor)(
+        out / "monitor.jsonl", list(rig.nodes),
+        lambda n, t: rig.client(n, socket_timeout=t, socket_connect_timeout=t),
+        epoch_keys, pinger=pinger, primary_hint=first)  # fmt: skip
     history = HistoryWriter(out / "history.jsonl")
     workload = Workload(billing, history, spec, accounts, opts.seed)
     settle: dict[str, Any] = {}
@@ -317,8 +353,13 @@ def _drive(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, accounts: l
         workload.halt()
         stop.set()
         operator.join_load()
-        settle = _finish(opts, rig, billing, events)
-        _snapshot_store(rig, out, len(epoch_keys))
+        phase("workload")
+        settle = _finish(opts, rig, billing, events, phase)
+        if isinstance(rig, ClusterRig):
+            rig.snapshot_store(out)  # every shard's primary
+        else:
+            _snapshot_store(rig, out, len(epoch_keys))
+        phase("snapshot")
     finally:
         stop.set()
         workload.halt()
@@ -340,12 +381,16 @@ def _wait_with_progress(opts: RunOptions, workload: Workload, t0: float, duratio
 
 
 def _progress_line(opts: RunOptions, workload: Workload, t0: float) -> None:
+    supervise = getattr(workload.billing, "supervise", None)  # the serve processes' supervisor
+    for name in supervise() if supervise is not None else []:
+        opts.progress(f"  t+{time.monotonic() - t0:5.1f}s {name} had exited: launched again")
     s = workload.stats
     opts.progress(f"  t+{time.monotonic() - t0:5.1f}s ops {s.done} "
                   f"({', '.join(f'{k} {v}' for k, v in sorted(s.by_type.items()))})")  # fmt: skip
 
 
-def _finish(opts: RunOptions, rig: Rig, billing: BillingSystem, events: EventLog) -> dict[str, Any]:
+def _finish(opts: RunOptions, rig: Rig, billing: BillingSystem, events: EventLog,
+            phase: Callable[[str], None] = lambda _: None) -> dict[str, Any]:  # fmt: skip
     """After the workload: heal every fault, let replication and billing settle."""
     opts.progress("settling: healing links, waiting for replicas, draining, finishing recharges")
     with contextlib.suppress(TallyError, OSError):
@@ -355,17 +400,26 @@ def _finish(opts: RunOptions, rig: Rig, billing: BillingSystem, events: EventLog
             handle.resume()
     with contextlib.suppress(TallyError, OSError):
         rig.simulator.set_faults(timeout_after_commit=0.0)
+    # One primary before the last drain and the snapshot: "every replica's link is up" also
+    # holds while an old primary back from a partition is still a primary of its own, and a
+    # snapshot of it read balances Sentinel was about to discard (chaos seed 2 in CI).
+    primaries = rig.wait_one_primary(ONE_PRIMARY_S)
     in_sync = rig.wait_in_sync(FINAL_SYNC_S)
+    phase("heal_and_sync")
     settle = billing.settle()
+    phase("serve_settle")
     settle["replicas_in_sync"] = in_sync
+    settle["primaries_after_heal"] = primaries
+    settle["primaries_at_snapshot"] = rig.wait_one_primary(ONE_PRIMARY_S)
     events.write({"t_ms": int(time.time() * 1000), "action": "settled", "fault": False,
                   "ok": True, "detail": json.dumps(settle, default=str)})  # fmt: skip
     return settle
 
 
 def _snapshot_store(rig: Rig, out: Path, epoch_keys: int) -> None:
-    """store.json: the final state of the node holding tally's data (the primary with the most
-    epoch keys; several primaries would be a split brain, recorded too)."""
+    """store.json: the final state of the node holding tally's data: among the primaries, the one
+    most Sentinels name, then the one with the most epoch keys (several primaries are a split
+    brain, recorded too: ``primaries``)."""
     candidates = []
     for name, handle in rig.nodes.items():
         with (
@@ -379,7 +433,8 @@ def _snapshot_store(rig: Rig, out: Path, epoch_keys: int) -> None:
     if not candidates:
         (out / "store.json").write_text(json.dumps({"error": "no primary at the end"}))
         return
-    _, name = max(candidates)
+    named = rig.sentinel_primaries()
+    _, name = max(candidates, key=lambda c: (named.count(c[1]), c))
     with contextlib.closing(rig.client(name, socket_timeout=10.0)) as c:
         snap = checker.snapshot_store(c, NAMESPACE)
     snap["node"] = name
@@ -414,7 +469,8 @@ def _body(opts: RunOptions, scenario: Scenario, spec: WorkloadSpec, rig: Rig,
             "sentinels": list(rig.cluster.sentinels),
             "dataset_bytes": rig.spec.dataset_bytes,
             "wan_bytes_per_s": rig.spec.wan_bytes_per_s,
-            "params": LAB_PARAMS,
+            "params": CLUSTER_LAB_PARAMS if isinstance(rig, ClusterRig) else LAB_PARAMS,
+            "kind": rig.topology.kind,
         },
         "timeline": events.events,
         "settle": settle,

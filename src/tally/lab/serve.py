@@ -37,6 +37,8 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 60.0
 POLL_S = 0.1
 ADMIN_KEY = re.compile(r"admin API key \(shown once, keep it\): (\S+)")
+#: what the first start prints once the new deployment's epoch is in the store and the ledger
+INITIALISED = re.compile(r"initialised a new deployment")
 
 
 @dataclass

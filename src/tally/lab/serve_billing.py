@@ -30,7 +30,7 @@ import httpx
 from tally.errors import InfrastructureError, ProcessError
 from tally.lab.billing import CURRENCY, AccountSpec, Completion
 from tally.lab.rig import Rig
-from tally.lab.serve import ADMIN_KEY, ServeProcess
+from tally.lab.serve import ADMIN_KEY, INITIALISED, ServeProcess
 from tally.ops.node import free_port
 
 #: the caller's patience: a serve stopped past this is an unknown outcome, retried elsewhere
@@ -41,8 +41,16 @@ DAILY_CAP_MINOR = 10_000_000
 DECLINES_MAX = 2
 SETTLE_S_MAX = 90.0
 OPEN_WORKERS = 8
+OPEN_ATTEMPTS = 5  # a set-up call with an unknown outcome is retried as it is, this many times
+OPEN_RETRY_PAUSE_S = 0.5
 SETTLE_PACE_S = 0.5
+#: the final drain: admin drain calls until one settles nothing unfenced, at most this long/many
+SETTLE_DRAIN_S_MAX = 30.0
+SETTLE_DRAIN_CALLS_MAX = 120
 PAGES_MAX = 200
+#: the lab's supervisor (what systemd's Restart=on-failure is to an operator): launches of a serve
+#: that exited on its own, at most this many per serve and run
+SUPERVISOR_STARTS_MAX = 20
 #: 503 codes that say the request was refused before anything was written
 NOT_APPLIED = frozenset({"store_read_only", "store_lost", "store_loading", "not_ready",
                          "store_not_enough_replicas", "store_backpressure", "shutting_down"})  # fmt: skip
@@ -103,6 +111,8 @@ class ServeBilling:
         self._clients: list[httpx.Client] = []  # every thread's client, closed by close()
         self.operator_log: list[dict[str, Any]] = []
         self.exit_codes: dict[str, int | None] = {}
+        self._stopped: set[str] = set()  # data centers whose serve a fault stopped on purpose
+        self.supervisor_starts: dict[str, int] = {s.name: 0 for s in self.serves}
 
     # -- processes -----------------------------------------------------------------------------
     def serve(self, dc: str) -> ServeProcess:
@@ -113,17 +123,21 @@ class ServeBilling:
 
     def start(self) -> None:
         """dc1 first: it initialises the deployment and prints the admin key; the others are
-        launched as soon as it has (two first starts would both initialise), and all answer."""
+        launched as soon as the deployment is initialised (two first starts would both
+        initialise; their start-up then overlaps the rest of dc1's), and all answer."""
         first = self.serves[0]
         first.launch()
+        if not first.wait_printed(INITIALISED):  # a run's ledger and store are always new
+            first.wait_ready()  # raises with the reason when it exited
+            raise ProcessError(f"{first.name} initialised no deployment; see {first.log_path}")
+        for other in self.serves[1:]:
+            other.launch()
         first.wait_printed(ADMIN_KEY)
         key = first.admin_key()
         if key is None:
             first.wait_ready()  # raises with the reason when it exited
             raise ProcessError(f"{first.name} printed no admin key; see {first.log_path}")
         self.key = key
-        for other in self.serves[1:]:
-            other.launch()
         for serve in self.serves:
             serve.wait_ready()
 
@@ -166,10 +180,31 @@ class ServeBilling:
                 "transfer_id": f"seed-{a.id}", "account_id": a.id,
                 "amount_minor": a.initial_minor, "currency": CURRENCY}))  # fmt: skip
         for method, path, body in calls:
-            r = self._call(0, method, path, body, timeout=OPERATOR_TIMEOUT_S)
-            if r.status_code >= 300:
-                return f"{method} {path}: {r.status_code} {r.text[:200]}"
+            failed = self._set_up(method, path, body)
+            if failed is not None:
+                return failed
         return None
+
+    def _set_up(self, method: str, path: str, body: dict[str, Any]) -> str | None:
+        """One set-up call as a caller makes it: an unknown outcome (a 5xx, a broken
+        connection: on a loaded machine a replica's WAIT can outlast its timeout) is retried
+        as it is, at most ``OPEN_ATTEMPTS`` times; a retried create that finds the account
+        there was the first attempt's. None when done, else why not."""
+        last = "not tried"
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                r = self._call(attempt, method, path, body, timeout=OPERATOR_TIMEOUT_S)
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                time.sleep(OPEN_RETRY_PAUSE_S)
+                continue
+            if r.status_code < 300 or (attempt and r.status_code == 409 and path == "/v1/accounts"):
+                return None
+            last = f"{r.status_code} {r.text[:200]}"
+            if r.status_code < 500:
+                break
+            time.sleep(OPEN_RETRY_PAUSE_S)
+        return f"{method} {path}: {last}"
 
     def debit(self, tid: str, account: str, amount_minor: int, via: int = 0) -> Completion:
         body = {"transfer_id": tid, "account_id": account, "amount_minor": amount_minor}
@@ -196,7 +231,12 @@ class ServeBilling:
         for item in results:
             value = {"result": item.get("result"), "balance_minor": item.get("balance_minor"),
                      "http": 200}  # fmt: skip
-            out.append(("ok", value))
+            if item.get("status") == "unknown":  # the store failed before deciding it: retry
+                out.append(("info", {**value, "code": item.get("result")}))
+            elif item.get("result") in NOT_APPLIED:  # refused by a lost shard: nothing written
+                out.append(("fail", {**value, "code": item.get("result")}))
+            else:
+                out.append(("ok", value))
         return out
 
     def top_up(self, tid: str, account: str, amount_minor: int, via: int = 0) -> Completion:
@@ -290,9 +330,29 @@ class ServeBilling:
             return f"remediation {status}: {json.dumps(body, default=str)[:300]}"
         return f"{action}: nothing to do for tally"
 
+    def supervise(self) -> list[str]:
+        """Launch again a serve that exited on its own (not one a fault killed): a serve
+        started while it cannot reach the primary exits at once (``store_unavailable``), and
+        an operator's supervisor starts it again. Called from the run's main thread between
+        steps; bounded by ``SUPERVISOR_STARTS_MAX`` per serve."""
+        launched = []
+        for serve in self.serves:
+            if serve.dc in self._stopped or serve.process is None or serve.is_running():
+                continue
+            if self.supervisor_starts[serve.name] >= SUPERVISOR_STARTS_MAX:
+                continue
+            serve.exits.append(int(serve.process.returncode))
+            serve.process = None
+            serve.launch()
+            self.supervisor_starts[serve.name] += 1
+            launched.append(serve.name)
+        return launched
+
     def serve_action(self, action: str, dc: str) -> str:
         serve = self.serve(dc)
+        self._stopped.discard(dc)
         if action == "kill":
+            self._stopped.add(dc)
             pid = serve.pid()
             serve.kill()
             return f"{serve.name} (pid {pid}) SIGKILLed"
@@ -301,6 +361,12 @@ class ServeBilling:
                 return f"{serve.name} already running"
             serve.start()
             return f"{serve.name} started again with the same command line (pid {serve.pid()})"
+        if action == "launch":  # chaos: the next steps keep their times on a loaded machine
+            if serve.is_running():
+                return f"{serve.name} already running"
+            serve.launch()
+            return (f"{serve.name} launched again with the same command line (pid {serve.pid()}), "
+                    "not waiting for it to answer")  # fmt: skip
         if action == "pause":
             serve.pause()
             return f"{serve.name} SIGSTOPped"
@@ -373,19 +439,66 @@ class ServeBilling:
             if unfinished == 0:
                 break
             time.sleep(SETTLE_PACE_S)
-        with contextlib.suppress(InfrastructureError):
-            self._admin("POST", "/v1/admin/drain")
+        waited = time.monotonic()
+        drain = self._drain_until_settled(waited + SETTLE_DRAIN_S_MAX)
+        drained = time.monotonic()
         for serve in self.serves:  # both at once: each drains on its way out
             serve.send_interrupt()
         for serve in self.serves:
             self.exit_codes[serve.name] = serve.wait_exit()
         return {
             "rounds": rounds,
+            # where the settling's time goes: recharges, the admin drain, the serves' exits
+            "seconds": {
+                "recharges": round(waited - deadline + SETTLE_S_MAX, 1),
+                "drain": round(drained - waited, 1),
+                "exit": round(time.monotonic() - drained, 1),
+            },
+            "drain": drain,
+            "supervisor_starts": dict(self.supervisor_starts),
             "unfinished_recharges": unfinished,
             "serve_exit_codes": dict(self.exit_codes),
             "serve_starts": {s.name: s.starts for s in self.serves},
             "serve_clean_exit": all(code == 0 for code in self.exit_codes.values()),
         }
+
+    def _drain_until_settled(self, deadline: float) -> dict[str, Any]:
+        """``POST /v1/admin/drain`` through EACH serve (each drains what its own consumer
+        holds) until a pass where every one settles nothing and its fence held nothing back,
+        or the deadline. One call stops at its first round that settles nothing, and a FENCED
+        round settles nothing: a replica still catching up after the heal (more than the
+        fence's 500 ms on a loaded machine) leaves entries in the journal, which the checker
+        then sees as Redis ahead of the ledger. ``{calls, entries, settled}``: ``settled``
+        False when the deadline came first (the undrained tail then shows as drift)."""
+        calls = entries = 0
+        fenced: dict[int, int] = {}
+        while calls < SETTLE_DRAIN_CALLS_MAX:
+            quiet = True
+            for via in range(len(self.serves)):
+                calls += 1
+                done, now_fenced = self._drain_through(via)
+                entries += max(done, 0)
+                quiet &= done == 0 and fenced.get(via) == now_fenced
+                fenced[via] = now_fenced
+            if quiet:
+                return {"calls": calls, "entries": entries, "settled": True}
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(SETTLE_PACE_S)
+        return {"calls": calls, "entries": entries, "settled": False}
+
+    def _drain_through(self, via: int) -> tuple[int, int]:
+        """(entries settled, the drainer's fenced rounds so far) of one admin drain through
+        serve ``via``; (-1, -1) when it did not answer one."""
+        try:
+            r = self._call(via, "POST", "/v1/admin/drain", timeout=OPERATOR_TIMEOUT_S)
+            body = r.json()
+        except (httpx.HTTPError, ValueError):
+            return -1, -1
+        stats = body.get("stats") if isinstance(body, dict) else None
+        if r.status_code != 200 or not isinstance(stats, dict):
+            return -1, -1
+        return int(body.get("entries") or 0), int(stats.get("fenced") or 0)
 
     def close(self) -> None:
         for client in self._all_clients():

@@ -12,7 +12,8 @@ Actions (``Operator``):
     isolate(dc, mode)            cut every link of one DC
     heal()                       clear every partition
     kill(node) / start(node)     SIGKILL / start again with its current config
-    pause(node) / resume(node)   SIGSTOP / SIGCONT
+    pause(node) / resume(node)   SIGSTOP / SIGCONT (start and resume take ``after_failover_s``:
+                                 with Sentinels, first wait at most that long for a promotion)
     restart(node, mutation, down_s)   SHUTDOWN (default SAVE), wait, start with a config mutation:
                                  ``incident``: persistence that loads nothing + replicaof itself
     fix_config(node)             the operator's repair: the node's original config back; its data
@@ -57,7 +58,11 @@ from tally.ops.cluster.procs import command
 from tally.ops.node import ConfigValue
 
 STEPS_MAX = 100
+#: How long a run waits at its end for detached steps still running (an admin call is bounded
+#: by the billing's operator timeout per serve, two serves).
+DETACHED_WAIT_S = 150.0
 RESTORE_SAVE_TIMEOUT_S = 60.0
+FAILOVER_POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,12 @@ class Step:
     action: str
     args: dict[str, Any] = field(default_factory=dict)
     fault: bool = True  # False: an operator action (mitigation), not a fault
+    #: Runs on a thread of its own: later steps keep their times instead of waiting for it (an
+    #: operator's long call through the admin API, such as remediate: 79 s in the 20-seed
+    #: chaos run, which put every later step and heal behind its plan). Not a heal: liveness
+    #: is judged from the last heal, not from its end (``chaos.healed_ms``). Only for steps
+    #: that start no process (PR_SET_PDEATHSIG: see ``Timeline.run``).
+    detached: bool = False
 
 
 class EventLog:
@@ -128,20 +139,42 @@ class Operator:
         self.rig.nodes[node].kill()
         return f"{node} SIGKILLed"
 
-    def do_start(self, node: str) -> str:
+    def do_start(self, node: str, after_failover_s: float = 0.0) -> str:
         handle = self.rig.nodes[node]
         if handle.is_running():
             return f"{node} already running"
+        waited = self._await_failover(node, after_failover_s)
         handle.start()
-        return f"{node} started"
+        return f"{node} started{waited}"
 
     def do_pause(self, node: str) -> str:
         self.rig.nodes[node].pause()
         return f"{node} SIGSTOPped"
 
-    def do_resume(self, node: str) -> str:
+    def do_resume(self, node: str, after_failover_s: float = 0.0) -> str:
+        waited = self._await_failover(node, after_failover_s)
         self.rig.nodes[node].resume()
-        return f"{node} SIGCONTed"
+        return f"{node} SIGCONTed{waited}"
+
+    def _await_failover(self, node: str, at_most_s: float) -> str:
+        """The operator brings a failed primary back once Sentinel has promoted another node,
+        waiting at most ``at_most_s`` (scaled) past the step's time. A scenario that claims a
+        failover needs one: in one CI run (primary-crash) nobody was promoted within the 12 s
+        the primary was down, likely a failed first election under load, which Sentinel retries
+        2 x failover-timeout later (20 s in the lab), after the fixed-time restart. Without
+        Sentinels (2013) nobody promotes anything: no wait."""
+        if at_most_s <= 0 or not self.rig.cluster.with_sentinels:
+            return ""
+        t0 = time.monotonic()
+        deadline = t0 + at_most_s * self.scale
+        while not self.stop.is_set():
+            other = self._other_primary(node)
+            if other is not None:
+                return f" after Sentinel promoted {other} (waited {time.monotonic() - t0:.1f}s)"
+            if time.monotonic() >= deadline:
+                break
+            self.stop.wait(FAILOVER_POLL_S)
+        return f" with no failover after {time.monotonic() - t0:.1f}s of waiting"
 
     def incident_mutation(self, node: str) -> dict[str, ConfigValue]:
         """The 2013 operator's restart: persistence that loads nothing, and ``replicaof``."""
@@ -254,24 +287,9 @@ class Operator:
     def _load(self, bytes_per_s: int, seconds: float, value_bytes: int) -> None:
         per_s = max(1, bytes_per_s // value_bytes)
         value = incompressible(value_bytes, seed=value_bytes)  # as on the wire, in the RDB too
-        start = time.monotonic()
-        end = start + seconds
         primary = self.rig.topology.primary.name
         with contextlib.closing(self.rig.client(primary, socket_timeout=1.0, db=BALLAST_DB)) as c:
-            i = 0
-            while time.monotonic() < end and not self.stop.is_set():
-                # on a schedule: a busy machine that falls behind catches up (at most one
-                # second's worth per round), so the stated rate is what the primary gets
-                due = int(per_s * (time.monotonic() - start)) - i
-                with (
-                    contextlib.suppress(redis.RedisError, OSError),
-                    c.pipeline(transaction=False) as pipe,
-                ):
-                    for _ in range(min(max(0, due), per_s)):
-                        i += 1
-                        pipe.set(f"lab:load:{i % 20_000}", value)
-                    pipe.execute()
-                self.stop.wait(0.1)
+            paced_writes(c, per_s, seconds, self.stop, value, lambda i: f"lab:load:{i % 20_000}")
 
     def join_load(self) -> None:
         for thread in self._load_threads:
@@ -347,14 +365,28 @@ class Timeline:
         """Run every step at its time ON THE CALLING THREAD, calling ``tick`` (progress) while
         waiting. The caller must be the run's main thread: redis-server children are started
         with PR_SET_PDEATHSIG, which fires when the THREAD that started them exits."""
-        for step in self.steps:
-            due = start + step.at_s * self.scale
-            while time.monotonic() < due:
-                if self.operator.stop.wait(min(tick_s, max(0.0, due - time.monotonic()))):
-                    return
-                if time.monotonic() < due:
-                    tick()
-            self.events.write(self.execute(step, start))
+        detached: list[threading.Thread] = []
+        try:
+            for step in self.steps:
+                due = start + step.at_s * self.scale
+                while time.monotonic() < due:
+                    if self.operator.stop.wait(min(tick_s, max(0.0, due - time.monotonic()))):
+                        return
+                    if time.monotonic() < due:
+                        tick()
+                if step.detached:
+                    thread = threading.Thread(
+                        target=lambda s=step: self.events.write(self.execute(s, start)),
+                        name=f"step-{step.action}", daemon=True,
+                    )  # fmt: skip
+                    thread.start()
+                    detached.append(thread)
+                else:
+                    self.events.write(self.execute(step, start))
+        finally:
+            deadline = time.monotonic() + DETACHED_WAIT_S
+            for thread in detached:  # the run settles after them (bounded)
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def execute(self, step: Step, start: float) -> dict[str, Any]:
         began = time.monotonic()
@@ -362,6 +394,8 @@ class Timeline:
             "t_ms": now_ms(), "at_s": round(began - start, 3), "action": step.action,
             "args": step.args, "fault": step.fault,
         }  # fmt: skip
+        if step.detached:
+            event["detached"] = True
         try:
             event["detail"] = self.operator.run(step.action, step.args)
             event["ok"] = True
@@ -372,3 +406,30 @@ class Timeline:
         if self.on_step is not None:
             self.on_step(event)
         return event
+
+
+def paced_writes(
+    client: redis.Redis,
+    per_s: int,
+    seconds: float,
+    stop: threading.Event,
+    value: bytes,
+    key_of: Callable[[int], str],
+) -> None:
+    """``per_s`` SETs of ``value`` a second for ``seconds`` (or until ``stop``), key ``key_of(n)``
+    for the n-th write. On a schedule: a busy machine that falls behind catches up (at most one
+    second's worth per round), so the stated rate is what the node gets."""
+    start = time.monotonic()
+    end = start + seconds
+    i = 0
+    while time.monotonic() < end and not stop.is_set():
+        due = int(per_s * (time.monotonic() - start)) - i
+        with (
+            contextlib.suppress(redis.RedisError, OSError),
+            client.pipeline(transaction=False) as pipe,
+        ):
+            for _ in range(min(max(0, due), per_s)):
+                i += 1
+                pipe.set(key_of(i), value)
+            pipe.execute()
+        stop.wait(0.1)

@@ -29,6 +29,33 @@ class Epoch:
     status: EpochStatus
 
 
+@dataclass(frozen=True, slots=True)
+class EpochView:
+    """The deployment epoch and each logical shard's own epoch id: the deployment's, or the
+    epoch a one-shard rebuild (``tally rebuild --shard K``, a Redis Cluster) gave that shard.
+    What a shard's epoch key must hold, what its journal entries carry (``e=``), and what the
+    drainer accepts from that shard."""
+
+    epoch: Epoch
+    shard_ids: tuple[str, ...]
+
+    def of(self, shard: int) -> str:
+        return self.shard_ids[shard]
+
+    def for_shard(self, shard: int) -> Epoch:
+        """The deployment epoch as one shard sees it (its own id)."""
+        e = self.epoch
+        return Epoch(self.shard_ids[shard], e.namespace, e.shards, e.status)
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        """``shard_ids`` when some shard has its own epoch, () when all share the deployment's
+        (what a store keeps: ``ShardScripts.set_epoch``)."""
+        if all(i == self.epoch.epoch_id for i in self.shard_ids):
+            return ()
+        return self.shard_ids
+
+
 class IntentState(StrEnum):
     pending = "pending"
     settled = "settled"

@@ -45,6 +45,41 @@ sa.Index(
     postgresql_where=epochs.c.status == "building",
 )
 
+# One logical shard's own epoch inside the current deployment epoch (migration 0007): written by
+# a one-shard rebuild on a Redis Cluster (``tally rebuild --shard K``). A shard without a current
+# row here is at its deployment epoch (``epochs``); a whole rebuild starts a new deployment epoch,
+# so every shard is back at it. At most one current and one building row per (epoch, shard).
+shard_epochs = sa.Table(
+    "shard_epochs",
+    metadata,
+    sa.Column("shard_epoch_id", sa.String(ID_LEN), primary_key=True),
+    sa.Column("epoch_id", sa.String(ID_LEN), nullable=False),  # the deployment epoch
+    sa.Column("shard", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(STATUS_LEN), nullable=False),  # building | current | retired
+    sa.Column("started_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("finished_at_ms", sa.BigInteger, nullable=True),
+    sa.CheckConstraint(
+        "status IN ('building', 'current', 'retired')", name="ck_shard_epochs_status"
+    ),
+    sa.CheckConstraint("shard >= 0", name="ck_shard_epochs_shard"),
+)
+sa.Index(
+    "uq_shard_epochs_one_current",
+    shard_epochs.c.epoch_id,
+    shard_epochs.c.shard,
+    unique=True,
+    sqlite_where=shard_epochs.c.status == "current",
+    postgresql_where=shard_epochs.c.status == "current",
+)
+sa.Index(
+    "uq_shard_epochs_one_building",
+    shard_epochs.c.epoch_id,
+    shard_epochs.c.shard,
+    unique=True,
+    sqlite_where=shard_epochs.c.status == "building",
+    postgresql_where=shard_epochs.c.status == "building",
+)
+
 accounts = sa.Table(
     "accounts",
     metadata,

@@ -4,10 +4,13 @@ A line whose transfer id is already stored with the same (kind, account, amount,
 result) is a redelivery and a no-op. Same id with other parameters is a conflict: recorded in
 ``journal_conflicts`` verbatim, counted, never applied and never overwriting the first outcome.
 
-Set-based, so the drainer keeps up with the store: the batch is bulk-loaded into a temporary
-staging table (PostgreSQL ``COPY``, SQLite ``executemany``: the one place the dialects differ),
-then ONE ``INSERT … SELECT … ON CONFLICT (id) DO NOTHING`` stores the first line of every id
-not stored yet, with its counterparty (a pending credit intent's source) joined in. When every
+Set-based, so the drainer keeps up with the store. Into PostgreSQL the usual batch (every id
+new) is one ``COPY`` straight into ``transfers`` inside a savepoint (``_insert_direct``); when
+an id is already stored the savepoint is rolled back and the batch takes the staging path, the
+only path on SQLite: the batch is bulk-loaded into a temporary staging table (PostgreSQL
+``COPY``, SQLite ``executemany``), then ONE ``INSERT … SELECT … ON CONFLICT (id) DO NOTHING``
+stores the first line of every id not stored yet, with its counterparty (a pending credit
+intent's source) joined in. When every
 candidate was inserted there is nothing else to do; otherwise one join of the staging table
 with ``transfers`` finds the lines whose id is stored with other parameters (the conflicts);
 the rest are duplicates. Balances are never stored (``sql_balances`` derives them), so there
@@ -16,8 +19,8 @@ is no balance row to update.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Final
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -34,6 +37,7 @@ from tally.ledger.models import (
     CreditIntent,
     DrainedLine,
     HoldLine,
+    IntentState,
     JournalLine,
     LineBatch,
     Position,
@@ -43,8 +47,8 @@ from tally.ledger.models import (
 )
 from tally.ledger.schema import ID_LEN, STATUS_LEN, credit_intents, journal_conflicts, transfers
 from tally.ledger.sql_accounts import ensure_system_accounts
-from tally.ledger.sql_epochs import lock_epochs
-from tally.ledger.sql_intents import difference, pending_intents_among, settle
+from tally.ledger.sql_epochs import lock_epochs, shard_epoch_ids
+from tally.ledger.sql_intents import difference, pending_intents, pending_intents_among, settle
 from tally.ledger.sqlutil import chunks, insert_ignore, now_ms
 
 APPLY_LINES_MAX = 250_000
@@ -95,17 +99,30 @@ _LINE_NO: Final = 13
 _RECHARGE: Final = 14
 
 
-def _load_stage(conn: Connection, rows: Sequence[StagedRow]) -> None:
-    """The only dialect branch: PostgreSQL's COPY, SQLite's executemany (both in-process and
-    inside the caller's transaction)."""
-    stage.create(conn, checkfirst=False)
-    if conn.dialect.name == "postgresql":
-        driver = conn.connection.driver_connection
-        columns = ", ".join(_STAGE_COLUMNS)
-        sql = f"COPY {stage.name} ({columns}) FROM STDIN"
-        with driver.cursor() as cursor, cursor.copy(sql) as copy:  # type: ignore[union-attr]
+def _copy(conn: Connection, table: str, columns: Sequence[str], rows: Iterable[Any]) -> None:
+    """PostgreSQL ``COPY … FROM STDIN`` inside the caller's transaction. The rows are handed to
+    libpq by a writer thread (psycopg's ``QueuedLibpqWriter``), so the server inserts while
+    Python still formats rows: two cores work on one batch."""
+    import psycopg
+    from psycopg.copy import QueuedLibpqWriter
+
+    driver = conn.connection.driver_connection
+    sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+    cursor = driver.cursor()  # type: ignore[union-attr]
+    try:
+        with cursor, cursor.copy(sql, writer=QueuedLibpqWriter(cursor)) as copy:
             for row in rows:
                 copy.write_row(row)
+    except psycopg.Error as exc:  # as SQLAlchemy raises it, so the ledger translates it
+        raise sa.exc.DBAPIError.instance(sql, None, exc, psycopg.Error) from exc
+
+
+def _load_stage(conn: Connection, rows: Sequence[StagedRow]) -> None:
+    """PostgreSQL's COPY, SQLite's executemany (both in-process and inside the caller's
+    transaction)."""
+    stage.create(conn, checkfirst=False)
+    if conn.dialect.name == "postgresql":
+        _copy(conn, stage.name, _STAGE_COLUMNS, rows)
     else:
         marks = ", ".join("?" * len(_STAGE_COLUMNS))
         conn.exec_driver_sql(f"INSERT INTO {stage.name} VALUES ({marks})", list(rows))
@@ -171,6 +188,72 @@ def _insert_from_stage(conn: Connection, *, ts: int, first_only: bool) -> int:
     stmt = stmt.on_conflict_do_nothing(index_elements=["id"])
     # preserve_rowcount: SQLAlchemy otherwise reports -1 for INSERT … SELECT on psycopg
     return int(conn.execution_options(preserve_rowcount=True).execute(stmt).rowcount)
+
+
+#: The direct path lists every pending credit intent (a credit's counterparty is its intent's
+#: source); with more pending than this the batch takes the staging path, which joins them.
+DIRECT_PENDING_INTENTS_MAX = 10_000
+_TRANSFER_COLUMNS = [c.name for c in transfers.columns]
+
+
+def _transfer_rows(
+    rows: Sequence[StagedRow], intents: dict[str, CreditIntent], ts: int
+) -> Iterator[tuple[Any, ...]]:
+    """``transfers`` rows, counterparty as ``_insert_from_stage`` joins it: a debit goes to
+    usage revenue, a credit comes from its pending intent's source (card clearing without one)."""
+    debit = TransferKind.debit.value
+    revenue, clearing = SystemAccount.usage_revenue.value, SystemAccount.card_clearing.value
+    for r in rows:
+        account, currency = r[_ACCOUNT], r[_CURRENCY]
+        if r[_KIND] == debit:
+            sides = (account, f"@{revenue}:{currency}")
+        else:
+            intent = intents.get(r[_ID])
+            source = clearing if intent is None else intent.source.value
+            sides = (f"@{source}:{currency}", account)
+        yield (r[_ID], r[_KIND], account, *sides, *r[_AMOUNT:_RECHARGE], ts)
+
+
+def _pending_intent_ids(conn: Connection, limit: int) -> set[str] | None:
+    """The ids of every pending credit intent, or None when there are more than ``limit``."""
+    ci = credit_intents.c
+    query = sa.select(ci.id).where(ci.state == IntentState.pending.value).limit(limit + 1)
+    found = set(conn.execute(query).scalars())
+    return None if len(found) > limit else found
+
+
+def _insert_direct(
+    conn: Connection, rows: Sequence[StagedRow], *, ts: int
+) -> dict[str, CreditIntent] | None:
+    """PostgreSQL: COPY the batch straight into ``transfers``, inside a savepoint. The usual
+    batch (every id new) is then one COPY: no staging table, no speculative insertion (COPY
+    also writes the heap a page of rows per WAL record). Returns the pending intents among
+    the batch's ids once every row is stored; None when it stored nothing: not PostgreSQL,
+    an id twice in the batch, too many pending intents, or an id already in ``transfers``
+    (a redelivery or a conflict: the primary key refuses the COPY, the savepoint is rolled
+    back, and the caller takes the staging path, which tells duplicates from conflicts).
+    Exactly once holds either way: the primary key admits each id once, and the COPY stores
+    all of the batch or none of it."""
+    if conn.dialect.name != "postgresql":
+        return None
+    ids = {row[_ID] for row in rows}
+    if len(ids) < len(rows):
+        return None
+    pending = _pending_intent_ids(conn, DIRECT_PENDING_INTENTS_MAX)
+    if pending is None:
+        return None
+    intents = pending_intents(conn, sorted(pending & ids))
+    from psycopg.errors import UniqueViolation
+
+    try:
+        with conn.begin_nested():
+            _copy(conn, transfers.name, _TRANSFER_COLUMNS, _transfer_rows(rows, intents, ts))
+    except sa.exc.IntegrityError as exc:
+        orig = exc.orig
+        if not isinstance(orig, UniqueViolation) or orig.diag.table_name != transfers.name:
+            raise
+        return None
+    return intents
 
 
 def stored_params(conn: Connection, ids: Sequence[str]) -> dict[str, _Params]:
@@ -271,13 +354,20 @@ def _settlements(conn: Connection, intents: dict[str, CreditIntent]) -> dict[str
     return out
 
 
-def _split_foreign(batch: LineBatch, epoch_id: str) -> tuple[LineBatch, list[RejectedLine]]:
-    if all(row[_EPOCH] == epoch_id for row in batch.rows):
+def _split_foreign(
+    batch: LineBatch, shard_ids: Sequence[str]
+) -> tuple[LineBatch, list[RejectedLine]]:
+    """Lines of each shard's own epoch (``shard_ids[shard]``) go on; any other is foreign."""
+
+    def mine(epoch_id: str, shard: int) -> bool:
+        return 0 <= shard < len(shard_ids) and epoch_id == shard_ids[shard]
+
+    if all(mine(row[_EPOCH], row[_SHARD]) for row in batch.rows):
         return batch, []
     good = LineBatch(rejected=batch.rejected)
     foreign: list[RejectedLine] = []
     for row, text in zip(batch.rows, batch.texts, strict=True):
-        if row[_EPOCH] == epoch_id:
+        if mine(row[_EPOCH], row[_SHARD]):
             good.rows.append((len(good.rows), *row[1:]))
             good.texts.append(text)
         else:
@@ -286,15 +376,18 @@ def _split_foreign(batch: LineBatch, epoch_id: str) -> tuple[LineBatch, list[Rej
 
 
 def _split_foreign_holds(
-    batch: LineBatch, epoch_id: str
+    batch: LineBatch, shard_ids: Sequence[str]
 ) -> tuple[list[tuple[HoldLine, Position]], list[RejectedLine]]:
-    mine = [(line, pos) for line, pos in batch.holds if pos.epoch_id == epoch_id]
+    def mine(pos: Position) -> bool:
+        return 0 <= pos.shard < len(shard_ids) and pos.epoch_id == shard_ids[pos.shard]
+
+    held = [(line, pos) for line, pos in batch.holds if mine(pos)]
     foreign = [
         RejectedLine("foreign_epoch", format_hold_line(line), pos, line.hold_id)
         for line, pos in batch.holds
-        if pos.epoch_id != epoch_id
+        if not mine(pos)
     ]
-    return mine, foreign
+    return held, foreign
 
 
 def _apply_staged(conn: Connection, batch: LineBatch) -> tuple[int, int, list[RejectedLine], int]:
@@ -303,12 +396,17 @@ def _apply_staged(conn: Connection, batch: LineBatch) -> tuple[int, int, list[Re
     if not rows:
         return 0, 0, [], 0
     ensure_system_accounts(conn, {row[_CURRENCY] for row in rows})
-    _load_stage(conn, rows)
-    intents = pending_intents_among(conn, sa.select(stage.c.id))
-    unique_ids = len({row[_ID] for row in rows})
-    inserted = _insert_from_stage(conn, ts=now_ms(), first_only=unique_ids < len(rows))
-    conflicts = [] if inserted == len(rows) else _staged_conflicts(conn, batch)
-    stage.drop(conn, checkfirst=False)
+    ts = now_ms()
+    direct = _insert_direct(conn, rows, ts=ts)
+    if direct is not None:
+        intents, inserted, conflicts = direct, len(rows), []
+    else:
+        _load_stage(conn, rows)
+        intents = pending_intents_among(conn, sa.select(stage.c.id))
+        unique_ids = len({row[_ID] for row in rows})
+        inserted = _insert_from_stage(conn, ts=ts, first_only=unique_ids < len(rows))
+        conflicts = [] if inserted == len(rows) else _staged_conflicts(conn, batch)
+        stage.drop(conn, checkfirst=False)
     sql_recharge.record_openings(conn, _openings(rows))
     if inserted:  # balance.low crossings, in the same transaction as the lines that crossed
         sql_outbox.note_balances(conn, {row[_ACCOUNT] for row in rows})
@@ -327,10 +425,11 @@ def apply_batch(
         raise LedgerNotInitialised("the ledger has no current epoch")
     if building is not None:
         raise StoreLost(f"a rebuild of the store is in progress (epoch {building.epoch_id})")
-    good, foreign = _split_foreign(batch, current.epoch_id)
+    shard_ids = shard_epoch_ids(conn, current)  # a shard rebuilt alone has its own epoch
+    good, foreign = _split_foreign(batch, shard_ids)
     inserted, duplicates, conflicts, settled = _apply_staged(conn, good)
     # holds: their event lines, after the transfer lines (a capture's debit is one of those)
-    held, foreign_holds = _split_foreign_holds(batch, current.epoch_id)
+    held, foreign_holds = _split_foreign_holds(batch, shard_ids)
     hold_texts = [format_hold_line(line) for line, _ in held]
     applied, hold_dups, hold_conflicts = sql_holds.apply_hold_lines(conn, held, hold_texts)
     inserted, duplicates = inserted + applied, duplicates + hold_dups

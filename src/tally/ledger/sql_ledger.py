@@ -35,6 +35,7 @@ from tally.ledger.models import (
     Epoch,
     EpochKind,
     EpochStatus,
+    EpochView,
     LineBatch,
     RecordedIntent,
     RejectedLine,
@@ -159,6 +160,19 @@ class SqlLedger:
     def finish_rebuild(self, epoch_id: str) -> Epoch:
         with self.transaction(write=True) as conn:
             return sql_epochs.finish_rebuild(conn, epoch_id)
+
+    def epoch_view(self) -> EpochView | None:
+        """The current epoch with each shard's own epoch id (``EpochView``)."""
+        with self.transaction() as conn:
+            return sql_epochs.epoch_view(conn)
+
+    def begin_shard_rebuild(self, shard: int) -> tuple[EpochView, str]:
+        with self.transaction(write=True) as conn:
+            return sql_epochs.begin_shard_rebuild(conn, shard)
+
+    def finish_shard_rebuild(self, shard_epoch_id: str) -> EpochView:
+        with self.transaction(write=True) as conn:
+            return sql_epochs.finish_shard_rebuild(conn, shard_epoch_id)
 
     # -- accounts ----------------------------------------------------------------------------
     def create_account(self, account: Account) -> Result:
@@ -297,8 +311,8 @@ class SqlLedger:
         beyond P was drained from a store this one does not continue (e.g. a primary lost in a
         failover, whose last writes no replica had)."""
         with self.transaction(snapshot=True) as conn:
-            epoch = sql_epochs.get_epoch(conn, epoch_id)  # the first read fixes the snapshot
-            if epoch is None:
+            # the first read fixes the snapshot; ``epoch_id`` may be one shard's own epoch
+            if not sql_epochs.epoch_known(conn, epoch_id):
                 raise LedgerNotInitialised(f"no epoch {epoch_id} in the ledger")
             upto = journal_position()
             if not sql_balances.has_lines_beyond(conn, epoch_id=epoch_id, shard=shard, upto=upto):

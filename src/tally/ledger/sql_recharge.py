@@ -184,21 +184,32 @@ def record_success(conn: Connection, rc: Recharge) -> bool:
         return False
     cond = recharge_rules.c.account_id == rc.account_id
     conn.execute(sa.update(recharge_rules).where(cond).values(consecutive_declines=0))
+    _emit_outcome(conn, EventType.recharge_succeeded, rc, charge_id=rc.charge_id)
+    return True
+
+
+def record_refund(
+    conn: Connection, rc: Recharge, frm: Sequence[RechargePhase], refused: str
+) -> bool:
+    """A charged recharge whose credit the account refused for good, its charge refunded:
+    -> skipped (``refunded:<why>``) and ``recharge.refunded``, one transaction."""
+    reason = f"refunded:{refused}"
+    if not advance(conn, rc.id, frm, RechargePhase.skipped, outcome_reason=reason):
+        return False
+    _emit_outcome(conn, EventType.recharge_refunded, rc, charge_id=rc.charge_id, reason=refused)
+    return True
+
+
+def _emit_outcome(conn: Connection, type_: EventType, rc: Recharge, **extra: Any) -> None:
+    """A recharge outcome's event (succeeded, failed, refunded), named by its decision."""
     data = {
         "recharge_id": rc.id,
         "account_id": rc.account_id,
         "amount_minor": rc.amount_minor,
         "currency": rc.currency,
-        "charge_id": rc.charge_id,
+        **extra,
     }
-    sql_outbox.emit(
-        conn,
-        EventType.recharge_succeeded,
-        data,
-        account_id=rc.account_id,
-        source=recharge_source(rc.id),
-    )
-    return True
+    sql_outbox.emit(conn, type_, data, account_id=rc.account_id, source=recharge_source(rc.id))
 
 
 def recharge_source(recharge_id: str) -> str:
@@ -480,24 +491,21 @@ class RechargeLedger:
                     ).rowcount
                 )
                 add_event(conn, rc.account_id, "suspended", "funding_failure", rc.id)
-            data = {
-                "recharge_id": rc.id,
-                "account_id": rc.account_id,
-                "amount_minor": rc.amount_minor,
-                "currency": rc.currency,
-                "reason": reason,
-                "consecutive_declines": consecutive,
-                "autopay_disabled": disable,
-                "account_suspended": suspended,
-            }
-            sql_outbox.emit(
+            _emit_outcome(
                 conn,
                 EventType.recharge_failed,
-                data,
-                account_id=rc.account_id,
-                source=recharge_source(rc.id),
+                rc,
+                reason=reason,
+                consecutive_declines=consecutive,
+                autopay_disabled=disable,
+                account_suspended=suspended,
             )
             return True
+
+    def record_refund(self, rc: Recharge, frm: Sequence[RechargePhase], refused: str) -> bool:
+        """-> skipped with the refund as its outcome and ``recharge.refunded``, one transaction."""
+        with self.ledger.transaction(write=True) as conn:
+            return record_refund(conn, rc, frm, refused)
 
     def record_success(self, rc: Recharge) -> bool:
         """credited -> succeeded and the rule's decline count back to zero, one transaction."""

@@ -300,14 +300,23 @@ def sentinel_directives(
     *,
     params: ProfileParams | None = None,
     password: str | None = None,
+    replicas: int = 1,
 ) -> dict[str, ConfigValue]:
-    """Directives for one Sentinel watching ``primary`` (as that Sentinel reaches it)."""
+    """Directives for one Sentinel watching ``primary`` (as that Sentinel reaches it).
+
+    ``parallel-syncs`` is every replica (``replicas``): after a failover Sentinel points them all
+    at the new primary at once. With 1 it does one at a time, and a replica that does not move
+    on (just restarted, stalled) holds the others back for Sentinel's 10 s reconfiguration
+    timeout, while min-replicas-to-write refuses every write for want of a replica in sync (the
+    20-seed chaos run of 2026-12-04, seed 12: 11 s of NOREPLICAS after the last heal). tally
+    reads nothing from replicas, and a diskless full sync sends one stream to every replica
+    syncing at once (``repl-diskless-sync-max-replicas``)."""
     params = params or ProfileParams()
     lines = [
         f"monitor {master_name} {primary[0]} {primary[1]} {params.sentinel_quorum}",
         f"down-after-milliseconds {master_name} {params.sentinel_down_after_ms}",
         f"failover-timeout {master_name} {params.sentinel_failover_timeout_ms}",
-        f"parallel-syncs {master_name} 1",
+        f"parallel-syncs {master_name} {max(1, replicas)}",
     ]
     if password:
         lines.append(f"auth-pass {master_name} {password}")
@@ -345,9 +354,14 @@ def cluster_node_directives(
     * ``cluster-node-timeout`` from ``params.cluster_node_timeout_ms`` (TP012).
     * ``cluster-allow-replica-migration no``: replicas stay in the data centers the topology
       put them in (TP013 checks that placement; migration would silently undo it).
-    * ``cluster-replica-validity-factor 1``: a replica cut off from its primary for longer than
-      about ``cluster-node-timeout`` + ``repl-ping-replica-period`` holds stale balances and is
-      not promoted (lost credits); a replica of a primary that just crashed is well inside it.
+    * ``cluster-replica-validity-factor 3``: a replica cut off from its primary for longer than
+      ``cluster-node-timeout`` x 3 + ``repl-ping-replica-period`` holds stale balances and is
+      not promoted (lost credits), while a replica of a primary that just crashed stays eligible
+      for a second election round. With 1 (13 s at the lab's 3 s node timeout) it did not: with
+      three primaries a failed primary has two voters, its two replicas (same offset, same rank)
+      can split them, the next round comes 2 x 2 x ``cluster-node-timeout`` later, and by then
+      both were "disconnected from master for longer than allowed": the shard had no primary
+      until the old one came back (the cluster lab's shard-primary-crash, 2 of 4 runs).
     * ``cluster-allow-reads-when-down no``: a shard that is down answers nothing stale.
 
     ``2013`` states Redis's own defaults (nothing sized, as in the incident's configuration).
@@ -361,7 +375,7 @@ def cluster_node_directives(
         "cluster-config-file": "nodes.conf",  # in the node's dir
         "cluster-node-timeout": params.cluster_node_timeout_ms if hardened else 15000,
         "cluster-require-full-coverage": "no" if hardened else "yes",
-        "cluster-replica-validity-factor": 1 if hardened else 10,
+        "cluster-replica-validity-factor": 3 if hardened else 10,
         "cluster-migration-barrier": 1,
         "cluster-allow-replica-migration": "no" if hardened else "yes",
         "cluster-allow-reads-when-down": "no",

@@ -58,6 +58,7 @@ def build_api(
         admin=operations,
         extensions=[recharge_extension, EventsExtension(dep.ledger)],
         async_debit=debits.debit,
+        async_credit=debits.credit,
         collectors=[FailoverCollector(failovers)] if failovers else [],
         webhook_hosts=dep.settings.webhook_hosts,
     )

@@ -1,4 +1,4 @@
-"""The single-debit hot path of the HTTP API, on the event loop.
+"""The single-debit hot path of the HTTP API, on the event loop, and credits' store step.
 
 A sync route costs a thread hop per request and, under load, a GIL convoy of worker threads each
 waiting on its own Redis socket. Here a debit goes to the store's async shell
@@ -10,6 +10,12 @@ epoch in the ledger, READONLY or a broken connection with a Sentinel that names 
 NOREPLICAS from a replaced primary, it catches up and the debit is sent once more (idempotent
 by transfer id); anything else reaches the caller. Concurrent callers hit by one failover
 recover once: the first reconnects, the others see the store already moved on and resend.
+
+A credit keeps the ledger-first rule: ``Engine.credit_intent`` records its intent in SQL (in a
+worker thread) before anything reaches the store; only then does its store step join the
+coalescer's next call, with the same guard; ``Engine.credit_applied`` makes the outcome. A
+store error after the guard is a pending credit (202), exactly as ``Engine.credit`` answers:
+the intent is durable and the applier applies it once the store is back.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ import logging
 import redis
 from starlette.concurrency import run_in_threadpool
 
-from tally.billing.engine import Engine
+from tally.billing.engine import CreditOutcome, Engine
 from tally.billing.validate import raw_transfer
+from tally.domain.accounts import SystemAccount
 from tally.domain.transfers import TransferResult
 from tally.errors import (
     StoreError,
@@ -32,6 +39,7 @@ from tally.errors import (
 )
 from tally.store.async_shell import AsyncTransfers, Coalescer
 from tally.store.redis_store import RedisStore
+from tally.store.transfer_codec import RawTransfer
 
 log = logging.getLogger("tally.service")
 
@@ -66,11 +74,43 @@ class AsyncDebits:
         raw = raw_transfer(  # validates
             "d", transfer_id, account_id, amount_minor, currency, occurred_at_ms
         )
-        batcher = self.batcher
-        if batcher is None:  # not a Redis store (the in-memory fake): the engine, off the loop
+        if self.batcher is None:  # not a Redis store (the in-memory fake): the engine, off the loop
             return await run_in_threadpool(
                 self.engine.debit, transfer_id, account_id, amount_minor, currency, occurred_at_ms
             )
+        return await self._apply(raw)
+
+    async def credit(
+        self,
+        transfer_id: str,
+        account_id: str,
+        amount_minor: int,
+        currency: str,
+        source: SystemAccount = SystemAccount.adjustments,
+    ) -> CreditOutcome:
+        """``Engine.credit``'s semantics, its store step coalesced (module docstring)."""
+        if self.batcher is None:
+            return await run_in_threadpool(
+                self.engine.credit, transfer_id, account_id, amount_minor, currency, source
+            )
+        prepared = await run_in_threadpool(  # ledger first: the intent is durable before
+            self.engine.credit_intent, transfer_id, account_id, amount_minor, currency, source
+        )
+        if isinstance(prepared, CreditOutcome):
+            return prepared
+        try:
+            result = await self._apply(prepared)
+        except StoreError:
+            return CreditOutcome(transfer_id, None, None)
+        if self.engine.credit_needs_settling(result):
+            return await run_in_threadpool(self.engine.credit_applied, result)
+        return self.engine.credit_applied(result)
+
+    async def _apply(self, raw: RawTransfer) -> TransferResult:
+        """One transfer through the coalescer, guarded like ``Engine._guarded``: at most one
+        resend, after ``Engine.recover`` caught up."""
+        batcher = self.batcher
+        assert batcher is not None
         seen = self._state()
         try:
             return await batcher.submit(raw)

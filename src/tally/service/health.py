@@ -69,13 +69,14 @@ def _replication(info: dict[str, Any]) -> Check:
     return Check(True, "", values)
 
 
-def _shard_problem(state: ShardState, epoch_value: str | None) -> str | None:
-    """The readiness reason a shard does not serve for, None when it serves."""
+def _shard_problem(state: ShardState, epoch_values: list[str] | None) -> str | None:
+    """The readiness reason a shard does not serve for, None when it serves (``epoch_values``:
+    what each shard's epoch key must hold, a shard rebuilt alone at its own epoch)."""
     if state.error:
         return REASONS["store"]
     if state.role != "master":
         return REASONS["writable"]
-    if epoch_value is not None and state.epoch != epoch_value:
+    if epoch_values is not None and state.epoch != epoch_values[state.shard]:
         return REASONS["epoch"]
     return None
 
@@ -112,24 +113,24 @@ class HealthProbe:
         missing = [n for n in ORDER if n not in checks]
         return Readiness(not missing, REASONS[missing[0]] if missing else None, checks)
 
-    def _ledger(self, checks: dict[str, Check]) -> str | None:
+    def _ledger(self, checks: dict[str, Check]) -> list[str] | None:
         try:
-            epoch = self.dep.ledger.current_epoch()
+            view = self.dep.ledger.epoch_view()
             unsettled = self.dep.ledger.count_unsettled_credit_intents()
         except LedgerError:
             checks["ledger"] = Check(False, "the ledger database does not answer")
             return None
-        if epoch is None:
+        if view is None:
             checks["ledger"] = Check(False, "the ledger has no current epoch")
             return None
         checks["ledger"] = Check(
-            True, "", {"epoch": epoch.epoch_id, "unsettled_credits": unsettled}
+            True, "", {"epoch": view.epoch.epoch_id, "unsettled_credits": unsettled}
         )
-        return self.dep.layout.epoch_value(epoch.epoch_id)
+        return [self.dep.layout.epoch_value(i) for i in view.shard_ids]
 
-    def _store(self, checks: dict[str, Check], epoch_value: str | None) -> None:
+    def _store(self, checks: dict[str, Check], epoch_values: list[str] | None) -> None:
         if self.dep.is_cluster:
-            self._cluster(checks, epoch_value)
+            self._cluster(checks, epoch_values)
             return
         layout = self.dep.layout
         client = self.dep.store.client
@@ -152,8 +153,8 @@ class HealthProbe:
         role = info.get("role")
         checks["writable"] = Check(role == "master", "" if role == "master" else f"role is {role}")
         epochs = [v.decode() if isinstance(v, bytes) else v for v in replies[1]]
-        if epoch_value is not None:
-            good = all(v == epoch_value for v in epochs)
+        if epoch_values is not None:
+            good = epochs == epoch_values
             detail = (
                 "" if good else ("the dataset is empty" if not any(epochs) else "foreign epoch")
             )
@@ -163,11 +164,11 @@ class HealthProbe:
         lag_ok = float(repl.values["lag_s"] or 0) <= self.bounds.replication_lag_s_max
         checks["replication"] = Check(lag_ok, "" if lag_ok else "replicas lag", repl.values)
 
-    def _cluster(self, checks: dict[str, Check], epoch_value: str | None) -> None:
+    def _cluster(self, checks: dict[str, Check], epoch_values: list[str] | None) -> None:
         states = cluster_shard_states(self.dep.store.client, self.dep.layout)
         failing: dict[int, str] = {}
         for state in states:
-            problem = _shard_problem(state, epoch_value)
+            problem = _shard_problem(state, epoch_values)
             if problem is not None:
                 failing[state.shard] = problem
         serving = [s for s in states if s.shard not in failing]

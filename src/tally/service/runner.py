@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,16 @@ from tally.bootstrap import (
 )
 from tally.config import Settings
 from tally.domain.holds import HOLD_SWEEP_MAX
-from tally.errors import ConfigError, InfrastructureError, StoreLost, TallyError
+from tally.errors import (
+    ConfigError,
+    InfrastructureError,
+    StoreLoading,
+    StoreLost,
+    StoreNotEnoughReplicas,
+    StoreReadOnly,
+    StoreUnavailable,
+    TallyError,
+)
 from tally.gateway.client import HttpGateway, SimulatorAdmin
 from tally.gateway.process import SimulatorProcess
 from tally.gateway.records import Record
@@ -86,12 +96,17 @@ from tally.store.discovery import CLUSTER_SCHEME, SwitchMaster, SwitchMasterList
 from tally.store.epoch import read_epochs
 from tally.store.keys import KeyLayout
 from tally.sync.rebuild import init_store, rebuild
+from tally.sync.shard_rebuild import rebuild_cluster_shard
 
 log = logging.getLogger("tally.service")
 
 GRACEFUL_S = 10
 WORKER_STOP_S = 30.0
 SUPERVISOR_RESTARTS_MAX = 20
+#: sentinel://: how long a start waits for a primary while a failover is under way
+STARTUP_PRIMARY_WAIT_S = 30.0
+STARTUP_PRIMARY_PACE_S = 0.5
+STARTUP_PRIMARY_SAY_EVERY = 10  # one "waiting for the primary" line per this many attempts
 COMPLETER_BATCH = 100
 #: A recharge the completer touched (or a debit opened) this recently is left for the next round:
 #: a waiting recharge is re-checked about twice a second, not in a tight loop.
@@ -169,47 +184,65 @@ def _prepare_cluster_store(
 ) -> None:
     """The epoch check on a Redis Cluster, per shard: a new deployment (empty ledger) is
     initialised only on an empty cluster (``initialise_store`` refuses anything else). With a
-    current epoch, every shard's epoch key is read on its own primary: a FOREIGN epoch anywhere
+    current epoch, every shard's epoch key is read on its own primary and compared with THAT
+    shard's epoch in the ledger (a shard rebuilt alone has its own): a FOREIGN epoch anywhere
     refuses the start (wrong deployment); a shard that is empty or cannot be asked does not stop
     the others (its writes refuse with ``store_lost`` by the epoch guard, readiness and the
-    recharge gate name it), but if NO shard holds the current epoch the start is refused, as on
-    one primary. There is no rebuild on a cluster yet: ``--rebuild`` is refused with a clear
-    error rather than ignored."""
+    recharge gate name it), but if NO shard holds its current epoch the start is refused, as on
+    one primary. ``--rebuild`` rebuilds each EMPTY shard alone from the ledger under its own
+    new epoch (``tally rebuild --shard K``); an unreachable shard is left to its failover."""
     url = settings.require_redis_url()
     with SqlLedger.open(settings.ledger_url) as ledger:
-        epoch = ledger.current_epoch()
-        if epoch is None:
+        view = ledger.epoch_view()
+        if view is None:
             report = initialise_store(
                 settings, KeyLayout(settings.namespace, settings.shards), ledger
             )
             say(f"initialised a new deployment on the cluster (epoch {report.epoch_id})")
             return
+        epoch = view.epoch
         layout = KeyLayout(epoch.namespace, epoch.shards)
-        want = layout.epoch_value(epoch.epoch_id)
         store = cluster_store(url, settings, layout, epoch.epoch_id)
         try:
             states = cluster_shard_states(store.cluster, layout)
+            good = [
+                s.shard
+                for s in states
+                if not s.error and s.epoch == layout.epoch_value(view.of(s.shard))
+            ]
+            foreign = [
+                s.shard
+                for s in states
+                if not s.error and s.epoch is not None and s.shard not in good
+            ]
+            missing = [s.shard for s in states if s.shard not in good and s.shard not in foreign]
+            if foreign:
+                raise StoreLost(
+                    f"shard(s) {foreign} of the cluster hold a foreign epoch (not the ledger's "
+                    f"epoch for that shard, deployment epoch {epoch.epoch_id}): wrong "
+                    "deployment or a rebuild in progress; nothing was written",
+                    hint="point --redis-url/--ledger-url at the right deployment",
+                )
+            empty = [s.shard for s in states if s.shard in missing and not s.error]
+            if rebuild_if_lost and empty:
+                for shard in empty:
+                    report = rebuild_cluster_shard(
+                        store.cluster,
+                        layout,
+                        ledger,
+                        shard,
+                        idempotency_window_ms=settings.idempotency_window_ms,
+                    )
+                    say(f"cluster shard {shard} was empty: rebuilt (epoch {report.epoch_id})")
+                good, missing = sorted([*good, *empty]), [s for s in missing if s not in empty]
         finally:
             store.close()
-    good = [s.shard for s in states if not s.error and s.epoch == want]
-    foreign = [s.shard for s in states if not s.error and s.epoch not in (None, want)]
-    missing = [s.shard for s in states if s.shard not in good and s.shard not in foreign]
-    if foreign:
-        raise StoreLost(
-            f"shard(s) {foreign} of the cluster hold a foreign epoch (the ledger's is "
-            f"{epoch.epoch_id}): wrong deployment or a rebuild in progress; nothing was written",
-            hint="point --redis-url/--ledger-url at the right deployment",
-        )
-    if missing and rebuild_if_lost:
-        raise ConfigError(
-            "--rebuild is not supported on a Redis Cluster yet (README, Scale-out on Redis "
-            f"Cluster); shard(s) {missing} are empty or unreachable; nothing was written"
-        )
     if not good:
         raise StoreLost(
             f"no shard of the cluster holds the ledger's current epoch {epoch.epoch_id} "
             "(empty or unreachable); nothing was written",
-            hint="check the cluster (`tally cluster status`); a cluster rebuild is not done yet",
+            hint="check the cluster (`tally cluster status`); `tally rebuild` restores it "
+            "from the ledger (`--shard K` one shard)",
         )
     if missing:
         say(
@@ -258,12 +291,8 @@ class Service:
         )
         self.say(f"ledger {_safe(settings.ledger_url)}")
         self._preflight(settings)  # before anything is written to the store
-        prepare_store(settings, rebuild_if_lost=opts.rebuild_if_lost, say=self.say)
-        self.dep = open_deployment(settings)
+        self.dep = self._open_when_primary(settings)
         self.failovers = self.dep.watch_failovers(self._on_failover)
-        self.dep.store.load_scripts()
-        if self.dep.ledger.count_unsettled_credit_intents():
-            self.say(f"re-applied {reapply_credits(self.dep)} pending credit(s)")
         self._gateway()
         self._first_key()
         self.probe = HealthProbe(self.dep, opts.readiness)
@@ -287,6 +316,43 @@ class Service:
             self.workers.append(Worker("supervisor", self._supervise, idle_s=0.5))
         for worker in self.workers:
             worker.start()
+
+    def _open_when_primary(self, settings: Settings) -> Deployment:
+        """The epoch check and the deployment. With ``sentinel://``, a primary that is not
+        there yet (a failover under way: no Sentinel names one, or the one named is not a
+        primary yet, or it has too few replicas to take the start's first writes) is waited
+        for, at most ``STARTUP_PRIMARY_WAIT_S``: a serve started during
+        a failover used to exit at once and stay down until someone started it again (the
+        lab's chaos seed 2). Anything else (a lost or foreign store, a config error) and a
+        plain URL fail at once, as before."""
+        opts = self.options
+        url = settings.require_redis_url()
+        wait_s = STARTUP_PRIMARY_WAIT_S if url.startswith("sentinel://") else 0.0
+        deadline = time.monotonic() + wait_s
+        attempts = int(wait_s / max(STARTUP_PRIMARY_PACE_S, 0.01)) + 1  # and the deadline
+        for attempt in range(attempts):
+            try:
+                prepare_store(settings, rebuild_if_lost=opts.rebuild_if_lost, say=self.say)
+                return self._first_writes(open_deployment(settings))
+            except (StoreUnavailable, StoreReadOnly, StoreLoading, StoreNotEnoughReplicas) as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                if attempt % STARTUP_PRIMARY_SAY_EVERY == 0:
+                    self.say(f"waiting for the primary (at most {wait_s:g} s): {exc}")
+                time.sleep(STARTUP_PRIMARY_PACE_S)
+        raise StoreUnavailable(f"no primary within {wait_s:g} s of starting")
+
+    def _first_writes(self, dep: Deployment) -> Deployment:
+        """The scripts, and the credits a previous run left pending, on the primary just
+        found (closed again when that fails, so a retry starts clean)."""
+        try:
+            dep.store.load_scripts()
+            if dep.ledger.count_unsettled_credit_intents():
+                self.say(f"re-applied {reapply_credits(dep)} pending credit(s)")
+        except BaseException:
+            dep.close()
+            raise
+        return dep
 
     def _preflight(self, settings: Settings) -> None:
         url = settings.require_redis_url()

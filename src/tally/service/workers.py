@@ -113,13 +113,15 @@ class DrainService:
     def __init__(self, dep: Deployment) -> None:
         self.dep = dep
         self.lock = ProcessLock(Path(dep.settings.home) / "drain.lock")
-        # Fenced by Settings.drain_replicas: with replicas (Sentinel), only what a replica holds
+        # Fenced by Settings.drain_replicas: with Sentinel, only what every known replica holds
         # is settled in the ledger; a fenced round returns 0 (drain_all stops, entries wait).
         self.drainer: Drainer = dep.drainer(count=DRAIN_LIMIT)
 
     def run_once(self) -> int:
         with self.lock:
             self.drainer.client = self.dep.store.client  # a Sentinel failover changes it
+            if not self.dep.is_cluster:  # and the Sentinels' replica count, the fence
+                self.drainer.replicas = self.dep.drain_fence()
             return self.drainer.run_once(DRAIN_LIMIT)
 
     def drain_all(self) -> int:

@@ -26,6 +26,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import hiredis
 import redis
@@ -130,6 +131,9 @@ class AsyncTransfers:
         pool = client.connection_pool
         try:
             conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+            if _closed_by_peer(conn):  # the one safe reconnect: nothing was sent on it yet
+                await conn.disconnect(nowait=True)
+                await conn.connect()
         except (redis.RedisError, OSError) as exc:
             raise _translated(exc, sent=False) from exc
         sent = False
@@ -173,6 +177,17 @@ class AsyncTransfers:
         if self._client is not None:
             await self._client.aclose()
         self._client, self._source = None, None
+
+
+def _closed_by_peer(conn: Any) -> bool:
+    """An idle pooled connection whose server went away (a restart, a failover's kill): its
+    stream has seen EOF. redis-py's pool check (``can_read``) does not see it with the hiredis
+    parser on asyncio, so a command sent on it would fail after sending and be reported as an
+    unknown outcome, although the old server could never have received it (seen: a primary
+    restarted empty answered ``outcome_unknown`` instead of ``store_lost``; the sync pool's
+    check does see it)."""
+    reader = getattr(conn, "_reader", None)
+    return reader is not None and reader.at_eof()
 
 
 def _translated(exc: BaseException, *, sent: bool) -> StoreError:

@@ -21,6 +21,11 @@ call of the same id on another account (transfer.lua) answers a conflict, never 
 Calls are grouped by the primary that owns their slot and each primary's calls are pipelined on
 one connection, the primaries concurrently (one worker per primary, bounded), then ``WAIT`` on
 that connection when replicas are asked for: the durability of the single store, per shard.
+(redis-py's ``RedisCluster.wait()`` sends WAIT to every primary on other connections and sums
+the answers: no use here.) A step-2 call its primary's replicas did not acknowledge is
+``StoreOutcomeUnknown`` for its transfers only, and step 3 is not run for them: a final record
+in the id's shard would outlive a failover that discards step 2, and a retry would replay an
+outcome the new primary never applied; the pending reservation lets the retry complete it.
 MOVED/ASK/TRYAGAIN (the node did not run the call) are followed for a bounded number of rounds,
 refreshing the slot map; CLUSTERDOWN is ``StoreUnavailable``; a connection lost after sending
 is ``StoreOutcomeUnknown`` for the calls whose replies were not read (never guessed).
@@ -62,9 +67,15 @@ from tally.store.errors import is_noscript, translate
 from tally.store.keys import KeyLayout
 from tally.store.redis_store import Applied, RawTransfer
 from tally.store.shard_scripts import ScriptCall, ShardScripts
-from tally.store.transfer_codec import Settled, TransferCall, TransferCodec, check_replicated
+from tally.store.transfer_codec import (
+    Settled,
+    TransferCall,
+    TransferCodec,
+    check_replicated,
+    unreplicated,
+)
 
-__all__ = ["ClusterStore"]
+__all__ = ["ClusterStore", "replicas_by_primary", "replicated_primaries"]
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +168,8 @@ class ClusterStore(ShardScripts):
     @property
     def client(self) -> Any:
         """The cluster client, untyped on purpose: the drain and reconcile have cluster paths of
-        their own (``sync.cluster_drain``, ``sync.cluster_route``); rebuild does not run on a
-        cluster yet (``Deployment.is_cluster`` tells; README, "Scale-out on Redis Cluster")."""
+        their own (``sync.cluster_drain``, ``sync.cluster_route``), and so has the rebuild
+        (``sync.rebuild.rebuild_cluster``: whole, or one shard under its own epoch)."""
         return self.cluster
 
     def reconnect(self) -> bool:
@@ -219,15 +230,17 @@ class ClusterStore(ShardScripts):
             node = client.get_node_from_key(call.keys[0], replica=False)
         return node
 
-    def _exchange(self, calls: Sequence[_Call], *, wait: bool) -> tuple[list[Outcome], int | None]:
+    def _exchange(
+        self, calls: Sequence[_Call], *, wait: bool
+    ) -> tuple[list[Outcome], list[int | None]]:
         """Every call run on the primary of its slot; one outcome per call, in order: the
-        script's array or the StoreError it ended with. Returns (outcomes, replicas acked: the
-        fewest of the primaries written, None when not asked for)."""
+        script's array or the StoreError it ended with. Returns (outcomes, per call the replicas
+        that acknowledged it: its own primary's ``WAIT``, None when not asked for or not run)."""
         if self._stale.is_set():
             self._refresh()
         outcomes: dict[int, Outcome] = {}
+        acks: list[int | None] = [None] * len(calls)
         pending: dict[int, tuple[str, int] | None] = dict.fromkeys(range(len(calls)))
-        acked: int | None = None
         for _ in range(REDIRECT_ROUNDS):
             if not pending:
                 break
@@ -252,15 +265,15 @@ class ClusterStore(ShardScripts):
                 got = future.result()
                 outcomes.update(got.outcomes)
                 pending.update(got.redirected)
-                if got.acked is not None:
-                    acked = got.acked if acked is None else min(acked, got.acked)
+                for i in got.outcomes:
+                    acks[i] = got.acked
             if pending:
                 self._refresh()
         for i in pending:
             outcomes[i] = StoreUnavailable(
                 f"{calls[i].keys[0]}: still redirected after {REDIRECT_ROUNDS} rounds"
             )
-        return [outcomes[i] for i in range(len(calls))], acked
+        return [outcomes[i] for i in range(len(calls))], acks
 
     def _on_node(
         self, node: ClusterNode, calls: list[tuple[int, _Call]], asking: bool, wait: bool
@@ -335,8 +348,9 @@ class ClusterStore(ShardScripts):
             self._stale.set()
             error = translate(exc, sent=sent)
             replies += [error] * (len(calls) - len(replies))
-            if len(replies) == len(calls) and acked is None and wait and self.wait_replicas:
-                # every reply read, WAIT itself failed: the writes stand, not acknowledged
+            if acked is None and wait and self.wait_replicas:
+                # WAIT never answered: the replies read stand, none of them acknowledged (the
+                # ones not read are unknown already)
                 acked = 0
         except BaseException:
             conn.disconnect()  # type: ignore[no-untyped-call]
@@ -382,25 +396,32 @@ class ClusterStore(ShardScripts):
         acked: int | None = None
         go = set(segment) - set(cross)
         if cross:
-            got = self._reserve(transfers, cross, results, errors)
-            go |= got[0]
-            acked = got[1]
+            reserved, acked = self._reserve(transfers, cross, results, errors)
+            go |= reserved
         order = [i for i in segment if i in go]
         if not order:
             return acked
         sub = [transfers[i] for i in order]
         calls = list(self.codec.plan(sub))
-        outcomes, applied_acked = self._exchange(
+        outcomes, acks = self._exchange(
             [_Call("transfer", c.keys, c.args) for c in calls], wait=True
         )
-        if applied_acked is not None:
-            acked = applied_acked if acked is None else min(acked, applied_acked)
+        acked = _fewest([acked, *acks])
         sub_results: list[TransferResult | None] = [None] * len(sub)
-        for call, outcome in zip(calls, outcomes, strict=True):
+        for call, outcome, call_acked in zip(calls, outcomes, acks, strict=True):
             if isinstance(outcome, StoreError):
                 failure: StoreError | None = outcome
             else:
                 failure = self.codec._collect(call, outcome, sub, sub_results)
+                if failure is None:
+                    # Applied on its primary but not on enough of that shard's replicas: its
+                    # outcome is unknown (no result), and step 3 must not run: a final record
+                    # in the id's shard would outlive a failover that discards this step, and
+                    # a retry would replay an outcome the new primary never applied.
+                    failure = unreplicated(call_acked, self.wait_replicas, self.wait_timeout_ms)
+                    if failure is not None:
+                        for k in call.indexes:
+                            sub_results[k] = None
             for k in call.indexes:
                 results[order[k]] = sub_results[k]
                 if failure is not None:
@@ -443,13 +464,14 @@ class ClusterStore(ShardScripts):
         calls = []
         for group in groups:
             shard = crc32(transfers[group[0]][0].encode()) % self.layout.shards
-            args: list[str | int] = [self._epoch_value, window, *occurred_bounds_ms(window)]
+            args: list[str | int] = [self._ev(shard), window, *occurred_bounds_ms(window)]
             for i in group:
                 t = transfers[i]
                 occurred = t[5] if len(t) == 6 else None
                 args += (t[0], t[1], t[2], t[3], t[4], "" if occurred is None else occurred)
             calls.append(_Call("reserve", self._id_shard_keys(shard), args))
-        outcomes, acked = self._exchange(calls, wait=True)
+        outcomes, acks = self._exchange(calls, wait=True)
+        acked = _fewest(acks)
         go: set[int] = set()
         for group, call, outcome in zip(groups, calls, outcomes, strict=True):
             if isinstance(outcome, StoreError):
@@ -461,7 +483,10 @@ class ClusterStore(ShardScripts):
                     errors[i] = error
                 continue
             if outcome[0] == b"L":
-                lost = StoreLost(f"{call.keys[0]}: dataset epoch missing or not {self.epoch_id}")
+                shard = crc32(transfers[group[0]][0].encode()) % self.layout.shards
+                lost = StoreLost(
+                    f"{call.keys[0]}: dataset epoch missing or not {self.shard_epoch(shard)}"
+                )
                 for i in group:
                     results[i] = TransferResult(transfers[i][0], Result.store_lost, None)
                     errors[i] = lost
@@ -488,7 +513,7 @@ class ClusterStore(ShardScripts):
         calls = []
         for group in self._by_id_shard(transfers, finals):
             shard = crc32(transfers[group[0]][0].encode()) % self.layout.shards
-            args: list[str | int] = [self._epoch_value]
+            args: list[str | int] = [self._ev(shard)]
             for i in group:
                 result = results[i]
                 if result is None:
@@ -516,12 +541,12 @@ class ClusterStore(ShardScripts):
 
     # -- how the shared calls (store.shard_scripts) reach the slot's primary -------------------
     def _scripts(self, calls: Sequence[ScriptCall], *, durable: bool = False) -> list[list[Any]]:
-        outcomes, acked = self._exchange([_Call(*call) for call in calls], wait=durable)
+        outcomes, acks = self._exchange([_Call(*call) for call in calls], wait=durable)
         for outcome in outcomes:
             if isinstance(outcome, StoreError):
                 raise outcome
         if durable:
-            check_replicated(acked, self.wait_replicas, self.wait_timeout_ms)
+            check_replicated(_fewest(acks), self.wait_replicas, self.wait_timeout_ms)
         return outcomes  # type: ignore[return-value]  # no StoreError left
 
     def _first_members(self, key: str, limit: int) -> list[str]:
@@ -540,6 +565,35 @@ def cluster_error(exc: Exception, *, sent: bool) -> StoreError:
     if isinstance(exc, redis.RedisError):
         return translate(exc, sent=sent)
     raise InvariantViolation(f"not a Redis error: {exc!r}") from exc
+
+
+def replicated_primaries(client: RedisCluster) -> int:
+    """How many primaries have at least one replica in the cluster's node table
+    (``replicas_by_primary``)."""
+    return sum(1 for count in replicas_by_primary(client).values() if count > 0)
+
+
+def replicas_by_primary(client: RedisCluster) -> dict[str, int]:
+    """Each primary's address (``host:port``, redis-py's node name) and how many replicas the
+    node table gives it (``CLUSTER NODES`` from one node). Unlike ``CLUSTER SLOTS`` (7.x leaves
+    failed replicas out) it lists a replica that is down right now, so a replica restarting
+    while tally opens still counts."""
+    try:
+        table: dict[str, dict[str, Any]] = _any(client).cluster_nodes()
+    except (redis.RedisError, RedisClusterException) as exc:
+        raise cluster_error(exc, sent=False) from exc
+    ids = {str(node.get("node_id")): address for address, node in table.items()
+           if "master" in str(node.get("flags", "")).split(",")}  # fmt: skip
+    out = dict.fromkeys(ids.values(), 0)
+    for node in table.values():
+        if "slave" in str(node.get("flags", "")).split(",") and node.get("master_id") in ids:
+            out[ids[str(node["master_id"])]] += 1
+    return out
+
+
+def _fewest(acks: Iterable[int | None]) -> int | None:
+    """The fewest replicas any primary acknowledged with (None: no WAIT was asked for)."""
+    return min((a for a in acks if a is not None), default=None)
 
 
 def _segments(transfers: Sequence[RawTransfer]) -> list[list[int]]:

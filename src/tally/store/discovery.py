@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -187,6 +188,10 @@ class PrimaryLocator:
         self._options = _options(socket_timeout_s, connect_timeout_s)
         self._client: redis.Redis | None = None
         self.address: tuple[str, int] | None = None
+        #: Replicas the Sentinels know of the primary (``num-slaves``: connected or not, the
+        #: most any Sentinel reports), from the last time they were asked; None before that or
+        #: for a plain URL. The drainer's automatic fence waits for all of them.
+        self.replicas_known: int | None = None
         self._moved_checked_at = float("-inf")
         self._moved_lock = threading.Lock()
 
@@ -241,26 +246,90 @@ class PrimaryLocator:
         return client
 
     def _ask_sentinels(self, target: SentinelTarget) -> tuple[str, int]:
-        errors = []
-        for host, port in target.sentinels:
-            sentinel = redis.Redis(
-                host=host,
-                port=port,
-                password=target.sentinel_password,
-                **self._options,  # type: ignore[arg-type]
-            )
-            try:
-                with contextlib.closing(sentinel):
-                    addr = _execute(
-                        sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", target.master_name
-                    )
-            except (redis.RedisError, OSError) as exc:
-                errors.append(f"{host}:{port}: {exc}")
-                continue
-            if addr:
-                return _text(addr[0]), int(addr[1])
-            errors.append(f"{host}:{port}: does not know {target.master_name!r}")
+        """Every Sentinel at once (each bounded by the client's timeouts), then
+        ``choose_primary`` over the answers: not simply the first that answers."""
+        with ThreadPoolExecutor(len(target.sentinels), thread_name_prefix="sentinel-ask") as pool:
+            replies = list(pool.map(lambda hp: self._ask_one(target, *hp), target.sentinels))
+        answers = [r for r in replies if isinstance(r, SentinelAnswer)]
+        errors = [r for r in replies if isinstance(r, str)]
+        chosen = choose_primary(answers, errors)
+        self.replicas_known = max(a.replicas_known for a in answers)
+        return chosen
+
+    def _ask_one(self, target: SentinelTarget, host: str, port: int) -> SentinelAnswer | str:
+        sentinel = redis.Redis(
+            host=host,
+            port=port,
+            password=target.sentinel_password,
+            **self._options,  # type: ignore[arg-type]
+        )
+        try:
+            with contextlib.closing(sentinel):
+                named = _execute(
+                    sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", target.master_name
+                )
+                state = _execute(sentinel, "SENTINEL", "MASTER", target.master_name)
+        except (redis.RedisError, OSError) as exc:
+            return f"{host}:{port}: {exc}"
+        if not named:
+            return f"{host}:{port}: does not know {target.master_name!r}"
+        return SentinelAnswer.parse(f"{host}:{port}", named, state)
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelAnswer:
+    """One Sentinel's view: the address it names (``GET-MASTER-ADDR-BY-NAME``: during its own
+    failover, once the promotion is confirmed, the promoted replica), the primary its config
+    holds, its flags for that primary and its config epoch."""
+
+    sentinel: str
+    named: tuple[str, int]
+    configured: tuple[str, int]
+    flags: frozenset[str]
+    config_epoch: int
+    #: ``num-slaves``: every replica this Sentinel knows of the primary, connected or not
+    replicas_known: int = 0
+
+    @property
+    def failing_over(self) -> bool:
+        return "failover_in_progress" in self.flags
+
+    @classmethod
+    def parse(cls, sentinel: str, named: Any, state: Any) -> SentinelAnswer:
+        if isinstance(state, dict):
+            fields = {_text(k): v for k, v in state.items()}
+        else:
+            fields = {_text(k): v for k, v in zip(state[::2], state[1::2], strict=True)}
+        address = (_text(named[0]), int(named[1]))
+        configured = (_text(fields.get("ip", address[0])), int(fields.get("port", address[1])))
+        flags = frozenset(_text(fields.get("flags", b"")).split(","))
+        return cls(sentinel, address, configured, flags, int(fields.get("config-epoch", 0)),
+                   int(fields.get("num-slaves", 0)))  # fmt: skip
+
+
+def choose_primary(answers: list[SentinelAnswer], errors: list[str]) -> tuple[str, int]:
+    """The primary to use, from the Sentinels that answered:
+
+    * a Sentinel that is failing over the primary and has not confirmed a promotion yet (it
+      still names the old primary) means the old one is on its way out: no primary now
+      (``StoreUnavailable``; the caller retries). An old primary restarted in that window
+      answers ROLE master, and a replica that still follows it can acknowledge writes the
+      failover then discards (seen in the lab: chaos seed 2, r1 killed and started again while
+      Sentinel promoted r3);
+    * otherwise the newest view: the highest config epoch (a failover raises it; a Sentinel that
+      was cut off during one still names the old primary with the old epoch), a confirmed
+      promotion counting as newer than its Sentinel's current epoch; the first in the list among
+      equals."""
+    if not answers:
         raise StoreUnavailable("no Sentinel named a primary: " + "; ".join(errors))
+    for a in answers:
+        if a.failing_over and a.named == a.configured:
+            raise StoreUnavailable(
+                f"Sentinel {a.sentinel} is failing over {a.named[0]}:{a.named[1]} and has not "
+                "promoted a replica yet (retry: the new primary is named once it is promoted)"
+            )
+    ranked = [(a.config_epoch + (1 if a.failing_over else 0), -i, a) for i, a in enumerate(answers)]
+    return max(ranked, key=lambda r: (r[0], r[1]))[2].named
 
 
 def _execute(client: Any, *args: object) -> Any:

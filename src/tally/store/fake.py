@@ -27,8 +27,11 @@ class FakeStore:
         self.holds = holds.HoldBook()
         self.lost = True
 
-    def set_epoch(self, epoch_id: str) -> None:
+    shard_epoch_ids: tuple[str, ...] = ()  # one store, one epoch
+
+    def set_epoch(self, epoch_id: str, shard_epoch_ids: Sequence[str] = ()) -> None:
         self.epoch_id = epoch_id
+        self.shard_epoch_ids = tuple(shard_epoch_ids)
         self.lost = False
 
     def reconnect(self) -> bool:

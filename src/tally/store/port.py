@@ -14,8 +14,9 @@ from tally.store.redis_store import Applied, RawTransfer, RechargeMarker
 
 class BalanceStore(Protocol):
     epoch_id: str
+    shard_epoch_ids: tuple[str, ...]  # each shard's epoch id when one differs, else ()
 
-    def set_epoch(self, epoch_id: str) -> None: ...
+    def set_epoch(self, epoch_id: str, shard_epoch_ids: Sequence[str] = ...) -> None: ...
 
     def reconnect(self) -> bool: ...
 

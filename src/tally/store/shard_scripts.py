@@ -36,6 +36,9 @@ class ShardScripts:
     epoch_id: str
     _epoch_value: str
     codec: TransferCodec
+    #: each shard's epoch id when some shard has its own (a one-shard rebuild on a cluster:
+    #: ``EpochView.overrides``); () when every shard is at ``epoch_id``
+    shard_epoch_ids: tuple[str, ...] = ()
 
     @property
     def idempotency_window_ms(self) -> int:
@@ -46,11 +49,31 @@ class ShardScripts:
     def idempotency_window_ms(self, value: int) -> None:
         self.codec.idempotency_window_ms = value
 
-    def set_epoch(self, epoch_id: str) -> None:
-        """After a rebuild the ledger names a new epoch; only then may this store write again."""
+    def set_epoch(self, epoch_id: str, shard_epoch_ids: Sequence[str] = ()) -> None:
+        """After a rebuild the ledger names a new epoch (``shard_epoch_ids``: each shard's, when
+        a shard was rebuilt alone); only then may this store write again."""
+        ids = tuple(shard_epoch_ids)
+        if ids and len(ids) != self.layout.shards:
+            raise UsageError(f"{len(ids)} shard epochs for {self.layout.shards} shards")
+        if all(i == epoch_id for i in ids):
+            ids = ()
         self.epoch_id = epoch_id
         self._epoch_value = self.layout.epoch_value(epoch_id)
-        self.codec.set_epoch(epoch_id)
+        self.shard_epoch_ids = ids
+        self.codec.set_epoch(epoch_id, ids)
+
+    def shard_epoch(self, shard: int) -> str:
+        """The epoch id this store expects in ``shard`` (its journal lines carry it)."""
+        return self.shard_epoch_ids[shard] if self.shard_epoch_ids else self.epoch_id
+
+    def _ev(self, shard: int) -> str:
+        """The value ``shard``'s epoch key must hold for a script to run."""
+        if not self.shard_epoch_ids:
+            return self._epoch_value
+        return self.layout.epoch_value(self.shard_epoch_ids[shard])
+
+    def _lost(self, shard: int) -> StoreLost:
+        return StoreLost(f"shard {shard}: dataset epoch missing or not {self.shard_epoch(shard)}")
 
     def _scripts(self, calls: Sequence[ScriptCall], *, durable: bool = False) -> list[list[Any]]:
         """Run the calls; ``durable``: they move money, so they end with ``WAIT`` and an answer
@@ -68,9 +91,9 @@ class ShardScripts:
             raise UsageError(f"unknown recharge marker op {op!r}")
         shard = self.layout.shard_of(account_id)
         keys = [self.layout.epoch(shard), self.layout.account(shard, account_id)]
-        (reply,) = self._scripts([("recharge", keys, [self._epoch_value, op, value])])
+        (reply,) = self._scripts([("recharge", keys, [self._ev(shard), op, value])])
         if reply[0] == b"L":
-            raise StoreLost(f"shard {shard}: dataset epoch missing or not {self.epoch_id}")
+            raise self._lost(shard)
         open_id = reply[2].decode() if isinstance(reply[2], bytes) else None
         return RechargeMarker(int(reply[1]), open_id)
 
@@ -79,14 +102,14 @@ class ShardScripts:
         shard = self.layout.shard_of(account.id)
         keys = [self.layout.epoch(shard), self.layout.account(shard, account.id)]
         args: list[str | int] = [
-            self._epoch_value,
+            self._ev(shard),
             account.currency,
             account.status.code,
             account.credit_limit_minor,
         ]
         (reply,) = self._scripts([("account", keys, args)])
         if reply[0] == b"L":
-            raise StoreLost(f"shard {shard}: dataset epoch missing or not {self.epoch_id}")
+            raise self._lost(shard)
         return _RESULTS[int(reply[1])]
 
     def read_accounts(self, account_ids: Iterable[str]) -> dict[str, AccountState | None]:
@@ -97,12 +120,12 @@ class ShardScripts:
         calls: list[tuple[str, list[str], list[str | int]]] = []
         for shard, group in by_shard.items():
             keys = [self.layout.epoch(shard)] + [self.layout.account(shard, a) for a in group]
-            calls.append(("read", keys, [self._epoch_value]))
+            calls.append(("read", keys, [self._ev(shard)]))
         found: dict[str, AccountState | None] = {}
         replies = self._scripts(calls)
         for shard, group, reply in zip(by_shard, by_shard.values(), replies, strict=True):
             if reply[0] == b"L":
-                raise StoreLost(f"shard {shard}: dataset epoch missing or not {self.epoch_id}")
+                raise self._lost(shard)
             for n, aid in enumerate(group):
                 cur, st, lim, bal, hd = reply[1 + 5 * n : 6 + 5 * n]
                 found[aid] = None if cur is None else _state(aid, cur, st, lim, bal, hd)
@@ -113,11 +136,9 @@ class ShardScripts:
         """The account a hold id is bound to (``claim`` binds it first): hold_route.lua."""
         shard = self.layout.shard_of(hold_id)
         keys = [self.layout.epoch(shard), self.layout.hold_routes(shard)]
-        (reply,) = self._scripts(
-            [("hold_route", keys, [self._epoch_value, op, hold_id, account_id])]
-        )
+        (reply,) = self._scripts([("hold_route", keys, [self._ev(shard), op, hold_id, account_id])])
         if reply[0] == b"L":
-            raise StoreLost(f"shard {shard}: dataset epoch missing or not {self.epoch_id}")
+            raise self._lost(shard)
         return reply[1].decode() if isinstance(reply[1], bytes) else None
 
     def _hold(
@@ -132,8 +153,8 @@ class ShardScripts:
             self.layout.hold_expiries(shard),
         ]
         args: list[str | int] = [
-            self._epoch_value,
-            self.epoch_id,
+            self._ev(shard),
+            self.shard_epoch(shard),
             op,
             hold_id,
             account_id,
@@ -141,7 +162,7 @@ class ShardScripts:
             expires_in_ms,
         ]
         (reply,) = self._scripts([("hold", keys, args)], durable=op != "get")
-        return _hold_outcome(hold_id, reply, self.epoch_id, shard)
+        return _hold_outcome(hold_id, reply, self.shard_epoch(shard), shard)
 
     def place_hold(
         self, hold_id: str, account_id: str, amount_minor: int, expires_in_ms: int
@@ -192,10 +213,10 @@ class ShardScripts:
             account_id, _, hold_id = member.partition("|")
             keys += [self.layout.account(shard, account_id), self.layout.hold(shard, hold_id)]
         (reply,) = self._scripts(
-            [("hold_sweep", keys, [self._epoch_value, self.epoch_id, *members])]
+            [("hold_sweep", keys, [self._ev(shard), self.shard_epoch(shard), *members])]
         )  # not durable: a release lost in a failover is released again by the clock
         if reply[0] == b"L":
-            raise StoreLost(f"shard {shard}: dataset epoch missing or not {self.epoch_id}")
+            raise self._lost(shard)
         if reply[0] == b"F":
             raise StoreBackpressure(f"shard {shard}: journal holds {reply[1]} entries")
         return int(reply[1])

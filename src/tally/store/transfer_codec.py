@@ -83,6 +83,7 @@ class Settled:
         decided = [r for r in self.results if r is not None]
         if failure is not None:
             failure.partial = decided  # type: ignore[attr-defined]
+            failure.settled = self  # type: ignore[attr-defined]  # per transfer, for a batch's answer
             raise failure
         if len(decided) != len(self.results):
             raise InvariantViolation("a transfer of the batch has neither result nor error")
@@ -110,9 +111,14 @@ class TransferCodec:
         ]
         self._account_prefix = [layout.account_prefix(s) for s in shard_range]
 
-    def set_epoch(self, epoch_id: str) -> None:
+    def set_epoch(self, epoch_id: str, shard_epoch_ids: Sequence[str] = ()) -> None:
+        """``shard_epoch_ids``: each shard's own epoch id (a shard rebuilt alone on a cluster);
+        () when every shard is at ``epoch_id``."""
         self.epoch_id = epoch_id
         self._epoch_value = self.layout.epoch_value(epoch_id)
+        ids = tuple(shard_epoch_ids) or (epoch_id,) * self.layout.shards
+        self._shard_ids = ids
+        self._shard_values = [self.layout.epoch_value(i) for i in ids]
 
     # -- encode --------------------------------------------------------------------------------
     def plan(
@@ -175,8 +181,8 @@ class TransferCodec:
         keys += [prefix + aid for aid in account_index]
         window_ms = self.idempotency_window_ms
         args: list[str | int] = [
-            self._epoch_value,
-            self.epoch_id,
+            self._shard_values[shard],
+            self._shard_ids[shard],
             now_ms,
             len(tx_index),
             len(account_index),
@@ -225,7 +231,9 @@ class TransferCodec:
         if status == b"L":
             for i in call.indexes:
                 results[i] = TransferResult(transfers[i][0], Result.store_lost, None)
-            return StoreLost(f"shard {call.shard}: dataset epoch missing or not {self.epoch_id}")
+            return StoreLost(
+                f"shard {call.shard}: dataset epoch missing or not {self._shard_ids[call.shard]}"
+            )
         if status == b"F":
             return StoreBackpressure(f"shard {call.shard}: journal holds {reply[1]} entries")
         pos = 1
@@ -249,8 +257,17 @@ def check_replicated(acked: int | None, wanted: int, timeout_ms: int) -> None:
     failover may discard it, so the caller is told the outcome is unknown (a retry of the same
     transfer id replays it once a replica has it, or applies it on the new primary: once either
     way). The sync store, the async shell and the cluster store all answer through here."""
+    failure = unreplicated(acked, wanted, timeout_ms)
+    if failure is not None:
+        raise failure
+
+
+def unreplicated(acked: int | None, wanted: int, timeout_ms: int) -> StoreOutcomeUnknown | None:
+    """``check_replicated``'s error without raising it (the cluster store judges each primary's
+    ``WAIT`` for the calls it ran), None when the write is acknowledged or none was asked for."""
     if wanted and acked is not None and acked < wanted:
-        raise StoreOutcomeUnknown(
+        return StoreOutcomeUnknown(
             f"applied on the primary but acknowledged by {acked} of {wanted} replicas within "
             f"{timeout_ms} ms: a failover could still discard it"
         )
+    return None

@@ -3,7 +3,7 @@ the drainer group, and every shard's epoch key (one SET each: on a cluster every
 key is its own, so a shard restarted empty refuses alone while the others serve).
 
 Only an EMPTY cluster and an empty ledger are initialised here; a rebuild on a cluster (whole,
-or one shard) is not done yet (README, "Scale-out on Redis Cluster").
+or one shard under its own epoch) is ``sync.shard_rebuild``.
 """
 
 from __future__ import annotations

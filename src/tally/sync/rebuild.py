@@ -9,7 +9,7 @@ stops anywhere can be run again: it recognises its own marker or its finished ep
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -30,6 +30,7 @@ from tally.ledger.sql_recharge import iter_pages
 from tally.ledger.sqlutil import now_ms
 from tally.store.errors import text, translated
 from tally.store.keys import KeyLayout
+from tally.sync.cluster_route import Route
 from tally.sync.drainer import GROUP
 from tally.sync.redis_scan import scan_keys
 
@@ -65,6 +66,7 @@ class RebuildReport:
     transfers_loaded: int
     keys_deleted: int
     unsettled_intents: int  # to be applied again by the engine (``apply_pending_credits``)
+    shard: int | None = None  # a one-shard rebuild (a Redis Cluster): the shard; else None
 
 
 def _check_primary(client: redis.Redis) -> None:
@@ -97,7 +99,7 @@ def inspect_dataset(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger) -
     return DatasetState.occupied
 
 
-def _undrained(pipe: redis.client.Pipeline, key: str) -> int:
+def _undrained(pipe: redis.client.Pipeline | redis.Redis, key: str) -> int:
     """Entries of one journal the ledger may not have: delivered but not acknowledged, plus
     any beyond the drainer group's last-delivered id (Redis 6.2 has no ``lag``: compare ids)."""
     groups = {text(g["name"]): g for g in pipe.xinfo_groups(key)}
@@ -135,6 +137,31 @@ def _fence_drained(client: redis.Redis, layout: KeyLayout) -> None:
             ) from exc
 
 
+class _Pipes:
+    """One pipeline per primary that a page's writes go to (one primary: one pipeline; a Redis
+    Cluster: one per node, each shard's keys on the node that owns its slot)."""
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+        self._by: dict[int, redis.client.Pipeline] = {}
+
+    def __call__(self, shard: int) -> redis.client.Pipeline:
+        client = self.route(shard)
+        pipe = self._by.get(id(client))
+        if pipe is None:
+            pipe = self._by[id(client)] = client.pipeline(transaction=False)
+        return pipe
+
+    def execute(self) -> None:
+        for pipe in self._by.values():
+            pipe.execute()
+        self._by.clear()
+
+
+def _mine(only: Collection[int] | None, shard: int) -> bool:
+    return only is None or shard in only
+
+
 def delete_namespace(client: redis.Redis, layout: KeyLayout) -> int:
     deleted = 0
     for batch in scan_keys(client, layout.pattern):
@@ -149,23 +176,30 @@ AccountFields = Callable[[Sequence[str]], Mapping[str, Mapping[str, str | int]]]
 
 
 def _load_accounts(
-    client: redis.Redis,
+    route: Route,
     layout: KeyLayout,
     ledger: SqlLedger,
     chunk: int,
     extra: AccountFields | None = None,
+    only: Collection[int] | None = None,
 ) -> int:
+    """Every account (``only``: of those shards) with its ledger balance, held sum, status and
+    credit limit, and the fields other layers own."""
     loaded, after = 0, None
     page_size = min(chunk, LIST_LIMIT_MAX)
     for _ in range(ledger.count_accounts() // page_size + PAGE_SLACK):
-        page: Sequence[Account] = ledger.list_accounts(after=after, limit=page_size)
-        if not page:
+        full: Sequence[Account] = ledger.list_accounts(after=after, limit=page_size)
+        if not full:
             return loaded
+        after = full[-1].id
+        page = [a for a in full if _mine(only, layout.shard_of(a.id))]
+        if not page:
+            continue
         balances = ledger.balances([a.id for a in page])
         held = ledger.held([a.id for a in page])  # holds: the open holds' sum, 'hd'
         extras = extra([a.id for a in page]) if extra is not None else {}
         with translated("load accounts"):
-            pipe = client.pipeline(transaction=False)
+            pipes = _Pipes(route)
             for a in page:
                 bal = balances[a.id]
                 invariant(abs(bal) <= BALANCE_MINOR_MAX, f"{a.id} balance {bal} out of bounds")
@@ -177,14 +211,15 @@ def _load_accounts(
                     **({"hd": held[a.id]} if held[a.id] else {}),
                     **extras.get(a.id, {}),
                 }
-                pipe.hset(layout.account_key(a.id), mapping=fields)  # type: ignore[arg-type]
-            pipe.execute()
+                pipes(layout.shard_of(a.id)).hset(layout.account_key(a.id), mapping=fields)  # type: ignore[arg-type]
+            pipes.execute()
         loaded += len(page)
-        after = page[-1].id
     raise UsageError("accounts kept being created faster than the rebuild could load them")
 
 
-def _load_recharge_markers(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger) -> int:
+def _load_recharge_markers(
+    route: Route, layout: KeyLayout, ledger: SqlLedger, only: Collection[int] | None = None
+) -> int:
     """Auto-recharge mirrors, from SQL: the threshold of every rule with autopay on (``rt``) and
     every unfinished recharge (``ro``; the newest per account wins), so a rebuilt store opens no
     second recharge while one is still being driven to its end."""
@@ -194,21 +229,31 @@ def _load_recharge_markers(client: redis.Redis, layout: KeyLayout, ledger: SqlLe
     loaded = 0
     with translated("load recharge markers"):
         for account_id, threshold in thresholds:
-            client.hset(layout.account_key(account_id), "rt", str(threshold))
-            loaded += 1
+            shard = layout.shard_of(account_id)
+            if _mine(only, shard):
+                route(shard).hset(layout.account_key(account_id), "rt", str(threshold))
+                loaded += 1
         unfinished = iter_pages(lambda after, n: book.unfinished_markers(after=after, limit=n),
                                 lambda rc: rc.id)  # fmt: skip
         for rc in sorted(unfinished, key=lambda rc: (rc.opened_at_ms, rc.id)):
-            client.hset(layout.account_key(rc.account_id), "ro", rc.id)
-            loaded += 1
+            shard = layout.shard_of(rc.account_id)
+            if _mine(only, shard):
+                route(shard).hset(layout.account_key(rc.account_id), "ro", rc.id)
+                loaded += 1
     return loaded
 
 
 def _load_transfers(
-    client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, chunk: int, window_ms: int
+    route: Route,
+    layout: KeyLayout,
+    ledger: SqlLedger,
+    chunk: int,
+    window_ms: int,
+    only: Collection[int] | None = None,
 ) -> int:
     """Every transfer id used inside the idempotency window (``window_ms``; 0: ever), with its
-    first outcome: replays after the rebuild return it. They go to generation 0 with no
+    first outcome, in the shard of its ID (``only``: ids of those shards, whatever their
+    account's shard): replays after the rebuild return it. They go to generation 0 with no
     generation key, so the first transfer call starts the window's clock: each restored record
     lives at least one more window."""
     oldest_ms = now_ms() - window_ms if window_ms else None
@@ -218,9 +263,11 @@ def _load_transfers(
         if not page:
             return loaded
         with translated("load transfers"):
-            pipe = client.pipeline(transaction=False)
+            pipes = _Pipes(route)
             for t in page:
                 if oldest_ms is not None and t.ts_ms < oldest_ms:
+                    continue
+                if not _mine(only, layout.shard_of(t.id)):
                     continue
                 record = format_tx_record(
                     t.kind,
@@ -230,9 +277,10 @@ def _load_transfers(
                     t.result,
                     t.balance_after_minor,
                 )
-                pipe.hset(layout.tx_for(t.id), t.id, record)  # the id's shard: ids are global
+                # the id's shard: ids are global
+                pipes(layout.shard_of(t.id)).hset(layout.tx_for(t.id), t.id, record)
                 loaded += 1
-            pipe.execute()
+            pipes.execute()
         after = page[-1].id
     raise UsageError("transfers kept being added while the rebuild ran (is a drainer running?)")
 
@@ -264,8 +312,15 @@ def _hold_fields(h: LedgerHold) -> dict[str, str | int]:
     return fields
 
 
-def _load_holds(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, chunk: int) -> int:
-    """Every hold the ledger knows (its record, in its account's shard, and its id's route);
+def _load_holds(
+    route: Route,
+    layout: KeyLayout,
+    ledger: SqlLedger,
+    chunk: int,
+    only: Collection[int] | None = None,
+) -> int:
+    """Every hold the ledger knows (its record, in its account's shard, and its id's route, in
+    the hold id's shard; ``only``: what lies in those shards);
     the open ones also go into their shard's expiry index with their expiry, so the sweeper or
     the next touch releases those that expired meanwhile. The accounts' 'hd' is loaded with
     them (``_load_accounts``)."""
@@ -275,26 +330,33 @@ def _load_holds(client: redis.Redis, layout: KeyLayout, ledger: SqlLedger, chunk
         if not page:
             return loaded
         with translated("load holds"):
-            pipe = client.pipeline(transaction=False)
+            pipes = _Pipes(route)
             for h in page:
                 shard = layout.shard_of(h.account_id)
-                pipe.hset(layout.hold(shard, h.hold_id), mapping=_hold_fields(h))  # type: ignore[arg-type]
+                if _mine(only, shard):
+                    pipe = pipes(shard)
+                    pipe.hset(layout.hold(shard, h.hold_id), mapping=_hold_fields(h))  # type: ignore[arg-type]
+                    if h.status is HoldStatus.open:
+                        member = f"{h.account_id}|{h.hold_id}"
+                        pipe.zadd(layout.hold_expiries(shard), {member: h.expires_at_ms})
+                    loaded += 1
                 route_shard = layout.shard_of(h.hold_id)
-                pipe.hset(layout.hold_routes(route_shard), h.hold_id, h.account_id)
-                if h.status is HoldStatus.open:
-                    member = f"{h.account_id}|{h.hold_id}"
-                    pipe.zadd(layout.hold_expiries(shard), {member: h.expires_at_ms})
-                loaded += 1
-            pipe.execute()
+                if _mine(only, route_shard):
+                    pipes(route_shard).hset(
+                        layout.hold_routes(route_shard), h.hold_id, h.account_id
+                    )
+            pipes.execute()
         after = page[-1].hold_id
     raise UsageError("holds kept being added while the rebuild ran (is a drainer running?)")
 
 
-def _create_streams(client: redis.Redis, layout: KeyLayout) -> None:
-    for key in layout.journals():
+def _create_streams(route: Route, layout: KeyLayout, only: Collection[int] | None = None) -> None:
+    for shard, key in enumerate(layout.journals()):
+        if not _mine(only, shard):
+            continue
         with translated("create journal"):
             try:
-                client.xgroup_create(key, GROUP, id="0", mkstream=True)
+                route(shard).xgroup_create(key, GROUP, id="0", mkstream=True)
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
@@ -341,11 +403,12 @@ def _run(
         deleted = delete_namespace(client, layout) if state is not DatasetState.empty else 0
         with translated("marker"):
             client.set(layout.rebuilding, epoch.epoch_id)
-        accounts = _load_accounts(client, layout, ledger, chunk, account_fields)
-        _load_recharge_markers(client, layout, ledger)
-        transfers = _load_transfers(client, layout, ledger, chunk, idempotency_window_ms)
-        _load_holds(client, layout, ledger, chunk)
-        _create_streams(client, layout)
+        same: Route = lambda _shard: client  # noqa: E731  # one primary holds every shard
+        accounts = _load_accounts(same, layout, ledger, chunk, account_fields)
+        _load_recharge_markers(same, layout, ledger)
+        transfers = _load_transfers(same, layout, ledger, chunk, idempotency_window_ms)
+        _load_holds(same, layout, ledger, chunk)
+        _create_streams(same, layout)
         _write_epoch_keys(client, layout, epoch)
     finished = ledger.finish_rebuild(epoch.epoch_id)
     invariant(finished.status is EpochStatus.current, "rebuild finished but epoch not current")

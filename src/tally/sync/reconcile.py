@@ -23,7 +23,7 @@ from tally.domain.results import Result
 from tally.domain.transfers import TransferKind
 from tally.errors import ConfigError, LedgerNotInitialised, StoreLost, UsageError
 from tally.ledger.journal import parse_hold_lines
-from tally.ledger.models import DrainedLine, Epoch, HoldLine, StreamId
+from tally.ledger.models import DrainedLine, Epoch, EpochView, HoldLine, StreamId
 from tally.ledger.sql_accounts import LIST_LIMIT_MAX
 from tally.ledger.sql_ledger import SqlLedger
 from tally.store.errors import text, translated
@@ -259,10 +259,11 @@ def _ledger_pass(
     client: Route,
     layout: KeyLayout,
     ledger: SqlLedger,
-    epoch: Epoch,
+    view: EpochView,
     batch: int,
     report: ReconcileReport,
 ) -> None:
+    """Each shard at its own epoch (``view.for_shard``: a shard rebuilt alone has its own)."""
     buffers: dict[int, list[Account]] = defaultdict(list)
     after: str | None = None
     page_size = min(batch, LIST_LIMIT_MAX)
@@ -275,11 +276,17 @@ def _ledger_pass(
             buffers[shard].append(account)
             if len(buffers[shard]) >= batch:
                 _check_batch(
-                    client(shard), layout, ledger, epoch, shard, buffers.pop(shard), report
+                    client(shard),
+                    layout,
+                    ledger,
+                    view.for_shard(shard),
+                    shard,
+                    buffers.pop(shard),
+                    report,
                 )
         after = page[-1].id
     for shard, accounts in sorted(buffers.items()):
-        _check_batch(client(shard), layout, ledger, epoch, shard, accounts, report)
+        _check_batch(client(shard), layout, ledger, view.for_shard(shard), shard, accounts, report)
 
 
 def _last_generated(client: redis.Redis, layout: KeyLayout, shard: int) -> StreamId:
@@ -292,7 +299,7 @@ def _ahead_pass(
     route: Route,
     layout: KeyLayout,
     ledger: SqlLedger,
-    epoch: Epoch,
+    view: EpochView,
     report: ReconcileReport,
 ) -> None:
     """Ledger lines positioned after the journal's last generated id: drained from a store this
@@ -301,7 +308,7 @@ def _ahead_pass(
     for shard in range(layout.shards):
         client = route(shard)
         ahead = ledger.lines_beyond_journal(
-            epoch_id=epoch.epoch_id,
+            epoch_id=view.of(shard),
             shard=shard,
             journal_position=partial(_last_generated, client, layout, shard),
         )
@@ -346,17 +353,18 @@ def reconcile(
     it, at that shard's own journal position; accounts are scanned on every primary."""
     if not 1 <= batch <= BATCH_MAX:
         raise UsageError(f"batch must be 1..{BATCH_MAX}, got {batch}")
-    epoch = ledger.current_epoch()
-    if epoch is None:
+    view = ledger.epoch_view()
+    if view is None:
         raise LedgerNotInitialised("the ledger has no current epoch")
+    epoch = view.epoch
     if (epoch.namespace, epoch.shards) != (layout.namespace, layout.shards):
         raise ConfigError(f"layout {layout} does not match the ledger's epoch {epoch}")
     report = ReconcileReport(epoch.epoch_id)
     shard_client = route(redis_client, layout)
-    _ledger_pass(shard_client, layout, ledger, epoch, batch, report)
+    _ledger_pass(shard_client, layout, ledger, view, batch, report)
     for primary in primary_clients(redis_client):
         _redis_pass(primary, layout, ledger, report)
-    _ahead_pass(shard_client, layout, ledger, epoch, report)
+    _ahead_pass(shard_client, layout, ledger, view, report)
     with translated("journal length"):
         report.journal_entries = sum(
             int(shard_client(s).xlen(layout.journal(s))) for s in range(layout.shards)

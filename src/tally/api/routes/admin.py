@@ -30,8 +30,10 @@ def reconcile(request: Request) -> dict[str, Any]:
 @router.post("/rebuild", name="admin_rebuild")
 def rebuild(request: Request, body: RebuildIn | None = None) -> dict[str, Any]:
     """Restore an empty (with ``force``: foreign) store from the ledger under a new epoch, then
-    re-apply credits the lost store held but the journal had not settled."""
-    report = ctx(request).admin.rebuild(force=body.force if body is not None else False)
+    re-apply credits the lost store held but the journal had not settled. ``shard`` (a Redis
+    Cluster): that logical shard only, under a new epoch of its own; the others keep serving."""
+    body = body if body is not None else RebuildIn()
+    report = ctx(request).admin.rebuild(force=body.force, shard=body.shard)
     mark(request, "ok")
     return report
 

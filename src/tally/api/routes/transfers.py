@@ -25,6 +25,9 @@ from tally.api.schemas import (
 from tally.domain.accounts import SystemAccount
 from tally.domain.limits import ID_LEN_MAX
 from tally.domain.results import Result
+from tally.domain.transfers import TransferResult
+from tally.errors import StoreError, StoreLost, StoreOutcomeUnknown
+from tally.store.transfer_codec import Settled
 
 router = APIRouter(prefix="/v1", tags=["transfers"], dependencies=[Depends(service_key)])
 
@@ -119,39 +122,81 @@ async def debit(
         }
     },
 )
-def credit(
+async def credit(
     body: CreditIn, request: Request, idempotency_key: IdempotencyKey = None
 ) -> JSONResponse:
     """Credit money in. Written to the ledger first: if the store is unavailable the answer is
     202 ``pending`` and the credit is applied, exactly once, when it is back."""
     _check_key(idempotency_key, body.transfer_id)
-    o = ctx(request).engine.credit(
+    context = ctx(request)
+    args = (
         body.transfer_id,
         body.account_id,
         body.amount_minor,
         body.currency,
         SystemAccount(body.source),
     )
+    if context.async_credit is not None:  # the store step joins the debits' coalescer
+        o = await context.async_credit(*args)
+    else:
+        o = await run_in_threadpool(context.engine.credit, *args)
     return respond(request, out("credit", body, o.result, o.balance_minor), o.result, o.replayed)
 
 
 @router.post("/debits/batch", name="debit_batch", response_model=BatchOut, responses=problems())
-def debit_batch(body: BatchIn, request: Request) -> JSONResponse:
+async def debit_batch(body: BatchIn, request: Request) -> JSONResponse:
     """Up to 1000 debits in one request, one result each, in order; each idempotent by id."""
+    return await batch(request, body)
+
+
+async def batch(request: Request, body: BatchIn) -> JSONResponse:
+    """The batch route's work, shared with ``api.hot`` (which parses the body itself)."""
     items = [
         (d.transfer_id, d.account_id, d.amount_minor, d.currency or "", d.occurred_at_ms)
         for d in body.debits
     ]
-    applied = ctx(request).engine.debit_many(items)
-    results = [
-        out("debit", d, r.result, r.balance_minor)
-        for d, r in zip(body.debits, applied.results, strict=True)
-    ]
+    try:
+        applied = await run_in_threadpool(ctx(request).engine.debit_many, items)
+    except StoreError as exc:
+        settled: Settled | None = getattr(exc, "settled", None)
+        if settled is None or len(settled.results) != len(body.debits):
+            raise
+        if all(e is not None for e in settled.errors):
+            raise  # no item decided: the whole batch failed, the 503 problem says so
+        results = [
+            _settled_out(d, r, e)
+            for d, r, e in zip(body.debits, settled.results, settled.errors, strict=True)
+        ]
+    else:
+        results = [
+            out("debit", d, r.result, r.balance_minor)
+            for d, r in zip(body.debits, applied.results, strict=True)
+        ]
     ok = sum(1 for r in results if r["status"] == "ok")
+    unknown = sum(1 for r in results if r["status"] == "unknown")
     mark(request, "ok" if ok == len(results) else "partial")
     # A response, not a dict: FastAPI would validate and re-encode 1000 results against
     # BatchOut (measured: about as long as the debits themselves); ``out`` builds that shape.
-    return JSONResponse({"results": results, "ok": ok, "refused": len(results) - ok})
+    answer = {"results": results, "ok": ok, "refused": len(results) - ok - unknown}
+    return JSONResponse({**answer, "unknown": unknown})
+
+
+def _settled_out(
+    d: DebitIn, result: TransferResult | None, error: StoreError | None
+) -> dict[str, Any]:
+    """A batch item when the store failed for part of the batch (a cluster shard): its own
+    outcome when decided; refused ``store_lost`` when its shard's dataset is lost (the script
+    refused it: nothing written); else ``unknown`` (retry it by id)."""
+    if error is None and result is not None:
+        return out("debit", d, result.result, result.balance_minor)
+    if isinstance(error, StoreLost):
+        return out("debit", d, Result.store_lost, None)
+    item = out("debit", d, None, None)
+    item["status"] = "unknown"
+    item["result"] = (
+        "outcome_unknown" if isinstance(error, StoreOutcomeUnknown) else "store_unavailable"
+    )
+    return item
 
 
 @router.get(

@@ -108,9 +108,9 @@ class RedisHealth:
         if info.get("role") != "master":
             return [f"store_not_primary: role {info.get('role')}"]
         reasons: list[str] = []
-        epoch = self.ledger.current_epoch()
-        want = None if epoch is None else self.layout.epoch_value(epoch.epoch_id)
-        if want is None or any(v != want for v in read_epochs(self.client, self.layout)):
+        view = self.ledger.epoch_view()
+        want = None if view is None else [self.layout.epoch_value(i) for i in view.shard_ids]
+        if want is None or read_epochs(self.client, self.layout) != want:
             reasons.append("store_epoch_invalid: dataset empty, foreign or being rebuilt")
         lags = [
             int(v.get("lag", 0))
@@ -257,13 +257,13 @@ class ClusterHealth:
         return self._cached[1]
 
     def check(self, account_id: str | None = None) -> HealthReport:
-        epoch = self.ledger.current_epoch()
-        want = None if epoch is None else self.layout.epoch_value(epoch.epoch_id)
+        view = self.ledger.epoch_view()  # a shard rebuilt alone is at its own epoch
         states = self.states()
         if account_id is not None:
             states = [states[self.layout.shard_of(account_id)]]
         reasons: list[str] = []
         for state in states:
+            want = None if view is None else self.layout.epoch_value(view.of(state.shard))
             reasons.extend(self.shard_reasons(state, want))
         return HealthReport(tuple(reasons))
 

@@ -273,6 +273,7 @@ class Remediator:
             action.amount_minor,
             currency,
             SystemAccount.card_clearing,
+            system=True,  # the recharge's own credit id (rc-…), or the operator's named one
         )
         if out.result is None:
             return True, f"credit {transfer_id} recorded, pending (store unavailable)"

@@ -265,7 +265,12 @@ class RechargeSaga:
     def _apply_credit(self, rc: Recharge) -> CreditOutcome:
         assert rc.amount_minor is not None
         out = self.engine.credit(
-            rc.id, rc.account_id, rc.amount_minor, rc.currency, SystemAccount.card_clearing
+            rc.id,
+            rc.account_id,
+            rc.amount_minor,
+            rc.currency,
+            SystemAccount.card_clearing,
+            system=True,
         )
         invariant(
             out.result is None or not out.result.is_replay_conflict,
@@ -292,7 +297,7 @@ class RechargeSaga:
         self.gate.circuit.success()
         self.metrics.refunds += 1
         log.warning("recharge %s: credit refused (%s), charge refunded", rc.id, refused.name)
-        self.book.advance(rc.id, [frm], P.skipped, outcome_reason=f"refunded:{refused.name}")
+        self.book.record_refund(rc, [frm], refused.name)  # with its event: all or none
         return None
 
     def _settle(self, rc: Recharge) -> Wait | None:

@@ -502,6 +502,7 @@ class Cluster:
             self.front(self.topology.primary.name),
             params=self.params,
             password=self.password,
+            replicas=len(self.topology.nodes) - 1,
         )
         host, port = self.front(handle.name)
         monitor = directives.pop("sentinel")

@@ -4,9 +4,11 @@ for a redis-cluster topology also its shards (slots per primary, replicas, epoch
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 
 from tally.errors import TallyError
 from tally.ops.cluster.core import Cluster, ClusterNode
@@ -184,6 +186,36 @@ def _one_epoch(found: dict[str, str | None] | None) -> str | None:
     if not values:
         return None
     return next(iter(values)) if len(values) == 1 else "mixed"
+
+
+def compare_ledger_epochs(
+    view: dict[str, Any], namespace: str, ledger_values: Sequence[str]
+) -> list[str]:
+    """Beside each primary's epoch keys (``store_epochs``), the ledger's view: ``ledger_epochs``
+    (the epoch key of every logical shard whose slot this primary serves -> the value the
+    ledger says it must hold: the shard's own epoch after a one-shard rebuild, else the
+    deployment's) and ``epoch_mismatch`` (the keys whose value differs, a missing key
+    included: a primary restarted empty shows all of its shards). Returns every such key."""
+    keys = [f"{namespace}:{{{namespace}.{k}}}:epoch" for k in range(len(ledger_values))]
+    slots = [key_slot(k.encode()) for k in keys]
+    mismatched: list[str] = []
+    for shard in view.get("shards", {}).values():
+        found: dict[str, str | None] = shard.get("store_epochs") or {}
+        ranges = [_range(r) for r in shard.get("ranges", [])]
+        expected = {
+            key: ledger_values[k]
+            for k, key in enumerate(keys)
+            if any(a <= slots[k] <= b for a, b in ranges)
+        }
+        shard["ledger_epochs"] = expected
+        shard["epoch_mismatch"] = sorted(k for k, v in expected.items() if found.get(k) != v)
+        mismatched += shard["epoch_mismatch"]
+    return sorted(mismatched)
+
+
+def _range(text: str) -> tuple[int, int]:
+    a, _, b = text.partition("-")
+    return int(a), int(b or a)
 
 
 def _text(value: bytes | str) -> str:

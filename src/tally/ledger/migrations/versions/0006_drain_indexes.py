@@ -5,8 +5,8 @@ was a large share of the drainer's time in PostgreSQL. Customer balances now sum
 ``ix_transfers_account_ts`` (``account_id`` is the customer side of every transfer); system
 accounts' balances and pages scan ``transfers`` (``sql_balances``).
 
-Revision ID: 0007
-Revises: 0005 (0006 may be written side by side; the chain is set at merge)
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-04
 """
 

@@ -201,7 +201,10 @@ OUTPUT_BUFFER_LOOP = Scenario(
     # measured (CLIENT LIST omem on the primary, 2013, seed 3): with 4mb/1mb the replica's
     # buffer peaked at 2.3 MB and dipped under 1 MB every few seconds, because the proxy and
     # the loopback sockets' kernel buffers take in 1-4 MB more than a WAN path would before
-    # the sender blocks: the limit never fired and the scenario showed no loop
+    # the sender blocks: the limit never fired and the scenario showed no loop. With 2mb/512kb
+    # the loop came and went with the kernel's autotuned buffers (CI 2026-12-04: one full sync);
+    # the proxy's sockets now have fixed buffers (faultproxy.link), and 2 runs side by side
+    # each showed 3 full syncs at CI's size (the limit fires ~7 s into each sync)
     rig={"dataset_bytes": 6_000_000, "buffer_limit_2013": "replica 2mb 512kb 10"},
     # the resynced replica's full sync is cut by the output-buffer limit and starts over
     control_shows=(("full_syncs", ">=", 2),),

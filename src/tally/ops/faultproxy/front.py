@@ -26,6 +26,7 @@ from typing import Any
 from tally.errors import UsageError
 from tally.ops.faultproxy.link import (
     Link,
+    ProxyLimits,
     _is_loopback,
     _rst_on_close,
     close_listener,
@@ -67,15 +68,24 @@ class Front:
     """The asyncio side of one front. ``lookup`` finds a route (a listener-less link) by name
     when a client arrives, so a route removed later is noticed, not served."""
 
-    def __init__(self, spec: FrontSpec, lookup: Callable[[str], Link]) -> None:
-        self.spec, self._lookup = spec, lookup
+    def __init__(
+        self,
+        spec: FrontSpec,
+        lookup: Callable[[str], Link],
+        buffer_bytes: int = ProxyLimits.socket_buffer_bytes,
+    ) -> None:
+        self.spec, self._lookup, self._buffer_bytes = spec, lookup, buffer_bytes
         self.port = spec.listen_port
         self.accepted: dict[str, int] = {}
         self._server: asyncio.Server | None = None
 
     async def open(self) -> None:
         self._server, self.port = await open_listener(
-            f"front {self.spec.name}", self.spec.listen_host, self.port, self._on_accept
+            f"front {self.spec.name}",
+            self.spec.listen_host,
+            self.port,
+            self._on_accept,
+            self._buffer_bytes,
         )
 
     async def close(self) -> None:

@@ -127,7 +127,7 @@ class ProxyHub:
             for route in sorted(spec.route_names()):
                 if self._link(route).spec.listen:
                     raise UsageError(f"front {spec.name}: link {route} has its own listener")
-            front = Front(spec, self._link)
+            front = Front(spec, self._link, self.limits.socket_buffer_bytes)
             await front.open()
             self._fronts[spec.name] = front
             return spec.listen_host, front.port

@@ -3,6 +3,13 @@
 Runs inside an asyncio loop (the hub's). Each connection is four tasks: a reader and a writer per
 direction joined by a bounded queue, so a slow or held side back-pressures the other through
 ``drain()`` and the kernel socket buffers instead of growing memory.
+
+Every socket of the proxy (listeners, so their accepted connections, and the connection to the
+upstream) has fixed kernel buffers (``ProxyLimits.socket_buffer_bytes``): with Linux's
+autotuning (``tcp_rmem`` up to 32 MB here) a sender in front of a throttled link could push
+6 MB into the proxy's receive buffer in 3 s, which no WAN path with a bottleneck takes in; a
+primary's output buffer for a replica behind such a link then never grew and the lab's
+output-buffer loop came and went with the kernel's mood (measured 2026-12-04).
 """
 
 from __future__ import annotations
@@ -63,6 +70,9 @@ class ProxyLimits:
     connect_timeout_s: float = 5.0  # to the upstream
     hold_connect_s_max: float = 60.0  # a connection accepted during a drop partition waits so long
     drain_timeout_s: float = 600.0  # one write may wait this long for the peer to read
+    # SO_RCVBUF and SO_SNDBUF of every proxy socket (Linux doubles it): with the queue above,
+    # at most ~0.7 MB of a direction is between the sender's socket and the receiver's
+    socket_buffer_bytes: int = 65_536
 
 
 @dataclass
@@ -89,15 +99,56 @@ def _retrieve(task: asyncio.Future[None]) -> None:
         task.exception()
 
 
+def bounded_socket(family: int, buffer_bytes: int) -> socket.socket:
+    """A non-blocking TCP socket whose kernel buffers are fixed before it connects or listens
+    (the window scale is agreed at the handshake; accepted sockets inherit the listener's)."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer_bytes)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1448)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 async def open_listener(
-    what: str, host: str, port: int, on_accept: Callable[..., Awaitable[None]]
+    what: str,
+    host: str,
+    port: int,
+    on_accept: Callable[..., Awaitable[None]],
+    buffer_bytes: int = ProxyLimits.socket_buffer_bytes,
 ) -> tuple[asyncio.Server, int]:
     """A listener for a link or a front, and the port it got (``port`` 0 picks one)."""
+    sock = None
     try:
-        server = await asyncio.start_server(on_accept, host, port, reuse_address=True)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = bounded_socket(family, buffer_bytes)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        server = await asyncio.start_server(on_accept, sock=sock)
     except OSError as exc:
+        if sock is not None:
+            sock.close()
         raise UsageError(f"{what}: cannot listen on {host}:{port}: {exc}") from exc
     return server, int(server.sockets[0].getsockname()[1])
+
+
+async def open_bounded_connection(
+    host: str, port: int, buffer_bytes: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    family, _, _, _, address = infos[0]
+    sock = bounded_socket(family, buffer_bytes)
+    try:
+        await loop.sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock)
 
 
 async def close_listener(server: asyncio.Server | None) -> None:
@@ -151,7 +202,9 @@ class _Connection:
         )
         spec = self.link.spec
         return await asyncio.wait_for(
-            asyncio.open_connection(spec.upstream_host, spec.upstream_port),
+            open_bounded_connection(
+                spec.upstream_host, spec.upstream_port, limits.socket_buffer_bytes
+            ),
             limits.connect_timeout_s,
         )
 
@@ -192,7 +245,11 @@ class Link:
         if not self.spec.listen:
             return  # a route: its front accepts for it
         self._server, self.port = await open_listener(
-            f"link {self.spec.name}", self.spec.listen_host, self.port, self._on_accept
+            f"link {self.spec.name}",
+            self.spec.listen_host,
+            self.port,
+            self._on_accept,
+            self.limits.socket_buffer_bytes,
         )
 
     async def _close_listener(self) -> None:

@@ -55,6 +55,7 @@ from tally.sync.rebuild import (
     rebuild,
 )
 from tally.sync.redis_scan import scan_keys
+from tally.sync.shard_promote import promote_holder
 
 
 def shard_marker(layout: KeyLayout, shard: int) -> str:
@@ -244,6 +245,9 @@ def rebuild_cluster_shard(
         raise UsageError(f"chunk must be 1..{CHUNK_MAX}, got {chunk}")
     if not 0 <= shard < layout.shards:
         raise UsageError(f"shard must be 0..{layout.shards - 1}, got {shard}")
+    promoted = _promote(cluster, layout, ledger, shard)
+    if promoted is not None:
+        return promoted
     view, shard_epoch_id = ledger.begin_shard_rebuild(shard)
     if (view.epoch.namespace, view.epoch.shards) != (layout.namespace, layout.shards):
         raise UsageError(f"layout {layout} does not match the ledger's epoch {view.epoch}")
@@ -271,6 +275,33 @@ def rebuild_cluster_shard(
         counts.accounts,
         counts.transfers,
         counts.deleted,
+        ledger.count_unsettled_credit_intents(),
+        shard=shard,
+    )
+
+
+def _promote(
+    cluster: RedisCluster | redis.Redis, layout: KeyLayout, ledger: SqlLedger, shard: int
+) -> RebuildReport | None:
+    """A replica still holding the shard beats the ledger (it has the undrained journal too):
+    promoted instead of rebuilt (:mod:`tally.sync.shard_promote`)."""
+    view = ledger.epoch_view()
+    if view is None or not isinstance(cluster, RedisCluster):
+        return None
+    epoch_id = view.of(shard)
+    promotion = promote_holder(cluster, layout, shard, layout.epoch_value(epoch_id))
+    if promotion is None:
+        return None
+    admitted = "admitted" if promotion.old_primary_admitted else "NOT yet a replica: kept out"
+    return RebuildReport(
+        epoch_id,
+        "promotion",
+        layout.shards,
+        f"primary {promotion.old_primary} empty; replica {promotion.promoted} held the epoch "
+        f"and was promoted (the old primary {admitted}); nothing rebuilt",
+        0,
+        0,
+        0,
         ledger.count_unsettled_credit_intents(),
         shard=shard,
     )

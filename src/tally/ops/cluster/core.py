@@ -30,12 +30,13 @@ Addressing (one address per process for everyone, the path depending on where th
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,6 +44,7 @@ import redis
 
 from tally.errors import ConfigError, InfrastructureError, ProcessError, TallyError
 from tally.ops.binary import RedisBinary, find_redis_server
+from tally.ops.cluster.admission import Admission, judge, sync_user_directives
 from tally.ops.cluster.formation import form_cluster
 from tally.ops.cluster.hubd import start_hub_daemon, stop_hub_daemon
 from tally.ops.cluster.procs import command, pid_alive, stop_pid, wait_gone
@@ -94,6 +96,9 @@ class ClusterNode:
         self._attached_pid = pid  # a process an earlier `cluster up` started
         self.front: tuple[str, int] | None = None  # the address everyone else uses
         self.bus_front: tuple[str, int] | None = None  # redis-cluster: its cluster bus front
+        # hardened redis-cluster: run after every start (the sync quarantine's judgement)
+        self.after_start: Callable[[ClusterNode], Admission] | None = None
+        self.admission: Admission | None = None  # the last judgement
 
     @property
     def pid(self) -> int | None:
@@ -153,13 +158,15 @@ class ClusterNode:
 
     def start(self) -> None:
         self.node.start()
+        if self.after_start is not None:
+            self.admission = self.after_start(self)
 
     def restart(self, *, directives: Mapping[str, ConfigValue] | None = None) -> None:
         """Plain restart (no checks): SHUTDOWN SAVE as an operator would, mutate, start."""
         self.stop(save=True)
         if directives is not None:
             self.node.directives.update(directives)
-        self.node.start()
+        self.start()
 
     def live_role(self) -> str:
         """``master``, ``slave``, ``sentinel`` or ``down``."""
@@ -365,10 +372,44 @@ class Cluster:
             port = free_port_pair(host, CLUSTER_BUS_PORT_OFFSET) if self.topology.is_cluster else 0
             node = self._redis_node(spec.name, host=host, port=port, password=self.password)
             self.nodes[spec.name] = ClusterNode(spec.name, spec.dc, node, spec.role)
+            self._quarantine(self.nodes[spec.name])
         if self.with_sentinels:
             for s in self.topology.sentinels:
                 node = self._redis_node(s.name, host=self.dc_address(s.dc), sentinel=True)
                 self.sentinels[s.name] = ClusterNode(s.name, s.dc, node, "sentinel")
+
+    # -- the sync quarantine (tally.ops.cluster.admission) -----------------------------------
+    @property
+    def quarantines(self) -> bool:
+        """Hardened cluster nodes start with their replication user off; every start is judged."""
+        return self.topology.is_cluster and self.topology.profile == "hardened"
+
+    def _quarantine(self, handle: ClusterNode) -> None:
+        if self.quarantines:
+            handle.after_start = self.judge
+
+    def judge(self, handle: ClusterNode) -> Admission:
+        """Admit ``handle`` to serve syncs, or keep it out (the reason says why), against the
+        other nodes of its shard in the topology."""
+        shard = next(s for s in self.topology.shards if handle.name in {n.name for n in s.nodes})
+        peers = {
+            n.name: functools.partial(self.nodes[n.name].client, socket_timeout=2.0)
+            for n in shard.nodes
+            if n.name != handle.name and n.name in self.nodes
+        }
+        try:
+            return judge(handle.name, functools.partial(handle.client, socket_timeout=5.0), peers)
+        except (redis.RedisError, OSError) as exc:
+            return Admission(handle.name, False, f"could not be judged: {exc}")
+
+    def judge_all(self) -> list[Admission]:
+        """``tally cluster admit``: every running node judged again."""
+        out = []
+        for handle in self.nodes.values():
+            if handle.is_running():
+                handle.admission = self.judge(handle)
+                out.append(handle.admission)
+        return out
 
     def _start_hub(self) -> None:
         if self.detach:
@@ -475,6 +516,7 @@ class Cluster:
             **self._addressing(handle),
             "replica-announce-ip": front_host,
             "replica-announce-port": front_port,
+            **(sync_user_directives(self.password or "") if self.quarantines else {}),
         }
 
     def _start_nodes(self) -> None:
@@ -636,6 +678,8 @@ class Cluster:
             handles[p.name] = ClusterNode(p.name, p.dc, node, p.role or "sentinel", p.pid)
             handles[p.name].front = p.front
             handles[p.name].bus_front = p.bus_front
+            if p.kind == "node":
+                cluster._quarantine(handles[p.name])
         cluster.routes = {r.name: r for r in state.routes}
         cluster.hub_pid, cluster.hub_control_port = state.hub_pid, state.hub_control_port
         if state.hub_control_port is not None and state.hub_pid and pid_alive(state.hub_pid):

@@ -118,6 +118,12 @@ def test_the_example_cluster_comes_up_shows_slots_per_primary_and_goes_down_from
         }
         text = _cli("status", *base)
         assert "shard s1     primary=a1       slots=5461  0-5460" in text.stdout
+        # the sync quarantine: every node was judged at its start and let in (nothing to lose)
+        assert {n["sync"] for n in json.loads(status.stdout)["nodes"].values()} == {"admitted"}
+        admit = _cli("admit", *base, "--json")
+        assert admit.returncode == 0, admit.stderr
+        judged = json.loads(admit.stdout)
+        assert len(judged) == 9 and all(a["admitted"] for a in judged)
     finally:
         down = _cli("down", *base)
     assert down.returncode == 0, down.stderr

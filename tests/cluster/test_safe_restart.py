@@ -216,5 +216,10 @@ def test_a_replica_whose_link_is_down_but_kept_its_data_is_admitted(
 
 def test_quarantine_directives_keep_the_password_and_set_replica_priority_0() -> None:
     out = quarantine_directives({"requirepass": "pw", "port": 1, "replica-priority": 7}, "pw")
-    assert "requirepass" not in out and str(out["user"]).startswith("default on >pw ")
+    users = list(out["user"])
+    assert "requirepass" not in out and users[0].startswith("default on >pw ") and len(users) == 1
     assert out["replica-priority"] == 0
+    # a cluster node's replication user (the sync quarantine) stays beside the default user
+    sync_user = "tally-sync off #00 resetchannels -@all +psync"
+    out = quarantine_directives({"requirepass": "pw", "user": [sync_user]}, "pw")
+    assert list(out["user"])[1:] == [sync_user]

@@ -185,6 +185,9 @@ def test_an_empty_primary_cannot_empty_its_replica_and_the_rebuild_promotes_the_
     held, journal = _held(subject_replica, subject_shard)
     assert held and journal >= 1, "the replica must keep the shard and its undrained journal"
 
+    # judged again (`tally cluster admit`): the same answer, and only for that node
+    assert [a.node for a in rig.cluster.judge_all() if not a.admitted] == [subject.name]
+
     report = rebuild_store(rig.rc, LAYOUT, rig.dep.ledger, shard=subject_shard)
     assert report.kind == "promotion" and report.shard == subject_shard
     assert report.accounts_loaded == 0 and report.transfers_loaded == 0
@@ -194,6 +197,8 @@ def test_an_empty_primary_cannot_empty_its_replica_and_the_rebuild_promotes_the_
     assert _wait(lambda: _in_sync(subject), SYNC_WAIT_S)
     with contextlib.closing(subject.client()) as c:
         assert is_admitted(c) is True
+
+    assert all(a.admitted for a in rig.cluster.judge_all())
 
     replay = rig.dep.engine.debit(debit_id, aid, 700, "EUR")
     assert replay == first._replace(replayed=True)  # the whole first outcome

@@ -6,8 +6,8 @@ what its scenario states. Small size (``CLUSTER_SIZE``): measured 2026-12-04 on 
 machine under the other helpers' load (load average 9-20): crash 120 s, restarted-empty 103 s,
 storm 98 s, of which 18-38 s are the scenario and the rest starting the two serves on a
 nine-node cluster, settling and checking; the faults keep real seconds where they race
-``cluster-node-timeout`` (3000 ms). ``shard-restarted-empty-rebuild`` (exit 1 by design) runs
-only by hand, for CI time.
+``cluster-node-timeout`` (3000 ms). ``shard-restarted-empty-rebuild`` runs too: the sync
+quarantine turned its loss (exit 1 by design before) into a promotion.
 
 There is no 2013 control on a cluster (the legacy billing talks to one primary, and 2013 had
 no Redis Cluster): asked for one, the runner says so (exit 2) instead of running something else.
@@ -97,6 +97,25 @@ def test_a_shard_restarted_empty_refuses_only_what_touches_it_and_comes_back(
     missed = unmet(figures, CLUSTER_SCENARIOS["shard-restarted-empty"].subject_shows)  # type: ignore[arg-type]
     assert not missed, missed
     assert code == 0, report["invariants"]
+
+
+@pytest.mark.timeout(600)
+def test_a_shard_restarted_empty_is_healed_by_promoting_the_replica_that_kept_it(
+    tmp_path: Path,
+) -> None:
+    """The same restart, healed by the one-shard rebuild alone (no restore): the sync
+    quarantine kept b2's replicas from copying its empty set, so the rebuild promotes one
+    (the operator's answer says so) and nothing is lost. Before the quarantine this scenario
+    lost the undrained tail (16 and 11 acknowledged debits, exit 1 by design then)."""
+    code, report, out = _run(tmp_path, "shard-restarted-empty-rebuild")
+    figures = report["figures"]
+    missed = unmet(figures, CLUSTER_SCENARIOS["shard-restarted-empty-rebuild"].subject_shows)  # type: ignore[arg-type]
+    assert not missed, (missed, figures)
+    assert code == 0, report["invariants"]
+    answers = [e for e in map(json.loads, (out / "events.jsonl").read_text().splitlines())
+               if e.get("action") == "billing"]  # fmt: skip
+    assert answers and "promotion" in json.dumps(answers), answers
+    _ran_on_the_cluster(report, out)
 
 
 def test_there_is_no_2013_control_on_a_cluster_and_the_runner_says_why(tmp_path: Path) -> None:

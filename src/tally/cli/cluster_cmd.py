@@ -83,6 +83,33 @@ def down(topology_path: Path, base_dir: Path | None, as_json: bool) -> None:
     click.echo(json.dumps(payload) if as_json else f"cluster down ({topology.base_dir})")
 
 
+@cluster.command(name="admit")
+@topology_option
+@base_dir_option
+@json_option
+@handles_errors
+def admit(topology_path: Path, base_dir: Path | None, as_json: bool) -> None:
+    """Judge every running node of a hardened Redis Cluster again for the sync quarantine: a
+    node serves syncs to its replicas only once its data may be copied (a primary holding no
+    tally epoch while a node of its shard does stays out: `tally rebuild --shard K` promotes
+    that node). Exit 1 when a node stays out."""
+    attached = Cluster.attach(load(topology_path, base_dir))
+    if not attached.quarantines:
+        raise ConfigError(
+            f"{topology_path}: only hardened redis-cluster topologies start quarantined",
+            hint="nothing to admit",
+        )
+    judged = attached.judge_all()
+    if as_json:
+        click.echo(json.dumps([{"node": a.node, "admitted": a.admitted, "reason": a.reason}
+                               for a in judged]))  # fmt: skip
+    else:
+        for a in judged:
+            click.echo(f"{a.node:<8} {'admitted' if a.admitted else 'KEPT OUT':<9} {a.reason}")
+    if not all(a.admitted for a in judged):
+        raise SystemExit(1)
+
+
 @cluster.command(name="status")
 @topology_option
 @base_dir_option
@@ -127,6 +154,8 @@ def _print(status: dict[str, Any], as_json: bool, header: str) -> None:
         extra = ""
         if node.get("role") == "slave":
             extra = f" link={node.get('link')} lag_bytes={node.get('lag_bytes', '?')}"
+        if node.get("sync") == "QUARANTINED":
+            extra += " sync=QUARANTINED (tally cluster admit)"
         click.echo(
             f"  node {name:<8} {node['dc']:<6} {node['front'] or '-':<21} (real {node['address']})"
             f" {node.get('role', '?'):<6}"

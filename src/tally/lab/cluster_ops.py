@@ -68,7 +68,8 @@ class ClusterOperator(Operator):
         for k in logical_shards_of(self.rig, shard):
             status, body = admin("POST", "/v1/admin/rebuild", {"force": False, "shard": k})
             code = body.get("code", "") if isinstance(body, dict) else str(body)[:80]
-            answers.append(f"{k}: {status}{' ' + code if code else ''}")
+            kind = body.get("kind", "") if isinstance(body, dict) else ""  # rebuild | promotion
+            answers.append(f"{k}: {status}{' ' + code if code else ''}{' ' + kind if kind else ''}")
             if status != 200 and len(answers) == 1 and isinstance(body, dict):
                 answers[0] += f" ({str(body.get('detail') or body)[:160]})"
         return f"rebuild of {shard}, logical shard by logical shard: {'; '.join(answers)}"

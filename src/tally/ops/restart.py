@@ -138,7 +138,9 @@ def quarantine_directives(
     ``replica-priority 0`` so that Sentinel never picks it in a failover."""
     out = {k: v for k, v in directives.items() if k != "requirepass"}
     secret = f">{password}" if password else "nopass"
-    out["user"] = f"default on {secret} {QUARANTINE_RULES}"
+    users = directives.get("user", [])
+    others = [users] if isinstance(users, str | int) else list(users)  # e.g. tally-sync
+    out["user"] = [f"default on {secret} {QUARANTINE_RULES}", *map(str, others)]
     out["replica-priority"] = 0
     return out
 

@@ -11,6 +11,7 @@ import redis
 from redis.crc import key_slot
 
 from tally.errors import TallyError
+from tally.ops.cluster.admission import is_admitted
 from tally.ops.cluster.core import Cluster, ClusterNode
 from tally.ops.cluster.formation import ClusterNodeView, cluster_info, cluster_nodes
 from tally.ops.cluster.procs import command
@@ -33,8 +34,11 @@ def node_status(handle: ClusterNode) -> dict[str, Any]:
         with contextlib.closing(handle.client(socket_timeout=1.0)) as c:
             info = c.info("replication")
             out["keys"] = int(c.dbsize())
+            admitted = is_admitted(c)  # hardened cluster nodes: the sync quarantine
     except (redis.RedisError, OSError) as exc:
         return out | {"role": "down", "error": str(exc)}
+    if admitted is not None:
+        out["sync"] = "admitted" if admitted else "QUARANTINED"
     out["role"] = info.get("role")
     out["offset"] = int(info.get("master_repl_offset", 0))
     if info.get("role") == "slave":

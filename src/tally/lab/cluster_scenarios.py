@@ -109,9 +109,8 @@ SHARD_RESTARTED_EMPTY = Scenario(
     "operator restores b2's config: its own AOF is intact on disk, so s2 is back with its "
     "data, its epoch and its journal not yet drained, and its replicas resync from it. Then "
     "the operator asks for the one-shard rebuild (POST /v1/admin/rebuild {force: false, "
-    "shard: K} per logical shard of s2), which refuses a healthy shard. No money lost. A "
-    "rebuild from the ledger INSTEAD of the restore loses that undrained tail, which was on "
-    "no other copy: shard-restarted-empty-rebuild.",
+    "shard: K} per logical shard of s2), which refuses a healthy shard. No money lost. Healed "
+    "by the rebuild alone instead of the restore: shard-restarted-empty-rebuild.",
     (
         _fault(6, "restart", node=FAULTED_PRIMARY, mutation="incident", down_s=0.5),
         _op(14, "fix_config", node=FAULTED_PRIMARY),

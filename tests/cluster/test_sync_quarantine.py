@@ -39,6 +39,7 @@ from tally.ops.cluster.admission import admit, is_admitted
 from tally.ops.cluster.procs import command
 from tally.ops.node import ConfigValue
 from tally.store.keys import KeyLayout
+from tally.sync.cluster_admission import sweep
 from tally.sync.shard_rebuild import rebuild_store
 from tests.binaries import BINARIES, binary_id
 
@@ -206,3 +207,23 @@ def test_an_empty_primary_cannot_empty_its_replica_and_the_rebuild_promotes_the_
     assert rig.dep.ledger.balance_of(aid) == 10_000 - 700  # the undrained debit reached it
     state = rig.dep.engine.account(aid)
     assert state is not None and state.balance_minor == 10_000 - 700
+
+
+def test_a_restart_tally_never_saw_is_judged_by_the_sweep_serve_runs(rig: Rig) -> None:
+    """A primary restarted with its data but without the judgement (systemd, a hand: the
+    process alone) is quarantined by its config file: its replica cannot sync and stays
+    behind. The sweep ``tally serve`` runs every few seconds (``sync.cluster_admission``)
+    finds it, judges it (it holds its epochs) and lets it in; the replica catches up."""
+    node = rig.primary_of(0)
+    replica = rig.replica_of(node)
+    node.stop(save=True)
+    node.node.start()  # the process alone: no judgement
+    with contextlib.closing(node.client()) as c:
+        assert is_admitted(c) is False
+    time.sleep(KEEPS_DATA_S)
+    assert not _in_sync(replica), "quarantined: its replica cannot sync"
+
+    judged = sweep(rig.rc)
+    assert [(a.admitted, "epoch key" in a.reason) for a in judged] == [(True, True)], judged
+    assert _wait(lambda: _in_sync(replica), SYNC_WAIT_S)
+    assert sweep(rig.rc) == []  # nothing quarantined any more

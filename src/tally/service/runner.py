@@ -84,17 +84,20 @@ from tally.service.http_workers import (
 )
 from tally.service.operations import Operations, reapply_credits
 from tally.service.workers import (
+    ADMISSION_SWEEP_S,
     DRAIN_LIMIT,
     DRAIN_PACE_S,
     HOLD_SWEEP_IDLE_S,
     DrainService,
     Worker,
+    admission_sweeper,
     credit_applier,
     hold_sweeper,
 )
 from tally.store.discovery import CLUSTER_SCHEME, SwitchMaster, SwitchMasterListener
 from tally.store.epoch import read_epochs
 from tally.store.keys import KeyLayout
+from tally.sync.cluster_route import is_cluster
 from tally.sync.rebuild import init_store, rebuild
 from tally.sync.shard_rebuild import rebuild_cluster_shard
 
@@ -310,6 +313,9 @@ class Service:
                 busy_at=HOLD_SWEEP_MAX,
             ),
         ]
+        if is_cluster(self.dep.store.client):  # the sync quarantine (ops.cluster.admission)
+            self.workers.append(Worker("admission", admission_sweeper(self.dep),
+                                       pace_s=ADMISSION_SWEEP_S, idle_s=ADMISSION_SWEEP_S))  # fmt: skip
         self._recharging()
         self._delivery()
         if self.node is not None:

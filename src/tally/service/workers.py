@@ -15,6 +15,7 @@ from pathlib import Path
 from tally.bootstrap import Deployment
 from tally.domain.holds import HOLD_SWEEP_MAX
 from tally.errors import InfrastructureError
+from tally.sync.cluster_admission import sweep
 from tally.sync.drainer import Drainer
 
 log = logging.getLogger("tally.service")
@@ -150,3 +151,25 @@ def hold_sweeper(dep: Deployment) -> Callable[[], int]:
     """Release expired holds nobody touched: one bounded sweep of every shard per round
     (``HOLD_SWEEP_MAX`` per shard; the store's clock decides). Runs once per deployment."""
     return lambda: dep.engine.sweep_holds(HOLD_SWEEP_MAX)
+
+
+#: The admission sweep's pause (a Redis Cluster): a node restarted without tally (systemd, a
+#: hand) serves its replicas again within about this long once judged safe.
+ADMISSION_SWEEP_S = 5.0
+
+
+def admission_sweeper(dep: Deployment) -> Callable[[], int]:
+    """On a Redis Cluster: judge nodes that a restart tally never saw left quarantined
+    (``sync.cluster_admission``); returns how many were let in. A node kept out is logged each
+    time its reason changes."""
+    reasons: dict[str, str] = {}
+
+    def once() -> int:
+        judged = sweep(dep.store.client)
+        for a in judged:
+            if not a.admitted and reasons.get(a.node) != a.reason:
+                log.warning("sync quarantine: %s kept out: %s", a.node, a.reason)
+            reasons[a.node] = a.reason
+        return sum(1 for a in judged if a.admitted)
+
+    return once

@@ -24,6 +24,7 @@ from tally.ops.cluster.admission import admit
 from tally.ops.cluster.procs import command
 from tally.store.errors import text
 from tally.store.keys import KeyLayout
+from tally.sync.cluster_admission import address_of, connect_like, replica_addresses
 from tally.sync.cluster_route import key_client
 from tally.sync.rebuild import RebuildRefused
 
@@ -37,31 +38,6 @@ class Promotion:
     promoted: str  # host:port (announced) of the replica now primary
     old_primary: str
     old_primary_admitted: bool
-
-
-def _addr(host: str, port: int) -> str:
-    return f"{host}:{port}"
-
-
-def _replica_addresses(primary: redis.Redis) -> list[tuple[str, int]]:
-    my_id = command(primary, "CLUSTER", "MYID")
-    lines = command(primary, "CLUSTER", "REPLICAS", text(my_id))
-    out = []
-    for line in lines or []:
-        fields = (text(line) or "").split()
-        host_port = fields[1].partition("@")[0]
-        host, _, port = host_port.rpartition(":")
-        if "fail" not in fields[2].split(","):
-            out.append((host, int(port)))
-    return out
-
-
-def _connect(like: redis.Redis, host: str, port: int) -> redis.Redis:
-    """A plain client of a replica (redis-py's slot map may not list one whose link to its
-    primary is down), with the credentials and timeouts of ``like``."""
-    kwargs = like.get_connection_kwargs()
-    keep = ("username", "password", "socket_timeout", "socket_connect_timeout")
-    return redis.Redis(host=host, port=port, **{k: kwargs[k] for k in keep if k in kwargs})
 
 
 def _holds(client: redis.Redis, key: str, value: str) -> int | None:
@@ -99,18 +75,17 @@ def promote_holder(
     primary = key_client(cluster, key)
     if primary.get(key) is not None:
         return None
-    old = primary.get_connection_kwargs()
-    old_addr = _addr(str(old.get("host")), int(old.get("port", 0)))
+    old_addr = address_of(primary)
     best: tuple[int, str, tuple[str, int]] | None = None
-    for host, port in _replica_addresses(primary):
-        with contextlib.closing(_connect(primary, host, port)) as replica:
+    for host, port in replica_addresses(primary):
+        with contextlib.closing(connect_like(primary, host, port)) as replica:
             offset = _holds(replica, key, epoch_value)
         if offset is not None and (best is None or offset > best[0]):
-            best = (offset, _addr(host, port), (host, port))
+            best = (offset, f"{host}:{port}", (host, port))
     if best is None:
         return None
     _, new_addr, (host, port) = best
-    with contextlib.closing(_connect(primary, host, port)) as chosen:
+    with contextlib.closing(connect_like(primary, host, port)) as chosen:
         demoted = _take_over(chosen, primary, shard, new_addr)
     with contextlib.suppress(redis.RedisError):
         any_cluster: Any = cluster

@@ -127,8 +127,11 @@ def judge(
     (``peers``) and admit it when its dataset may be copied; see the module docstring."""
     with contextlib.closing(connect()) as c:
         _wait_loaded(c, loading_wait_s)
-        if is_admitted(c) is None:
+        state = is_admitted(c)
+        if state is None:
             return Admission(name, True, f"no {SYNC_USER} user: not a quarantined config")
+        if state:  # a running node loses nothing by itself; what it replicates, its replicas do
+            return Admission(name, True, "already admitted")
         role = str(command(c, "ROLE")[0].decode())
         if role != "master":
             return _let_in(c, name, "a replica: it copies its primary")

@@ -6,7 +6,8 @@ start, pause, restart, heal, the serves' faults, the gateway's) and changes or a
     fix_config(node)             the original config back, no ``replicaof`` (nodes.conf holds
                                  the role); hardened: the original AOF brings the data back
     billing("rebuild_shard:<shard>")  POST /v1/admin/rebuild {"force": false, "shard": K} for
-                                 each of tally's logical shards the cluster shard serves
+                                 each of tally's logical shards the cluster shard serves (the
+                                 first answer a promotion: that was all of them)
     restart(node, mutation="incident")  the 2013 operator's restart on one cluster node:
                                  ``appendonly yes`` pointing at an AOF that does not exist, so
                                  it comes back EMPTY; no ``replicaof`` (a cluster node refuses
@@ -72,6 +73,9 @@ class ClusterOperator(Operator):
             answers.append(f"{k}: {status}{' ' + code if code else ''}{' ' + kind if kind else ''}")
             if status != 200 and len(answers) == 1 and isinstance(body, dict):
                 answers[0] += f" ({str(body.get('detail') or body)[:160]})"
+            if kind == "promotion":  # every logical shard of that primary is back with it
+                answers.append("promoted: the other logical shards came back with it")
+                break
         return f"rebuild of {shard}, logical shard by logical shard: {'; '.join(answers)}"
 
     def do_fix_config(self, node: str) -> str:

@@ -8,7 +8,6 @@ epochs never change."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import signal
 import subprocess
@@ -23,13 +22,12 @@ import httpx
 import pytest
 from redis.cluster import RedisCluster
 
-from tally.bootstrap import Deployment, initialise_store, open_deployment
+from tally.bootstrap import Deployment, open_deployment
 from tally.config import Settings
 from tally.domain.accounts import Account, AccountStatus
 from tally.domain.holds import HoldCode, HoldStatus
 from tally.domain.results import Result
 from tally.errors import StoreLost, UsageError
-from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.binary import RedisBinary
 from tally.ops.cluster import Cluster
 from tally.ops.cluster.status import cluster_status, compare_ledger_epochs
@@ -43,11 +41,9 @@ from tests.binaries import BINARIES, binary_id
 from tests.serve.harness import Served
 
 from .rc_topologies import redis_cluster
+from .store_rig import LAYOUT, drain, name_in, store_on_cluster
 
-LAYOUT = KeyLayout("tally", 16)  # Settings' defaults
-DRAIN_ROUNDS_MAX = 50
 TALLY_CLI = "from tally.cli.main import main; main()"
-_names = itertools.count()
 
 
 @dataclass
@@ -76,43 +72,17 @@ class Rig:
         return _name(shard, prefix, where=where)
 
     def drain(self, *, lost_ok: bool = False) -> None:
-        """Until nothing is left; ``lost_ok``: shards still lost answer store_lost once the
-        others are drained (the drainer settles every other shard first)."""
-        drainer = self.dep.drainer()
-        for _ in range(DRAIN_ROUNDS_MAX):
-            try:
-                if drainer.run_once() == 0:
-                    return
-            except StoreLost:
-                if lost_ok:
-                    return
-                raise
-        raise AssertionError("the journal did not drain")
+        drain(self.dep, lost_ok=lost_ok)
 
 
-def _name(shard: int, prefix: str, *, where: set[int] | None = None) -> str:
-    wanted = {shard} if where is None else where
-    for _ in range(100_000):  # bounded: a hit comes within a few dozen names
-        name = f"{prefix}-{next(_names)}"
-        if LAYOUT.shard_of(name) in wanted:
-            return name
-    raise AssertionError("no such name")
+_name = name_in
 
 
 @pytest.fixture(params=BINARIES, ids=binary_id)
 def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
     binary: RedisBinary = request.param
-    with Cluster(redis_cluster(tmp_path / "rc", replicas=1), binary=binary) as cluster:
-        nodes = ",".join(f"{h}:{p}" for h, p in cluster.startup_nodes())
-        settings = Settings.resolve(
-            redis_url=f"redis+cluster://:{cluster.password}@{nodes}",
-            ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
-            home=str(tmp_path / "home"),
-        )
-        with SqlLedger.open(settings.ledger_url) as ledger:
-            initialise_store(settings, LAYOUT, ledger)
-        with open_deployment(settings) as dep:
-            yield Rig(cluster, settings, dep)
+    with store_on_cluster(tmp_path, binary) as (cluster, settings, dep):
+        yield Rig(cluster, settings, dep)
 
 
 def _open(rig: Rig, aid: str, balance: int, *, limit: int = 0) -> None:
@@ -302,47 +272,38 @@ def test_a_healthy_shard_is_rebuilt_only_when_forced_and_drained_and_one_primary
     Seen failing without the fence (``_fence_shard``'s and ``_refuse_undrained``'s undrained
     counts replaced by 0 by hand): the forced rebuild did not raise, it went ahead over the
     shard's undrained debit."""
-    with Cluster(redis_cluster(tmp_path / "rc", replicas=1), binary=binary) as cluster:
-        nodes = ",".join(f"{h}:{p}" for h, p in cluster.startup_nodes())
-        settings = Settings.resolve(
-            redis_url=f"redis+cluster://:{cluster.password}@{nodes}",
-            ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
-            home=str(tmp_path / "home"),
-        )
-        with SqlLedger.open(settings.ledger_url) as ledger:
-            initialise_store(settings, LAYOUT, ledger)
-        with open_deployment(settings) as dep:
-            rig = Rig(cluster, settings, dep)
-            k = LAYOUT.shard_of("acct-h")
-            aid = rig.name(k, "acct")
-            _open(rig, aid, 1000)
-            rig.drain()
-            assert dep.engine.debit(rig.name(k, "t"), aid, 100).result is Result.ok
-            before = rig.epochs()
-            with pytest.raises(RebuildRefused, match="healthy"):
-                rebuild_store(rig.rc, LAYOUT, dep.ledger, shard=k)
-            with pytest.raises(RebuildRefused, match="undrained"):
-                rebuild_store(rig.rc, LAYOUT, dep.ledger, shard=k, force=True)
-            assert rig.epochs() == before  # nothing changed, K serves
-            assert dep.engine.debit(rig.name(k, "t"), aid, 1).result is Result.ok
-            rig.drain()
-            report = rebuild_store(rig.rc, LAYOUT, dep.ledger, shard=k, force=True)
-            assert (report.dataset_before, report.accounts_loaded) == ("healthy", 1)
-            state = dep.engine.account(aid)
-            assert state is not None and state.balance_minor == 899 == dep.ledger.balance_of(aid)
-            after = rig.epochs()
-            assert [s for s in after if after[s] != before[s]] == [k]
-            # the whole cluster, one new deployment epoch; K's own epoch retired
-            rig.drain()
-            whole = rebuild_store(rig.rc, LAYOUT, dep.ledger, force=True)
-            view = dep.ledger.epoch_view()
-            assert view is not None and view.epoch.epoch_id == whole.epoch_id
-            assert set(view.shard_ids) == {whole.epoch_id}
-            assert set(rig.epochs().values()) == {LAYOUT.epoch_value(whole.epoch_id).encode()}
-            state = dep.engine.account(aid)
-            assert state is not None and state.balance_minor == 899
-            with pytest.raises(UsageError, match="shard must be"):
-                rebuild_store(rig.rc, LAYOUT, dep.ledger, shard=LAYOUT.shards)
+    with store_on_cluster(tmp_path, binary) as (cluster, settings, dep):
+        rig = Rig(cluster, settings, dep)
+        k = LAYOUT.shard_of("acct-h")
+        aid = rig.name(k, "acct")
+        _open(rig, aid, 1000)
+        rig.drain()
+        assert dep.engine.debit(rig.name(k, "t"), aid, 100).result is Result.ok
+        before = rig.epochs()
+        with pytest.raises(RebuildRefused, match="healthy"):
+            rebuild_store(rig.rc, LAYOUT, dep.ledger, shard=k)
+        with pytest.raises(RebuildRefused, match="undrained"):
+            rebuild_store(rig.rc, LAYOUT, dep.ledger, shard=k, force=True)
+        assert rig.epochs() == before  # nothing changed, K serves
+        assert dep.engine.debit(rig.name(k, "t"), aid, 1).result is Result.ok
+        rig.drain()
+        report = rebuild_store(rig.rc, LAYOUT, dep.ledger, shard=k, force=True)
+        assert (report.dataset_before, report.accounts_loaded) == ("healthy", 1)
+        state = dep.engine.account(aid)
+        assert state is not None and state.balance_minor == 899 == dep.ledger.balance_of(aid)
+        after = rig.epochs()
+        assert [s for s in after if after[s] != before[s]] == [k]
+        # the whole cluster, one new deployment epoch; K's own epoch retired
+        rig.drain()
+        whole = rebuild_store(rig.rc, LAYOUT, dep.ledger, force=True)
+        view = dep.ledger.epoch_view()
+        assert view is not None and view.epoch.epoch_id == whole.epoch_id
+        assert set(view.shard_ids) == {whole.epoch_id}
+        assert set(rig.epochs().values()) == {LAYOUT.epoch_value(whole.epoch_id).encode()}
+        state = dep.engine.account(aid)
+        assert state is not None and state.balance_minor == 899
+        with pytest.raises(UsageError, match="shard must be"):
+            rebuild_store(rig.rc, LAYOUT, dep.ledger, shard=LAYOUT.shards)
     single = KeyLayout("tally", 4)
     with pytest.raises(UsageError, match="one primary"):
         rebuild_store(object(), single, None, shard=0)  # type: ignore[arg-type]

@@ -16,7 +16,6 @@ One cluster, two primaries, the same restart on each:
 from __future__ import annotations
 
 import contextlib
-import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,30 +25,23 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from tally.bootstrap import Deployment, initialise_store, open_deployment
-from tally.config import Settings
+from tally.bootstrap import Deployment
 from tally.domain.accounts import Account, AccountStatus
 from tally.domain.results import Result
 from tally.domain.transfers import TransferResult
-from tally.errors import StoreLost
-from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.binary import RedisBinary
 from tally.ops.cluster import Cluster, ClusterNode
 from tally.ops.cluster.admission import admit, is_admitted
 from tally.ops.cluster.procs import command
 from tally.ops.node import ConfigValue
-from tally.store.keys import KeyLayout
 from tally.sync.cluster_admission import sweep
 from tally.sync.shard_rebuild import rebuild_store
 from tests.binaries import BINARIES, binary_id
 
-from .rc_topologies import redis_cluster
+from .store_rig import LAYOUT, drain, name_in, store_on_cluster
 
-LAYOUT = KeyLayout("tally", 16)
 SYNC_WAIT_S = 20.0
-KEEPS_DATA_S = 4.0
-DRAIN_ROUNDS_MAX = 50  # a replica retries its primary every second: four chances to copy it
-_names = itertools.count()
+KEEPS_DATA_S = 4.0  # a replica retries its primary every second: four chances to copy it
 
 
 @dataclass
@@ -74,40 +66,18 @@ class Rig:
         return next(self.cluster.nodes[n] for n in names if n != primary.name)
 
     def drain(self) -> None:
-        """Until nothing is left on the serving shards (a shard still lost answers store_lost
-        once the others are drained)."""
-        drainer = self.dep.drainer()
-        for _ in range(DRAIN_ROUNDS_MAX):
-            try:
-                if drainer.run_once() == 0:
-                    return
-            except StoreLost:
-                return
-        raise AssertionError("the journal did not drain")
+        """Until nothing is left on the serving shards (a lost shard waits)."""
+        drain(self.dep, lost_ok=True)
 
 
 @pytest.fixture(params=BINARIES, ids=binary_id)
 def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
     binary: RedisBinary = request.param
-    with Cluster(redis_cluster(tmp_path / "rc", replicas=1), binary=binary) as cluster:
-        nodes = ",".join(f"{h}:{p}" for h, p in cluster.startup_nodes())
-        settings = Settings.resolve(
-            redis_url=f"redis+cluster://:{cluster.password}@{nodes}",
-            ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
-            home=str(tmp_path / "home"),
-        )
-        with SqlLedger.open(settings.ledger_url) as ledger:
-            initialise_store(settings, LAYOUT, ledger)
-        with open_deployment(settings) as dep:
-            yield Rig(cluster, dep)
+    with store_on_cluster(tmp_path, binary) as (cluster, _settings, dep):
+        yield Rig(cluster, dep)
 
 
-def _name(shard: int, prefix: str) -> str:
-    for _ in range(100_000):  # bounded: a hit comes within a few dozen names
-        name = f"{prefix}-{next(_names)}"
-        if LAYOUT.shard_of(name) == shard:
-            return name
-    raise AssertionError("no such name")
+_name = name_in
 
 
 def _empty_restart(cluster: Cluster, handle: ClusterNode) -> None:

@@ -96,7 +96,11 @@ def promote_holder(
 def _take_over(chosen: redis.Redis, primary: redis.Redis, shard: int, new_addr: str) -> bool:
     """TAKEOVER on ``chosen``, admit it, and admit the old primary once it is its replica
     (returns whether it became one in time)."""
-    command(chosen, "CLUSTER", "FAILOVER", "TAKEOVER")
+    try:
+        command(chosen, "CLUSTER", "FAILOVER", "TAKEOVER")
+    except redis.ResponseError:
+        if _role(chosen) != "master":  # already promoted (a rebuild racing this one) is fine
+            raise
     if not _wait(lambda: _role(chosen) == "master", PROMOTE_WAIT_S):
         raise RebuildRefused(
             f"shard {shard}: {new_addr} holds its epoch but did not become primary within "

@@ -289,7 +289,8 @@ def _promote(
     if view is None or not isinstance(cluster, RedisCluster):
         return None
     epoch_id = view.of(shard)
-    promotion = promote_holder(cluster, layout, shard, layout.epoch_value(epoch_id))
+    with translated(f"shard {shard} promotion"):  # redis errors leave as tally's
+        promotion = promote_holder(cluster, layout, shard, layout.epoch_value(epoch_id))
     if promotion is None:
         return None
     admitted = "admitted" if promotion.old_primary_admitted else "NOT yet a replica: kept out"

@@ -90,6 +90,7 @@ class Deployment:
         """A drainer with this deployment's replica fence (``Settings.drain_replicas``), so
         nothing only the primary holds is settled; ``options`` go to ``Drainer``."""
         options.setdefault("fence_timeout_ms", self.settings.drain_fence_timeout_ms)
+        options.setdefault("workers", self.settings.drain_workers)
         if isinstance(self.store, ClusterStore):
             if "replicas" not in options:  # auto: every replica of each primary (node table)
                 options["replicas"] = self.settings.drain_replicas or 0

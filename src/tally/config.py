@@ -13,6 +13,8 @@ TALLY_DRAIN_REPLICAS  replicas that must hold a journal entry before the drainer
                     the ledger: a whole number, or `auto` (the default): 1 for a sentinel://
                     URL (a deployment with replicas to fail over to), for a redis+cluster://
                     URL whose primaries have replicas, else 0 (a single node)
+TALLY_DRAIN_WORKERS groups of shards the drainer settles at once into PostgreSQL, each in its
+                    own transaction (default 1; 1..8; SQLite: always 1)
 TALLY_WAIT_REPLICAS replicas that must acknowledge a transfer's write before it is answered as
                     decided (else: outcome unknown, retry by id): `auto` (the default) is 1
                     for a sentinel:// URL; for a redis+cluster:// URL 1 when the cluster's
@@ -34,6 +36,8 @@ from tally.domain.limits import (
     DRAIN_FENCE_TIMEOUT_MS_DEFAULT,
     DRAIN_FENCE_TIMEOUT_MS_MAX,
     DRAIN_REPLICAS_MAX,
+    DRAIN_WORKERS_DEFAULT,
+    DRAIN_WORKERS_MAX,
     IDEMPOTENCY_WINDOW_MS_DEFAULT,
     IDEMPOTENCY_WINDOW_MS_MAX,
     IDEMPOTENCY_WINDOW_MS_MIN,
@@ -83,6 +87,8 @@ class Settings:
     drain_replicas: int | None = None
     #: How long one drain round waits for them (WAIT); below the socket timeout.
     drain_fence_timeout_ms: int = DRAIN_FENCE_TIMEOUT_MS_DEFAULT
+    #: Groups of shards the drainer settles at once (PostgreSQL), each in its own transaction.
+    drain_workers: int = DRAIN_WORKERS_DEFAULT
     #: Transfer-id records are kept this long in Redis (two generations dropped whole); 0 keeps
     #: them forever. Outside the window the store refuses transfers by their occurred_at, so a
     #: replay is never applied twice (README, "Idempotency window").
@@ -117,6 +123,11 @@ class Settings:
                 f"wait_timeout_ms must be 1..{wait_ms_max} (below the Redis socket timeout), "
                 f"got {self.wait_timeout_ms}",
                 hint="set TALLY_WAIT_TIMEOUT_MS",
+            )
+        if not 1 <= self.drain_workers <= DRAIN_WORKERS_MAX:
+            raise ConfigError(
+                f"drain_workers must be 1..{DRAIN_WORKERS_MAX}, got {self.drain_workers}",
+                hint="set TALLY_DRAIN_WORKERS",
             )
         fence_ms_max = min(DRAIN_FENCE_TIMEOUT_MS_MAX, self.redis_socket_timeout_ms - 1)
         if not 1 <= self.drain_fence_timeout_ms <= fence_ms_max:
@@ -192,6 +203,10 @@ class Settings:
             drain_replicas=parse_drain_replicas(
                 os.environ.get("TALLY_DRAIN_REPLICAS", DRAIN_REPLICAS_AUTO)
             ),
+            drain_workers=parse_count(
+                os.environ.get("TALLY_DRAIN_WORKERS", str(DRAIN_WORKERS_DEFAULT)),
+                "TALLY_DRAIN_WORKERS",
+            ),
             idempotency_window_ms=parse_window_s(
                 os.environ.get(
                     "TALLY_IDEMPOTENCY_WINDOW_S", str(IDEMPOTENCY_WINDOW_MS_DEFAULT // 1000)
@@ -225,6 +240,13 @@ def parse_drain_replicas(text: str, variable: str = "TALLY_DRAIN_REPLICAS") -> i
         raise ConfigError(
             f"{variable} must be a whole number or {DRAIN_REPLICAS_AUTO!r}, got {text!r}"
         )
+    return int(value)
+
+
+def parse_count(text: str, variable: str) -> int:
+    value = text.strip()
+    if not value.isdigit() or not value.isascii():
+        raise ConfigError(f"{variable} must be a whole number, got {text!r}")
     return int(value)
 
 

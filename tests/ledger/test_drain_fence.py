@@ -327,6 +327,23 @@ def test_drain_replicas_comes_from_the_environment_as_a_number_or_auto(
     assert parse_drain_replicas("") is None
 
 
+def test_drain_workers_come_from_the_environment_into_the_deployments_drainer(
+    monkeypatch: pytest.MonkeyPatch, dep: Deployment
+) -> None:
+    """``TALLY_DRAIN_WORKERS`` (what ``tally bench drain --drain-workers 2`` measured) reaches
+    the drainer every deployment builds; not a whole number, or out of range: a ConfigError
+    naming the variable."""
+    assert dep.drainer().workers == 1  # the default
+    monkeypatch.setenv("TALLY_DRAIN_WORKERS", "2")
+    two = Settings.resolve(redis_url="redis://h:1/0", home="h")
+    assert two.drain_workers == 2
+    assert Deployment.drainer(dataclasses.replace(dep, settings=two)).workers == 2
+    for bad in ("two", "-1", "0", "9"):
+        monkeypatch.setenv("TALLY_DRAIN_WORKERS", bad)
+        with pytest.raises(ConfigError, match="TALLY_DRAIN_WORKERS"):
+            Settings.resolve(redis_url="redis://h:1/0", home="h")
+
+
 @pytest.mark.parametrize("text", ["-1", "1.5", "one", "²", "yes"])
 def test_a_drain_replicas_that_is_not_a_whole_number_is_a_config_error(text: str) -> None:
     with pytest.raises(ConfigError, match="TALLY_DRAIN_REPLICAS"):
@@ -342,6 +359,8 @@ def test_a_drain_replicas_that_is_not_a_whole_number_is_a_config_error(text: str
         {"drain_fence_timeout_ms": 0},
         {"drain_fence_timeout_ms": 2000},  # not below the 2000 ms socket timeout
         {"drain_fence_timeout_ms": 600, "redis_socket_timeout_ms": 500, "wait_timeout_ms": 100},
+        {"drain_workers": 0},
+        {"drain_workers": 9},
     ],
 )
 def test_bad_drain_settings_are_config_errors(values: dict[str, object]) -> None:

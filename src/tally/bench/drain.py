@@ -61,7 +61,10 @@ def run(cfg: DrainBenchConfig, progress: Callable[[str], None] = lambda _: None)
 
     if not 1 <= cfg.rounds <= ROUNDS_MAX:
         raise ValueError(f"rounds must be 1..{ROUNDS_MAX}, got {cfg.rounds}")
-    with bench_deployment("tally-drain-", cfg.ledger_url) as (dep, _node):
+    with bench_deployment("tally-drain-", cfg.ledger_url, drain_workers=cfg.drain_workers) as (
+        dep,
+        _node,
+    ):
         rounds = _run(dep, cfg, progress)
     return {
         "config": asdict(cfg),
@@ -90,7 +93,6 @@ def _run(
     for aid in ids:
         dep.engine.create_account(Account(aid, "USD", CREDIT_LIMIT_MINOR))
     drain = DrainService(dep)
-    drain.drainer.workers = cfg.drain_workers
     stats = drain.drainer.stats
     out: list[dict[str, Any]] = []
     for r in range(cfg.rounds):

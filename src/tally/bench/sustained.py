@@ -19,6 +19,7 @@ Drain lag is sampled every ``LAG_SAMPLE_S``: the age of the oldest journal entry
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import tempfile
 import threading
@@ -36,6 +37,7 @@ from tally.bench.debits import BENCH_DIRECTIVES
 from tally.bootstrap import Deployment, open_deployment
 from tally.config import Settings
 from tally.domain.accounts import Account
+from tally.domain.limits import DRAIN_WORKERS_DEFAULT
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.node import RedisNode
 from tally.service.workers import DRAIN_LIMIT, DRAIN_PACE_S, DrainService, Worker
@@ -185,10 +187,13 @@ def _ledger_url(server_url: str | None, tmp: Path) -> Iterator[str]:
 
 
 @contextmanager
-def bench_deployment(prefix: str, server_url: str | None) -> Iterator[tuple[Deployment, RedisNode]]:
+def bench_deployment(
+    prefix: str, server_url: str | None, *, drain_workers: int = DRAIN_WORKERS_DEFAULT
+) -> Iterator[tuple[Deployment, RedisNode]]:
     """A deployment of its own for a benchmark: a redis-server with the bench's stated
     directives in a temporary dir, a ledger (a fresh PostgreSQL database on ``server_url``,
-    dropped after; else SQLite), initialised; everything stopped and removed on exit."""
+    dropped after; else SQLite), initialised; everything stopped and removed on exit. Its
+    drainer settles ``drain_workers`` groups of shards at once (``TALLY_DRAIN_WORKERS``)."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp_text:
         tmp = Path(tmp_text)
         node = RedisNode(name="bench", dir=tmp / "redis", directives=dict(BENCH_DIRECTIVES))
@@ -197,8 +202,9 @@ def bench_deployment(prefix: str, server_url: str | None) -> Iterator[tuple[Depl
                 client = node.client(socket_timeout=60)
                 init_store(client, KeyLayout(), ledger)
                 client.close()
-            settings = Settings.resolve(
-                redis_url=node.url, ledger_url=ledger_url, home=str(tmp / "home")
+            settings = dataclasses.replace(
+                Settings.resolve(redis_url=node.url, ledger_url=ledger_url, home=str(tmp / "home")),
+                drain_workers=drain_workers,
             )
             with open_deployment(settings) as dep:
                 yield dep, node
@@ -207,7 +213,10 @@ def bench_deployment(prefix: str, server_url: str | None) -> Iterator[tuple[Depl
 def run(cfg: SustainedConfig, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     from tally.bench.machine import describe
 
-    with bench_deployment("tally-sustained-", cfg.ledger_url) as (dep, node):
+    with bench_deployment("tally-sustained-", cfg.ledger_url, drain_workers=cfg.drain_workers) as (
+        dep,
+        node,
+    ):
         out = _run(dep, cfg, progress)
         out["redis_version"] = node.binary.version_text if node.binary else None
     out["machine"] = describe()
@@ -223,7 +232,6 @@ def _run(dep: Deployment, cfg: SustainedConfig, progress: Callable[[str], None])
         dep.engine.create_account(Account(aid, "USD", CREDIT_LIMIT_MINOR))
     load = _Load(dep, ids, cfg)
     drain = DrainService(dep)
-    drain.drainer.workers = cfg.drain_workers
 
     progress(f"ceiling: the store alone for {cfg.ceiling_s:.0f} s")
     ceiling = Phase(None, 0.0, 0)

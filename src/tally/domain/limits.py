@@ -30,6 +30,10 @@ JOURNAL_ENTRIES_MAX = 200_000
 DRAIN_REPLICAS_MAX = 32
 DRAIN_FENCE_TIMEOUT_MS_DEFAULT = 500
 DRAIN_FENCE_TIMEOUT_MS_MAX = 10_000
+#: Groups of shards the drainer settles at once, each in its own ledger transaction (PostgreSQL;
+#: SQLite has one writer): 2 on this 2-core machine settled 112-130k/s, 1 settled 90-101k/s.
+DRAIN_WORKERS_DEFAULT = 1
+DRAIN_WORKERS_MAX = 8
 
 #: How long a transfer id's record (what makes a replay exact) is kept in Redis, at most; the
 #: store's window is a setting (``Settings.idempotency_window_ms``, 0 = forever).

@@ -34,6 +34,8 @@ from tally.domain.limits import (
     DRAIN_FENCE_TIMEOUT_MS_DEFAULT,
     DRAIN_FENCE_TIMEOUT_MS_MAX,
     DRAIN_REPLICAS_MAX,
+    DRAIN_WORKERS_DEFAULT,
+    DRAIN_WORKERS_MAX,
 )
 from tally.errors import ConfigError, InfrastructureError, LedgerNotInitialised, StoreLost
 from tally.ledger.journal import parse_entry_into
@@ -50,8 +52,6 @@ ENTRIES_PER_READ_MAX = 1000
 #: Journal lines settled per ledger transaction, at most (a round that read more commits more
 #: than once). Big enough that COPY and the set-based insert run at full speed.
 LINES_PER_COMMIT_DEFAULT = 100_000
-DRAIN_WORKERS_DEFAULT = 1
-DRAIN_WORKERS_MAX = 8
 FENCE_LOG_EVERY_S = 30.0
 Fault = Callable[[str], None]
 Entry = tuple[StreamId, dict[str, str] | None]

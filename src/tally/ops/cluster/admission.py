@@ -19,7 +19,7 @@ runtime (``ACL SETUSER tally-sync on``, never written back to the file):
 * a primary holding tally's epoch keys: admitted (its data is the shard's);
 * a primary holding no epoch key while a node of its shard does: KEPT OUT; the shard refuses
   writes (``store_lost``) and ``tally rebuild --shard K`` promotes the replica that holds the
-  epoch (``CLUSTER FAILOVER TAKEOVER``, :mod:`tally.sync.shard_rebuild`), undrained journal
+  epoch (``CLUSTER FAILOVER TAKEOVER``, :mod:`tally.sync.shard_promote`), undrained journal
   included, instead of rebuilding from the ledger;
 * a primary holding no epoch key while a node of its shard cannot be asked: kept out (unknown
   is not nothing-to-lose); ``tally cluster admit`` judges again;

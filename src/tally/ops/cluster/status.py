@@ -11,7 +11,7 @@ import redis
 from redis.crc import key_slot
 
 from tally.errors import TallyError
-from tally.ops.cluster.admission import is_admitted
+from tally.ops.cluster.admission import EPOCH_PATTERN, is_admitted
 from tally.ops.cluster.core import Cluster, ClusterNode
 from tally.ops.cluster.formation import ClusterNodeView, cluster_info, cluster_nodes
 from tally.ops.cluster.procs import command
@@ -160,7 +160,6 @@ def _shards(
 
 
 SLOTS_END = 16384
-EPOCH_PATTERN = "*}:epoch"  # tally's per-shard epoch keys: namespace:{namespace.k}:epoch
 SCAN_COUNT = 1000
 SCAN_ROUNDS_MAX = 200  # bounded: at most 200 x 1000 keys looked at per primary
 EPOCH_KEYS_MAX = 1024  # a layout has at most this many shards

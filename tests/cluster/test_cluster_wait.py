@@ -72,13 +72,19 @@ def _until(check: Callable[[], bool]) -> None:
         time.sleep(0.2)
 
 
-def _retry_until_served(dep: Deployment, tid: str, account: str, amount: int) -> TransferResult:
-    """The debit retried by id while the shard fails over (bounded)."""
+def _retry_until_served(
+    dep: Deployment, tid: str, account: str, amount: int
+) -> tuple[TransferResult, bool]:
+    """The debit retried by id while the shard fails over (bounded), and whether an attempt
+    was answered as unknown on the way (that attempt may have applied, and then the answer
+    that ends the loop is its replay)."""
     deadline = time.monotonic() + FAILOVER_TIMEOUT_S
+    unknown = False
     while True:
         try:
-            return dep.engine.debit(tid, account, amount)
-        except (StoreError, redis.RedisError):
+            return dep.engine.debit(tid, account, amount), unknown
+        except (StoreError, redis.RedisError) as exc:
+            unknown = unknown or isinstance(exc, StoreOutcomeUnknown)
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.3)
@@ -179,9 +185,12 @@ def test_auto_wait_turns_a_debit_a_failover_would_discard_into_unknown(
                 cluster.nodes[primary].start()
                 wait_cluster_ok(cluster)
                 assert cluster.nodes[primary].live_role() == "slave"
+                # "slave" comes before its sync ends; until then WAIT on R answers 0 and a
+                # retry is unknown (CI saw the retry applied, unknown, then replayed).
+                cluster.wait_replicas_in_sync()
 
-                retried = _retry_until_served(dep, unsure, acct, 20)
-                assert retried == TransferResult(unsure, Result.ok, 80, False)
+                retried, after_unknown = _retry_until_served(dep, unsure, acct, 20)
+                assert retried == TransferResult(unsure, Result.ok, 80, after_unknown)
                 # The acknowledged debit is gone with P: no record and the balance without it.
                 client = dep.store.cluster  # type: ignore[union-attr]
                 assert client.hget(layout.tx_for(lost), lost) is None

@@ -18,6 +18,9 @@ def test_the_sustained_benchmark_reports_every_figure_and_settles_what_the_store
     assert 0 <= data["drain_lag_s_p50"] <= data["drain_lag_s_p99"]
     assert data["journal_length_end"] >= 0 and isinstance(data["kept_up"], bool)
     assert "redis_bytes_per_transfer" in data and "settled_to_store_only" in data
+    # every transfer of every phase left its one record (a 7-day window drops none of them)
+    assert data["live_records_end"] == data["transfers_sent"] > 0
+    assert data["redis_bytes_per_live_record"] > 0
     assert set(summary_rows(data)) >= {"store only (ceiling)", "sustained: settled in ledger"}
 
 

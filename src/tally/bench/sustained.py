@@ -11,7 +11,14 @@ drainer is the service's own ``DrainService`` in a ``Worker`` with the service's
    the highest passing rate is kept (the search stops at the first failure);
 3. the run: that rate for ``duration_s``, reporting transfers settled in the ledger per second,
    drain lag p50/p99, journal length at the end, Redis ``used_memory`` growth per transfer over
-   the run's last two thirds (steady state), and the ratio to the ceiling.
+   the run's last two thirds (steady state), and the ratio to the ceiling;
+4. Redis memory per live transfer record at the end: ``used_memory`` now minus before the first
+   transfer, over the records held (every generation's ``HLEN``). Unlike the growth between two
+   points, it cannot be inflated by where the window falls in a hash table's doubling: a record
+   hash doubles its bucket array when full and moves the entries over incrementally, one bucket
+   per command on that key, so for a while both arrays exist (up to 24 B of buckets per record
+   against 8-16 B otherwise); a growth measured across that moment charges the whole new
+   array to the transfers of the window.
 
 Drain lag is sampled every ``LAG_SAMPLE_S``: the age of the oldest journal entry not yet trimmed
 (entries are trimmed only once committed in SQL), 0 when every journal is empty.
@@ -103,6 +110,15 @@ def _journal_length(client: redis.Redis, layout: KeyLayout) -> int:
 
 def _used_memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
+
+
+def _live_records(client: redis.Redis, layout: KeyLayout) -> int:
+    """Transfer-id records held now, in both generations of every tx shard."""
+    pipe = client.pipeline(transaction=False)
+    for shard in range(layout.shards):
+        for generation in (0, 1):
+            pipe.hlen(layout.tx_generation(shard, generation))
+    return sum(int(n) for n in pipe.execute())
 
 
 class _LagSampler:
@@ -232,6 +248,7 @@ def _run(dep: Deployment, cfg: SustainedConfig, progress: Callable[[str], None])
         dep.engine.create_account(Account(aid, "USD", CREDIT_LIMIT_MINOR))
     load = _Load(dep, ids, cfg)
     drain = DrainService(dep)
+    memory_empty = _used_memory(client)  # before the first transfer: what records add to
 
     progress(f"ceiling: the store alone for {cfg.ceiling_s:.0f} s")
     ceiling = Phase(None, 0.0, 0)
@@ -255,6 +272,8 @@ def _run(dep: Deployment, cfg: SustainedConfig, progress: Callable[[str], None])
         progress(f"run: {rate:,.0f} transfers/s offered for {cfg.duration_s:.0f} s")
         main, settled_per_s, memory_per_transfer = _main_run(dep, load, rate or 0.0, cfg)
         journal_end = _journal_length(client, layout)
+        live = _live_records(client, layout)
+        per_live_record = (_used_memory(client) - memory_empty) / live if live else 0.0
     finally:
         worker.stop()
     if worker.failed is not None:
@@ -281,6 +300,9 @@ def _run(dep: Deployment, cfg: SustainedConfig, progress: Callable[[str], None])
         "kept_up": main.lag_p(0.99) <= cfg.lag_p99_s_max,
         "journal_length_end": journal_end,
         "redis_bytes_per_transfer": round(memory_per_transfer, 1),
+        "transfers_sent": load.sent,
+        "live_records_end": live,
+        "redis_bytes_per_live_record": round(per_live_record, 1),
         "settled_to_store_only": round(settled_per_s / ceiling.achieved_per_s, 3),
         "drainer_errors": worker.errors,
     }
@@ -358,6 +380,7 @@ def summary_rows(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "kept_up": data["kept_up"],
             "journal_end": data["journal_length_end"],
             "redis_B_per_transfer": data["redis_bytes_per_transfer"],
+            "redis_B_per_live_record": data["redis_bytes_per_live_record"],
             "x_ceiling": data["settled_to_store_only"],
         },
     }

@@ -281,6 +281,7 @@ def sustained(
         "kept_up",
         "journal_end",
         "redis_B_per_transfer",
+        "redis_B_per_live_record",
         "x_ceiling",
     ]
     click.echo(_table(summary_rows(data), columns))

@@ -14,7 +14,7 @@ TALLY_DRAIN_REPLICAS  replicas that must hold a journal entry before the drainer
                     URL (a deployment with replicas to fail over to), for a redis+cluster://
                     URL whose primaries have replicas, else 0 (a single node)
 TALLY_DRAIN_WORKERS groups of shards the drainer settles at once into PostgreSQL, each in its
-                    own transaction (default 1; 1..8; SQLite: always 1)
+                    own transaction (default 2; 1..8; SQLite: always 1)
 TALLY_WAIT_REPLICAS replicas that must acknowledge a transfer's write before it is answered as
                     decided (else: outcome unknown, retry by id): `auto` (the default) is 1
                     for a sentinel:// URL; for a redis+cluster:// URL 1 when the cluster's

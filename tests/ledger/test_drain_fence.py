@@ -333,11 +333,12 @@ def test_drain_workers_come_from_the_environment_into_the_deployments_drainer(
     """``TALLY_DRAIN_WORKERS`` (what ``tally bench drain --drain-workers 2`` measured) reaches
     the drainer every deployment builds; not a whole number, or out of range: a ConfigError
     naming the variable."""
-    assert dep.drainer().workers == 1  # the default
-    monkeypatch.setenv("TALLY_DRAIN_WORKERS", "2")
-    two = Settings.resolve(redis_url="redis://h:1/0", home="h")
-    assert two.drain_workers == 2
-    assert Deployment.drainer(dataclasses.replace(dep, settings=two)).workers == 2
+    monkeypatch.delenv("TALLY_DRAIN_WORKERS", raising=False)
+    assert Settings.resolve(redis_url="redis://h:1/0", home="h").drain_workers == 2  # default
+    monkeypatch.setenv("TALLY_DRAIN_WORKERS", "3")
+    three = Settings.resolve(redis_url="redis://h:1/0", home="h")
+    assert three.drain_workers == 3
+    assert Deployment.drainer(dataclasses.replace(dep, settings=three)).workers == 3
     for bad in ("two", "-1", "0", "9"):
         monkeypatch.setenv("TALLY_DRAIN_WORKERS", bad)
         with pytest.raises(ConfigError, match="TALLY_DRAIN_WORKERS"):

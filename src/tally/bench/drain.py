@@ -19,6 +19,7 @@ from typing import Any
 from tally.bench.sustained import CREDIT_LIMIT_MINOR, _journal_length, bench_deployment
 from tally.bootstrap import Deployment
 from tally.domain.accounts import Account
+from tally.domain.limits import DRAIN_WORKERS_DEFAULT
 from tally.service.workers import DrainService
 
 ROUNDS_MAX = 50
@@ -53,7 +54,7 @@ class DrainBenchConfig:
     rounds: int = 3
     accounts: int = 2000
     batch_size: int = 5000
-    drain_workers: int = 1
+    drain_workers: int = DRAIN_WORKERS_DEFAULT
 
 
 def run(cfg: DrainBenchConfig, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:

@@ -66,7 +66,7 @@ class SustainedConfig:
     ceiling_s: float = 10.0
     step_s: float = 15.0
     lag_p99_s_max: float = 5.0
-    drain_workers: int = 1
+    drain_workers: int = DRAIN_WORKERS_DEFAULT
     seed: int = 1
     #: Run at this offered rate instead of searching for one (a before/after comparison needs
     #: the same rate on both sides; the search's pick moves with the machine's load).

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from tally.cli.output import handles_errors
+from tally.domain.limits import DRAIN_WORKERS_DEFAULT, DRAIN_WORKERS_MAX
 
 
 def _table(rows: dict[str, dict[str, Any]], columns: list[str]) -> str:
@@ -232,7 +233,12 @@ def http(
 @click.option("--step-s", default=15.0, show_default=True, type=click.FloatRange(1, 3600))
 @click.option("--ceiling-s", default=10.0, show_default=True, type=click.FloatRange(1, 3600))
 @click.option("--lag-p99-s-max", default=5.0, show_default=True, type=click.FloatRange(0.1, 600))
-@click.option("--drain-workers", default=1, show_default=True, type=click.IntRange(1, 8))
+@click.option(
+    "--drain-workers",
+    default=DRAIN_WORKERS_DEFAULT,
+    show_default=True,
+    type=click.IntRange(1, DRAIN_WORKERS_MAX),
+)
 @click.option(
     "--rate",
     default=None,
@@ -297,7 +303,12 @@ def sustained(
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(1, 50))
 @click.option("--accounts", default=2000, show_default=True, type=click.IntRange(1, 1_000_000))
 @click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--drain-workers", default=1, show_default=True, type=click.IntRange(1, 8))
+@click.option(
+    "--drain-workers",
+    default=DRAIN_WORKERS_DEFAULT,
+    show_default=True,
+    type=click.IntRange(1, DRAIN_WORKERS_MAX),
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @handles_errors
 def drain(

@@ -31,8 +31,9 @@ DRAIN_REPLICAS_MAX = 32
 DRAIN_FENCE_TIMEOUT_MS_DEFAULT = 500
 DRAIN_FENCE_TIMEOUT_MS_MAX = 10_000
 #: Groups of shards the drainer settles at once, each in its own ledger transaction (PostgreSQL;
-#: SQLite has one writer): 2 on this 2-core machine settled 112-130k/s, 1 settled 90-101k/s.
-DRAIN_WORKERS_DEFAULT = 1
+#: SQLite has one writer, so always 1 there): 2 on this 2-core machine settled 112-140k/s into
+#: PostgreSQL, 1 settled 90-101k/s (README, "Sustained"), hence 2 by default.
+DRAIN_WORKERS_DEFAULT = 2
 DRAIN_WORKERS_MAX = 8
 
 #: How long a transfer id's record (what makes a replay exact) is kept in Redis, at most; the

@@ -231,43 +231,38 @@ class Settings:
         return self.redis_url
 
 
+def _whole(text: str, must_be: str) -> int:
+    """``text`` (surrounding spaces allowed) as a whole number of ASCII digits, else a
+    ConfigError: ``<must_be>, got <text>``."""
+    value = text.strip()
+    if not value.isdigit() or not value.isascii():
+        raise ConfigError(f"{must_be}, got {text!r}")
+    return int(value)
+
+
 def parse_drain_replicas(text: str, variable: str = "TALLY_DRAIN_REPLICAS") -> int | None:
     """``auto`` (or empty) -> None; a whole number -> itself; anything else is a ConfigError."""
-    value = text.strip().lower()
-    if value in ("", DRAIN_REPLICAS_AUTO):
+    if text.strip().lower() in ("", DRAIN_REPLICAS_AUTO):
         return None
-    if not value.isdigit() or not value.isascii():
-        raise ConfigError(
-            f"{variable} must be a whole number or {DRAIN_REPLICAS_AUTO!r}, got {text!r}"
-        )
-    return int(value)
+    return _whole(text, f"{variable} must be a whole number or {DRAIN_REPLICAS_AUTO!r}")
 
 
 def parse_count(text: str, variable: str) -> int:
-    value = text.strip()
-    if not value.isdigit() or not value.isascii():
-        raise ConfigError(f"{variable} must be a whole number, got {text!r}")
-    return int(value)
+    return _whole(text, f"{variable} must be a whole number")
 
 
 def parse_ms(text: str, variable: str) -> int:
-    value = text.strip()
-    if not value.isdigit() or not value.isascii():
-        raise ConfigError(f"{variable} must be whole milliseconds, got {text!r}")
-    return int(value)
+    return _whole(text, f"{variable} must be whole milliseconds")
 
 
 def parse_window_s(text: str) -> int:
     """Whole seconds -> ms, within ``IDEMPOTENCY_WINDOW_MS_MAX``."""
-    value = text.strip()
-    if not value.isdigit() or not value.isascii():
-        raise ConfigError(f"TALLY_IDEMPOTENCY_WINDOW_S must be whole seconds, got {text!r}")
-    window_ms = int(value) * 1000
+    window_ms = _whole(text, "TALLY_IDEMPOTENCY_WINDOW_S must be whole seconds") * 1000
     if window_ms and not IDEMPOTENCY_WINDOW_MS_MIN <= window_ms <= IDEMPOTENCY_WINDOW_MS_MAX:
         raise ConfigError(
             f"TALLY_IDEMPOTENCY_WINDOW_S must be 0 (forever) or "
             f"{IDEMPOTENCY_WINDOW_MS_MIN // 1000}..{IDEMPOTENCY_WINDOW_MS_MAX // 1000} seconds, "
-            f"got {value}",
+            f"got {text.strip()}",
             hint="a window shorter than a minute would refuse ordinary client clock drift",
         )
     return window_ms

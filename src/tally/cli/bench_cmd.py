@@ -12,6 +12,14 @@ import click
 from tally.cli.output import handles_errors
 from tally.domain.limits import DRAIN_WORKERS_DEFAULT, DRAIN_WORKERS_MAX
 
+#: ``--drain-workers`` of the drain and sustained benches: TALLY_DRAIN_WORKERS's default and bound.
+_drain_workers = click.option(
+    "--drain-workers",
+    default=DRAIN_WORKERS_DEFAULT,
+    show_default=True,
+    type=click.IntRange(1, DRAIN_WORKERS_MAX),
+)
+
 
 def _table(rows: dict[str, dict[str, Any]], columns: list[str]) -> str:
     header = ["path", *columns]
@@ -233,12 +241,7 @@ def http(
 @click.option("--step-s", default=15.0, show_default=True, type=click.FloatRange(1, 3600))
 @click.option("--ceiling-s", default=10.0, show_default=True, type=click.FloatRange(1, 3600))
 @click.option("--lag-p99-s-max", default=5.0, show_default=True, type=click.FloatRange(0.1, 600))
-@click.option(
-    "--drain-workers",
-    default=DRAIN_WORKERS_DEFAULT,
-    show_default=True,
-    type=click.IntRange(1, DRAIN_WORKERS_MAX),
-)
+@_drain_workers
 @click.option(
     "--rate",
     default=None,
@@ -303,12 +306,7 @@ def sustained(
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(1, 50))
 @click.option("--accounts", default=2000, show_default=True, type=click.IntRange(1, 1_000_000))
 @click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(1, 10_000))
-@click.option(
-    "--drain-workers",
-    default=DRAIN_WORKERS_DEFAULT,
-    show_default=True,
-    type=click.IntRange(1, DRAIN_WORKERS_MAX),
-)
+@_drain_workers
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @handles_errors
 def drain(

@@ -190,7 +190,7 @@ class Settings:
     ) -> Settings:
         home_path = Path(home or os.environ.get("TALLY_HOME") or ".tally")
         shards_text = os.environ.get("TALLY_SHARDS", str(SHARDS_DEFAULT))
-        if not shards_text.isdigit():
+        if not shards_text.isdigit() or not shards_text.isascii():  # "²" is a digit to isdigit
             raise ConfigError(f"TALLY_SHARDS must be a whole number, got {shards_text!r}")
         return cls(
             home=home_path,

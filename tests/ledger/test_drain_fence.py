@@ -345,6 +345,16 @@ def test_drain_workers_come_from_the_environment_into_the_deployments_drainer(
             Settings.resolve(redis_url="redis://h:1/0", home="h")
 
 
+@pytest.mark.parametrize("text", ["-1", "1.5", "sixteen", "²", ""])
+def test_shards_that_are_not_a_whole_number_are_a_config_error(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen before this test: TALLY_SHARDS="²" passed ``isdigit`` and crashed in ``int()``."""
+    monkeypatch.setenv("TALLY_SHARDS", text)
+    with pytest.raises(ConfigError, match="TALLY_SHARDS must be a whole number"):
+        Settings.resolve(redis_url="redis://h:1/0", home="h")
+
+
 @pytest.mark.parametrize("text", ["-1", "1.5", "one", "²", "yes"])
 def test_a_drain_replicas_that_is_not_a_whole_number_is_a_config_error(text: str) -> None:
     with pytest.raises(ConfigError, match="TALLY_DRAIN_REPLICAS"):

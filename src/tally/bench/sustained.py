@@ -47,7 +47,7 @@ from tally.domain.accounts import Account
 from tally.domain.limits import DRAIN_WORKERS_DEFAULT
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.node import RedisNode
-from tally.service.workers import DRAIN_LIMIT, DRAIN_PACE_S, DrainService, Worker
+from tally.service.workers import DrainService
 from tally.store.keys import KeyLayout
 from tally.sync.rebuild import init_store
 
@@ -262,7 +262,7 @@ def _run(dep: Deployment, cfg: SustainedConfig, progress: Callable[[str], None])
     drain_alone_s = time.perf_counter() - start
     drained_alone = ledger.count_transfers() - before
 
-    worker = Worker("drainer", drain.run_once, pace_s=DRAIN_PACE_S, idle_s=0.1, busy_at=DRAIN_LIMIT)
+    worker = drain.worker()
     worker.start()
     try:
         steps = [] if cfg.rate_per_s else _search(dep, load, ceiling.achieved_per_s, cfg, progress)

@@ -4,11 +4,12 @@ A line whose transfer id is already stored with the same (kind, account, amount,
 result) is a redelivery and a no-op. Same id with other parameters is a conflict: recorded in
 ``journal_conflicts`` verbatim, counted, never applied and never overwriting the first outcome.
 
-Set-based, so the drainer keeps up with the store. Into PostgreSQL the usual batch (every id
-new) is one ``COPY`` straight into ``transfers`` inside a savepoint (``_insert_direct``); when
-an id is already stored the savepoint is rolled back and the batch takes the staging path, the
-only path on SQLite: the batch is bulk-loaded into a temporary staging table (PostgreSQL
-``COPY``, SQLite ``executemany``), then ONE ``INSERT … SELECT … ON CONFLICT (id) DO NOTHING``
+Set-based, so the drainer keeps up with the store. The usual batch (every id new) is one bulk
+insert straight into ``transfers`` inside a savepoint (``_insert_direct``: PostgreSQL ``COPY``,
+SQLite one prepared ``INSERT`` over ``executemany``); when an id is already stored the primary
+key refuses it, the savepoint is rolled back and the batch takes the staging path: the batch is
+bulk-loaded the same way into a temporary staging table, then ONE
+``INSERT … SELECT … ON CONFLICT (id) DO NOTHING``
 stores the first line of every id not stored yet, with its counterparty (a pending credit
 intent's source) joined in. When every
 candidate was inserted there is nothing else to do; otherwise one join of the staging table
@@ -19,6 +20,7 @@ is no balance row to update.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final
 
@@ -117,15 +119,20 @@ def _copy(conn: Connection, table: str, columns: Sequence[str], rows: Iterable[A
         raise sa.exc.DBAPIError.instance(sql, None, exc, psycopg.Error) from exc
 
 
-def _load_stage(conn: Connection, rows: Sequence[StagedRow]) -> None:
-    """PostgreSQL's COPY, SQLite's executemany (both in-process and inside the caller's
-    transaction)."""
-    stage.create(conn, checkfirst=False)
+def _bulk(conn: Connection, table: str, columns: Sequence[str], rows: Iterable[Any]) -> None:
+    """PostgreSQL's COPY, SQLite's executemany of one prepared INSERT (both inside the
+    caller's transaction)."""
     if conn.dialect.name == "postgresql":
-        _copy(conn, stage.name, _STAGE_COLUMNS, rows)
+        _copy(conn, table, columns, rows)
     else:
-        marks = ", ".join("?" * len(_STAGE_COLUMNS))
-        conn.exec_driver_sql(f"INSERT INTO {stage.name} VALUES ({marks})", list(rows))
+        marks = ", ".join("?" * len(columns))
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+        conn.exec_driver_sql(sql, list(rows))
+
+
+def _load_stage(conn: Connection, rows: Sequence[StagedRow]) -> None:
+    stage.create(conn, checkfirst=False)
+    _bulk(conn, stage.name, _STAGE_COLUMNS, rows)
 
 
 def _insert_from_stage(conn: Connection, *, ts: int, first_only: bool) -> int:
@@ -225,17 +232,17 @@ def _pending_intent_ids(conn: Connection, limit: int) -> set[str] | None:
 def _insert_direct(
     conn: Connection, rows: Sequence[StagedRow], *, ts: int
 ) -> dict[str, CreditIntent] | None:
-    """PostgreSQL: COPY the batch straight into ``transfers``, inside a savepoint. The usual
-    batch (every id new) is then one COPY: no staging table, no speculative insertion (COPY
-    also writes the heap a page of rows per WAL record). Returns the pending intents among
-    the batch's ids once every row is stored; None when it stored nothing: not PostgreSQL,
-    an id twice in the batch, too many pending intents, or an id already in ``transfers``
-    (a redelivery or a conflict: the primary key refuses the COPY, the savepoint is rolled
-    back, and the caller takes the staging path, which tells duplicates from conflicts).
-    Exactly once holds either way: the primary key admits each id once, and the COPY stores
-    all of the batch or none of it."""
-    if conn.dialect.name != "postgresql":
-        return None
+    """The batch straight into ``transfers`` (``_bulk``), inside a savepoint. The usual batch
+    (every id new) is then one bulk insert: no staging table, no speculative insertion (a
+    PostgreSQL COPY also writes the heap a page of rows per WAL record; on SQLite the staging
+    path's table creation, second copy, join and drop cost more than the insert itself, for
+    the one-line journal entries coalesced HTTP debits make: README, "Benchmarks"). Returns
+    the pending intents among the batch's ids once every row is stored; None when it stored
+    nothing: an id twice in the batch, too many pending intents, or an id already in
+    ``transfers`` (a redelivery or a conflict: the primary key refuses the insert, the
+    savepoint is rolled back, and the caller takes the staging path, which tells duplicates
+    from conflicts). Exactly once holds either way: the primary key admits each id once, and
+    the insert stores all of the batch or none of it."""
     ids = {row[_ID] for row in rows}
     if len(ids) < len(rows):
         return None
@@ -243,17 +250,24 @@ def _insert_direct(
     if pending is None:
         return None
     intents = pending_intents(conn, sorted(pending & ids))
-    from psycopg.errors import UniqueViolation
-
     try:
         with conn.begin_nested():
-            _copy(conn, transfers.name, _TRANSFER_COLUMNS, _transfer_rows(rows, intents, ts))
+            _bulk(conn, transfers.name, _TRANSFER_COLUMNS, _transfer_rows(rows, intents, ts))
     except sa.exc.IntegrityError as exc:
-        orig = exc.orig
-        if not isinstance(orig, UniqueViolation) or orig.diag.table_name != transfers.name:
+        if not _stored_id_refused(exc.orig):
             raise
         return None
     return intents
+
+
+def _stored_id_refused(error: BaseException | None) -> bool:
+    """True for the primary key of ``transfers`` refusing an id (the only unique key of the
+    table); any other constraint (a CHECK, NOT NULL) is a ledger error, raised."""
+    if isinstance(error, sqlite3.IntegrityError):
+        return getattr(error, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_PRIMARYKEY"
+    from psycopg.errors import UniqueViolation
+
+    return isinstance(error, UniqueViolation) and error.diag.table_name == transfers.name
 
 
 def stored_params(conn: Connection, ids: Sequence[str]) -> dict[str, _Params]:

@@ -85,8 +85,6 @@ from tally.service.http_workers import (
 from tally.service.operations import Operations, reapply_credits
 from tally.service.workers import (
     ADMISSION_SWEEP_S,
-    DRAIN_LIMIT,
-    DRAIN_PACE_S,
     HOLD_SWEEP_IDLE_S,
     DrainService,
     Worker,
@@ -303,7 +301,7 @@ class Service:
         self.operations = Operations(self.dep, drain)
         self.drain_service = drain
         self.workers = [
-            Worker("drainer", drain.run_once, pace_s=DRAIN_PACE_S, idle_s=0.1, busy_at=DRAIN_LIMIT),
+            drain.worker(),
             Worker("credits", credit_applier(self.dep), pace_s=0.5, idle_s=1.0),
             Worker(
                 "holds",

@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tally.service.http_protocol import http_impl as protocol
-from tally.service.http_workers import die_with_parent, listening_socket
+from tally.service.http_workers import die_with_parent, listening_sockets
 
 
 async def _post(request: Request) -> Response:
@@ -46,21 +46,22 @@ app = Starlette(routes=[Route("/v1/debits", _post, methods=["POST"]), Route("/re
 @click.option("--loop", default="uvloop")
 @click.option("--server", type=click.Choice(["uvicorn", "granian"]), default="uvicorn")
 def main(host: str, port: int, workers: int, http_impl: str, loop: str, server: str) -> None:
-    """Served the way ``tally serve`` serves: one TCP socket made by ``listening_socket``, one
-    uvicorn server per process on it; or, with granian, each process binds host:port itself
-    (SO_REUSEPORT), as tally's granian workers do."""
-    target: Callable[..., None]
-    args: tuple[Any, ...]
+    """Served the way ``tally serve`` serves: the sockets made by ``listening_sockets`` (one
+    per process), one uvicorn server per process on its own; or, with granian, each process
+    binds host:port itself (SO_REUSEPORT), as tally's granian workers do."""
+    each: list[tuple[Callable[..., None], tuple[Any, ...]]]
     if server == "granian":
-        target, args = _serve_granian, (host, port, loop)
+        each = [(_serve_granian, (host, port, loop))] * workers
     else:
-        target, args = _serve, (listening_socket(host, port), http_impl, loop)
+        socks = listening_sockets(host, port, workers)
+        each = [(_serve, (sock, http_impl, loop)) for sock in socks]
     if workers == 1:
+        target, args = each[0]
         target(*args)
         return
     signal.signal(signal.SIGTERM, _interrupt)  # stop the children, not just this process
     ctx = multiprocessing.get_context("spawn")
-    processes = [ctx.Process(target=target, args=(*args, os.getpid())) for _ in range(workers)]
+    processes = [ctx.Process(target=t, args=(*a, os.getpid())) for t, a in each]
     for p in processes:
         p.start()
     try:

@@ -2,9 +2,10 @@
 
 The parent (``Service``) starts the deployment as for one process (embedded redis-server,
 ledger, store check, preflight, drainer, pending-credit applier, recharge completer, the
-redis-server supervisor), binds the listening socket, and starts N HTTP worker processes that
-share it. A worker opens its own connections to the same deployment (``open_deployment``) and
-serves the API; it runs no background work. Shutdown: the parent sends SIGTERM to every worker;
+redis-server supervisor), binds the listening sockets, and starts N HTTP worker processes,
+each on its own socket of one ``SO_REUSEPORT`` group (``listening_sockets``: the kernel spreads
+the connections). A worker opens its own connections to the same deployment
+(``open_deployment``) and serves the API; it runs no background work. Shutdown: the parent sends SIGTERM to every worker;
 each stops accepting and finishes its in-flight requests (uvicorn's graceful shutdown, bounded);
 then the parent stops its background work and drains the journal (``Service.stop``).
 
@@ -112,15 +113,41 @@ def die_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
+def listening_socket(
+    host: str, port: int, backlog: int = 2048, *, reuse_port: bool = False
+) -> socket.socket:
     """TCP, named as such (see the module docstring: TCP_NODELAY on accepted connections)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(backlog)
     sock.set_inheritable(True)
     return sock
+
+
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """The listening sockets of ``count`` HTTP workers, one each. One process: one plain
+    socket. Several: one socket per worker, all on host:port with ``SO_REUSEPORT``, so the
+    kernel spreads new connections over the workers by a hash of each connection. With one
+    socket shared by every worker, whichever worker woke first accepted a burst: 64
+    connections opened at once went 51 to one worker and 13 to the other (measured, README
+    "Benchmarks"), the first saturated while the second idled. They are all bound here, in the
+    parent, so a port in use fails before any worker starts, and stay open here, so connections
+    queued for a worker that is being restarted wait for it. (Linux lets only processes of the
+    same user join a ``SO_REUSEPORT`` group.)"""
+    if count == 1:
+        return [listening_socket(host, port)]
+    first = listening_socket(host, port, reuse_port=True)
+    bound = first.getsockname()[1]  # the port the kernel chose when asked for 0
+    try:
+        rest = [listening_socket(host, bound, reuse_port=True) for _ in range(count - 1)]
+    except BaseException:
+        first.close()
+        raise
+    return [first, *rest]
 
 
 def prepare_metrics_dir(home: Path) -> Path:
@@ -239,17 +266,22 @@ def _recharge_extension(dep: Any, probe: Any, gateway_url: str | None, metrics_d
 class WorkerProcesses:
     """The parent's side: start, watch (restart a worker that died, bounded), stop."""
 
-    def __init__(self, spec: WorkerSpec, sock: socket.socket | None, count: int) -> None:
+    def __init__(self, spec: WorkerSpec, socks: list[socket.socket], count: int) -> None:
+        """``socks``: one listening socket per worker (``listening_sockets``), or none when
+        each worker binds its own (granian)."""
         if not 1 <= count <= WORKERS_MAX:
             raise ValueError(f"workers must be 1..{WORKERS_MAX}")
-        self.spec, self.sock, self.count = spec, sock, count
+        if socks and len(socks) != count:
+            raise ValueError(f"{count} workers need {count} sockets, got {len(socks)}")
+        self.spec, self.socks, self.count = spec, socks, count
         self._ctx = multiprocessing.get_context("spawn")
         self.processes: list[BaseProcess] = []
         self.restarts = 0
 
     def _spawn(self, index: int) -> BaseProcess:
+        sock = self.socks[index] if self.socks else None
         process = self._ctx.Process(
-            target=worker_main, args=(self.spec, self.sock, index), name=f"tally-http-{index}"
+            target=worker_main, args=(self.spec, sock, index), name=f"tally-http-{index}"
         )
         process.start()
         return process

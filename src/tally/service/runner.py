@@ -79,7 +79,7 @@ from tally.service.http_workers import (
     WorkerProcesses,
     WorkerSpec,
     export_parent_metrics,
-    listening_socket,
+    listening_sockets,
     prepare_metrics_dir,
 )
 from tally.service.operations import Operations, reapply_credits
@@ -498,14 +498,15 @@ class Service:
         """Blocks until SIGINT/SIGTERM, then returns with in-flight requests finished."""
         require_server(self.options.server)
         granian = self.options.server == "granian"  # it binds itself, in each process
-        sock = None if granian else listening_socket(self.options.host, self.options.port)
+        opts = self.options
+        socks = [] if granian else listening_sockets(opts.host, opts.port, opts.workers)
         try:
             if self.options.workers > 1:
-                self._serve_processes(sock, on_listening)
+                self._serve_processes(socks, on_listening)
             else:
-                self._serve_here(sock, on_listening)
+                self._serve_here(socks[0] if socks else None, on_listening)
         finally:
-            if sock is not None:
+            for sock in socks:
                 sock.close()
             if self.probe is not None:
                 self.probe.stopping.set()
@@ -541,9 +542,10 @@ class Service:
         serve_uvicorn(self.server, sock, parts.debits)  # closes the async pool when stopped
 
     def _serve_processes(
-        self, sock: socket.socket | None, on_listening: Callable[[], None] | None
+        self, socks: list[socket.socket], on_listening: Callable[[], None] | None
     ) -> None:
-        """N HTTP worker processes on this socket; background work stays here (once)."""
+        """N HTTP worker processes, one socket each (none: granian binds its own); background
+        work stays here (once)."""
         assert self.dep is not None
         spec = WorkerSpec(
             settings=self.dep.settings,
@@ -572,7 +574,7 @@ class Service:
             )
             self.workers.append(exporter)
             exporter.start()
-        processes = WorkerProcesses(spec, sock, self.options.workers)
+        processes = WorkerProcesses(spec, socks, self.options.workers)
         processes.start()
         try:
             announced = False

@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from tally.api.auth import service_key
 from tally.api.problems import PROBLEM, Problem, refusal, result_status
+from tally.api.responses import JsonResponse
 from tally.api.routes.common import AccountId, ctx, mark, problems
 from tally.api.schemas import (
     BatchIn,
@@ -64,14 +64,14 @@ def out(
 
 def respond(
     request: Request, out: dict[str, Any], result: Result | None, replayed: bool
-) -> JSONResponse:
+) -> JsonResponse:
     mark(request, out["result"])
     headers = {REPLAYED: "true"} if replayed else {}
     if result is None:
-        return JSONResponse(out, status_code=202, headers=headers)
+        return JsonResponse(out, status_code=202, headers=headers)
     status = result_status(result)
     if result.is_success:
-        return JSONResponse(out, status_code=201, headers=headers)
+        return JsonResponse(out, status_code=201, headers=headers)
     problem = {
         **{k: v for k, v in out.items() if k != "status"},  # "status" is the HTTP status here
         "type": f"https://tally.invalid/problems/{result.name}",
@@ -80,7 +80,7 @@ def respond(
         "code": result.name,
         "detail": f"transfer {out['transfer_id']} refused: {result.name}",
     }
-    return JSONResponse(problem, status_code=status, media_type=PROBLEM, headers=headers)
+    return JsonResponse(problem, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 TRANSFER_RESPONSES = problems(402, 404, 409, 422) | {
@@ -91,7 +91,7 @@ TRANSFER_RESPONSES = problems(402, 404, 409, 422) | {
 @router.post("/debits", name="debit", status_code=201, responses=TRANSFER_RESPONSES)
 async def debit(
     body: DebitIn, request: Request, idempotency_key: IdempotencyKey = None
-) -> JSONResponse:
+) -> JsonResponse:
     """Debit usage from an account: 201 applied, 402 insufficient funds, 404 no account, 409 the
     id was used with other parameters, 422 other refusals (account not active, currency)."""
     _check_key(idempotency_key, body.transfer_id)
@@ -124,7 +124,7 @@ async def debit(
 )
 async def credit(
     body: CreditIn, request: Request, idempotency_key: IdempotencyKey = None
-) -> JSONResponse:
+) -> JsonResponse:
     """Credit money in. Written to the ledger first: if the store is unavailable the answer is
     202 ``pending`` and the credit is applied, exactly once, when it is back."""
     _check_key(idempotency_key, body.transfer_id)
@@ -144,12 +144,12 @@ async def credit(
 
 
 @router.post("/debits/batch", name="debit_batch", response_model=BatchOut, responses=problems())
-async def debit_batch(body: BatchIn, request: Request) -> JSONResponse:
+async def debit_batch(body: BatchIn, request: Request) -> JsonResponse:
     """Up to 1000 debits in one request, one result each, in order; each idempotent by id."""
     return await batch(request, body)
 
 
-async def batch(request: Request, body: BatchIn) -> JSONResponse:
+async def batch(request: Request, body: BatchIn) -> JsonResponse:
     """The batch route's work, shared with ``api.hot`` (which parses the body itself)."""
     items = [
         (d.transfer_id, d.account_id, d.amount_minor, d.currency or "", d.occurred_at_ms)
@@ -178,7 +178,7 @@ async def batch(request: Request, body: BatchIn) -> JSONResponse:
     # A response, not a dict: FastAPI would validate and re-encode 1000 results against
     # BatchOut (measured: about as long as the debits themselves); ``out`` builds that shape.
     answer = {"results": results, "ok": ok, "refused": len(results) - ok - unknown}
-    return JSONResponse({**answer, "unknown": unknown})
+    return JsonResponse({**answer, "unknown": unknown})
 
 
 def _settled_out(

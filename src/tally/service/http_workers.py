@@ -5,9 +5,10 @@ ledger, store check, preflight, drainer, pending-credit applier, recharge comple
 redis-server supervisor), binds the listening sockets, and starts N HTTP worker processes,
 each on its own socket of one ``SO_REUSEPORT`` group (``listening_sockets``: the kernel spreads
 the connections). A worker opens its own connections to the same deployment
-(``open_deployment``) and serves the API; it runs no background work. Shutdown: the parent sends SIGTERM to every worker;
-each stops accepting and finishes its in-flight requests (uvicorn's graceful shutdown, bounded);
-then the parent stops its background work and drains the journal (``Service.stop``).
+(``open_deployment``) and serves the API; it runs no background work. Shutdown: the parent
+sends SIGTERM to every worker; each stops accepting and finishes its in-flight requests
+(uvicorn's graceful shutdown, bounded); then the parent stops its background work and drains
+the journal (``Service.stop``).
 
 Why the socket is made here, with ``IPPROTO_TCP`` named: asyncio sets TCP_NODELAY on accepted
 connections only when the listening socket's ``proto`` is ``IPPROTO_TCP``; uvicorn's

@@ -26,19 +26,18 @@ KEY_CACHE_S = 5.0  # ApiContext.key_cache_s: the stated revocation bound
 CONNECTIONS = 16
 
 
-def _children(pid: int) -> list[str]:
-    """Command lines of the direct children of ``pid``."""
-    found = []
+def _children(pid: int) -> dict[int, str]:
+    """The direct children of ``pid``: their command lines by pid."""
+    found = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == pid:
-                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except (OSError, ValueError, IndexError):
-            continue
+        if entry.name.isdigit() and _ppid(entry) == pid:
+            found[int(entry.name)] = _cmdline(int(entry.name))
     return found
+
+
+def _http_workers(pid: int) -> list[int]:
+    """The pids of ``tally serve``'s HTTP worker processes (spawned by multiprocessing)."""
+    return [child for child, cmd in _children(pid).items() if "spawn_main" in cmd]
 
 
 def _fresh_connections(url: str, key: str, path: str, n: int) -> list[int]:
@@ -65,7 +64,7 @@ def test_two_workers_share_one_port_and_the_background_work_runs_once(
     served.start()
     try:
         assert served.process is not None
-        children = _children(served.process.pid)
+        children = list(_children(served.process.pid).values())
         assert sum("spawn_main" in c for c in children) == 2, children
         assert sum("redis-server" in c for c in children) == 1, children
         assert served.admin_key is not None
@@ -165,13 +164,7 @@ def test_connections_opened_at_once_spread_over_the_workers(tmp_path: Path) -> N
     served.start()
     try:
         assert served.process is not None
-        workers = [
-            int(entry.name)
-            for entry in Path("/proc").iterdir()
-            if entry.name.isdigit()
-            and _ppid(entry) == served.process.pid
-            and b"spawn_main" in (entry / "cmdline").read_bytes()
-        ]
+        workers = _http_workers(served.process.pid)
         assert len(workers) == 2
 
         async def open_all() -> list[asyncio.StreamWriter]:
@@ -197,13 +190,6 @@ def test_connections_opened_at_once_spread_over_the_workers(tmp_path: Path) -> N
         assert sum(held) == 64 and min(held) >= 16, held
     finally:
         served.stop()
-
-
-def _ppid(entry: Path) -> int | None:
-    try:
-        return int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def test_the_listening_socket_gives_accepted_connections_tcp_nodelay() -> None:
@@ -243,12 +229,7 @@ def test_workers_do_not_outlive_a_killed_parent(tmp_path: Path) -> None:
     served = Served(tmp_path / "home", extra_args=["--no-gateway", "--workers", "2"])
     served.start()
     assert served.process is not None
-    pids = [
-        int(entry.name)
-        for entry in Path("/proc").iterdir()
-        if entry.name.isdigit() and _ppid(entry) == served.process.pid
-    ]
-    workers = [p for p in pids if "spawn_main" in _cmdline(p)]
+    workers = _http_workers(served.process.pid)
     assert len(workers) == 2
     served.kill()
     deadline = time.monotonic() + 20

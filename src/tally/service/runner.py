@@ -497,11 +497,11 @@ class Service:
     def serve(self, on_listening: Callable[[], None] | None = None) -> None:
         """Blocks until SIGINT/SIGTERM, then returns with in-flight requests finished."""
         require_server(self.options.server)
-        granian = self.options.server == "granian"  # it binds itself, in each process
         opts = self.options
+        granian = opts.server == "granian"  # it binds itself, in each process
         socks = [] if granian else listening_sockets(opts.host, opts.port, opts.workers)
         try:
-            if self.options.workers > 1:
+            if opts.workers > 1:
                 self._serve_processes(socks, on_listening)
             else:
                 self._serve_here(socks[0] if socks else None, on_listening)

@@ -142,10 +142,9 @@ class DrainService:
             self.drainer.client = self.dep.store.client  # a Sentinel failover changes it
             if not self.dep.is_cluster:  # and the Sentinels' replica count, the fence
                 self.drainer.replicas = self.dep.drain_fence()
-            stats = self.drainer.stats
-            entries, lines = stats.entries, _lines(stats)
-            done = self.drainer.run_once(self.limit)
-            self.limit = round_limit(stats.entries - entries, _lines(stats) - lines, self.limit)
+            lines = _lines(self.drainer.stats)
+            done = self.drainer.run_once(self.limit)  # the entries it settled
+            self.limit = round_limit(done, _lines(self.drainer.stats) - lines, self.limit)
             return done
 
     def drain_all(self) -> int:

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 600.0  # the first run installs the environment from the lock file
 STOP_TIMEOUT_S = 60.0
 HTTP_TIMEOUT_S = 10.0
+LOG_TAIL_CHARS = 3000  # what a failure shows of the command's output
 SERVING = re.compile(r"tally is serving at (http://\S+)")
 ADMIN_KEY = re.compile(r"admin API key \(shown once, keep it\): (tk_\S+)")
 EMBEDDED = re.compile(r"redis-server (\S+) \(embedded\)")
@@ -116,10 +117,14 @@ def wait_for(
             return found
         check(
             process.poll() is None,
-            f"the command exited ({process.returncode}) before {pattern.pattern!r}",
+            f"the command exited ({process.returncode}) before {pattern.pattern!r}; it printed:\n"
+            f"{log.read_text(errors='replace')[-LOG_TAIL_CHARS:]}",
         )
         time.sleep(0.2)
-    raise SmokeFailure(f"no {pattern.pattern!r} within {timeout_s:.0f} s")
+    raise SmokeFailure(
+        f"no {pattern.pattern!r} within {timeout_s:.0f} s; it printed:\n"
+        f"{log.read_text(errors='replace')[-LOG_TAIL_CHARS:]}"
+    )
 
 
 class _Assets(HTMLParser):
@@ -233,10 +238,11 @@ def run(base: Path) -> None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
     text = log.read_text(errors="replace")
-    check(code == 0, f"exit code {code}:\n{text[-3000:]}")
+    check(code == 0, f"exit code {code}:\n{text[-LOG_TAIL_CHARS:]}")
     stopped = STOPPED.search(text)
     check(
-        stopped is not None and stopped.group(2) == "True", f"no clean stop line:\n{text[-3000:]}"
+        stopped is not None and stopped.group(2) == "True",
+        f"no clean stop line:\n{text[-LOG_TAIL_CHARS:]}",
     )
     with sqlite3.connect(clone / ".tally" / "ledger.sqlite3") as db:
         rows = db.execute("SELECT kind, amount_minor FROM transfers WHERE id = 'call-1'").fetchall()

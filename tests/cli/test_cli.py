@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,6 +95,41 @@ def test_reconcile_reports_no_drift_after_a_drain(env: dict[str, str]) -> None:
     report = json.loads(out.stdout)
     assert out.returncode == 0
     assert (report["accounts_checked"], report["accounts_drifted"], report["drift"]) == (1, 0, [])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_drain_follow_drains_until_a_signal_then_exits_0_with_its_stats(
+    env: dict[str, str], sig: signal.Signals
+) -> None:
+    """`tally drain --follow` keeps draining until SIGINT or SIGTERM (its handler takes no
+    lock: tally.ops.signals), sent twice here as a process group and uv's forwarding give it."""
+    tally(env, "credit", "alice", "5", "--id", "top-1")
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "tally.cli", "drain", "--follow", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        ledger = env["TALLY_LEDGER_URL"].removeprefix("sqlite:///")
+        while time.monotonic() < deadline:  # the credit's line reaches the ledger: it drains
+            with contextlib.closing(sqlite3.connect(ledger)) as db:
+                if db.execute("SELECT count(*) FROM transfers WHERE id = 'top-1'").fetchone()[0]:
+                    break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("drain --follow did not drain the credit within 30 s")
+        follow.send_signal(sig)
+        follow.send_signal(sig)
+        out, err = follow.communicate(timeout=30)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait(5)
+    assert follow.returncode == 0, err
+    assert json.loads(out)["entries"] >= 1
 
 
 def test_drain_fences_on_replicas_and_settles_nothing_no_replica_holds(

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import signal
 import sys
-import threading
 from typing import Any
 
 import click
@@ -16,6 +14,7 @@ from tally.cli.context import connection_options, deployment, settings_from
 from tally.cli.output import EXIT_REFUSED, emit, handles_errors, json_option
 from tally.errors import StoreError
 from tally.ledger.sql_ledger import SqlLedger
+from tally.ops.signals import SignalStop
 from tally.store.keys import KeyLayout
 
 DRAIN_ROUNDS_MAX = 10_000
@@ -75,10 +74,11 @@ def drain(follow: bool, limit: int, as_json: bool, **conn: str | None) -> None:
     with deployment(**conn) as dep:
         drainer = dep.drainer(count=min(limit, 1000))  # with the deployment's replica fence
         if follow:
-            stop = threading.Event()
-            signal.signal(signal.SIGINT, lambda *_: stop.set())
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            drainer.run(stop, limit=limit)
+            stop = SignalStop.install()
+            try:
+                drainer.run(stop.event, limit=limit)
+            finally:
+                stop.restore()
         else:
             for _ in range(DRAIN_ROUNDS_MAX):
                 if drainer.run_once(limit) == 0:

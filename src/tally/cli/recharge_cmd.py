@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from tally.domain.recharge import RechargeRule
 from tally.domain.results import Result
 from tally.gateway.client import HttpGateway, SimulatorAdmin
 from tally.gateway.records import Record
+from tally.ops.signals import SignalStop
 
 gateway_option = click.option(
     "--gateway-url", envvar="TALLY_GATEWAY_URL", help="Payment gateway base URL (loopback)."
@@ -164,10 +163,11 @@ def run(
         if once:
             finished = wiring.completer.run_once(limit)
         else:
-            stop = threading.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
-            wiring.completer.run(stop, limit=limit, pace_s=pace_s)
+            stop = SignalStop.install()
+            try:
+                wiring.completer.run(stop.event, limit=limit, pace_s=pace_s)
+            finally:
+                stop.restore()
             finished = wiring.completer.stats.finished
         stats = wiring.completer.stats
     data = {

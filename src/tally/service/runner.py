@@ -63,6 +63,7 @@ from tally.ledger.sql_api_keys import ApiKeyStore, Scope
 from tally.ledger.sql_ledger import SqlLedger
 from tally.ops.node import RedisNode
 from tally.ops.preflight import PreflightParams, Severity, check_cluster_live, check_live
+from tally.ops.signals import SignalStop
 from tally.service import embedded
 from tally.service.api_wiring import (
     ApiParts,
@@ -560,9 +561,7 @@ class Service:
             host=self.options.host,
             port=self.options.port,
         )
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda _s, _f: stop.set())
+        stop = SignalStop.install()  # the handler takes no lock (ops.signals)
         if self.recharging is not None:
             wiring, metrics_dir = self.recharging, Path(spec.metrics_dir)
             exporter = Worker(
@@ -578,7 +577,7 @@ class Service:
         processes.start()
         try:
             announced = False
-            while not stop.wait(0.2):  # until a signal; each turn bounded
+            while not stop.event.wait(0.2):  # until a signal; each turn bounded
                 if not announced and _answers(self.url):
                     announced = True
                     self.say(
@@ -591,6 +590,7 @@ class Service:
         finally:
             if self.probe is not None:
                 self.probe.stopping.set()
+            stop.restore()
             _quiet_signals()  # a second Ctrl-C must not cut the workers' or the drain's stop short
             codes = processes.stop(GRACEFUL_S + 5)
             # 0 each: a worker closed its async pool, listener and deployment before it exited.

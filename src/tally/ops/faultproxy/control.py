@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +31,7 @@ from tally.errors import ConfigError, InfrastructureError, TallyError, UsageErro
 from tally.ops.faultproxy.front import FrontSpec
 from tally.ops.faultproxy.hub import ProxyHub, UnknownLink, front_spec
 from tally.ops.faultproxy.link import LinkSpec
+from tally.ops.signals import SignalStop
 
 BODY_BYTES_MAX = 65_536
 DEFAULT_CONTROL_PORT = 8474  # toxiproxy's API port, for familiarity
@@ -161,20 +160,13 @@ def serve(hub: ProxyHub, control_port: int, ready_file: Path | None = None) -> N
     except OSError as exc:
         hub.stop()
         raise UsageError(f"cannot listen on control port 127.0.0.1:{control_port}: {exc}") from exc
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stop = SignalStop.install(on_stop=server.shutdown)  # shutdown() from its relay thread
     try:
         if ready_file is not None:
             _write_ready(ready_file, server.server_address[1], hub)
         server.serve_forever(poll_interval=0.2)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        stop.restore()
         server.server_close()
         hub.stop()
 

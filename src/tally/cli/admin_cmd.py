@@ -74,11 +74,9 @@ def drain(follow: bool, limit: int, as_json: bool, **conn: str | None) -> None:
     with deployment(**conn) as dep:
         drainer = dep.drainer(count=min(limit, 1000))  # with the deployment's replica fence
         if follow:
+            # kept installed after: a second Ctrl-C must not cut the last drain short
             stop = SignalStop.install()
-            try:
-                drainer.run(stop.event, limit=limit)
-            finally:
-                stop.restore()
+            drainer.run(stop.event, limit=limit)
         else:
             for _ in range(DRAIN_ROUNDS_MAX):
                 if drainer.run_once(limit) == 0:

@@ -163,11 +163,9 @@ def run(
         if once:
             finished = wiring.completer.run_once(limit)
         else:
+            # kept installed after: a second Ctrl-C must not cut the completer's stop short
             stop = SignalStop.install()
-            try:
-                wiring.completer.run(stop.event, limit=limit, pace_s=pace_s)
-            finally:
-                stop.restore()
+            wiring.completer.run(stop.event, limit=limit, pace_s=pace_s)
             finished = wiring.completer.stats.finished
         stats = wiring.completer.stats
     data = {

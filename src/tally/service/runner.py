@@ -590,8 +590,8 @@ class Service:
         finally:
             if self.probe is not None:
                 self.probe.stopping.set()
-            stop.restore()
             _quiet_signals()  # a second Ctrl-C must not cut the workers' or the drain's stop short
+            stop.event.set()  # its relay thread ends (its handlers were just replaced)
             codes = processes.stop(GRACEFUL_S + 5)
             # 0 each: a worker closed its async pool, listener and deployment before it exited.
             self.say(f"HTTP workers stopped (exit codes {codes})")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -36,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 600.0  # the first run installs the environment from the lock file
 STOP_TIMEOUT_S = 60.0
 HTTP_TIMEOUT_S = 10.0
+PORT_LOW = 20000  # as tally.ops.node: listening ports are picked from here to the ephemeral range
+PORT_PICKS_MAX = 50
 LOG_TAIL_CHARS = 3000  # what a failure shows of the command's output
 SERVING = re.compile(r"tally is serving at (http://\S+)")
 ADMIN_KEY = re.compile(r"admin API key \(shown once, keep it\): (tk_\S+)")
@@ -85,9 +88,28 @@ def path_without_redis(base: Path) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port BELOW the kernel's ephemeral range, as ``tally.ops.node.free_port`` picks
+    them (this script runs before tally is installed, so it cannot import it). A port from
+    ``bind(0)`` lies in that range, where the serve's own outgoing connections (its Redis
+    pools, made for seconds before it binds the HTTP port) may take it as their source port:
+    then the bind fails and the serve exits 1 just before its serving line: which would
+    explain CI's fresh-machine failure of 2026-12-05 (exit 1 about 8 s in; its output was not
+    kept then)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        ephemeral_low = int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    low, high = PORT_LOW, max(PORT_LOW + 1000, ephemeral_low)
+    for _ in range(PORT_PICKS_MAX):
+        port = random.randrange(low, high)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise SmokeFailure(f"no free port in {low}..{high} after {PORT_PICKS_MAX} picks")
 
 
 def call(url: str, key: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:

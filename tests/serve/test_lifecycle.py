@@ -4,12 +4,13 @@ data, SIGTERM/SIGINT drain the journal and leave no process behind, a lost store
 from __future__ import annotations
 
 import signal
+import socket
 from pathlib import Path
 
 import pytest
 
 from tally.ledger.sql_ledger import SqlLedger
-from tally.ops.node import orphan_pids
+from tally.ops.node import free_port, orphan_pids
 from tests.serve.harness import Served, gateway_pids
 
 DEBITS = 40
@@ -136,3 +137,18 @@ def test_a_foreign_store_is_refused_without_writing_to_it(tmp_path: Path) -> Non
         raise
     finally:
         node.stop()
+
+
+def test_a_port_in_use_is_a_clear_error_and_leaves_no_process(tmp_path: Path) -> None:
+    """Before: a traceback ending in OSError (exit 1) after the start-up had run."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", free_port()))
+        holder.listen()
+        served = Served(home=tmp_path / "home", port=holder.getsockname()[1])
+        served.start(wait=False)
+        assert served.wait_exit() == 2
+    out = served.output()
+    assert f"cannot listen on 127.0.0.1:{served.port}" in out and "--port" in out
+    assert "Traceback" not in out
+    assert "stopped (drained=0, epoch_valid=True)" in out  # what it had started, stopped
+    assert orphan_pids(str(tmp_path)) == [] and gateway_pids(str(tmp_path)) == []

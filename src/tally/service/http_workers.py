@@ -41,6 +41,8 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from tally.errors import ConfigError
+
 log = logging.getLogger("tally.service")
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -123,7 +125,14 @@ def listening_socket(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; another tally serve or "
+            "program may hold that port: stop it or choose another with --port (TALLY_PORT)"
+        ) from exc
     sock.listen(backlog)
     sock.set_inheritable(True)
     return sock

@@ -4,9 +4,9 @@ Python runs a signal handler in the main thread between two bytecodes, wherever 
 and a second signal can interrupt the first handler. ``threading.Event.set`` takes the Event's
 lock; so a handler that calls it deadlocks the process when the main thread already holds that
 lock: inside ``Event.wait``'s bookkeeping, or inside the first handler's own ``set`` when a
-second signal arrives (seen: `uv run tally serve` stopped with SIGINT sent to the whole process
-group, which uv also forwards to its child; the serve hung in ``Event.set`` nested in
-``Event.set``, and never stopped).
+second signal arrives (seen: SIGINT sent at once to `uv run` and to the `tally serve` under it,
+as a terminal's Ctrl-C reaches a process group, and uv forwards what it gets to its child; py-spy
+showed the serve stuck in ``Event.set`` nested in ``Event.set``, and it never stopped).
 
 Here the handler only sets an attribute (no lock, no allocation that can block), and a daemon
 thread turns it into ``event`` within ``RELAY_S``, then calls ``on_stop`` if given:

@@ -192,6 +192,26 @@ def test_connections_opened_at_once_spread_over_the_workers(tmp_path: Path) -> N
         served.stop()
 
 
+def test_a_second_serve_with_workers_on_the_same_port_is_refused(tmp_path: Path) -> None:
+    """Linux lets a process of the same user join another's ``SO_REUSEPORT`` group. Before the
+    port was claimed first, a second ``tally serve --workers 2`` on the port of a running one
+    started too ("serving"), and the kernel split requests between the two deployments."""
+    first = Served(tmp_path / "a", extra_args=["--no-gateway", "--workers", "2"])
+    first.start()
+    second = Served(tmp_path / "b", port=first.port, extra_args=["--no-gateway", "--workers", "2"])
+    try:
+        second.start(wait=False)
+        assert second.wait_exit() == 2, second.output()[-2000:]  # the old code: still serving
+        assert f"cannot listen on 127.0.0.1:{first.port}" in second.output()
+        assert "tally is serving" not in second.output()
+        with httpx.Client(base_url=first.url, timeout=10, trust_env=False) as api:
+            assert all(api.get("/healthz").status_code == 200 for _ in range(20))
+    finally:
+        if second.process is not None and second.process.poll() is None:
+            second.stop()
+        assert first.stop() == 0
+
+
 def test_the_listening_socket_gives_accepted_connections_tcp_nodelay() -> None:
     """asyncio sets TCP_NODELAY only when the listener's proto is IPPROTO_TCP; without it every
     response in two segments waited ~40 ms for the client's delayed ACK (uvicorn --workers)."""

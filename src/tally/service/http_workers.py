@@ -117,7 +117,7 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def listening_socket(
-    host: str, port: int, backlog: int = 2048, *, reuse_port: bool = False
+    host: str, port: int, backlog: int = 2048, *, reuse_port: bool = False, listen: bool = True
 ) -> socket.socket:
     """TCP, named as such (see the module docstring: TCP_NODELAY on accepted connections)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -133,7 +133,8 @@ def listening_socket(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}; another tally serve or "
             "program may hold that port: stop it or choose another with --port (TALLY_PORT)"
         ) from exc
-    sock.listen(backlog)
+    if listen:
+        sock.listen(backlog)
     sock.set_inheritable(True)
     return sock
 
@@ -146,18 +147,33 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     connections opened at once went 51 to one worker and 13 to the other (measured, README
     "Benchmarks"), the first saturated while the second idled. They are all bound here, in the
     parent, so a port in use fails before any worker starts, and stay open here, so connections
-    queued for a worker that is being restarted wait for it. (Linux lets only processes of the
-    same user join a ``SO_REUSEPORT`` group.)"""
+    queued for a worker that is being restarted wait for it.
+
+    Linux lets any process of the same user join a ``SO_REUSEPORT`` group: a second
+    ``tally serve --workers N`` on the same port joined the first one's, and the kernel split
+    the requests between two deployments and their ledgers (seen: both printed "serving").
+    So the port is claimed first by a socket WITHOUT ``SO_REUSEPORT``, which any listener there
+    refuses (``ConfigError``), and released just before the group binds it."""
     if count == 1:
         return [listening_socket(host, port)]
-    first = listening_socket(host, port, reuse_port=True)
-    bound = first.getsockname()[1]  # the port the kernel chose when asked for 0
+    bound = _claim(host, port)  # the port the kernel chose when asked for 0
+    socks: list[socket.socket] = []
     try:
-        rest = [listening_socket(host, bound, reuse_port=True) for _ in range(count - 1)]
+        for _ in range(count):
+            socks.append(listening_socket(host, bound, reuse_port=True))
     except BaseException:
-        first.close()
+        for sock in socks:
+            sock.close()
         raise
-    return [first, *rest]
+    return socks
+
+
+def _claim(host: str, port: int) -> int:
+    """Bind (never listen, so no connection is taken and dropped) a socket without
+    ``SO_REUSEPORT`` on host:port, then close it: the port it got, or ``ConfigError`` when
+    something listens there."""
+    with contextlib.closing(listening_socket(host, port, listen=False)) as claim:
+        return int(claim.getsockname()[1])
 
 
 def prepare_metrics_dir(home: Path) -> Path:

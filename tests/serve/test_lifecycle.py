@@ -140,7 +140,8 @@ def test_a_foreign_store_is_refused_without_writing_to_it(tmp_path: Path) -> Non
 
 
 def test_a_port_in_use_is_a_clear_error_and_leaves_no_process(tmp_path: Path) -> None:
-    """Before: a traceback ending in OSError (exit 1) after the start-up had run."""
+    """Before: a traceback ending in OSError (exit 1) after the start-up had run (a new
+    deployment created, its admin key printed). Now said first, before anything is created."""
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", free_port()))
         holder.listen()
@@ -150,5 +151,6 @@ def test_a_port_in_use_is_a_clear_error_and_leaves_no_process(tmp_path: Path) ->
     out = served.output()
     assert f"cannot listen on 127.0.0.1:{served.port}" in out and "--port" in out
     assert "Traceback" not in out
-    assert "stopped (drained=0, epoch_valid=True)" in out  # what it had started, stopped
+    assert "admin API key" not in out and "redis-server" not in out
+    assert not (tmp_path / "home" / "ledger.sqlite3").exists()
     assert orphan_pids(str(tmp_path)) == [] and gateway_pids(str(tmp_path)) == []

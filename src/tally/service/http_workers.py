@@ -156,7 +156,7 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     refuses (``ConfigError``), and released just before the group binds it."""
     if count == 1:
         return [listening_socket(host, port)]
-    bound = _claim(host, port)  # the port the kernel chose when asked for 0
+    bound = claim_port(host, port)  # the port the kernel chose when asked for 0
     socks: list[socket.socket] = []
     try:
         for _ in range(count):
@@ -168,10 +168,11 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     return socks
 
 
-def _claim(host: str, port: int) -> int:
+def claim_port(host: str, port: int) -> int:
     """Bind (never listen, so no connection is taken and dropped) a socket without
     ``SO_REUSEPORT`` on host:port, then close it: the port it got, or ``ConfigError`` when
-    something listens there."""
+    something listens there. ``tally serve`` also asks at the start of its start-up, so a
+    port in use is said before a deployment is created or a key printed."""
     with contextlib.closing(listening_socket(host, port, listen=False)) as claim:
         return int(claim.getsockname()[1])
 

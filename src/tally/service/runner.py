@@ -79,6 +79,7 @@ from tally.service.http_workers import (
     EXPORT_PACE_S,
     WorkerProcesses,
     WorkerSpec,
+    claim_port,
     export_parent_metrics,
     listening_sockets,
     prepare_metrics_dir,
@@ -279,6 +280,8 @@ class Service:
 
     def _start(self) -> None:
         opts = self.options
+        if opts.server != "granian" and opts.port != 0:  # granian binds in each process
+            claim_port(opts.host, opts.port)  # in use: said now, before anything is created
         opts.home.mkdir(parents=True, exist_ok=True)
         redis_url = opts.redis_url
         if redis_url is None:

@@ -9,13 +9,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tally.config import child_env
 from tally.ops.node import RedisNode
+from tests.waiting import wait_for
 
 
 def tally(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -111,16 +111,16 @@ def test_drain_follow_drains_until_a_signal_then_exits_0_with_its_stats(
         text=True,
         env=env,
     )
+    ledger = env["TALLY_LEDGER_URL"].removeprefix("sqlite:///")
+
+    def drained() -> int:
+        with contextlib.closing(sqlite3.connect(ledger)) as db:
+            return int(
+                db.execute("SELECT count(*) FROM transfers WHERE id = 'top-1'").fetchone()[0]
+            )
+
     try:
-        deadline = time.monotonic() + 30
-        ledger = env["TALLY_LEDGER_URL"].removeprefix("sqlite:///")
-        while time.monotonic() < deadline:  # the credit's line reaches the ledger: it drains
-            with contextlib.closing(sqlite3.connect(ledger)) as db:
-                if db.execute("SELECT count(*) FROM transfers WHERE id = 'top-1'").fetchone()[0]:
-                    break
-            time.sleep(0.2)
-        else:
-            raise AssertionError("drain --follow did not drain the credit within 30 s")
+        wait_for(drained, "drain --follow draining the credit", timeout_s=30, pace_s=0.2)
         follow.send_signal(sig)
         follow.send_signal(sig)
         out, err = follow.communicate(timeout=30)
